@@ -1,0 +1,70 @@
+"""Writes for accounts: roles, API tokens, the first admin account."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+from django.utils import timezone
+
+from kb.accounts.models import ApiToken, hash_token
+from kb.accounts.roles import ROLE_PERMISSIONS, Role
+
+
+def roles_ensure() -> None:
+    """Create the role groups with their permissions (idempotent)."""
+    from django.apps import apps
+
+    create_permissions(apps.get_app_config("accounts"), verbosity=0)
+    for role, perm in ROLE_PERMISSIONS.items():
+        app_label, codename = perm.split(".")
+        group, _ = Group.objects.get_or_create(name=role.value)
+        group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+
+
+def user_role_add(*, user, role: Role) -> None:
+    roles_ensure()
+    user.groups.add(Group.objects.get(name=role.value))
+
+
+@transaction.atomic
+def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token; returns it with the raw value, which is not stored and cannot be shown again."""
+    raw = ApiToken.generate_raw()
+    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], token_hash=hash_token(raw))
+    return token, raw
+
+
+def api_token_authenticate(raw: str):
+    """The user behind a raw bearer token, or None."""
+    if not raw or len(raw) > 200:
+        return None
+    token = ApiToken.objects.active().select_related("user").filter(token_hash=hash_token(raw)).first()
+    if token is None:
+        return None
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.user
+
+
+def first_admin_ensure(*, password_file: Path, username: str = "admin") -> bool:
+    """Create the first superuser when no user exists; write its password to `password_file` (0600).
+
+    Returns True when the account was created now.
+    """
+    User = get_user_model()
+    roles_ensure()
+    if User.objects.exists():
+        return False
+    password = secrets.token_urlsafe(18)
+    with transaction.atomic():
+        user = User.objects.create_superuser(username=username, email="", password=password)
+        for role in Role:
+            user.groups.add(Group.objects.get(name=role.value))
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    password_file.write_text(f"username: {username}\npassword: {password}\n")
+    password_file.chmod(0o600)
+    return True

@@ -1,0 +1,54 @@
+"""The JSON API, /api/v1/ (OpenAPI at /api/v1/openapi.json). Session or bearer-token auth."""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI, Schema
+from ninja.security import APIKeyCookie, HttpBearer
+
+from kb.accounts.roles import roles_of
+from kb.accounts.services import api_token_authenticate
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request, token):
+        user = api_token_authenticate(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+class SessionAuth(APIKeyCookie):
+    """The browser's session; unsafe methods also need the CSRF token, as in any Django form."""
+
+    param_name = "sessionid"
+
+    def authenticate(self, request, key):
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated and user.is_active:
+            return user
+        return None
+
+
+api = NinjaAPI(
+    title="kb API",
+    version="1",
+    urls_namespace="api",
+    auth=[BearerToken(), SessionAuth(csrf=True)],
+    docs_url="/docs",
+)
+
+
+class Me(Schema):
+    username: str
+    roles: list[str]
+    is_superuser: bool
+
+
+@api.get("/me", response=Me, summary="Who the credentials belong to, and their roles")
+def me(request):
+    user = request.auth
+    return {
+        "username": user.get_username(),
+        "roles": [r.value for r in roles_of(user)],
+        "is_superuser": user.is_superuser,
+    }

@@ -1,0 +1,91 @@
+"""Liveness, readiness and metrics endpoints for operators and load balancers."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from kb import metrics
+from kb.search import embeddings
+
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+
+
+def check_database() -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        row = cursor.fetchone()
+    if row is None:
+        return {"ok": False, "error": "the vector extension is not installed in this database: run migrations"}
+    return {"ok": True, "pgvector": row[0], "embedded": settings.KB_EMBEDDED_DATABASE}
+
+
+def check_broker() -> dict:
+    from kb.celery import app
+
+    # The filesystem broker only needs its folder; ensure_connection proves the others answer.
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=settings.KB_READYZ_TIMEOUT_S)
+        transport = conn.transport_cls
+    return {"ok": True, "transport": str(transport)}
+
+
+def check_embeddings() -> dict:
+    path = embeddings.model_path()  # raises EmbeddingModelMissing with the reason
+    if embeddings.is_loaded():
+        return {"ok": True, "model": embeddings.model_id(), "loaded": True}
+    error = embeddings.load_error()
+    if error:
+        return {"ok": False, "error": error}
+    return {"ok": False, "model": embeddings.model_id(), "loaded": False, "error": f"loading from {path}"}
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "embeddings": check_embeddings}
+
+
+def _run(check) -> dict:
+    started = time.perf_counter()
+    try:
+        result = check()
+    except Exception as exc:  # a failing dependency is a result, not a crash
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+@never_cache
+def readyz(request):
+    results = {}
+    # The database check runs here: Django connections belong to the thread that opened them.
+    results["database"] = _run(check_database)
+    futures = {name: _pool.submit(_run, CHECKS[name]) for name in ("broker", "embeddings")}
+    for name, future in futures.items():
+        try:
+            results[name] = future.result(timeout=settings.KB_READYZ_TIMEOUT_S + 1)
+        except FutureTimeout:
+            results[name] = {"ok": False, "error": f"no answer within {settings.KB_READYZ_TIMEOUT_S}s"}
+    ready = all(r["ok"] for r in results.values())
+    for name, result in results.items():
+        metrics.READY_CHECK.labels(name).set(1 if result["ok"] else 0)
+    return JsonResponse({"ready": ready, "checks": results}, status=200 if ready else 503)
+
+
+@require_GET
+@never_cache
+def metrics_view(request):
+    body, content_type = metrics.render()
+    return HttpResponse(body, content_type=content_type)

@@ -1,0 +1,94 @@
+"""`make run`: prepare everything, then run web, worker and beat (Procfile) under honcho.
+
+This process owns the embedded PostgreSQL when DATABASE_URL is unset: it starts it, hands its URL to
+the children, and stops it after honcho has stopped them, so Ctrl-C leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kb.entry import fail_cleanly
+from kb.env import EnvError, env_int
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _say(message: str) -> None:
+    print(f"kb: {message}", flush=True)
+
+
+def prepare() -> dict[str, str]:
+    """Set up the database, static files and first admin; return the environment for the children."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
+    started = time.monotonic()
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from kb.accounts.services import first_admin_ensure
+    from kb.db import PgvectorMissing, pgvector_ensure_available
+
+    try:
+        pgvector_ensure_available()
+    except PgvectorMissing as exc:
+        raise EnvError(str(exc)) from None
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)
+    password_file = settings.KB_DATA_DIR / "admin-password.txt"
+    if first_admin_ensure(password_file=password_file):
+        _say(f"created the first admin account; its user name and password are in {password_file}")
+    elif password_file.exists():
+        _say(f"admin credentials (from the first start) are in {password_file}")
+    _say(f"ready to serve after {time.monotonic() - started:.1f}s of preparation")
+
+    env = dict(os.environ)
+    if settings.KB_EMBEDDED_DATABASE:
+        # The children join the server this process started; they must not each start one.
+        env["DATABASE_URL"] = settings.KB_DATABASE_URL
+        env["KB_EMBEDDED_DATABASE"] = "1"
+    return env
+
+
+def main() -> int:
+    port = fail_cleanly(lambda: env_int("PORT", 8000, minimum=1, maximum=65535))
+    env = fail_cleanly(prepare)
+    host = env.get("KB_HOST", "127.0.0.1")
+    _say(f"serving on http://{host}:{port}/ (Ctrl-C stops web, worker, beat and the embedded database)")
+    honcho = subprocess.Popen(  # noqa: S603 - our own interpreter and Procfile
+        [
+            sys.executable,
+            "-m",
+            "honcho",
+            "-f",
+            str(BASE_DIR / "Procfile"),
+            "-d",
+            str(BASE_DIR),
+            "start",
+            "-p",
+            str(port),
+        ],
+        env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"},
+    )
+    try:
+        return honcho.wait()
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to honcho too; give it time to stop its children in order.
+        try:
+            return honcho.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            honcho.send_signal(signal.SIGTERM)
+            return honcho.wait()
+    finally:
+        _say("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

