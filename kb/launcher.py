@@ -57,7 +57,13 @@ def prepare() -> dict[str, str]:
     return env
 
 
+def _stop_on_sigterm(signum, frame):
+    # Treated like Ctrl-C, so that the children are stopped and the embedded database's exit hook runs.
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     port = fail_cleanly(lambda: env_int("PORT", 8000, minimum=1, maximum=65535))
     env = fail_cleanly(prepare)
     host = env.get("KB_HOST", "127.0.0.1")
@@ -80,7 +86,9 @@ def main() -> int:
     try:
         return honcho.wait()
     except KeyboardInterrupt:
-        # The terminal sent SIGINT to honcho too; give it time to stop its children in order.
+        # From a terminal, honcho got the SIGINT too; from `kill`, only this process did: pass it on.
+        if honcho.poll() is None:
+            honcho.send_signal(signal.SIGINT)
         try:
             return honcho.wait(timeout=30)
         except subprocess.TimeoutExpired:

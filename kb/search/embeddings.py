@@ -67,8 +67,12 @@ def get_model() -> SentenceTransformer:
             # Never reach for a model hub: this product runs offline.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             import torch
+            import transformers
             from sentence_transformers import SentenceTransformer
+
+            transformers.logging.disable_progress_bar()
 
             torch.set_num_threads(settings.KB_TORCH_THREADS)
             try:
