@@ -34,11 +34,11 @@ def prepare() -> dict[str, str]:
     from django.core.management import call_command
 
     from kb.accounts.services import first_admin_ensure
-    from kb.db import PgvectorMissing, pgvector_ensure_available
+    from kb.db import DatabaseUnreachable, PgvectorMissing, pgvector_ensure_available
 
     try:
         pgvector_ensure_available()
-    except PgvectorMissing as exc:
+    except (PgvectorMissing, DatabaseUnreachable) as exc:
         raise EnvError(str(exc)) from None
     call_command("migrate", interactive=False, verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
