@@ -178,6 +178,8 @@ if _broker_url is None:
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "store_processed": False,
+        # kombu would otherwise create its control folder in the current directory.
+        "control_folder": str(_broker_dir / "control"),
     }
     CELERY_RESULT_BACKEND = f"file://{_broker_dir / 'results'}"
 else:
