@@ -193,6 +193,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(KB_DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    # A killed worker or a lost message leaves a document in progress with no heartbeat: send it again.
+    "ingest-resume-stalled": {"task": "ingest.resume_stalled", "schedule": 60.0},
+    # After an embedding-model change, rebuild the vectors made by the old model.
+    "ingest-reindex-stale-embeddings": {"task": "ingest.reindex_stale_embeddings", "schedule": 600.0},
+}
 
 # --- Embeddings -----------------------------------------------------------------------------------
 KB_EMBEDDING_MODEL = env_str("KB_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
@@ -203,6 +209,10 @@ KB_EMBEDDING_BATCH_SIZE = env_int("KB_EMBEDDING_BATCH_SIZE", 32, minimum=1, maxi
 KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
 # Warm the model in the web process at start so the first question does not pay for loading it.
 KB_WARM_EMBEDDINGS = env_bool("KB_WARM_EMBEDDINGS", True)
+
+# --- Retrieval ------------------------------------------------------------------------------------
+# The PostgreSQL text search configuration that analyzes documents and queries for BM25.
+KB_TEXT_SEARCH_CONFIG = env_str("KB_TEXT_SEARCH_CONFIG", "english")
 
 # --- Model layer ----------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
@@ -219,6 +229,21 @@ KB_MAX_UPLOAD_BYTES = env_int("KB_MAX_UPLOAD_MB", 50, minimum=1) * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = 1000
+FILE_UPLOAD_HANDLERS = [
+    "ingest.uploads.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Chunk sizes in tokens of the embedding model's tokenizer (see README, "Chunking", for how they were chosen).
+KB_CHUNK_TARGET_TOKENS = env_int("KB_CHUNK_TARGET_TOKENS", 200, minimum=32, maximum=512)
+KB_CHUNK_MAX_TOKENS = env_int("KB_CHUNK_MAX_TOKENS", 240, minimum=32, maximum=512)
+KB_CHUNK_OVERLAP_TOKENS = env_int("KB_CHUNK_OVERLAP_TOKENS", 24, minimum=0, maximum=128)
+# DOCX files are zip archives: refuse any whose contents would inflate beyond these (zip bombs).
+KB_MAX_UNCOMPRESSED_BYTES = env_int("KB_MAX_UNCOMPRESSED_MB", 200, minimum=1) * 1024 * 1024
+KB_MAX_COMPRESSION_RATIO = env_int("KB_MAX_COMPRESSION_RATIO", 100, minimum=2)
+# A task with no heartbeat for this long is taken as lost (worker killed, message dropped) and re-run.
+KB_INGEST_STALL_SECONDS = env_int("KB_INGEST_STALL_SECONDS", 120, minimum=1)
+KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minimum=10)
 
 # --- Operations -----------------------------------------------------------------------------------
 KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum=30.0)

@@ -1,0 +1,36 @@
+from django import forms
+
+from kb.accounts.models import AccessGroup
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class UploadForm(forms.Form):
+    files = forms.FileField(
+        widget=MultipleFileInput(attrs={"multiple": True}),
+        help_text="PDF, Word (.docx), HTML, Markdown or plain text; several at once are fine.",
+    )
+    access_groups = forms.ModelMultipleChoiceField(
+        queryset=AccessGroup.objects.all(),
+        required=False,
+        help_text="Who may read these documents. None selected: every employee.",
+    )
+
+    def clean_files(self):
+        # A multiple file field gives the last file only; the view reads request.FILES.getlist.
+        return self.files.getlist("files")
+
+
+class ReplaceForm(forms.Form):
+    file = forms.FileField(help_text="The new version. It replaces the current one once it is ready.")
+
+
+class AccessForm(forms.Form):
+    access_groups = forms.ModelMultipleChoiceField(
+        queryset=AccessGroup.objects.all(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None selected: every employee may read this document.",
+    )

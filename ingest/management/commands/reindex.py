@@ -1,0 +1,28 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from ingest import services
+from ingest.models import Document
+
+
+class Command(BaseCommand):
+    help = "Queue documents for reindexing; their current index keeps answering until the new one is ready."
+
+    def add_arguments(self, parser):
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument("--all", action="store_true", help="every current document")
+        group.add_argument("--document", type=int, metavar="ID", help="one document by id")
+        group.add_argument("--stale", action="store_true", help="documents embedded by another embedding model")
+
+    def handle(self, *args, all, document, stale, **options):
+        if document is not None:
+            found = Document.objects.current().filter(pk=document).first()
+            if found is None:
+                raise CommandError(f"no current document with id {document}")
+            if not services.document_reindex(document=found):
+                raise CommandError(f"document {document} is {found.status}; wait until it is ready or failed")
+            count = 1
+        elif stale:
+            count = services.documents_reindex_stale_embeddings()
+        else:
+            count = services.documents_reindex()
+        self.stdout.write(f"{count} documents queued for reindexing")

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from pgvector.django import HnswIndex, VectorField
+
+from kb.accounts.roles import Role, has_role
+
+
+class DocumentStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    PARSING = "parsing", "Parsing"
+    EMBEDDING = "embedding", "Embedding"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    SUPERSEDED = "superseded", "Superseded"
+    DELETED = "deleted", "Deleted"
+
+
+IN_PROGRESS = (DocumentStatus.QUEUED, DocumentStatus.PARSING, DocumentStatus.EMBEDDING)
+# Which status may follow which; services refuse any other move.
+TRANSITIONS: dict[str, set[str]] = {
+    DocumentStatus.QUEUED: {DocumentStatus.PARSING, DocumentStatus.FAILED, DocumentStatus.DELETED},
+    DocumentStatus.PARSING: {
+        DocumentStatus.PARSING,  # a redelivered task starts again
+        DocumentStatus.EMBEDDING,
+        DocumentStatus.FAILED,
+        DocumentStatus.DELETED,
+        DocumentStatus.QUEUED,
+    },
+    DocumentStatus.EMBEDDING: {
+        DocumentStatus.PARSING,
+        DocumentStatus.READY,
+        DocumentStatus.FAILED,
+        DocumentStatus.DELETED,
+        DocumentStatus.QUEUED,
+    },
+    DocumentStatus.READY: {DocumentStatus.QUEUED, DocumentStatus.SUPERSEDED, DocumentStatus.DELETED},
+    DocumentStatus.FAILED: {DocumentStatus.QUEUED, DocumentStatus.DELETED},
+    DocumentStatus.SUPERSEDED: {DocumentStatus.DELETED},
+    DocumentStatus.DELETED: set(),
+}
+
+
+class DocumentQuerySet(models.QuerySet):
+    def current(self) -> DocumentQuerySet:
+        """Documents that are not deleted or replaced by a newer version."""
+        return self.exclude(status__in=[DocumentStatus.DELETED, DocumentStatus.SUPERSEDED])
+
+    def searchable(self) -> DocumentQuerySet:
+        return self.filter(searchable=True)
+
+    def readable_by(self, user) -> DocumentQuerySet:
+        """Documents this user may read: no access group (everyone) or one of the user's groups."""
+        if not (user and user.is_authenticated and user.is_active):
+            return self.none()
+        if user.is_superuser:
+            return self
+        if not has_role(user, Role.EMPLOYEE) and not has_role(user, Role.KNOWLEDGE_ADMIN):
+            return self.none()
+        if has_role(user, Role.KNOWLEDGE_ADMIN):
+            return self  # knowledge admins manage every document
+        return self.filter(Q(access_groups__isnull=True) | Q(access_groups__members=user)).distinct()
+
+    def in_progress(self) -> DocumentQuerySet:
+        return self.filter(status__in=IN_PROGRESS)
+
+
+def original_upload_to(document: Document, filename: str) -> str:
+    # Content-addressed, so the stored name never carries user input.
+    suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    return f"originals/{document.sha256[:2]}/{document.sha256}{suffix[:10]}"
+
+
+class Document(models.Model):
+    """One version of an uploaded file. Versions of the same document share a `lineage`."""
+
+    title = models.CharField(max_length=300)
+    filename = models.CharField(max_length=255, help_text="The uploaded file's name, made safe for display")
+    original = models.FileField(upload_to=original_upload_to, max_length=300, blank=True)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    media_type = models.CharField(max_length=120, blank=True)
+    size = models.BigIntegerField()
+    lineage = models.UUIDField(default=uuid.uuid4, db_index=True)
+    version = models.PositiveIntegerField(default=1)
+    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced_by")
+    status = models.CharField(max_length=20, choices=DocumentStatus.choices, default=DocumentStatus.QUEUED)
+    # True while this version's chunks answer questions; stays True during a reindex so that there is no
+    # downtime, and through a failed reindex (the previous index keeps serving).
+    searchable = models.BooleanField(default=False)
+    error_code = models.CharField(max_length=40, blank=True)
+    error_message = models.TextField(blank=True)
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_embedded = models.PositiveIntegerField(default=0)
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    extracted_chars = models.PositiveIntegerField(default=0)
+    embedding_model = models.CharField(max_length=200, blank=True)
+    access_groups = models.ManyToManyField("accounts.AccessGroup", blank=True, related_name="documents")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life from the worker")
+    attempts = models.PositiveIntegerField(default=0)
+
+    objects = DocumentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status"]), models.Index(fields=["searchable"])]
+
+    def __str__(self) -> str:
+        return f"{self.title} (v{self.version})"
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == DocumentStatus.READY:
+            return 100
+        if self.status == DocumentStatus.PARSING or not self.chunks_total:
+            return 0
+        return int(100 * self.chunks_embedded / self.chunks_total)
+
+    @property
+    def is_in_progress(self) -> bool:
+        return self.status in IN_PROGRESS
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    heading_path = models.JSONField(default=list, blank=True)
+    page_start = models.PositiveIntegerField(null=True, blank=True)
+    page_end = models.PositiveIntegerField(null=True, blank=True)
+    char_start = models.PositiveIntegerField()
+    char_end = models.PositiveIntegerField()
+    token_count = models.PositiveIntegerField()
+    embedding = VectorField(dimensions=384)
+
+    class Meta:
+        ordering = ["document_id", "ordinal"]
+        constraints = [
+            # Deferred: a reindex writes the new chunks before it deletes the old ones, in one transaction.
+            models.UniqueConstraint(
+                fields=["document", "ordinal"], name="chunk_unique_ordinal", deferrable=models.Deferrable.DEFERRED
+            )
+        ]
+        indexes = [
+            HnswIndex(
+                name="chunk_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],  # matches CosineDistance in the vector leg
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.ordinal}"
+
+    @property
+    def heading(self) -> str:
+        return " › ".join(self.heading_path)
+
+    @property
+    def pages(self) -> str:
+        if self.page_start is None:
+            return ""
+        if self.page_end and self.page_end != self.page_start:
+            return f"{self.page_start}–{self.page_end}"
+        return str(self.page_start)

@@ -1,0 +1,469 @@
+"""Writes for documents: upload, process (parse -> chunk -> embed -> index), versions, delete, reindex.
+
+Chunks, vectors and keyword postings of a version are written in one transaction at the end of
+processing, together with the status change to ready and the retirement of the version it replaces:
+until that commit the previous version answers, and afterwards only the new one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from ingest.chunker import ChunkDraft, chunk_document
+from ingest.filenames import UnsafeFilename, safe_filename
+from ingest.models import IN_PROGRESS, TRANSITIONS, Chunk, Document, DocumentStatus
+from ingest.parsers import ParseError, parse, sniff_media_type
+from kb.search import embeddings
+from kb.search.analyzer import analyze
+from kb.search.indexing import index_apply, index_version_bump
+
+logger = logging.getLogger(__name__)
+
+# Documents given up on after this many processing attempts (crashes, lost workers), to stop a loop.
+MAX_ATTEMPTS = 5
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+class DocumentGone(Exception):
+    """The document was deleted (or retired) while it was being processed."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    outcome: str  # "queued" | "new_version" | "duplicate" | "failed" | "refused"
+    message: str
+    document: Document | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome in {"queued", "new_version"}
+
+
+# --- upload ---------------------------------------------------------------------------------------
+
+
+def _title_from_filename(filename: str) -> str:
+    stem = Path(filename).stem
+    return " ".join(stem.replace("_", " ").replace("-", " ").split()) or filename
+
+
+def _hash_and_size(source: File) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    source.seek(0)
+    for block in source.chunks():
+        digest.update(block)
+        size += len(block)
+    source.seek(0)
+    return digest.hexdigest(), size
+
+
+def _head(source: File, length: int = 64 * 1024) -> bytes:
+    source.seek(0)
+    data = source.read(length)
+    source.seek(0)
+    return data
+
+
+def document_upload(
+    *,
+    source: File,
+    filename: str,
+    uploaded_by=None,
+    title: str | None = None,
+    access_groups: Iterable | None = None,
+    replaces: Document | None = None,
+) -> UploadResult:
+    """Store an uploaded file as a new document (or a new version) and queue it for processing.
+
+    Identical bytes are recognised as a duplicate and cause no work; a file whose title matches a
+    current document (or that is uploaded with `replaces`) becomes that document's next version.
+    """
+    try:
+        name = safe_filename(filename)
+    except UnsafeFilename as exc:
+        return UploadResult("refused", f"{filename!r}: {exc}")
+    size = source.size if source.size is not None else 0
+    if size > settings.KB_MAX_UPLOAD_BYTES:
+        return UploadResult("refused", _too_large_message(name))
+    sha256, size = _hash_and_size(source)
+    if size > settings.KB_MAX_UPLOAD_BYTES:
+        return UploadResult("refused", _too_large_message(name))
+
+    duplicate = Document.objects.current().filter(sha256=sha256).order_by("created_at").first()
+    if duplicate is not None:
+        state = "" if duplicate.status != DocumentStatus.FAILED else f" (it failed: {duplicate.error_message})"
+        return UploadResult(
+            "duplicate",
+            f"{name} is identical to “{duplicate.title}” (version {duplicate.version}){state}; nothing was changed.",
+            duplicate,
+        )
+
+    title = (title or "").strip() or _title_from_filename(name)
+    if replaces is None:
+        replaces = (
+            Document.objects.current()
+            .exclude(status=DocumentStatus.FAILED)
+            .filter(title__iexact=title)
+            .order_by("-version")
+            .first()
+        )
+    media_type, failure = "", None
+    try:
+        media_type = sniff_media_type(_head(source), name)
+    except ParseError as exc:
+        failure = exc
+
+    with transaction.atomic():
+        document = Document(
+            title=title[:300],
+            filename=name,
+            sha256=sha256,
+            size=size,
+            media_type=media_type,
+            uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
+        )
+        if replaces is not None:
+            replaces = Document.objects.select_for_update().get(pk=replaces.pk)
+            document.lineage = replaces.lineage
+            document.version = (
+                Document.objects.filter(lineage=replaces.lineage)
+                .order_by("-version")
+                .values_list("version", flat=True)[0]
+                + 1
+            )
+            document.replaces = replaces
+        if failure is not None:
+            document.status = DocumentStatus.FAILED
+            document.error_code = failure.code
+            document.error_message = failure.message
+        source.seek(0)
+        document.original.save(name, source, save=False)
+        document.save()
+        if access_groups is not None:
+            document.access_groups.set(access_groups)
+        elif replaces is not None:
+            document.access_groups.set(replaces.access_groups.all())
+        if failure is None:
+            transaction.on_commit(partial(enqueue_processing, document.id))
+
+    if failure is not None:
+        return UploadResult("failed", f"{name}: {failure.message}", document)
+    if replaces is not None:
+        return UploadResult(
+            "new_version",
+            f"{name} is queued as version {document.version} of “{replaces.title}”; "
+            "the current version keeps answering until it is ready.",
+            document,
+        )
+    return UploadResult("queued", f"{name} is queued for processing.", document)
+
+
+def _too_large_message(name: str) -> str:
+    limit = settings.KB_MAX_UPLOAD_BYTES // (1024 * 1024)
+    return f"{name} is larger than the {limit} MB limit and was not stored; split it or compress its images."
+
+
+def enqueue_processing(document_id: int) -> bool:
+    """Send the processing task; a broker outage leaves the document queued for the resumer."""
+    from ingest.tasks import process_document
+
+    try:
+        process_document.delay(document_id)
+    except Exception:  # the broker is down: the periodic resumer sends it again later
+        logger.warning("could not enqueue document %s; it stays queued and will be retried", document_id, exc_info=True)
+        return False
+    return True
+
+
+# --- processing -----------------------------------------------------------------------------------
+
+
+def _move(document_id: int, to: str, **changes) -> None:
+    """Change status only along TRANSITIONS; returns silently when the row already moved elsewhere."""
+    allowed_from = [state for state, targets in TRANSITIONS.items() if to in targets]
+    updated = Document.objects.filter(pk=document_id, status__in=allowed_from).update(
+        status=to, heartbeat_at=timezone.now(), **changes
+    )
+    if not updated:
+        current = Document.objects.filter(pk=document_id).values_list("status", flat=True).first()
+        if current in (DocumentStatus.DELETED, DocumentStatus.SUPERSEDED, None):
+            raise DocumentGone(document_id)
+        raise IllegalTransition(f"document {document_id}: {current} -> {to} is not allowed")
+
+
+def document_fail(document_id: int, *, code: str, message: str) -> None:
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None or document.status in (DocumentStatus.DELETED, DocumentStatus.SUPERSEDED):
+        return
+    if document.searchable:
+        message += " The previously indexed content keeps answering."
+    try:
+        _move(document_id, DocumentStatus.FAILED, error_code=code, error_message=message)
+    except (IllegalTransition, DocumentGone):
+        return
+    logger.info("document %s failed: %s (%s)", document_id, code, message)
+
+
+def passage_context(title: str, heading_path: Sequence[str]) -> str:
+    """The document title and heading path, without repeating a title that is also the first heading."""
+    parts = [title] if title else []
+    for heading in heading_path:
+        if not parts or heading.casefold() != parts[-1].casefold():
+            parts.append(heading)
+    return " › ".join(parts)
+
+
+def indexed_text(title: str, draft_text: str, heading_path: Sequence[str]) -> str:
+    """What is embedded and keyword-indexed: the passage with its place in the document."""
+    return f"{passage_context(title, heading_path)}\n\n{draft_text}"
+
+
+def document_process(document_id: int) -> None:
+    """Parse, chunk, embed and index one document. Idempotent: re-running it on a finished document
+    does nothing, and on a half-finished one starts over and writes the same chunks once."""
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None or document.status not in IN_PROGRESS:
+        return
+    if document.attempts >= MAX_ATTEMPTS:
+        document_fail(
+            document_id,
+            code="gave_up",
+            message=f"Processing was interrupted {document.attempts} times; try Reindex, or split the file.",
+        )
+        return
+    try:
+        _process(document)
+    except DocumentGone:
+        logger.info("document %s was deleted while being processed; work dropped", document_id)
+
+
+def _process(document: Document) -> None:
+    _move(document.id, DocumentStatus.PARSING, attempts=F("attempts") + 1, error_code="", error_message="")
+    try:
+        with document.original.open("rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        document_fail(document.id, code="missing_file", message="The stored file is missing; upload it again.")
+        return
+    try:
+        parsed = parse(
+            data,
+            document.media_type,
+            max_uncompressed_bytes=settings.KB_MAX_UNCOMPRESSED_BYTES,
+            max_compression_ratio=settings.KB_MAX_COMPRESSION_RATIO,
+        )
+    except ParseError as exc:
+        document_fail(document.id, code=exc.code, message=exc.message)
+        return
+    drafts = chunk_document(
+        parsed,
+        target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
+        max_tokens=settings.KB_CHUNK_MAX_TOKENS,
+        overlap_tokens=settings.KB_CHUNK_OVERLAP_TOKENS,
+    )
+    if not drafts:
+        document_fail(document.id, code="no_text", message="No text was found in this file.")
+        return
+    _move(
+        document.id,
+        DocumentStatus.EMBEDDING,
+        chunks_total=len(drafts),
+        chunks_embedded=0,
+        page_count=parsed.page_count,
+        extracted_chars=len(parsed.text),
+    )
+    inputs = [indexed_text(document.title, d.text, d.heading_path) for d in drafts]
+    vectors = _embed_with_progress(document.id, inputs)
+    terms = analyze(inputs)
+    _finalize(document.id, drafts, vectors, terms)
+
+
+def _embed_with_progress(document_id: int, inputs: list[str]) -> list:
+    batch = settings.KB_EMBEDDING_BATCH_SIZE
+    # Several model batches per progress write: one UPDATE per ~100 passages costs nothing measurable.
+    step = batch * 4
+    vectors: list = []
+    for start in range(0, len(inputs), step):
+        vectors.extend(embeddings.embed(inputs[start : start + step], batch_size=batch))
+        updated = Document.objects.filter(pk=document_id, status=DocumentStatus.EMBEDDING).update(
+            chunks_embedded=len(vectors), heartbeat_at=timezone.now()
+        )
+        if not updated:
+            raise DocumentGone(document_id)
+    return vectors
+
+
+@transaction.atomic
+def _finalize(document_id: int, drafts: Sequence[ChunkDraft], vectors: Sequence, terms: Sequence) -> None:
+    document = Document.objects.select_for_update().get(pk=document_id)
+    if document.status != DocumentStatus.EMBEDDING:
+        raise DocumentGone(document_id)
+    newer = Document.objects.filter(lineage=document.lineage, version__gt=document.version, searchable=True)
+    if newer.exists():
+        # A later version became ready first: this one never serves.
+        document.status = DocumentStatus.SUPERSEDED
+        document.save(update_fields=["status", "updated_at"])
+        return
+    retiring = list(
+        Document.objects.select_for_update()
+        .filter(lineage=document.lineage, searchable=True)
+        .exclude(pk=document.pk)
+        .order_by("id")
+    )
+    # Chunks of this document from an earlier run or index, and of the versions it replaces.
+    old_chunk_ids = list(
+        Chunk.objects.filter(document__in=[document, *retiring]).order_by("id").values_list("id", flat=True)
+    )
+    # The (document, ordinal) constraint is deferred to commit, so the new chunks can be written
+    # before the old ones of the same document go; one index_apply then moves every frequency at once.
+    new_chunks = Chunk.objects.bulk_create(
+        [
+            Chunk(
+                document=document,
+                ordinal=draft.ordinal,
+                text=draft.text,
+                heading_path=list(draft.heading_path),
+                page_start=draft.page_start,
+                page_end=draft.page_end,
+                char_start=draft.char_start,
+                char_end=draft.char_end,
+                token_count=draft.token_count,
+                embedding=vector,
+            )
+            for draft, vector in zip(drafts, vectors, strict=True)
+        ]
+    )
+    index_apply(
+        add=[(chunk.id, term_counts) for chunk, term_counts in zip(new_chunks, terms, strict=True)],
+        remove=old_chunk_ids,
+    )
+    Chunk.objects.filter(id__in=old_chunk_ids).delete()
+    for old in retiring:
+        old.status = DocumentStatus.SUPERSEDED
+        old.searchable = False
+        old.save(update_fields=["status", "searchable", "updated_at"])
+    document.status = DocumentStatus.READY
+    document.searchable = True
+    document.chunks_embedded = len(new_chunks)
+    document.embedding_model = embeddings.model_id()
+    document.ready_at = timezone.now()
+    document.heartbeat_at = timezone.now()
+    document.save()
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def document_delete(*, document: Document) -> None:
+    """Remove a document version from search (chunks and postings go) and delete its stored file.
+
+    The row stays, marked deleted, so that audit records that cite it can still name it.
+    """
+    document = Document.objects.select_for_update().get(pk=document.pk)
+    if document.status == DocumentStatus.DELETED:
+        return
+    chunk_ids = list(document.chunks.order_by("id").values_list("id", flat=True))
+    if chunk_ids:
+        index_apply(remove=chunk_ids)
+        Chunk.objects.filter(id__in=chunk_ids).delete()
+    else:
+        index_version_bump()
+    document.status = DocumentStatus.DELETED
+    document.searchable = False
+    document.save(update_fields=["status", "searchable", "updated_at"])
+    if document.original:
+        stored = document.original
+        transaction.on_commit(lambda: stored.delete(save=False))
+
+
+def document_reindex(*, document: Document) -> bool:
+    """Queue a rebuild of one document's chunks; its current index keeps answering meanwhile.
+
+    Returns False when the document cannot be reindexed (deleted, superseded, or already queued).
+    """
+    with transaction.atomic():
+        updated = Document.objects.filter(
+            pk=document.pk, status__in=[DocumentStatus.READY, DocumentStatus.FAILED]
+        ).update(status=DocumentStatus.QUEUED, attempts=0, heartbeat_at=timezone.now(), error_code="", error_message="")
+        if updated:
+            transaction.on_commit(partial(enqueue_processing, document.pk))
+    return bool(updated)
+
+
+def documents_reindex(*, documents: Iterable[Document] | None = None) -> int:
+    queryset = Document.objects.current() if documents is None else documents
+    return sum(document_reindex(document=document) for document in queryset)
+
+
+def documents_with_stale_embeddings():
+    """Searchable documents embedded by another model (or model setting) than the configured one."""
+    return Document.objects.searchable().exclude(embedding_model=embeddings.model_id())
+
+
+def documents_reindex_stale_embeddings() -> int:
+    return documents_reindex(documents=documents_with_stale_embeddings().filter(status=DocumentStatus.READY))
+
+
+@transaction.atomic
+def document_set_access_groups(*, document: Document, groups: Iterable) -> None:
+    """Set who may read every version of this document (none: every employee)."""
+    groups = list(groups)
+    for version in Document.objects.filter(lineage=document.lineage):
+        version.access_groups.set(groups)
+    index_version_bump()
+
+
+def documents_resume_stalled(*, stalled_for: timedelta | None = None) -> list[int]:
+    """Re-send documents whose processing shows no sign of life: a killed worker or a lost message.
+
+    Safe to run at any time: processing is idempotent, and a document that is still alive is left alone.
+    """
+    stalled_for = stalled_for if stalled_for is not None else timedelta(seconds=settings.KB_INGEST_STALL_SECONDS)
+    cutoff = timezone.now() - stalled_for
+    stalled = list(
+        Document.objects.in_progress()
+        .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff))
+        .values_list("id", flat=True)
+    )
+    for document_id in stalled:
+        Document.objects.filter(pk=document_id).update(heartbeat_at=timezone.now())
+        enqueue_processing(document_id)
+    return stalled
+
+
+def demo_corpus_ensure(*, stdout: Callable[[str], None] = print) -> int:
+    """Load the bundled demo documents on the first start, so that a newcomer can ask at once."""
+    marker = settings.KB_DATA_DIR / "demo-corpus-loaded"
+    if marker.exists() or Document.objects.exists():
+        return 0
+    from django.contrib.auth import get_user_model
+
+    admin = get_user_model().objects.filter(is_superuser=True).order_by("id").first()
+    loaded = 0
+    for path in sorted(DEMO_DIR.iterdir()):
+        if path.name.startswith(".") or path.suffix == ".py":
+            continue
+        with path.open("rb") as handle:
+            result = document_upload(source=File(handle, name=path.name), filename=path.name, uploaded_by=admin)
+        loaded += result.accepted
+    marker.write_text(f"{loaded} documents\n")
+    stdout(f"loaded {loaded} demo documents from {DEMO_DIR}; the worker indexes them in the background")
+    return loaded

@@ -1,0 +1,43 @@
+"""Celery tasks: thin, take ids, call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from ingest import services
+
+
+@shared_task(
+    name="ingest.process_document",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=5,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=settings.KB_INGEST_SOFT_TIME_LIMIT_S,
+    time_limit=settings.KB_INGEST_SOFT_TIME_LIMIT_S + 60,
+)
+def process_document(document_id: int) -> None:
+    try:
+        services.document_process(document_id)
+    except SoftTimeLimitExceeded:
+        minutes = settings.KB_INGEST_SOFT_TIME_LIMIT_S // 60
+        services.document_fail(
+            document_id,
+            code="timeout",
+            message=f"Processing took longer than {minutes} minutes and was stopped; split the file into smaller ones.",
+        )
+
+
+@shared_task(name="ingest.resume_stalled", ignore_result=True)
+def resume_stalled() -> int:
+    return len(services.documents_resume_stalled())
+
+
+@shared_task(name="ingest.reindex_stale_embeddings", ignore_result=True)
+def reindex_stale_embeddings() -> int:
+    return services.documents_reindex_stale_embeddings()

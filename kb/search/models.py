@@ -1,0 +1,48 @@
+"""The keyword index: BM25 postings kept in PostgreSQL, in step with the chunks (GUIDE §6)."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Term(models.Model):
+    text = models.CharField(max_length=200, unique=True)
+    df = models.IntegerField(default=0, help_text="Chunks that contain the term")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Posting(models.Model):
+    """One (term, chunk) pair. The table is created by hand in the migration: its primary key is
+    (term_id, chunk_id) INCLUDE (tf, len), so that scoring a term reads the index only."""
+
+    pk = models.CompositePrimaryKey("term_id", "chunk_id")
+    term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False)
+    chunk = models.ForeignKey("ingest.Chunk", on_delete=models.DO_NOTHING, db_constraint=False)
+    tf = models.IntegerField()
+    len = models.IntegerField(help_text="Length of the chunk in terms, copied here to spare a lookup")
+
+    class Meta:
+        managed = False
+        db_table = "search_posting"
+
+    def __str__(self) -> str:
+        return f"{self.term_id}:{self.chunk_id}"
+
+
+class IndexState(models.Model):
+    """One row: corpus statistics for BM25 and a version that changes with every index change
+    (answer caches are keyed by it)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    chunk_count = models.BigIntegerField(default=0)
+    total_length = models.BigIntegerField(default=0)
+    version = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"index v{self.version}: {self.chunk_count} chunks"
+
+    @property
+    def average_length(self) -> float:
+        return self.total_length / self.chunk_count if self.chunk_count else 0.0

@@ -1,0 +1,244 @@
+"""Ingestion through the database with the real embedding model and the real keyword index."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from django.core.files.base import ContentFile
+from django.db import connection
+
+from ingest import services
+from ingest.models import Chunk, Document, DocumentStatus
+from kb.search import embeddings
+from kb.search.models import IndexState
+from tests.factories import AccessGroupFactory
+
+pytestmark = pytest.mark.django_db
+
+HANDBOOK = b"""# Handbook
+
+## Travel
+
+Employees book train travel through the travel desk. First class is allowed for journeys over three hours.
+
+## Expenses
+
+Claims are submitted within thirty days with receipts attached. Meals abroad are reimbursed up to 60 euros.
+"""
+
+
+def upload(data: bytes, name: str = "handbook.md", **kwargs) -> services.UploadResult:
+    return services.document_upload(source=ContentFile(data, name=name), filename=name, **kwargs)
+
+
+def ingest(data: bytes, name: str = "handbook.md", **kwargs) -> Document:
+    result = upload(data, name, **kwargs)
+    assert result.accepted, result.message
+    services.document_process(result.document.pk)
+    return Document.objects.get(pk=result.document.pk)
+
+
+def postings_of(document: Document) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.chunk_id, t.text, p.tf, p.len FROM search_posting p JOIN search_term t ON t.id = p.term_id "
+            "JOIN ingest_chunk c ON c.id = p.chunk_id WHERE c.document_id = %s ORDER BY 1, 2",
+            [document.pk],
+        )
+        return cursor.fetchall()
+
+
+def assert_index_consistent() -> None:
+    """Document frequencies and corpus statistics equal what the postings and chunks say."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT t.text, t.df, count(p.chunk_id) FROM search_term t LEFT JOIN search_posting p ON p.term_id = t.id "
+            "GROUP BY t.id HAVING t.df <> count(p.chunk_id)"
+        )
+        assert cursor.fetchall() == []
+        cursor.execute("SELECT count(*) FROM ingest_chunk")
+        chunks = cursor.fetchone()[0]
+        cursor.execute("SELECT coalesce(sum(len), 0) FROM (SELECT DISTINCT chunk_id, len FROM search_posting) s")
+        length = cursor.fetchone()[0]
+    state = IndexState.objects.get()
+    assert (state.chunk_count, state.total_length) == (chunks, length)
+
+
+def test_a_markdown_file_becomes_ready_chunks_with_vectors_and_postings(knowledge_admin):
+    document = ingest(HANDBOOK, uploaded_by=knowledge_admin)
+    assert document.status == DocumentStatus.READY
+    assert document.searchable
+    assert document.embedding_model == embeddings.model_id()
+    chunks = list(document.chunks.order_by("ordinal"))
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    assert document.chunks_total == document.chunks_embedded == len(chunks) >= 2
+    travel = next(c for c in chunks if "train travel" in c.text)
+    assert travel.heading_path == ["Handbook", "Travel"]
+    assert len(travel.embedding) == 384
+    assert abs(sum(v * v for v in travel.embedding) - 1) < 1e-3
+    terms = {text for chunk_id, text, *_ in postings_of(document) if chunk_id == travel.pk}
+    assert {"train", "travel", "handbook"} <= terms  # stemmed by the english configuration
+    assert "the" not in terms
+    assert_index_consistent()
+
+
+def test_identical_bytes_are_a_duplicate_and_cause_no_work(db):
+    first = ingest(HANDBOOK)
+    result = upload(HANDBOOK, name="copy-of-handbook.md")
+    assert result.outcome == "duplicate"
+    assert result.document == first
+    assert "identical" in result.message
+    assert Document.objects.count() == 1
+
+
+def test_a_new_file_with_the_same_title_is_a_new_version_that_replaces_the_old_when_ready(db):
+    old = ingest(HANDBOOK)
+    old_chunk_ids = set(old.chunks.values_list("id", flat=True))
+    result = upload(HANDBOOK.replace(b"60 euros", b"75 euros"))
+    assert result.outcome == "new_version"
+    new = result.document
+    assert (new.version, new.replaces, new.lineage) == (2, old, old.lineage)
+    # Until the new version is ready the old one keeps answering.
+    old.refresh_from_db()
+    assert old.searchable and old.status == DocumentStatus.READY
+    services.document_process(new.pk)
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.status, old.searchable) == (DocumentStatus.SUPERSEDED, False)
+    assert (new.status, new.searchable) == (DocumentStatus.READY, True)
+    assert not Chunk.objects.filter(id__in=old_chunk_ids).exists()
+    assert any("75 euros" in c.text for c in new.chunks.all())
+    assert_index_consistent()
+
+
+def test_a_new_version_keeps_the_access_groups(db):
+    finance = AccessGroupFactory(name="Finance")
+    old = ingest(HANDBOOK, access_groups=[finance])
+    new = upload(HANDBOOK + b"\nMore.\n").document
+    assert list(new.access_groups.all()) == [finance]
+    assert new.replaces == old
+
+
+def test_processing_twice_gives_the_same_chunks_once(db):
+    document = ingest(HANDBOOK)
+    before = list(document.chunks.order_by("ordinal").values_list("ordinal", "text"))
+    services.document_process(document.pk)  # finished: nothing to do
+    # A half-finished run (worker died while embedding) starts over and writes each chunk once.
+    Document.objects.filter(pk=document.pk).update(status=DocumentStatus.EMBEDDING)
+    services.document_process(document.pk)
+    Document.objects.filter(pk=document.pk).update(status=DocumentStatus.QUEUED)
+    services.document_process(document.pk)
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.READY
+    assert list(document.chunks.order_by("ordinal").values_list("ordinal", "text")) == before
+    assert_index_consistent()
+
+
+def test_reindex_rebuilds_without_downtime(db):
+    document = ingest(HANDBOOK)
+    assert services.document_reindex(document=document)
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.QUEUED
+    assert document.searchable and document.chunks.exists()  # still answering while queued
+    services.document_process(document.pk)
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.READY
+    assert_index_consistent()
+
+
+def test_delete_removes_chunks_postings_and_the_stored_file(django_capture_on_commit_callbacks, db):
+    document = ingest(HANDBOOK)
+    version = IndexState.objects.get().version
+    path = document.original.path
+    with django_capture_on_commit_callbacks(execute=True):
+        services.document_delete(document=document)
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.DELETED
+    assert not document.chunks.exists()
+    assert postings_of(document) == []
+    assert IndexState.objects.get().version > version
+    import os
+
+    assert not os.path.exists(path)
+    assert_index_consistent()
+
+
+def test_a_document_deleted_while_processing_is_dropped(db, monkeypatch):
+    document = upload(HANDBOOK).document
+    real_embed = embeddings.embed
+
+    def embed_then_delete(texts, **kwargs):
+        services.document_delete(document=Document.objects.get(pk=document.pk))
+        return real_embed(texts, **kwargs)
+
+    monkeypatch.setattr(embeddings, "embed", embed_then_delete)
+    services.document_process(document.pk)
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.DELETED
+    assert not document.chunks.exists()
+    assert_index_consistent()
+
+
+def test_a_failed_reindex_leaves_the_previous_index_serving(db, monkeypatch):
+    document = ingest(HANDBOOK)
+    services.document_reindex(document=document)
+    monkeypatch.setattr(services, "parse", _raise_parse_error)
+    services.document_process(document.pk)
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.FAILED
+    assert document.searchable and document.chunks.exists()
+    assert "previously indexed content keeps answering" in document.error_message
+
+
+def _raise_parse_error(*args, **kwargs):
+    from ingest.parsers import ParseError
+
+    raise ParseError("corrupt_pdf", "This PDF is damaged and cannot be read.")
+
+
+def test_interleaved_ingestion_and_deletion_keep_document_frequencies_exact(db):
+    a = ingest(HANDBOOK)
+    ingest(b"# Travel desk\n\nThe travel desk books trains and hotels for every trip.\n", name="desk.md")
+    services.document_delete(document=a)
+    ingest(b"# Trains\n\nTrains leave every hour. Travel light.\n", name="trains.md")
+    assert_index_consistent()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT df FROM search_term WHERE text = 'travel'")
+        assert cursor.fetchone()[0] == 2  # one chunk in each remaining document
+
+
+def test_the_stalled_documents_are_sent_again(db, monkeypatch):
+    from datetime import timedelta
+
+    sent = []
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: sent.append(document_id) or True)
+    stuck = upload(HANDBOOK).document
+    Document.objects.filter(pk=stuck.pk).update(status=DocumentStatus.EMBEDDING)
+    assert services.documents_resume_stalled(stalled_for=timedelta(hours=1)) == []
+    assert services.documents_resume_stalled(stalled_for=timedelta(0)) == [stuck.pk]
+    assert sent == [stuck.pk]
+
+
+def test_a_changed_embedding_model_marks_documents_for_reindexing(db, settings):
+    document = ingest(HANDBOOK)
+    assert not services.documents_with_stale_embeddings().exists()
+    Document.objects.filter(pk=document.pk).update(embedding_model="another-model@256")
+    assert list(services.documents_with_stale_embeddings()) == [document]
+    assert services.documents_reindex_stale_embeddings() == 1
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.QUEUED
+
+
+def test_passage_context_does_not_repeat_the_title():
+    assert services.passage_context("Handbook", ["Handbook", "Travel"]) == "Handbook › Travel"
+    assert services.passage_context("Guide", ["Intro"]) == "Guide › Intro"
+    assert services.passage_context("Guide", []) == "Guide"
+
+
+def test_analyzer_counts_term_frequencies():
+    from kb.search.analyzer import analyze
+
+    first, empty = analyze(["Trains and training: the train leaves.", "the of and"])
+    assert first == Counter({"train": 3, "leav": 1})
+    assert empty == Counter()
