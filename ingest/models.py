@@ -80,6 +80,9 @@ class Document(models.Model):
     """One version of an uploaded file. Versions of the same document share a `lineage`."""
 
     title = models.CharField(max_length=300)
+    # True while the title is only derived from the file name; the document's own title (first heading,
+    # PDF metadata) replaces it once the file is parsed.
+    auto_title = models.BooleanField(default=False)
     filename = models.CharField(max_length=255, help_text="The uploaded file's name, made safe for display")
     original = models.FileField(upload_to=original_upload_to, max_length=300, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True)

@@ -115,12 +115,14 @@ def document_upload(
             duplicate,
         )
 
+    auto_title = not (title or "").strip()
     title = (title or "").strip() or _title_from_filename(name)
     if replaces is None:
+        # Same title, or same file name: the next version of that document.
         replaces = (
             Document.objects.current()
             .exclude(status=DocumentStatus.FAILED)
-            .filter(title__iexact=title)
+            .filter(Q(title__iexact=title) | Q(filename=name))
             .order_by("-version")
             .first()
         )
@@ -132,7 +134,8 @@ def document_upload(
 
     with transaction.atomic():
         document = Document(
-            title=title[:300],
+            title=(replaces.title if replaces is not None and auto_title else title)[:300],
+            auto_title=auto_title and replaces is None,
             filename=name,
             sha256=sha256,
             size=size,
@@ -281,6 +284,9 @@ def _process(document: Document) -> None:
     if not drafts:
         document_fail(document.id, code="no_text", message="No text was found in this file.")
         return
+    if document.auto_title and parsed.title:
+        document.title = parsed.title.strip()[:300]
+        Document.objects.filter(pk=document.pk).update(title=document.title, auto_title=False)
     _move(
         document.id,
         DocumentStatus.EMBEDDING,
