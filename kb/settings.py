@@ -116,6 +116,9 @@ _db = dj_database_url.parse(_database_url, conn_max_age=0, conn_health_checks=Tr
 if not _db.get("NAME"):
     raise EnvError("DATABASE_URL has no database name: use the form postgresql://USER:PASSWORD@HOST:5432/NAME")
 _db["ENGINE"] = "django.db.backends.postgresql"
+if "host" in _db.get("OPTIONS", {}):
+    # A unix-socket URL (postgresql://user@/name?host=/socket/dir) puts the host in the options.
+    _db["HOST"] = _db["OPTIONS"].pop("host")
 # A statement that runs this long is a bug or an overload; fail it instead of holding the connection.
 _db.setdefault("OPTIONS", {})["options"] = "-c statement_timeout={}".format(
     env_int("KB_STATEMENT_TIMEOUT_MS", 30000, minimum=100)
@@ -170,7 +173,7 @@ _broker_url = env_url(
 if _broker_url is None:
     # Embedded default: a folder queue on this machine, so `make run` needs no broker server.
     # It only serves processes on one machine; use Redis to run workers elsewhere.
-    _broker_dir = KB_DATA_DIR / "broker"
+    _broker_dir = env_path("KB_BROKER_DIR", KB_DATA_DIR / "broker", base=BASE_DIR)
     (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
     (_broker_dir / "results").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"

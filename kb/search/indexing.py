@@ -7,9 +7,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 from django.db import connection, transaction
-from django.db.models import F
-
-from kb.search.models import IndexState
 
 
 def index_apply(*, add: Sequence[tuple[int, Counter[str]]] = (), remove: Sequence[int] = ()) -> None:
@@ -76,13 +73,23 @@ def index_apply(*, add: Sequence[tuple[int, Counter[str]]] = (), remove: Sequenc
                 "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::int[])",
                 [term_col, chunk_col, tf_col, len_col],
             )
-    IndexState.objects.filter(pk=1).update(
-        chunk_count=F("chunk_count") + len(add) - len(remove),
-        total_length=F("total_length") + added_length - removed_length,
-        version=F("version") + 1,
-    )
+        _state_change(cursor, chunks=len(add) - len(remove), length=added_length - removed_length)
 
 
 def index_version_bump() -> None:
     """Mark the index changed (access groups, deletions): answer caches keyed by the version miss."""
-    IndexState.objects.filter(pk=1).update(version=F("version") + 1)
+    with connection.cursor() as cursor:
+        _state_change(cursor, chunks=0, length=0)
+
+
+def _state_change(cursor, *, chunks: int, length: int) -> None:
+    # An upsert, so that the statistics row is there even after a database was emptied (test flushes).
+    cursor.execute(
+        """
+        INSERT INTO search_indexstate (id, chunk_count, total_length, version) VALUES (1, %s, %s, 1)
+        ON CONFLICT (id) DO UPDATE SET chunk_count = search_indexstate.chunk_count + EXCLUDED.chunk_count,
+            total_length = search_indexstate.total_length + EXCLUDED.total_length,
+            version = search_indexstate.version + 1
+        """,
+        [chunks, length],
+    )

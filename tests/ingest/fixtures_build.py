@@ -31,7 +31,8 @@ class OutlineItem:
 
 def _pdf_string(text: str) -> bytes:
     escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-    return b"(" + escaped.encode("latin-1") + b")"
+    # WinAnsiEncoding, as declared for the font
+    return b"(" + escaped.encode("cp1252") + b")"
 
 
 def _page_content(lines: Sequence[str]) -> bytes:
@@ -149,10 +150,10 @@ def _write_outline(
     return numbers[0], numbers[-1], total
 
 
-def encrypt_pdf(data: bytes, *, user_password: str, owner_password: str = "owner") -> bytes:
+def encrypt_pdf(data: bytes, *, user_password: str) -> bytes:
     # RC4 because the AES algorithms need the `cryptography` package, which the project does not install.
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(data)))
-    writer.encrypt(user_password, owner_password, algorithm="RC4-128")
+    writer.encrypt(user_password, "owner-secret", algorithm="RC4-128")
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
@@ -210,7 +211,8 @@ def build_docx() -> bytes:
     document.add_paragraph("Your manager answers within three working days.")
     document.add_heading("Equipment", level=1)
     table = document.add_table(rows=3, cols=2)
-    for row, (item, owner) in zip(table.rows, [("Item", "Owner"), ("Laptop", "IT"), ("Badge", "Facilities")]):
+    contents = [("Item", "Owner"), ("Laptop", "IT"), ("Badge", "Facilities")]
+    for row, (item, owner) in zip(table.rows, contents, strict=True):
         row.cells[0].text = item
         row.cells[1].text = owner
     document.add_paragraph("Step one", style="List Number")
@@ -276,7 +278,7 @@ def build_html() -> bytes:
 
 
 def build_markdown() -> bytes:
-    return """---
+    return b"""---
 title: Onboarding
 ---
 # Onboarding
@@ -308,9 +310,9 @@ print("hello")
 ### Deep Section
 
 Deep text.
-""".encode()
+"""
 
 
 def cp1252_text() -> bytes:
-    text = "Café au lait – naïve résumé.\n\nThe “smart quotes” cost 5 €.\n"
+    text = "Caf\u00e9 au lait \u2013 na\u00efve r\u00e9sum\u00e9.\n\nThe \u201csmart quotes\u201d cost 5 \u20ac.\n"
     return text.encode("cp1252")

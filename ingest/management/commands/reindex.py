@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.core.management.base import BaseCommand, CommandError
 
 from ingest import services
@@ -12,8 +14,19 @@ class Command(BaseCommand):
         group.add_argument("--all", action="store_true", help="every current document")
         group.add_argument("--document", type=int, metavar="ID", help="one document by id")
         group.add_argument("--stale", action="store_true", help="documents embedded by another embedding model")
+        group.add_argument(
+            "--stalled", action="store_true", help="re-send documents whose processing shows no sign of life"
+        )
+        parser.add_argument(
+            "--stalled-for", type=int, default=None, metavar="SECONDS", help="silence that counts as stalled"
+        )
 
-    def handle(self, *args, all, document, stale, **options):
+    def handle(self, *args, all, document, stale, stalled, stalled_for, **options):
+        if stalled:
+            after = timedelta(seconds=stalled_for) if stalled_for is not None else None
+            count = len(services.documents_resume_stalled(stalled_for=after))
+            self.stdout.write(f"{count} stalled documents sent to the workers again")
+            return
         if document is not None:
             found = Document.objects.current().filter(pk=document).first()
             if found is None:

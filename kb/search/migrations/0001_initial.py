@@ -52,7 +52,7 @@ class Migration(migrations.Migration):
                 """
             CREATE TABLE search_posting (
                 term_id bigint NOT NULL,
-                chunk_id bigint NOT NULL REFERENCES ingest_chunk (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+                chunk_id bigint NOT NULL,
                 tf integer NOT NULL,
                 len integer NOT NULL,
                 PRIMARY KEY (term_id, chunk_id) INCLUDE (tf, len)

