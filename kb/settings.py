@@ -237,10 +237,20 @@ FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
-# Chunk sizes in tokens of the embedding model's tokenizer (see README, "Chunking", for how they were chosen).
-KB_CHUNK_TARGET_TOKENS = env_int("KB_CHUNK_TARGET_TOKENS", 200, minimum=32, maximum=512)
-KB_CHUNK_MAX_TOKENS = env_int("KB_CHUNK_MAX_TOKENS", 240, minimum=32, maximum=512)
+# Chunk sizes in tokens of the embedding model's tokenizer. The model reads 254 tokens of content
+# (max_seq_length 256 less two special tokens); a chunk is at most max + overlap tokens, and the title
+# and heading path placed before it take ~10-20 more, so 210 + 24 keeps whole chunks inside the window.
+# See README, "Chunking", for the retrieval measurements behind these defaults.
+KB_CHUNK_TARGET_TOKENS = env_int("KB_CHUNK_TARGET_TOKENS", 180, minimum=32, maximum=512)
+KB_CHUNK_MAX_TOKENS = env_int("KB_CHUNK_MAX_TOKENS", 210, minimum=32, maximum=512)
 KB_CHUNK_OVERLAP_TOKENS = env_int("KB_CHUNK_OVERLAP_TOKENS", 24, minimum=0, maximum=128)
+if KB_CHUNK_TARGET_TOKENS > KB_CHUNK_MAX_TOKENS:
+    raise EnvError(
+        f"KB_CHUNK_TARGET_TOKENS={KB_CHUNK_TARGET_TOKENS} is above KB_CHUNK_MAX_TOKENS={KB_CHUNK_MAX_TOKENS}: "
+        "use a target at most the maximum"
+    )
+if KB_CHUNK_OVERLAP_TOKENS >= KB_CHUNK_MAX_TOKENS:
+    raise EnvError(f"KB_CHUNK_OVERLAP_TOKENS={KB_CHUNK_OVERLAP_TOKENS} must be below KB_CHUNK_MAX_TOKENS")
 # DOCX files are zip archives: refuse any whose contents would inflate beyond these (zip bombs).
 KB_MAX_UNCOMPRESSED_BYTES = env_int("KB_MAX_UNCOMPRESSED_MB", 200, minimum=1) * 1024 * 1024
 KB_MAX_COMPRESSION_RATIO = env_int("KB_MAX_COMPRESSION_RATIO", 100, minimum=2)
