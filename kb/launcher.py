@@ -47,6 +47,12 @@ def prepare() -> dict[str, str]:
         _say(f"created the first admin account; its user name and password are in {password_file}")
     elif password_file.exists():
         _say(f"admin credentials (from the first start) are in {password_file}")
+    from ingest.services import demo_corpus_ensure, documents_reindex_stale_embeddings
+
+    demo_corpus_ensure(stdout=_say)
+    stale = documents_reindex_stale_embeddings()
+    if stale:
+        _say(f"{stale} documents were embedded by another model; the worker re-embeds them in the background")
     _say(f"ready to serve after {time.monotonic() - started:.1f}s of preparation")
 
     env = dict(os.environ)
