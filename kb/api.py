@@ -38,6 +38,11 @@ api = NinjaAPI(
 )
 
 
+from ingest.api import router as documents_router  # noqa: E402 - the api object must exist first
+
+api.add_router("/documents", documents_router)
+
+
 class Me(Schema):
     username: str
     roles: list[str]

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the policy text is prose, wrapped by the PDF writer, not by the editor
 """Writes the demo corpus's Word and PDF files from the text below (run by hand after editing it):
 
     .venv/bin/python ingest/demo/build_demo.py
