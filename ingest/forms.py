@@ -8,7 +8,9 @@ class MultipleFileInput(forms.ClearableFileInput):
 
 
 class UploadForm(forms.Form):
-    files = forms.FileField(
+    # Named like the form's own `files` attribute on purpose: the field's input is called "files". The
+    # view reads the uploads from request.FILES.getlist("files"), since a file field keeps only the last.
+    files = forms.FileField(  # type: ignore[assignment]
         widget=MultipleFileInput(attrs={"multiple": True}),
         help_text="PDF, Word (.docx), HTML, Markdown or plain text; several at once are fine.",
     )
@@ -17,10 +19,6 @@ class UploadForm(forms.Form):
         required=False,
         help_text="Who may read these documents. None selected: every employee.",
     )
-
-    def clean_files(self):
-        # A multiple file field gives the last file only; the view reads request.FILES.getlist.
-        return self.files.getlist("files")
 
 
 class ReplaceForm(forms.Form):

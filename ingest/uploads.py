@@ -18,9 +18,9 @@ class SizeLimitUploadHandler(FileUploadHandler):
         self.received += len(raw_data)
         if self.received > settings.KB_MAX_UPLOAD_BYTES:
             if self.request is not None:
-                if not hasattr(self.request, "kb_oversized_files"):
-                    self.request.kb_oversized_files = []
-                self.request.kb_oversized_files.append(self.file_name)
+                refused = getattr(self.request, "kb_oversized_files", [])
+                refused.append(self.file_name)
+                setattr(self.request, "kb_oversized_files", refused)  # noqa: B010 - HttpRequest has no such field
             raise SkipFile
         return raw_data
 

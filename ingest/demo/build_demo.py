@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import docx
 
@@ -23,7 +24,7 @@ from tests.ingest.fixtures_build import OutlineItem, build_pdf  # noqa: E402
 LINES_PER_PAGE = 46
 LINE_WIDTH = 88
 
-TRAVEL = [
+TRAVEL: list[tuple[str, Any]] = [
     ("title", "Travel and Expenses Policy"),
     (
         "p",
@@ -164,7 +165,7 @@ def write_docx(path: Path) -> None:
                 for cell, value in zip(row.cells, values, strict=True):
                     cell.text = value
     document.core_properties.title = "Travel and Expenses Policy"
-    document.save(path)
+    document.save(str(path))
 
 
 def write_pdf(path: Path) -> None:

@@ -58,7 +58,7 @@ class Command(BaseCommand):
             results.append((path, result))
             self._bar("uploading", index, len(files))
         self._newline()
-        accepted = [r.document.pk for _, r in results if r.accepted]
+        accepted = [r.document.pk for _, r in results if r.accepted and r.document is not None]
         if wait and accepted:
             self._wait(accepted)
         self._summary(results)
