@@ -96,7 +96,7 @@ def upload_documents(
     results = []
     for name in getattr(request, "kb_oversized_files", []):
         results.append(
-            UploadOut(filename=name, outcome="refused", message=services._too_large_message(name), document_id=None)
+            UploadOut(filename=name, outcome="refused", message=services.too_large_message(name), document_id=None)
         )
     for upload in files:
         result = services.document_upload(

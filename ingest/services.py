@@ -101,10 +101,10 @@ def document_upload(
         return UploadResult("refused", f"{filename!r}: {exc}")
     size = source.size if source.size is not None else 0
     if size > settings.KB_MAX_UPLOAD_BYTES:
-        return UploadResult("refused", _too_large_message(name))
+        return UploadResult("refused", too_large_message(name))
     sha256, size = _hash_and_size(source)
     if size > settings.KB_MAX_UPLOAD_BYTES:
-        return UploadResult("refused", _too_large_message(name))
+        return UploadResult("refused", too_large_message(name))
 
     duplicate = Document.objects.current().filter(sha256=sha256).order_by("created_at").first()
     if duplicate is not None:
@@ -178,7 +178,7 @@ def document_upload(
     return UploadResult("queued", f"{name} is queued for processing.", document)
 
 
-def _too_large_message(name: str) -> str:
+def too_large_message(name: str) -> str:
     limit = settings.KB_MAX_UPLOAD_BYTES // (1024 * 1024)
     return f"{name} is larger than the {limit} MB limit and was not stored; split it or compress its images."
 

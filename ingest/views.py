@@ -49,7 +49,7 @@ def document_upload(request):
     form = UploadForm(request.POST, request.FILES)
     oversized = getattr(request, "kb_oversized_files", [])
     for name in oversized:
-        messages.error(request, services._too_large_message(name))
+        messages.error(request, services.too_large_message(name))
     files = request.FILES.getlist("files")
     if not files and not oversized:
         messages.error(request, "Choose at least one file to upload.")
@@ -99,7 +99,7 @@ def document_detail(request, document_id: int):
 def document_replace(request, document_id: int):
     document = _document_for_admin(request, document_id)
     for name in getattr(request, "kb_oversized_files", []):
-        messages.error(request, services._too_large_message(name))
+        messages.error(request, services.too_large_message(name))
     upload = request.FILES.get("file")
     if upload is None:
         if not getattr(request, "kb_oversized_files", []):
