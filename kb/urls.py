@@ -6,6 +6,7 @@ from kb.accounts import views as account_views
 from kb.answers import views as answer_views
 from kb.api import api
 from kb.audit import views as audit_views
+from kb.search import views as search_views
 
 urlpatterns = [
     path("", answer_views.home, name="home"),
@@ -20,6 +21,7 @@ urlpatterns = [
     path("documents/<int:document_id>/reindex", ingest_views.document_reindex, name="document_reindex"),
     path("documents/<int:document_id>/access", ingest_views.document_access, name="document_access"),
     path("audit/", audit_views.audit_home, name="audit_home"),
+    path("search/", search_views.search_page, name="search"),
     path("api/v1/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

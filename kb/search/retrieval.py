@@ -1,0 +1,416 @@
+"""Hybrid retrieval: a pgvector HNSW leg and an exact BM25 leg, both in PostgreSQL, fused by reciprocal rank.
+
+The permission filter is part of each leg's SQL, before its LIMIT: a chunk the user may not read is never
+fetched, and forbidden top hits cannot crowd out the readable ones (each leg falls back to an exhaustive
+filtered scan when its fast path finds fewer than it was asked for).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+
+from ingest.models import Chunk, Document
+from kb.accounts.roles import Role, has_role
+from kb.search import embeddings
+from kb.search.analyzer import analyze
+from kb.search.fusion import Fused, reciprocal_rank_fusion
+
+Mode = Literal["hybrid", "bm25", "vector"]
+MODES: tuple[Mode, ...] = ("hybrid", "bm25", "vector")
+VECTOR = "vector"
+BM25 = "bm25"
+
+# NUL cannot be stored in or sent as PostgreSQL text; other control characters only confuse the analyzer.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACES = re.compile(r"\s+")
+
+
+# --- permission scope -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadScope:
+    """Which documents a search may return: all, or those with no access group or one of `group_ids`.
+
+    The same semantics as `Document.objects.readable_by(user)`, in a form the legs' SQL can use and that
+    can key a cache.
+    """
+
+    everything: bool = False
+    group_ids: tuple[int, ...] = ()
+    nothing: bool = False
+
+    @classmethod
+    def for_user(cls, user) -> ReadScope:
+        if not (user and user.is_authenticated and user.is_active):
+            return cls(nothing=True)
+        if user.is_superuser or has_role(user, Role.KNOWLEDGE_ADMIN):
+            return cls(everything=True)
+        if not has_role(user, Role.EMPLOYEE):
+            return cls(nothing=True)
+        return cls(group_ids=tuple(sorted(user.access_groups.values_list("id", flat=True))))
+
+    @classmethod
+    def all_documents(cls) -> ReadScope:
+        """For offline evaluation in an isolated index; never for a request."""
+        return cls(everything=True)
+
+    @property
+    def key(self) -> str:
+        if self.nothing:
+            return "none"
+        if self.everything:
+            return "all"
+        return "groups:" + ",".join(map(str, self.group_ids))
+
+    def sql(self) -> tuple[str, dict]:
+        """A condition on `d` (ingest_document) that admits exactly the searchable documents in scope,
+        with its named parameters."""
+        if self.nothing:
+            return "false", {}
+        if self.everything:
+            return "d.searchable", {}
+        through_model = Document.access_groups.through
+        through = through_model._meta.db_table
+        document_column = through_model._meta.get_field("document").column
+        group_column = through_model._meta.get_field("accessgroup").column
+        return (
+            f"d.searchable AND (NOT EXISTS (SELECT 1 FROM {through} g WHERE g.{document_column} = d.id) "
+            f"OR EXISTS (SELECT 1 FROM {through} g WHERE g.{document_column} = d.id "
+            f"AND g.{group_column} = ANY(%(scope_groups)s::bigint[])))",
+            {"scope_groups": list(self.group_ids)},
+        )
+
+
+# --- results ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    chunk_id: int
+    document_id: int
+    title: str
+    heading_path: list[str]
+    page_start: int | None
+    page_end: int | None
+    text: str
+    fused_score: float
+    vector_rank: int | None = None  # 1-based rank in the vector leg; None when that leg did not return it
+    bm25_rank: int | None = None
+    vector_distance: float | None = None  # cosine distance to the query, known whenever the query was embedded
+    bm25_score: float | None = None
+
+    @property
+    def vector_similarity(self) -> float | None:
+        return None if self.vector_distance is None else 1.0 - self.vector_distance
+
+    @property
+    def heading(self) -> str:
+        return " › ".join(self.heading_path)
+
+    @property
+    def pages(self) -> str:
+        if self.page_start is None:
+            return ""
+        if self.page_end and self.page_end != self.page_start:
+            return f"{self.page_start}–{self.page_end}"
+        return str(self.page_start)
+
+
+@dataclass
+class Timings:
+    """Milliseconds per step, for the audit log and the benchmark."""
+
+    embed_ms: float = 0.0
+    analyze_ms: float = 0.0
+    vector_ms: float = 0.0
+    bm25_ms: float = 0.0
+    fusion_ms: float = 0.0
+    fetch_ms: float = 0.0
+    total_ms: float = 0.0
+
+    @property
+    def search_ms(self) -> float:
+        """Everything but the query embedding (the model's time, not the database's)."""
+        return self.total_ms - self.embed_ms
+
+
+@dataclass
+class SearchResult:
+    query: str  # as searched: cleaned and perhaps shortened
+    mode: Mode
+    hits: list[SearchHit] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    # Said to the user when a query was changed or could not be searched as given; empty otherwise.
+    message: str = ""
+    truncated: bool = False
+    terms: list[str] = field(default_factory=list)  # the analyzer's keywords for the BM25 leg
+
+
+@dataclass(frozen=True)
+class LegHit:
+    chunk_id: int
+    value: float  # the cosine distance (vector leg) or the BM25 score
+
+
+# --- the service ------------------------------------------------------------------------------------------
+
+
+def search(
+    query: str, user, k: int = 8, *, mode: Mode = "hybrid", query_vector: np.ndarray | None = None
+) -> SearchResult:
+    """The k chunks best matching `query` among the documents `user` may read.
+
+    `query_vector` is the query's embedding when the caller already has it (the answer pipeline embeds a
+    question once, for its semantic cache and for this search); it must be `embeddings.embed` of the
+    query as given.
+    """
+    return search_in_scope(query, ReadScope.for_user(user), k, mode=mode, query_vector=query_vector)
+
+
+def search_in_scope(
+    query: str, scope: ReadScope, k: int = 8, *, mode: Mode = "hybrid", query_vector: np.ndarray | None = None
+) -> SearchResult:
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    started = time.perf_counter()
+    cleaned, truncated = query_clean(query)
+    result = SearchResult(query=cleaned, mode=mode, truncated=truncated)
+    if truncated:
+        result.message = (
+            f"Your query was shortened to its first {settings.KB_SEARCH_MAX_QUERY_CHARS:,} characters; "
+            "a few precise words find more than a long text."
+        )
+    if not cleaned:
+        result.message = "Type a few words to search for."
+        return result
+    if scope.nothing or k <= 0:
+        if scope.nothing:
+            result.message = "You have no access to any documents."
+        return result
+
+    depth = max(k, settings.KB_FUSION_TOP_N) if mode == "hybrid" else k
+    timings = result.timings
+    vector: np.ndarray | None = None
+    terms: Counter[str] = Counter()
+    rankings: dict[str, list[LegHit]] = {}
+    if mode in ("hybrid", "vector"):
+        if query_vector is not None:
+            vector = query_vector
+        else:
+            t0 = time.perf_counter()
+            vector = embeddings.embed([cleaned])[0]
+            timings.embed_ms = _ms(t0)
+    if mode in ("hybrid", "bm25"):
+        t0 = time.perf_counter()
+        terms = analyze([cleaned])[0]
+        timings.analyze_ms = _ms(t0)
+        result.terms = sorted(terms)
+        if not terms:
+            result.message = result.message or (
+                "The query has no keywords (only common words or punctuation)"
+                + (": results come from meaning alone." if mode == "hybrid" else "; try the hybrid or vector mode.")
+            )
+    with transaction.atomic():  # SET LOCAL settings of the vector leg last until its end
+        if vector is not None:
+            t0 = time.perf_counter()
+            rankings[VECTOR] = vector_leg(vector, scope, depth)
+            timings.vector_ms = _ms(t0)
+        if terms:
+            t0 = time.perf_counter()
+            rankings[BM25] = bm25_leg(terms, scope, depth)
+            timings.bm25_ms = _ms(t0)
+        t0 = time.perf_counter()
+        fused = reciprocal_rank_fusion(
+            {leg: [hit.chunk_id for hit in hits] for leg, hits in rankings.items()},
+            k=settings.KB_RRF_K,
+            weights={VECTOR: settings.KB_RRF_VECTOR_WEIGHT, BM25: settings.KB_RRF_BM25_WEIGHT},
+            limit=k,
+        )
+        timings.fusion_ms = _ms(t0)
+        t0 = time.perf_counter()
+        values = {leg: {hit.chunk_id: hit.value for hit in hits} for leg, hits in rankings.items()}
+        result.hits = _hydrate(fused, values, vector)
+        timings.fetch_ms = _ms(t0)
+    timings.total_ms = _ms(started)
+    if not result.hits and not result.message:
+        result.message = "Nothing matched; try other words."
+    return result
+
+
+def query_clean(query: str) -> tuple[str, bool]:
+    """The query with control characters and runs of spaces removed, cut at a word boundary when too long."""
+    text = _SPACES.sub(" ", _CONTROL.sub(" ", query or "")).strip()
+    limit = settings.KB_SEARCH_MAX_QUERY_CHARS
+    if len(text) <= limit:
+        return text, False
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    # Cut at the last space unless that loses most of the text (a script written without spaces).
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.strip(), True
+
+
+# --- the legs ---------------------------------------------------------------------------------------------
+
+_VECTOR_SQL = """
+WITH hits AS MATERIALIZED (
+    SELECT c.id, c.embedding <=> %(vector)s::vector AS distance
+    FROM ingest_chunk c JOIN ingest_document d ON d.id = c.document_id
+    WHERE {allowed}
+    ORDER BY {order}
+    LIMIT %(limit)s
+)
+SELECT id, distance FROM hits ORDER BY distance, id
+"""
+
+
+def vector_leg(vector: np.ndarray | Sequence[float], scope: ReadScope, limit: int) -> list[LegHit]:
+    """The `limit` readable chunks nearest to `vector` by cosine distance, nearest first.
+
+    The HNSW index answers with pgvector 0.8's iterative scan, which keeps walking the graph until enough
+    rows pass the permission filter; `relaxed_order` lets it return them slightly out of order, so the
+    materialized CTE sorts them again. When the walk stops early (max_scan_tuples), an exact scan over
+    the readable chunks answers instead: a user always gets `limit` chunks when that many exist.
+    """
+    allowed, allowed_params = scope.sql()
+    params = {"vector": vector_literal(vector), "limit": limit, **allowed_params}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings.KB_HNSW_EF_SEARCH)])
+        cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+        cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(settings.KB_HNSW_MAX_SCAN_TUPLES)])
+        rows = _fetch(cursor, _VECTOR_SQL.format(allowed=allowed, order="c.embedding <=> %(vector)s::vector"), params)
+        if len(rows) < limit:
+            # `+ 0` keeps the planner off the index: an exact, exhaustive scan of the readable chunks.
+            rows = _fetch(
+                cursor, _VECTOR_SQL.format(allowed=allowed, order="(c.embedding <=> %(vector)s::vector) + 0"), params
+            )
+    return [LegHit(chunk_id=row[0], value=float(row[1])) for row in rows]
+
+
+_BM25_SQL = """
+WITH stats AS (
+    SELECT greatest(chunk_count, 1)::float8 AS n,
+           greatest(total_length::float8 / greatest(chunk_count, 1), 1e-9) AS avgdl
+    FROM search_indexstate WHERE id = 1
+),
+query_terms AS (
+    SELECT t.id, q.qtf, ln(1 + (s.n - t.df + 0.5) / (t.df + 0.5)) AS idf
+    FROM unnest(%(terms)s::text[], %(qtf)s::int[]) AS q(text, qtf)
+    JOIN search_term t ON t.text = q.text
+    CROSS JOIN stats s
+    WHERE t.df > 0
+),
+scored AS (
+    SELECT p.chunk_id,
+           sum(qt.qtf * qt.idf * p.tf * (%(k1)s + 1)
+               / (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.len / s.avgdl))) AS score
+    FROM query_terms qt
+    JOIN search_posting p ON p.term_id = qt.id
+    CROSS JOIN stats s
+    GROUP BY p.chunk_id
+),
+pool AS (
+    SELECT chunk_id, score FROM scored ORDER BY score DESC, chunk_id LIMIT %(pool)s
+)
+SELECT pool.chunk_id, pool.score
+FROM pool
+JOIN ingest_chunk c ON c.id = pool.chunk_id
+JOIN ingest_document d ON d.id = c.document_id
+WHERE {allowed}
+ORDER BY pool.score DESC, pool.chunk_id
+LIMIT %(limit)s
+"""
+
+
+def bm25_leg(terms: Counter[str], scope: ReadScope, limit: int) -> list[LegHit]:
+    """The `limit` readable chunks with the highest BM25 score for `terms` (term -> frequency in the query).
+
+    Exact Okapi BM25 over every posting of every query term, with Lucene's non-negative idf
+    ln(1 + (N - df + 0.5) / (df + 0.5)); a term repeated in the query counts as often as it appears, as in
+    Lucene and rank-bm25. Scoring runs on the postings index alone; the permission filter then applies to
+    the best KB_BM25_FILTER_POOL chunks, or, if too few of those are readable, to all of them.
+    """
+    if not terms or limit <= 0:
+        return []
+    allowed, allowed_params = scope.sql()
+    texts = sorted(terms)
+    params = {
+        "terms": texts,
+        "qtf": [terms[text] for text in texts],
+        "k1": settings.KB_BM25_K1,
+        "b": settings.KB_BM25_B,
+        "limit": limit,
+        "pool": max(limit, settings.KB_BM25_FILTER_POOL),
+        **allowed_params,
+    }
+    sql = _BM25_SQL.format(allowed=allowed)
+    with connection.cursor() as cursor:
+        rows = _fetch(cursor, sql, params)
+        if len(rows) < limit:
+            rows = _fetch(cursor, sql, {**params, "pool": None})  # LIMIT NULL: every scored chunk
+    return [LegHit(chunk_id=row[0], value=float(row[1])) for row in rows]
+
+
+def _fetch(cursor, sql: str, params: dict) -> list[tuple]:
+    cursor.execute(sql, params)
+    return cursor.fetchall()
+
+
+def vector_literal(vector: np.ndarray | Sequence[float]) -> str:
+    # 9 significant digits write a float32 back exactly.
+    return "[" + ",".join(f"{float(x):.9g}" for x in vector) + "]"
+
+
+def _hydrate(
+    fused: list[Fused[int]], leg_values: dict[str, dict[int, float]], vector: np.ndarray | None
+) -> list[SearchHit]:
+    if not fused:
+        return []
+    chunks = (
+        Chunk.objects.filter(pk__in=[item.key for item in fused])
+        .select_related("document")
+        .only("id", "text", "heading_path", "page_start", "page_end", "document__id", "document__title")
+    )
+    if vector is not None:
+        from pgvector.django import CosineDistance
+
+        chunks = chunks.annotate(distance=CosineDistance("embedding", vector))
+    by_id = {chunk.pk: chunk for chunk in chunks}
+    hits = []
+    for item in fused:
+        chunk = by_id.get(item.key)
+        if chunk is None:  # deleted between the legs and this read
+            continue
+        distance = leg_values.get(VECTOR, {}).get(chunk.pk, getattr(chunk, "distance", None))
+        hits.append(
+            SearchHit(
+                chunk_id=chunk.pk,
+                document_id=chunk.document.pk,
+                title=chunk.document.title,
+                heading_path=list(chunk.heading_path or []),
+                page_start=chunk.page_start,
+                page_end=chunk.page_end,
+                text=chunk.text,
+                fused_score=item.score,
+                vector_rank=item.ranks.get(VECTOR),
+                bm25_rank=item.ranks.get(BM25),
+                vector_distance=None if distance is None else float(distance),
+                bm25_score=leg_values.get(BM25, {}).get(chunk.pk),
+            )
+        )
+    return hits
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000

@@ -1,0 +1,232 @@
+"""The search service: both legs and fusion on the shared corpus, permissions inside the SQL, bad input."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from ingest.models import Chunk, Document
+from kb.search.retrieval import MODES, ReadScope, search, search_in_scope
+from tests.factories import UserFactory
+from tests.search.conftest import TOPIC
+
+pytestmark = pytest.mark.django_db
+K = 5
+
+
+@pytest.fixture
+def group_a_member(search_corpus):
+    user = UserFactory(roles=["Employee"])
+    user.access_groups.add(search_corpus.group_a)
+    return user
+
+
+@pytest.fixture
+def group_b_member(search_corpus):
+    user = UserFactory(roles=["Employee"])
+    user.access_groups.add(search_corpus.group_b)
+    return user
+
+
+def _documents(result) -> set[int]:
+    return {hit.document_id for hit in result.hits}
+
+
+def test_every_hit_carries_ranks_scores_and_where_it_is(search_corpus, knowledge_admin):
+    result = search("train travel first class", knowledge_admin, K)
+    assert result.mode == "hybrid" and len(result.hits) == K
+    top = result.hits[0]
+    assert top.document_id == search_corpus.public_ids[0]
+    assert top.title == "Travel policy" and top.heading_path == ["Travel policy"]
+    assert "train travel" in top.text
+    assert top.vector_rank == 1 and top.bm25_rank == 1
+    assert top.fused_score == pytest.approx(2 / 61)
+    assert 0 < top.vector_similarity <= 1 and top.bm25_score > 0
+    assert [hit.fused_score for hit in result.hits] == sorted((hit.fused_score for hit in result.hits), reverse=True)
+    assert all(hit.vector_distance is not None for hit in result.hits)  # the query was embedded: all have one
+    timings = result.timings
+    assert timings.total_ms >= timings.embed_ms + timings.vector_ms + timings.bm25_ms > 0
+    assert result.terms == ["class", "first", "train", "travel"]
+
+
+@pytest.mark.parametrize("mode", ["bm25", "vector"])
+def test_a_single_leg_mode_ranks_by_that_leg_only(search_corpus, knowledge_admin, mode):
+    result = search("train travel first class", knowledge_admin, K, mode=mode)
+    assert len(result.hits) == K
+    other = "vector_rank" if mode == "bm25" else "bm25_rank"
+    own = "bm25_rank" if mode == "bm25" else "vector_rank"
+    assert [getattr(hit, own) for hit in result.hits] == list(range(1, K + 1))
+    assert all(getattr(hit, other) is None for hit in result.hits)
+    if mode == "bm25":
+        assert result.timings.embed_ms == 0 and all(hit.vector_distance is None for hit in result.hits)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_user_never_receives_a_forbidden_chunk_and_still_gets_k(search_corpus, group_a_member, mode):
+    # Group B's twelve memos repeat the topic four times each: they own the top of both legs.
+    everything = search_in_scope(TOPIC, ReadScope.all_documents(), K, mode=mode)
+    assert _documents(everything) <= set(search_corpus.group_b_ids)
+    result = search(TOPIC, group_a_member, K, mode=mode)
+    assert len(result.hits) == K
+    assert not _documents(result) & set(search_corpus.group_b_ids)
+    assert set(search_corpus.group_a_ids) <= _documents(result)
+
+
+def test_members_of_the_other_group_see_their_documents_and_public_ones_only(search_corpus, group_b_member):
+    result = search(TOPIC, group_b_member, 40)
+    allowed = set(search_corpus.group_b_ids + search_corpus.public_ids + search_corpus.generated_ids)
+    assert _documents(result) <= allowed
+    assert not _documents(result) & set(search_corpus.group_a_ids)
+
+
+def test_an_employee_in_no_group_reads_only_documents_without_groups(search_corpus, employee):
+    result = search(TOPIC, employee, 40)
+    assert len(result.hits) == 40
+    assert _documents(result) <= set(search_corpus.public_ids + search_corpus.generated_ids)
+
+
+def test_the_vector_index_scan_keeps_going_past_forbidden_hits(search_corpus, group_a_member):
+    # Force the HNSW plan (the planner prefers an exact scan on a corpus this small); a first index pass of
+    # one candidate meets only forbidden memos, so the iterative scan has to walk on.
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_sort = off")
+    with override_settings(KB_HNSW_EF_SEARCH=1):
+        result = search(TOPIC, group_a_member, K, mode="vector")
+    assert len(result.hits) == K
+    assert not _documents(result) & set(search_corpus.group_b_ids)
+
+
+def test_a_vector_scan_cut_short_falls_back_to_an_exact_scan(search_corpus, group_a_member):
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    exact = search(TOPIC, group_a_member, K, mode="vector")
+    with override_settings(KB_HNSW_EF_SEARCH=1, KB_HNSW_MAX_SCAN_TUPLES=1):
+        cut_short = search(TOPIC, group_a_member, K, mode="vector")
+    assert [hit.chunk_id for hit in cut_short.hits] == [hit.chunk_id for hit in exact.hits]
+
+
+def test_bm25_rescans_when_the_filter_pool_holds_too_few_readable_chunks(search_corpus, group_a_member):
+    full = search(TOPIC, group_a_member, K, mode="bm25")
+    with override_settings(KB_BM25_FILTER_POOL=1):
+        pooled = search(TOPIC, group_a_member, K, mode="bm25")
+    assert [hit.chunk_id for hit in pooled.hits] == [hit.chunk_id for hit in full.hits]
+    assert len(pooled.hits) == K
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_only_chunks_of_searchable_documents_are_found(search_corpus, knowledge_admin, mode):
+    travel = search_corpus.public_ids[0]
+    Document.objects.filter(pk=travel).update(searchable=False)
+    result = search("train travel first class", knowledge_admin, 40, mode=mode)
+    assert travel not in _documents(result)
+    assert result.hits
+
+
+def test_users_without_a_reading_role_get_nothing(search_corpus, compliance):
+    result = search(TOPIC, compliance, K)
+    assert result.hits == [] and "no access" in result.message
+
+
+def test_anonymous_users_get_nothing(search_corpus):
+    from django.contrib.auth.models import AnonymousUser
+
+    assert search(TOPIC, AnonymousUser(), K).hits == []
+
+
+def test_a_deleted_chunk_between_the_legs_and_the_read_is_skipped(search_corpus, knowledge_admin, monkeypatch):
+    from kb.search import retrieval
+
+    original = retrieval.bm25_leg
+
+    def leg_then_delete(*args, **kwargs):
+        hits = original(*args, **kwargs)
+        Chunk.objects.filter(pk=hits[0].chunk_id).delete()
+        return hits
+
+    monkeypatch.setattr(retrieval, "bm25_leg", leg_then_delete)
+    result = search(TOPIC, knowledge_admin, K, mode="bm25")
+    assert len(result.hits) == K - 1
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\n\t", "\x00\x01"])
+def test_an_empty_query_gets_a_message_and_no_hits(search_corpus, knowledge_admin, query):
+    result = search(query, knowledge_admin, K)
+    assert result.hits == []
+    assert result.message == "Type a few words to search for."
+
+
+def test_a_10000_character_query_is_shortened_at_a_word_and_still_searched(search_corpus, knowledge_admin, settings):
+    query = ("travel desk train booking " * 400)[:10_000]
+    result = search(query, knowledge_admin, K)
+    assert result.truncated and "shortened" in result.message
+    assert len(result.query) <= settings.KB_SEARCH_MAX_QUERY_CHARS
+    assert not result.query.endswith(" ") and query.startswith(result.query)
+    assert result.hits and result.hits[0].document_id == search_corpus.public_ids[0]
+
+
+def test_a_long_query_without_spaces_is_cut_at_the_limit(search_corpus, knowledge_admin, settings):
+    result = search("経費" * 5000, knowledge_admin, K)
+    assert result.truncated and len(result.query) == settings.KB_SEARCH_MAX_QUERY_CHARS
+    assert len(result.hits) == K
+
+
+@pytest.mark.parametrize("query", ["the of and", "?!... ,;:", "to be or not to be"])
+def test_stop_words_or_punctuation_leave_bm25_empty_but_the_vector_leg_answers(search_corpus, knowledge_admin, query):
+    hybrid = search(query, knowledge_admin, K)
+    assert hybrid.terms == [] and "no keywords" in hybrid.message
+    assert len(hybrid.hits) == K and all(hit.bm25_rank is None for hit in hybrid.hits)
+    keyword_only = search(query, knowledge_admin, K, mode="bm25")
+    assert keyword_only.hits == [] and "try the hybrid or vector mode" in keyword_only.message
+
+
+def test_non_latin_scripts_are_searched_by_both_legs(search_corpus, knowledge_admin):
+    result = search("出張の申請", knowledge_admin, K)
+    assert result.hits[0].document_id == search_corpus.public_ids[1]
+    assert result.terms  # the parser keeps CJK runs as words
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "'; DROP TABLE search_posting; --",
+        "a & b | !c <-> d",
+        "ledger:* & (audit | !payroll)",
+        "\\'%s %(terms)s {allowed} $$ ::vector",
+        "reconciliation' OR '1'='1",
+    ],
+)
+def test_sql_metacharacters_and_tsquery_operators_are_only_text(search_corpus, knowledge_admin, query):
+    for mode in MODES:
+        result = search(query, knowledge_admin, K, mode=mode)
+        assert result.message == "" or "no keywords" in result.message or "Nothing matched" in result.message
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM search_posting")
+        assert cursor.fetchone()[0] > 0
+
+
+def test_an_unknown_mode_is_a_programming_error(knowledge_admin):
+    with pytest.raises(ValueError, match="unknown search mode"):
+        search("travel", knowledge_admin, K, mode="fuzzy")
+
+
+def test_a_query_vector_from_the_caller_is_used_instead_of_embedding_again(search_corpus, knowledge_admin):
+    from kb.search import embeddings
+
+    query = "train travel first class"
+    own = search(query, knowledge_admin, K)
+    given = search(query, knowledge_admin, K, query_vector=embeddings.embed([query])[0])
+    assert given.timings.embed_ms == 0 < own.timings.embed_ms
+    assert [hit.chunk_id for hit in given.hits] == [hit.chunk_id for hit in own.hits]
+
+
+def test_the_read_scope_names_what_a_user_may_read(search_corpus, employee, knowledge_admin, compliance):
+    employee.access_groups.add(search_corpus.group_b, search_corpus.group_a)
+    ids = sorted([search_corpus.group_a.pk, search_corpus.group_b.pk])
+    assert ReadScope.for_user(employee).key == "groups:" + ",".join(map(str, ids))
+    assert ReadScope.for_user(knowledge_admin).key == "all"
+    assert ReadScope.for_user(compliance).key == "none"
