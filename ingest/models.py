@@ -10,6 +10,22 @@ from pgvector.django import HnswIndex, VectorField
 
 from kb.accounts.roles import Role, has_role
 
+HEADING_SEPARATOR = " › "
+
+
+def heading_label(path) -> str:
+    """A heading path as people read it: "Policy › Travel › Hotels"."""
+    return HEADING_SEPARATOR.join(path)
+
+
+def page_label(start: int | None, end: int | None) -> str:
+    """ "3", "3–5", or "" when the passage has no page (not a PDF)."""
+    if start is None:
+        return ""
+    if end and end != start:
+        return f"{start}–{end}"
+    return str(start)
+
 
 class DocumentStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -169,12 +185,8 @@ class Chunk(models.Model):
 
     @property
     def heading(self) -> str:
-        return " › ".join(self.heading_path)
+        return heading_label(self.heading_path)
 
     @property
     def pages(self) -> str:
-        if self.page_start is None:
-            return ""
-        if self.page_end and self.page_end != self.page_start:
-            return f"{self.page_start}–{self.page_end}"
-        return str(self.page_start)
+        return page_label(self.page_start, self.page_end)

@@ -316,6 +316,22 @@ def _embed_with_progress(document_id: int, inputs: list[str]) -> list:
     return vectors
 
 
+def chunk_from_draft(document: Document, draft: ChunkDraft, vector) -> Chunk:
+    return Chunk(
+        document=document,
+        ordinal=draft.ordinal,
+        text=draft.text,
+        # A passage outside any section is placed in the document itself.
+        heading_path=list(draft.heading_path) or [document.title],
+        page_start=draft.page_start,
+        page_end=draft.page_end,
+        char_start=draft.char_start,
+        char_end=draft.char_end,
+        token_count=draft.token_count,
+        embedding=vector,
+    )
+
+
 @transaction.atomic
 def _finalize(document_id: int, drafts: Sequence[ChunkDraft], vectors: Sequence, terms: Sequence) -> None:
     document = Document.objects.select_for_update().get(pk=document_id)
@@ -340,22 +356,7 @@ def _finalize(document_id: int, drafts: Sequence[ChunkDraft], vectors: Sequence,
     # The (document, ordinal) constraint is deferred to commit, so the new chunks can be written
     # before the old ones of the same document go; one index_apply then moves every frequency at once.
     new_chunks = Chunk.objects.bulk_create(
-        [
-            Chunk(
-                document=document,
-                ordinal=draft.ordinal,
-                text=draft.text,
-                # A passage outside any section is placed in the document itself.
-                heading_path=list(draft.heading_path) or [document.title],
-                page_start=draft.page_start,
-                page_end=draft.page_end,
-                char_start=draft.char_start,
-                char_end=draft.char_end,
-                token_count=draft.token_count,
-                embedding=vector,
-            )
-            for draft, vector in zip(drafts, vectors, strict=True)
-        ]
+        [chunk_from_draft(document, draft, vector) for draft, vector in zip(drafts, vectors, strict=True)]
     )
     index_apply(
         add=[(chunk.id, term_counts) for chunk, term_counts in zip(new_chunks, terms, strict=True)],

@@ -28,7 +28,7 @@ from django.utils import timezone
 from ingest.chunker import chunk_document
 from ingest.models import Chunk, Document, DocumentStatus
 from ingest.parsers import PARAGRAPH, PLAIN, Block, document_from_blocks
-from ingest.services import indexed_text
+from ingest.services import chunk_from_draft, indexed_text
 from kb.search import embeddings
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
@@ -274,20 +274,7 @@ def _ingest_batch(docs: Sequence[BeirDoc]) -> int:
                 position += 1
                 continue
             for draft in drafts:
-                rows.append(
-                    Chunk(
-                        document=document,
-                        ordinal=draft.ordinal,
-                        text=draft.text,
-                        heading_path=list(draft.heading_path) or [document.title],
-                        page_start=draft.page_start,
-                        page_end=draft.page_end,
-                        char_start=draft.char_start,
-                        char_end=draft.char_end,
-                        token_count=draft.token_count,
-                        embedding=vectors[position],
-                    )
-                )
+                rows.append(chunk_from_draft(document, draft, vectors[position]))
                 position += 1
         created = Chunk.objects.bulk_create(rows)
         index_apply(add=[(chunk.id, counts) for chunk, counts in zip(created, terms, strict=True)])

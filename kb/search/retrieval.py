@@ -18,7 +18,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
-from ingest.models import Chunk, Document
+from ingest.models import Chunk, Document, heading_label, page_label
 from kb.accounts.roles import Role, has_role
 from kb.search import embeddings
 from kb.search.analyzer import analyze
@@ -115,15 +115,11 @@ class SearchHit:
 
     @property
     def heading(self) -> str:
-        return " › ".join(self.heading_path)
+        return heading_label(self.heading_path)
 
     @property
     def pages(self) -> str:
-        if self.page_start is None:
-            return ""
-        if self.page_end and self.page_end != self.page_start:
-            return f"{self.page_start}–{self.page_end}"
-        return str(self.page_start)
+        return page_label(self.page_start, self.page_end)
 
 
 @dataclass
