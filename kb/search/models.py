@@ -14,7 +14,7 @@ class Term(models.Model):
 
 
 class Posting(models.Model):
-    """One (term, chunk) pair. The table is created by hand in the migration: its primary key is
+    """One (term, chunk) pair. The table is created by hand in the first migration: its primary key is
     (term_id, chunk_id) INCLUDE (tf, len), so that scoring a term reads the index only."""
 
     pk = models.CompositePrimaryKey("term_id", "chunk_id")
@@ -24,7 +24,8 @@ class Posting(models.Model):
     len = models.IntegerField(help_text="Length of the chunk in terms, copied here to spare a lookup")
 
     class Meta:
-        managed = False
+        # Managed, so that Django's test flush empties it with the chunks; created by hand in 0001
+        # (Django cannot declare INCLUDE columns on a primary key).
         db_table = "search_posting"
 
     def __str__(self) -> str:

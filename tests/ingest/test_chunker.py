@@ -348,3 +348,38 @@ def test_chunks_of_any_parsed_markdown_tile_the_body(source):
     chunks = chunk_document(doc, target_tokens=8, max_tokens=12, overlap_tokens=3, count_tokens=words)
     assert_tiles_body(doc, chunks)
     assert all(c.token_count <= 15 for c in chunks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_span_counts_from_one_tokenization_equal_counting_each_span_alone(words):
+    from ingest.chunker import wordpiece_counter, wordpiece_span_counter
+
+    text = " ".join(words)
+    spans = wordpiece_span_counter(text)
+    alone = wordpiece_counter()
+    # Chunk boundaries fall on whitespace: every span between two word boundaries must count the same.
+    bounds = [0] + [i + 1 for i, ch in enumerate(text) if ch == " "] + [len(text)]
+    for i, start in enumerate(bounds):
+        for end in bounds[i + 1 : i + 4]:
+            span = text[start:end]
+            assert spans(start, end) == alone(span), (span, text)
+
+
+def test_real_documents_chunk_the_same_with_span_counts():
+    from pathlib import Path
+
+    from ingest.chunker import chunk_document, wordpiece_counter
+    from ingest.parsers import MARKDOWN, parse
+
+    guide = (Path(__file__).resolve().parents[2] / "ingest" / "demo" / "kb-user-guide.md").read_bytes()
+    doc = parse(guide, MARKDOWN)
+    fast = chunk_document(doc, target_tokens=60, max_tokens=80, overlap_tokens=12)
+    slow = chunk_document(doc, target_tokens=60, max_tokens=80, overlap_tokens=12, count_tokens=wordpiece_counter())
+    assert fast == slow
