@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -257,7 +258,24 @@ def document_process(document_id: int) -> None:
         logger.info("document %s was deleted while being processed; work dropped", document_id)
 
 
+class _Stopwatch:
+    """Milliseconds per step of one document, logged when it is done (where does ingestion time go?)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.steps[step] = round((now - self._last) * 1000, 1)
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {ms:.0f} ms" for step, ms in self.steps.items())
+
+
 def _process(document: Document) -> None:
+    watch = _Stopwatch()
     _move(document.id, DocumentStatus.PARSING, attempts=F("attempts") + 1, error_code="", error_message="")
     try:
         with document.original.open("rb") as handle:
@@ -275,6 +293,7 @@ def _process(document: Document) -> None:
     except ParseError as exc:
         document_fail(document.id, code=exc.code, message=exc.message)
         return
+    watch.lap("read and parse")
     drafts = chunk_document(
         parsed,
         target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
@@ -295,10 +314,15 @@ def _process(document: Document) -> None:
         page_count=parsed.page_count,
         extracted_chars=len(parsed.text),
     )
+    watch.lap("chunk")
     inputs = [indexed_text(document.title, d.text, d.heading_path) for d in drafts]
     vectors = _embed_with_progress(document.id, inputs)
+    watch.lap("embed")
     terms = analyze(inputs)
+    watch.lap("keywords")
     _finalize(document.id, drafts, vectors, terms)
+    watch.lap("write")
+    logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
 
 
 def _embed_with_progress(document_id: int, inputs: list[str]) -> list:
