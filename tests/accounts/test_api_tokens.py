@@ -42,3 +42,15 @@ def test_wrong_revoked_or_missing_tokens_are_refused(client, employee):
 def test_session_authenticates_the_api(client, compliance):
     client.force_login(compliance)
     assert client.get("/api/v1/me").json()["roles"] == ["Compliance"]
+
+
+def test_create_user_gives_roles_groups_and_a_password_once(db, client):
+    out = StringIO()
+    call_command("create_user", "alice", "--role", "Employee", "--group", "Finance", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "created alice: Employee; Finance"
+    password = lines[1].split(": ", 1)[1]
+    assert client.login(username="alice", password=password)
+    out = StringIO()
+    call_command("create_user", "alice", "--role", "Compliance", stdout=out)
+    assert out.getvalue().splitlines() == ["updated alice: Compliance, Employee; Finance"]
