@@ -133,6 +133,7 @@ class Document(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status"]), models.Index(fields=["searchable"])]
+        constraints = [models.UniqueConstraint(fields=["lineage", "version"], name="document_unique_version")]
 
     def __str__(self) -> str:
         return f"{self.title} (v{self.version})"

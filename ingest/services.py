@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -57,6 +57,17 @@ class UploadResult:
 
 
 # --- upload ---------------------------------------------------------------------------------------
+
+
+def _lock_lineage(lineage) -> None:
+    """Serialise every change to one document's versions (new version, go-live, readers) until commit.
+
+    Row locks are not enough: a version that becomes searchable in another transaction is invisible to a
+    query that started before it, so two versions could both go live. One advisory lock per lineage, taken
+    before reading the versions, closes that gap.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [str(lineage)])
 
 
 def _title_from_filename(filename: str) -> str:
@@ -122,7 +133,8 @@ def document_upload(
         # Same title, or same file name: the next version of that document.
         replaces = (
             Document.objects.current()
-            .exclude(status=DocumentStatus.FAILED)
+            # A failed first upload is no version to follow; a failed reindex still serves and is.
+            .exclude(status=DocumentStatus.FAILED, searchable=False)
             .filter(Q(title__iexact=title) | Q(filename=name))
             .order_by("-version")
             .first()
@@ -144,7 +156,8 @@ def document_upload(
             uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
         )
         if replaces is not None:
-            replaces = Document.objects.select_for_update().get(pk=replaces.pk)
+            _lock_lineage(replaces.lineage)
+            replaces = Document.objects.get(pk=replaces.pk)
             document.lineage = replaces.lineage
             document.version = (
                 Document.objects.filter(lineage=replaces.lineage)
@@ -294,6 +307,7 @@ def _process(document: Document) -> None:
         document_fail(document.id, code=exc.code, message=exc.message)
         return
     watch.lap("read and parse")
+    Document.objects.filter(pk=document.id).update(heartbeat_at=timezone.now())
     drafts = chunk_document(
         parsed,
         target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
@@ -358,6 +372,8 @@ def chunk_from_draft(document: Document, draft: ChunkDraft, vector) -> Chunk:
 
 @transaction.atomic
 def _finalize(document_id: int, drafts: Sequence[ChunkDraft], vectors: Sequence, terms: Sequence) -> None:
+    lineage = Document.objects.values_list("lineage", flat=True).get(pk=document_id)
+    _lock_lineage(lineage)
     document = Document.objects.select_for_update().get(pk=document_id)
     if document.status != DocumentStatus.EMBEDDING:
         raise DocumentGone(document_id)
@@ -451,13 +467,14 @@ def documents_with_stale_embeddings():
 
 
 def documents_reindex_stale_embeddings() -> int:
-    return documents_reindex(documents=documents_with_stale_embeddings().filter(status=DocumentStatus.READY))
+    return documents_reindex(documents=documents_with_stale_embeddings())
 
 
 @transaction.atomic
 def document_set_access_groups(*, document: Document, groups: Iterable) -> None:
     """Set who may read every version of this document (none: every employee)."""
     groups = list(groups)
+    _lock_lineage(document.lineage)  # a version uploaded meanwhile copies the new readers, not the old
     for version in Document.objects.filter(lineage=document.lineage):
         version.access_groups.set(groups)
     index_version_bump()
@@ -466,15 +483,22 @@ def document_set_access_groups(*, document: Document, groups: Iterable) -> None:
 def documents_resume_stalled(*, stalled_for: timedelta | None = None) -> list[int]:
     """Re-send documents whose processing shows no sign of life: a killed worker or a lost message.
 
-    Safe to run at any time: processing is idempotent, and a document that is still alive is left alone.
+    A document being processed is stalled after `stalled_for` (KB_INGEST_STALL_SECONDS) without a
+    heartbeat. A queued one only after KB_INGEST_QUEUED_RESEND_SECONDS: in a long backlog it is simply
+    waiting its turn, and re-sending it would fill the queue with duplicates. Safe at any time: processing
+    is idempotent.
     """
     stalled_for = stalled_for if stalled_for is not None else timedelta(seconds=settings.KB_INGEST_STALL_SECONDS)
-    cutoff = timezone.now() - stalled_for
-    stalled = list(
-        Document.objects.in_progress()
-        .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff))
-        .values_list("id", flat=True)
+    now = timezone.now()
+    cutoff = now - stalled_for
+    queued_cutoff = now - max(stalled_for, timedelta(seconds=settings.KB_INGEST_QUEUED_RESEND_SECONDS))
+    working = Q(status__in=[DocumentStatus.PARSING, DocumentStatus.EMBEDDING]) & (
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     )
+    waiting = Q(status=DocumentStatus.QUEUED) & (
+        Q(heartbeat_at__lt=queued_cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=queued_cutoff)
+    )
+    stalled = list(Document.objects.filter(working | waiting).values_list("id", flat=True))
     for document_id in stalled:
         Document.objects.filter(pk=document_id).update(heartbeat_at=timezone.now())
         enqueue_processing(document_id)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from ingest import services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -24,12 +28,24 @@ from ingest import services
 def process_document(document_id: int) -> None:
     try:
         services.document_process(document_id)
+    except (OperationalError, InterfaceError):
+        raise  # transient: Celery retries with backoff
     except SoftTimeLimitExceeded:
         minutes = settings.KB_INGEST_SOFT_TIME_LIMIT_S // 60
         services.document_fail(
             document_id,
             code="timeout",
             message=f"Processing took longer than {minutes} minutes and was stopped; split the file into smaller ones.",
+        )
+    except Exception:
+        # Anything else is a bug or a file we do not handle: say so on the document instead of leaving it
+        # in progress to be retried until the resumer gives up with the wrong reason.
+        logger.exception("processing document %s failed", document_id)
+        services.document_fail(
+            document_id,
+            code="internal_error",
+            message="An unexpected error stopped processing (it is in the worker's log); try Reindex, and "
+            "tell your administrator if it happens again.",
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -54,7 +55,11 @@ def document_upload(request):
     if not files and not oversized:
         messages.error(request, "Choose at least one file to upload.")
         return redirect("document_list")
-    groups = form.fields["access_groups"].clean(request.POST.getlist("access_groups")) if files else []
+    try:
+        groups = form.fields["access_groups"].clean(request.POST.getlist("access_groups")) if files else []
+    except ValidationError:
+        messages.error(request, "Those access groups do not exist any more; reload the page and try again.")
+        return redirect("document_list")
     counts = {"queued": 0, "new_version": 0, "duplicate": 0, "failed": 0, "refused": 0}
     for upload in files:
         result = services.document_upload(

@@ -58,7 +58,7 @@ def prepare() -> dict[str, str]:
     env = dict(os.environ)
     if settings.KB_EMBEDDED_DATABASE:
         # The children join the server this process started; they must not each start one.
-        env["DATABASE_URL"] = settings.KB_DATABASE_URL
+        env["DATABASE_URL"] = settings.KB_EMBEDDED_DATABASE_URL
         env["KB_EMBEDDED_DATABASE"] = "1"
     return env
 
@@ -92,6 +92,10 @@ def main() -> int:
     try:
         return honcho.wait()
     except KeyboardInterrupt:
+        # Shutting down: further Ctrl-C or SIGTERM must not cut it short, or this process would exit and
+        # stop the embedded database while web and worker are still finishing.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # From a terminal, honcho got the SIGINT too; from `kill`, only this process did: pass it on.
         if honcho.poll() is None:
             honcho.send_signal(signal.SIGINT)

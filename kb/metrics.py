@@ -15,6 +15,9 @@ HTTP_LATENCY = Histogram(
 READY_CHECK = Gauge("kb_ready_check", "Last /readyz result per check (1 ok, 0 failing)", ["check"])
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetricsMiddleware:
     sync_capable = True
     async_capable = False
@@ -26,7 +29,9 @@ class RequestMetricsMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         HTTP_LATENCY.observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(request.method, str(response.status_code)).inc()
+        # Clients choose the method: bound the label's values so that series cannot grow without limit.
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        HTTP_REQUESTS.labels(method, str(response.status_code)).inc()
         return response
 
 

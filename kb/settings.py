@@ -31,8 +31,9 @@ def _secret_key() -> str:
     if not path.exists():
         from django.core.management.utils import get_random_secret_key
 
-        path.write_text(get_random_secret_key())
-        path.chmod(0o600)
+        from kb.files import write_private
+
+        write_private(path, get_random_secret_key())
     return path.read_text().strip()
 
 
@@ -70,6 +71,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "kb.urls"
+# The DEBUG error page must not show broker or result-backend URLs, which may carry passwords.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "kb.debug.SafeExceptionReporterFilter"
 ASGI_APPLICATION = "kb.asgi.application"
 
 TEMPLATES = [
@@ -111,7 +114,8 @@ if _database_url is None:
 else:
     # Set by `make run` for the processes it starts on the embedded server it owns.
     KB_EMBEDDED_DATABASE = env_bool("KB_EMBEDDED_DATABASE", False)
-KB_DATABASE_URL = _database_url
+# Only the embedded server's URL is kept (it has no password): `make run` hands it to its children.
+KB_EMBEDDED_DATABASE_URL = _database_url if KB_EMBEDDED_DATABASE else ""
 _db = dj_database_url.parse(_database_url, conn_max_age=0, conn_health_checks=True)
 if not _db.get("NAME"):
     raise EnvError("DATABASE_URL has no database name: use the form postgresql://USER:PASSWORD@HOST:5432/NAME")
@@ -286,7 +290,9 @@ if KB_CHUNK_OVERLAP_TOKENS >= KB_CHUNK_MAX_TOKENS:
 KB_MAX_UNCOMPRESSED_BYTES = env_int("KB_MAX_UNCOMPRESSED_MB", 200, minimum=1) * 1024 * 1024
 KB_MAX_COMPRESSION_RATIO = env_int("KB_MAX_COMPRESSION_RATIO", 100, minimum=2)
 # A task with no heartbeat for this long is taken as lost (worker killed, message dropped) and re-run.
-KB_INGEST_STALL_SECONDS = env_int("KB_INGEST_STALL_SECONDS", 120, minimum=1)
+KB_INGEST_STALL_SECONDS = env_int("KB_INGEST_STALL_SECONDS", 300, minimum=1)
+# A queued document is re-sent only after this long: in a backlog it is waiting its turn, not lost.
+KB_INGEST_QUEUED_RESEND_SECONDS = env_int("KB_INGEST_QUEUED_RESEND_SECONDS", 1800, minimum=1)
 KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minimum=10)
 
 # --- Operations -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -13,6 +14,9 @@ from django.utils import timezone
 
 from kb.accounts.models import ApiToken, hash_token
 from kb.accounts.roles import ROLE_PERMISSIONS, Role
+from kb.files import write_private
+
+TOKEN_LAST_USED_RESOLUTION = timedelta(minutes=5)
 
 
 def roles_ensure() -> None:
@@ -46,7 +50,10 @@ def api_token_authenticate(raw: str):
     token = ApiToken.objects.active().select_related("user").filter(token_hash=hash_token(raw)).first()
     if token is None:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    # Recorded to the minute, not on every request: the ask path should not write for bookkeeping.
+    if token.last_used_at is None or now - token.last_used_at > TOKEN_LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
 
 
@@ -65,6 +72,6 @@ def first_admin_ensure(*, password_file: Path, username: str = "admin") -> bool:
         for role in Role:
             user.groups.add(Group.objects.get(name=role.value))
     password_file.parent.mkdir(parents=True, exist_ok=True)
-    password_file.write_text(f"username: {username}\npassword: {password}\n")
-    password_file.chmod(0o600)
+    password_file.unlink(missing_ok=True)
+    write_private(password_file, f"username: {username}\npassword: {password}\n")
     return True

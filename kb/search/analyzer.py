@@ -11,10 +11,14 @@ from collections import Counter
 from django.conf import settings
 from django.db import connection
 
+# Longer "words" (hashes, base64 blobs) are nobody's search term; PostgreSQL keeps up to 2047 characters.
+MAX_TERM_LENGTH = 200
+
 _SQL = """
 SELECT t.ord, l.lexeme, coalesce(array_length(l.positions, 1), 1)
 FROM unnest(%s::text[]) WITH ORDINALITY AS t(body, ord),
      LATERAL unnest(to_tsvector(%s::regconfig, t.body)) AS l
+WHERE length(l.lexeme) <= %s
 """
 
 
@@ -24,7 +28,7 @@ def analyze(texts: list[str]) -> list[Counter[str]]:
     if not texts:
         return result
     with connection.cursor() as cursor:
-        cursor.execute(_SQL, [texts, settings.KB_TEXT_SEARCH_CONFIG])
+        cursor.execute(_SQL, [texts, settings.KB_TEXT_SEARCH_CONFIG, MAX_TERM_LENGTH])
         for ordinal, lexeme, tf in cursor.fetchall():
             result[ordinal - 1][lexeme] = tf
     return result

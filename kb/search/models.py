@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.db import models
 
+from kb.search.analyzer import MAX_TERM_LENGTH
+
 
 class Term(models.Model):
-    text = models.CharField(max_length=200, unique=True)
+    text = models.CharField(max_length=MAX_TERM_LENGTH, unique=True)
     df = models.IntegerField(default=0, help_text="Chunks that contain the term")
 
     def __str__(self) -> str:

@@ -59,3 +59,33 @@ def test_concurrent_ingestion_and_deletion_keep_the_keyword_index_exact(monkeypa
         DocumentStatus.READY
     }
     assert_index_consistent()
+
+
+def test_two_versions_going_live_at_once_leave_exactly_one_serving(monkeypatch):
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: True)
+    base = b"# Handbook\n\n## Travel\n\nTrains for trips under 700 kilometres.\n"
+    v1 = services.document_upload(source=ContentFile(base, name="handbook.md"), filename="handbook.md").document
+    services.document_process(v1.pk)
+    v2 = services.document_upload(source=ContentFile(base + b"\nTwo.\n", name="handbook.md"), filename="handbook.md")
+    v3 = services.document_upload(source=ContentFile(base + b"\nThree.\n", name="handbook.md"), filename="handbook.md")
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def go(document_id: int) -> None:
+        try:
+            start.wait()
+            services.document_process(document_id)
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=go, args=(r.document.pk,)) for r in (v2, v3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    serving = list(Document.objects.filter(lineage=v1.lineage, searchable=True).values_list("version", flat=True))
+    assert serving == [3]
+    assert_index_consistent()

@@ -242,3 +242,62 @@ def test_analyzer_counts_term_frequencies():
     first, empty = analyze(["Trains and training: the train leaves.", "the of and"])
     assert first == Counter({"train": 3, "leav": 1})
     assert empty == Counter()
+
+
+def test_a_word_too_long_to_be_a_term_does_not_stop_a_document(db):
+    document = ingest(b"# Keys\n\nThe key is " + b"A" * 300 + b" and it rotates monthly.\n", name="keys.md")
+    assert document.status == DocumentStatus.READY
+    assert_index_consistent()
+
+
+def test_an_unexpected_error_fails_the_document_with_a_reason(db, monkeypatch):
+    from ingest.tasks import process_document
+
+    document = upload(HANDBOOK).document
+    monkeypatch.setattr(services, "chunk_document", lambda *a, **k: 1 / 0)
+    process_document(document.pk)  # runs the task body here
+    document.refresh_from_db()
+    assert (document.status, document.error_code) == (DocumentStatus.FAILED, "internal_error")
+    assert "unexpected error" in document.error_message
+
+
+def test_queued_documents_in_a_backlog_are_not_resent_until_long_after(db, monkeypatch, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    sent = []
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: sent.append(document_id) or True)
+    waiting = upload(HANDBOOK).document
+    Document.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+    assert services.documents_resume_stalled() == []  # ten minutes in a queue is a backlog, not a loss
+    Document.objects.filter(pk=waiting.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.KB_INGEST_QUEUED_RESEND_SECONDS + 1)
+    )
+    assert services.documents_resume_stalled() == [waiting.pk]
+
+
+def test_a_document_whose_reindex_failed_still_takes_the_next_version(db, monkeypatch):
+    old = ingest(HANDBOOK)
+    services.document_reindex(document=old)
+    monkeypatch.setattr(services, "parse", _raise_parse_error)
+    services.document_process(old.pk)
+    monkeypatch.undo()
+    result = upload(HANDBOOK + b"\nRevised.\n")
+    assert result.outcome == "new_version" and result.document.lineage == old.lineage
+    services.document_process(result.document.pk)
+    old.refresh_from_db()
+    assert (old.status, old.searchable) == (DocumentStatus.SUPERSEDED, False)
+
+
+def test_a_later_version_ready_first_wins_over_an_earlier_one(db):
+    v1 = ingest(HANDBOOK)
+    v2 = upload(HANDBOOK + b"\nTwo.\n").document
+    v3 = upload(HANDBOOK + b"\nThree.\n").document
+    assert (v2.version, v3.version) == (2, 3)
+    services.document_process(v3.pk)
+    services.document_process(v2.pk)
+    states = dict(Document.objects.filter(lineage=v1.lineage).values_list("version", "status"))
+    assert states == {1: "superseded", 2: "superseded", 3: "ready"}
+    assert Document.objects.filter(lineage=v1.lineage, searchable=True).count() == 1
+    assert_index_consistent()

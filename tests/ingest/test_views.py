@@ -163,3 +163,11 @@ def test_replace_delete_reindex_and_access_groups(client, knowledge_admin, docum
     new.refresh_from_db()
     assert new.status == DocumentStatus.DELETED
     assert client.get(reverse("document_detail", args=[new.pk])).status_code == 404
+
+
+def test_an_unknown_access_group_in_an_upload_is_a_message_not_an_error(client, knowledge_admin):
+    client.force_login(knowledge_admin)
+    response = client.post(reverse("document_upload"), {"files": [md()], "access_groups": ["999999"]}, follow=True)
+    assert response.status_code == 200
+    assert "do not exist any more" in response.content.decode()
+    assert not Document.objects.exists()
