@@ -63,13 +63,30 @@ def prepare() -> dict[str, str]:
     return env
 
 
-def _stop_on_sigterm(signum, frame):
-    # Treated like Ctrl-C, so that the children are stopped and the embedded database's exit hook runs.
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if this launcher dies without cleaning up (SIGKILL, crash), so that
+    honcho, which has its own process group, then stops web, worker and beat instead of lingering."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the launcher's own shutdown path still stops honcho
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stop(signum, frame):
+    # SIGTERM is treated like Ctrl-C, so that the children are stopped and the embedded database's exit
+    # hook runs. SIGINT gets the handler explicitly too: a shell that starts `make run` in the background
+    # leaves SIGINT ignored, and Python then never raises KeyboardInterrupt.
     raise KeyboardInterrupt
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     port = fail_cleanly(lambda: env_int("PORT", 8000, minimum=1, maximum=65535))
     env = fail_cleanly(prepare)
     host = env.get("KB_HOST", "127.0.0.1")
@@ -88,6 +105,10 @@ def main() -> int:
             str(port),
         ],
         env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"},
+        # Its own process group: Ctrl-C reaches only this process, which passes exactly one SIGINT on.
+        # (A second one makes honcho SIGKILL the worker in the middle of a document.)
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # only sets a kernel flag in the child
     )
     try:
         return honcho.wait()
@@ -96,7 +117,6 @@ def main() -> int:
         # stop the embedded database while web and worker are still finishing.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        # From a terminal, honcho got the SIGINT too; from `kill`, only this process did: pass it on.
         if honcho.poll() is None:
             honcho.send_signal(signal.SIGINT)
         try:
