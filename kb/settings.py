@@ -254,9 +254,11 @@ KB_SEARCH_MAX_QUERY_CHARS = env_int("KB_SEARCH_MAX_QUERY_CHARS", 1000, minimum=1
 # --- Model layer ----------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_url("ANTHROPIC_BASE_URL", schemes=("http", "https"), example="https://api.anthropic.com")
+# Current models of the pinned SDK's list; claude-sonnet-4-5 (GUIDE's example) reaches end of life on
+# 2026-11-30, and the SDK warns about it on every call.
 KB_MODELS = env_list(
     "KB_MODELS",
-    ["anthropic:claude-sonnet-4-5", "anthropic:claude-haiku-4-5", "extractive"]
+    ["anthropic:claude-sonnet-5-5", "anthropic:claude-haiku-5-5", "extractive"]
     if ANTHROPIC_API_KEY
     else ["extractive"],
 )

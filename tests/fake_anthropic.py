@@ -1,0 +1,231 @@
+"""A fake Anthropic Messages API on 127.0.0.1, for tests and benchmarks.
+
+Real HTTP, spoken to by the official `anthropic` SDK (point ANTHROPIC_BASE_URL at `server.url`). Each
+request takes the next scripted `Reply` (or the default responder's), so a test can say "529 twice, then
+answer", "stream three words and then an overloaded error", "wait 2 s", "never answer". Every request is
+recorded with its headers and JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class Reply:
+    """What the fake server does with one request."""
+
+    text: str = "The answer is in the handbook [1]."
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. {"retry-after": "1"}
+    delay_s: float = 0.0  # before anything is sent (a slow first token)
+    chunk_delay_s: float = 0.0  # between streamed text deltas
+    error_after_chunks: int | None = None  # stream this many deltas, then an `overloaded_error` event
+    hang: bool = False  # accept the request and never answer (until the server stops)
+    input_tokens: int | None = None
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    def chunks(self) -> list[str]:
+        words = self.text.split(" ")
+        return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def model(self) -> str:
+        return self.body.get("model", "")
+
+
+class FakeAnthropic:
+    def __init__(self, default: Callable[[dict], Reply] | None = None) -> None:
+        self.script: deque[Reply] = deque()
+        self.default = default or (lambda body: Reply())
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-anthropic", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def then(self, *replies: Reply) -> FakeAnthropic:
+        """Script the next requests, in order; after them the default responder answers."""
+        with self._lock:
+            self.script.extend(replies)
+        return self
+
+    def start(self) -> FakeAnthropic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeAnthropic:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _next(self, body: dict) -> Reply:
+        with self._lock:
+            if self.script:
+                return self.script.popleft()
+        return self.default(body)
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):
+                pass  # quiet: tests read `fake.requests` instead
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {}
+                with fake._lock:
+                    fake.requests.append(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                if not self.path.startswith("/v1/messages"):
+                    return self._error(404, "not found")
+                reply = fake._next(body)
+                if reply.hang:
+                    fake._stopping.wait()
+                    return None
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if reply.status != 200:
+                    return self._error(reply.status, f"scripted {reply.status}", reply.headers)
+                if body.get("stream"):
+                    return self._stream(body, reply)
+                return self._json(200, _message(body, reply), reply.headers)
+
+            def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("request-id", f"req_{uuid.uuid4().hex[:16]}")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+                kind = ERROR_TYPES.get(status, "api_error")
+                self._json(status, {"type": "error", "error": {"type": kind, "message": message}}, headers)
+
+            def _event(self, name: str, payload: dict) -> None:
+                data = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _stream(self, body: dict, reply: Reply) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("cache-control", "no-cache")
+                self.send_header("transfer-encoding", "chunked")
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                message = _message(body, reply)
+                started = {**message, "content": [], "stop_reason": None}
+                started["usage"] = {**message["usage"], "output_tokens": 1}
+                try:
+                    self._event("message_start", {"type": "message_start", "message": started})
+                    self._event(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                    )
+                    self._event("ping", {"type": "ping"})
+                    for number, chunk in enumerate(reply.chunks()):
+                        if reply.error_after_chunks is not None and number >= reply.error_after_chunks:
+                            self._event(
+                                "error",
+                                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                            )
+                            return self._end_chunks()
+                        if reply.chunk_delay_s:
+                            time.sleep(reply.chunk_delay_s)
+                        self._event(
+                            "content_block_delta",
+                            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": chunk}},
+                        )
+                    self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                    self._event(
+                        "message_delta",
+                        {
+                            "type": "message_delta",
+                            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "usage": {"output_tokens": message["usage"]["output_tokens"]},
+                        },
+                    )
+                    self._event("message_stop", {"type": "message_stop"})
+                    self._end_chunks()
+                except (BrokenPipeError, ConnectionResetError):
+                    return None  # the client went away (a timeout fired): nothing to finish
+
+            def _end_chunks(self) -> None:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        return Handler
+
+
+def _message(body: dict, reply: Reply) -> dict:
+    prompt_words = sum(len(json.dumps(m.get("content", "")).split()) for m in body.get("messages", []))
+    system_words = len(json.dumps(body.get("system", "")).split())
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", "claude-test"),
+        "content": [{"type": "text", "text": reply.text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": reply.input_tokens if reply.input_tokens is not None else prompt_words + system_words,
+            "output_tokens": max(1, len(reply.text.split())),
+            "cache_creation_input_tokens": reply.cache_creation_input_tokens,
+            "cache_read_input_tokens": reply.cache_read_input_tokens,
+        },
+    }
