@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -15,6 +16,9 @@ from django.views.decorators.http import require_GET
 from kb import metrics
 from kb.search import embeddings
 
+logger = logging.getLogger(__name__)
+# What an anonymous caller of /readyz sees of each check.
+PUBLIC_FIELDS = frozenset({"ok", "ms", "loaded"})
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
 
 
@@ -81,6 +85,12 @@ def readyz(request):
     ready = all(r["ok"] for r in results.values())
     for name, result in results.items():
         metrics.READY_CHECK.labels(name).set(1 if result["ok"] else 0)
+        if not result["ok"]:
+            logger.warning("readiness check %s failing: %s", name, result.get("error"))
+    if not (request.user.is_authenticated and request.user.is_staff):
+        # Load balancers need only the verdict; exception text names hosts, users and paths. Operators read
+        # the detail in the log or signed in as staff.
+        results = {name: {k: v for k, v in r.items() if k in PUBLIC_FIELDS} for name, r in results.items()}
     return JsonResponse({"ready": ready, "checks": results}, status=200 if ready else 503)
 
 

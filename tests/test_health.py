@@ -10,8 +10,9 @@ def test_healthz_answers_without_a_database(client):
 
 
 @pytest.mark.django_db
-def test_readyz_reports_each_check_and_is_ready_once_the_model_is_loaded(client):
+def test_readyz_reports_each_check_and_is_ready_once_the_model_is_loaded(client, superuser):
     embeddings.get_model()
+    client.force_login(superuser)  # staff see each check's detail
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
@@ -22,8 +23,9 @@ def test_readyz_reports_each_check_and_is_ready_once_the_model_is_loaded(client)
 
 
 @pytest.mark.django_db
-def test_readyz_is_503_and_says_why_when_the_broker_is_down(client, settings):
+def test_readyz_is_503_and_says_why_when_the_broker_is_down(client, settings, superuser):
     embeddings.get_model()
+    client.force_login(superuser)
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:9/0"  # discard port: nothing listens
     from kb.celery import app
 
@@ -55,3 +57,20 @@ def test_missing_embedding_model_is_named(settings, tmp_path):
     settings.KB_EMBEDDING_MODEL = str(tmp_path / "no-model")
     with pytest.raises(embeddings.EmbeddingModelMissing, match="no sentence-transformers model"):
         embeddings.model_path()
+
+
+@pytest.mark.django_db
+def test_anonymous_readyz_gets_the_verdict_without_internal_details(client, settings, caplog):
+    embeddings.get_model()
+    from kb.celery import app
+
+    app.conf.broker_url = "redis://127.0.0.1:9/0"
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.conf.broker_url = "filesystem://"
+    body = response.json()
+    assert response.status_code == 503 and body["ready"] is False
+    assert body["checks"]["broker"] == {"ok": False, "ms": body["checks"]["broker"]["ms"]}
+    assert "error" not in body["checks"]["database"] and "pgvector" not in body["checks"]["database"]
+    assert any("readiness check broker failing" in record.getMessage() for record in caplog.records)
