@@ -51,33 +51,29 @@ class BeirDoc:
     text: str
 
 
-def corpus_load(path: Path) -> Iterator[BeirDoc]:
+def _jsonl_rows(path: Path, kind: str, fields: str, build):
+    """`build(row)` for each non-blank line; a malformed line stops the load naming its place and form."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                doc = BeirDoc(id=str(row["_id"]), title=(row.get("title") or "").strip(), text=row.get("text") or "")
+                yield build(json.loads(line))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise BeirFormatError(
-                    f'{path}:{number}: not a BEIR corpus line ({{"_id", "title", "text"}}): {exc}'
-                ) from None
-            yield doc
+                raise BeirFormatError(f"{path}:{number}: not a BEIR {kind} line ({fields}): {exc}") from None
+
+
+def corpus_load(path: Path) -> Iterator[BeirDoc]:
+    return _jsonl_rows(
+        path,
+        "corpus",
+        '{"_id", "title", "text"}',
+        lambda row: BeirDoc(id=str(row["_id"]), title=(row.get("title") or "").strip(), text=row.get("text") or ""),
+    )
 
 
 def queries_load(path: Path) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                queries[str(row["_id"])] = row["text"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise BeirFormatError(f'{path}:{number}: not a BEIR query line ({{"_id", "text"}}): {exc}') from None
-    return queries
+    return dict(_jsonl_rows(path, "query", '{"_id", "text"}', lambda row: (str(row["_id"]), row["text"])))
 
 
 def qrels_load(path: Path) -> dict[str, dict[str, int]]:
