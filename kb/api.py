@@ -42,6 +42,10 @@ from ingest.api import router as documents_router  # noqa: E402 - the api object
 
 api.add_router("/documents", documents_router)
 
+from kb.answers.api import router as answers_router  # noqa: E402
+
+api.add_router("", answers_router)
+
 
 class Me(Schema):
     username: str

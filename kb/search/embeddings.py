@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 
 _lock = threading.Lock()
+# One forward pass at a time per process: concurrent requests would each start torch's threads and slow
+# every pass down on a small machine; queued they finish sooner on average.
+_encode_lock = threading.Lock()
 _model: SentenceTransformer | None = None
 _load_error: str | None = None
 
@@ -106,13 +109,14 @@ def load_error() -> str | None:
 def embed(texts: list[str], *, batch_size: int | None = None) -> np.ndarray:
     """Unit-length float32 vectors, one row per text (cosine distance = 1 - dot product)."""
     model = get_model()
-    return model.encode(
-        texts,
-        batch_size=batch_size or settings.KB_EMBEDDING_BATCH_SIZE,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
+    with _encode_lock:
+        return model.encode(
+            texts,
+            batch_size=batch_size or settings.KB_EMBEDDING_BATCH_SIZE,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
 
 
 def warm_up_in_background() -> None:

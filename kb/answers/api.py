@@ -1,0 +1,101 @@
+"""POST /api/v1/ask: a cited answer as JSON, or as server-sent events with `stream: true`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from django.http import StreamingHttpResponse
+from ninja import Field, Router, Schema
+from ninja.errors import HttpError
+
+from kb.answers import services
+
+router = Router(tags=["answers"])
+
+
+class AskIn(Schema):
+    question: str = Field(..., description="The question, up to KB_QUESTION_MAX_CHARS characters")
+    conversation_id: int | None = Field(None, description="Continue this conversation (yours); omit to start one")
+    stream: bool = Field(False, description="Answer as server-sent events: start, notice, delta, reset, done")
+
+
+class CitationOut(Schema):
+    n: int
+    document_id: int
+    title: str
+    heading: str
+    page: str
+    chunk_id: int
+    quote: str
+
+
+class UsageOut(Schema):
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    cost_usd: float
+
+
+class NearestOut(Schema):
+    document_id: int
+    title: str
+
+
+class AskOut(Schema):
+    answer: str
+    citations: list[CitationOut]
+    refused: bool
+    refusal_reason: str
+    model: str
+    cached: bool
+    fallback_used: bool
+    exchange_id: int
+    conversation_id: int
+    latency_ms: float
+    usage: UsageOut
+    outcome: str
+    prompt_version: str
+    notices: list[str]
+    nearest_documents: list[NearestOut]
+    cache: dict
+
+
+def request_id_of(request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    return given[:64] if given.isprintable() and given else uuid.uuid4().hex
+
+
+def sse(event: dict) -> bytes:
+    kind = event["type"]
+    payload = {k: v for k, v in event.items() if k != "type"}
+    return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def _events(question: str, user, conversation_id: int | None, request_id: str):
+    async for event in services.ask_stream(question, user, conversation_id=conversation_id, request_id=request_id):
+        yield sse(event)
+
+
+@router.post(
+    "/ask",
+    response={200: AskOut},
+    summary="Ask a question; every claim in the answer cites a passage, or the answer says it is not covered",
+)
+def ask(request, payload: AskIn, stream: bool = False):
+    user = request.auth
+    request_id = request_id_of(request)
+    try:
+        question = services.ask_check(user, payload.question, payload.conversation_id)
+    except services.AskError as error:
+        raise HttpError(error.status, str(error)) from None
+    if payload.stream or stream:
+        response = StreamingHttpResponse(
+            _events(question, user, payload.conversation_id, request_id), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # proxies must pass each event on at once
+        response["X-Request-ID"] = request_id
+        return response
+    return services.ask(question, user, conversation_id=payload.conversation_id, request_id=request_id)

@@ -1,0 +1,291 @@
+"""Model providers behind one small interface: `stream(request)` yields text deltas and then one `StreamEnd`.
+
+- `AnthropicProvider`: Claude through the official SDK's async client, SDK retries off (the chain retries,
+  with its own timeouts, backoff and breaker), the static system prompt marked for prompt caching.
+- `ExtractiveProvider`: offline; quotes the passages' sentences that best match the question, each with its
+  `[n]`, under a label saying that no model wrote it. It needs nothing but the passages, so it answers
+  through any outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+
+from django.conf import settings
+
+EXTRACTIVE = "extractive"
+EXTRACTIVE_LABEL = "Extractive answer: quoted from the documents, not written by a language model."
+
+
+@dataclass(frozen=True)
+class Passage:
+    n: int
+    title: str
+    heading: str
+    page: str
+    text: str
+
+
+@dataclass
+class ModelRequest:
+    system: str  # the versioned prompt's static part (cached by Anthropic)
+    user: str  # the rendered user message: passages, history, question
+    question: str
+    passages: list[Passage]
+    max_tokens: int = 1024
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str | None = None
+
+
+class Provider(ABC):
+    link: str  # as named in KB_MODELS: "anthropic:claude-...", "extractive"
+    model: str
+    remote: bool
+
+    @abstractmethod
+    def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | StreamEnd]: ...
+
+
+# --- Anthropic --------------------------------------------------------------------------------------------
+
+# One async client per event loop: its connection pool belongs to the loop that opened it (uvicorn has one;
+# a management command or a test runs its own).
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, object] = weakref.WeakKeyDictionary()
+
+
+def anthropic_client():
+    import anthropic
+
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = anthropic.AsyncAnthropic(
+            api_key=settings.ANTHROPIC_API_KEY,
+            base_url=settings.ANTHROPIC_BASE_URL or None,
+            max_retries=0,
+            timeout=anthropic.Timeout(settings.KB_LLM_TOTAL_TIMEOUT_S, connect=settings.KB_LLM_CONNECT_TIMEOUT_S),
+        )
+        _clients[loop] = client
+    return client
+
+
+class AnthropicProvider(Provider):
+    remote = True
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.link = f"anthropic:{model}"
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | StreamEnd]:
+        client = anthropic_client()
+        async with client.messages.stream(
+            model=self.model,
+            max_tokens=request.max_tokens,
+            # The system prompt is the same for every question: cache it (GUIDE §6; billed at a tenth on a hit).
+            system=[{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": request.user}],
+        ) as stream:
+            async for text in stream.text_stream:
+                if text:
+                    yield TextDelta(text)
+            message = await stream.get_final_message()
+        usage = message.usage
+        yield StreamEnd(
+            usage=Usage(
+                input_tokens=usage.input_tokens or 0,
+                output_tokens=usage.output_tokens or 0,
+                cache_read_input_tokens=getattr(usage, "cache_read_input_tokens", 0) or 0,
+                cache_creation_input_tokens=getattr(usage, "cache_creation_input_tokens", 0) or 0,
+            ),
+            stop_reason=message.stop_reason,
+        )
+
+
+# --- Extractive -------------------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Words that say nothing about what a question is after.
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "may",
+        "me",
+        "might",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "shall",
+        "should",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "about",
+        "any",
+        "all",
+        "also",
+        "am",
+        "get",
+        "got",
+        "many",
+        "much",
+        "please",
+        "tell",
+        "know",
+        "need",
+        "want",
+    ]
+)
+# How many quoted sentences an extractive answer gives, and how long it may get.
+EXTRACTIVE_MAX_SENTENCES = 3
+EXTRACTIVE_MAX_CHARS = 900
+_STEM = 5  # compare words by their first letters: "reimbursed" meets "reimbursement"
+
+
+def keywords(text: str) -> set[str]:
+    return {word[:_STEM] for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOP and len(word) > 1}
+
+
+def extractive_answer(question: str, passages: list[Passage]) -> str:
+    """The sentences of the passages that share the most keywords with the question, best passages first."""
+    from ingest.chunker import split_sentences
+
+    if not passages:
+        return ""
+    wanted = keywords(question)
+    candidates: list[tuple[float, int, int, str]] = []
+    for rank, passage in enumerate(passages):
+        text = passage.text
+        for order, (start, end) in enumerate(split_sentences(text)):
+            sentence = " ".join(text[start:end].split())
+            if len(sentence) < 12:
+                continue
+            overlap = len(wanted & keywords(sentence))
+            if not overlap:
+                continue
+            # Earlier passages ranked higher by retrieval: a small prior breaks ties their way.
+            score = overlap / (1 + 0.15 * rank)
+            candidates.append((score, rank, order, sentence))
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    chosen: list[tuple[int, int, str]] = []
+    length = 0
+    for _, rank, order, sentence in candidates:
+        if len(chosen) >= EXTRACTIVE_MAX_SENTENCES or (length + len(sentence) > EXTRACTIVE_MAX_CHARS and chosen):
+            break
+        chosen.append((rank, order, sentence))
+        length += len(sentence)
+    if not chosen:
+        first = passages[0]
+        spans = split_sentences(first.text)
+        sentence = " ".join(first.text[spans[0][0] : spans[0][1]].split()) if spans else first.text[:300]
+        chosen = [(0, 0, sentence)]
+    chosen.sort()  # document order within the retrieval order reads best
+    lines = [f"> {sentence} [{passages[rank].n}]" for rank, _, sentence in chosen]
+    return f"*{EXTRACTIVE_LABEL}*\n\n" + "\n>\n".join(lines)
+
+
+class ExtractiveProvider(Provider):
+    remote = False
+    link = EXTRACTIVE
+    model = EXTRACTIVE
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | StreamEnd]:
+        text = extractive_answer(request.question, request.passages)
+        if text:
+            yield TextDelta(text)
+        yield StreamEnd(stop_reason="end_turn")
+
+
+def provider_for(link: str) -> Provider:
+    if link == EXTRACTIVE:
+        return ExtractiveProvider()
+    kind, _, model = link.partition(":")
+    if kind == "anthropic" and model:
+        return AnthropicProvider(model)
+    raise ValueError(f"unknown model link {link!r}")

@@ -1,0 +1,404 @@
+"""The ask pipeline end to end: real PostgreSQL + pgvector, the real embedding model, and the official
+anthropic SDK talking HTTP to the fake server (tests/fake_anthropic.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from django.core.files.base import ContentFile
+
+from ingest import services as ingest_services
+from kb import metrics
+from kb.answers import services
+from kb.answers.models import Exchange, Outcome
+from kb.llm import resilience
+from kb.llm.providers import EXTRACTIVE_LABEL
+from tests.conftest import FALLBACK, PRIMARY
+from tests.fake_anthropic import Reply, passages_of
+
+HOTEL = "What is the hotel limit per night in Amsterdam?"
+
+
+def models_called(fake) -> list[str]:
+    return [f"anthropic:{request.model}" for request in fake.requests]
+
+
+def test_an_answer_cites_the_passages_it_was_given(fake_anthropic, corpus, employee):
+    result = services.ask(HOTEL, employee)
+    assert result["model"] == PRIMARY and not result["fallback_used"] and not result["refused"]
+    assert result["outcome"] == "answered"
+    assert "[1]" in result["answer"]
+    first = result["citations"][0]
+    assert first["n"] == 1 and first["document_id"] == corpus.travel.pk and first["title"] == "Travel policy"
+    assert first["heading"] and first["chunk_id"]
+    assert first["quote"] in passages_of(fake_anthropic.requests[0].body)[0][1].replace("\n", " ") or first["quote"]
+    assert result["usage"]["input_tokens"] > 0 and result["usage"]["cost_usd"] > 0
+    assert result["prompt_version"].startswith("answer-v1@")
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert exchange.outcome == Outcome.ANSWERED and exchange.model == PRIMARY
+    assert exchange.passages and exchange.passages[0]["document_version"] == 1
+    assert {"overhead_ms", "first_token_ms", "total_ms", "retrieval_ms"} <= set(exchange.latency)
+    # The static system prompt is marked for Anthropic's prompt cache; passages are quoted data.
+    body = fake_anthropic.requests[0].body
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "<passages>" in body["messages"][0]["content"] and HOTEL in body["messages"][0]["content"]
+
+
+def test_529_on_every_try_of_the_primary_falls_back(fake_anthropic, corpus, employee, settings):
+    settings.KB_LLM_RETRIES = 2
+    fake_anthropic.then(Reply(status=529), Reply(status=529), Reply(status=529))
+    result = services.ask(HOTEL, employee)
+    assert models_called(fake_anthropic) == [PRIMARY] * 3 + [FALLBACK]
+    assert result["model"] == FALLBACK and result["fallback_used"]
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    failed = [a for a in exchange.attempts if a["outcome"] == "failed"]
+    assert [(a["link"], a["attempt"], a["reason"]) for a in failed] == [(PRIMARY, n, "529") for n in (1, 2, 3)]
+    assert exchange.attempts[-1]["link"] == FALLBACK and exchange.attempts[-1]["outcome"] == "ok"
+    assert exchange.fallback_used and any(FALLBACK in notice for notice in exchange.notices)
+
+
+def test_retry_after_is_honoured_and_a_retry_can_succeed(fake_anthropic, corpus, employee):
+    fake_anthropic.then(Reply(status=429, headers={"retry-after": "0.3"}))
+    started = time.monotonic()
+    result = services.ask(HOTEL, employee)
+    assert time.monotonic() - started >= 0.3
+    assert models_called(fake_anthropic) == [PRIMARY, PRIMARY]
+    assert result["model"] == PRIMARY and not result["fallback_used"]
+
+
+def test_a_retry_after_too_long_moves_on_without_waiting(fake_anthropic, corpus, employee, settings):
+    settings.KB_LLM_RETRY_AFTER_MAX_S = 1.0
+    fake_anthropic.then(Reply(status=429, headers={"retry-after": "30"}))
+    started = time.monotonic()
+    result = services.ask(HOTEL, employee)
+    assert time.monotonic() - started < 5
+    assert models_called(fake_anthropic) == [PRIMARY, FALLBACK] and result["model"] == FALLBACK
+
+
+def test_an_error_event_mid_stream_is_replaced_without_duplicated_text(fake_anthropic, corpus, employee):
+    fake_anthropic.then(Reply(text="Partial words that must vanish entirely [1].", error_after_chunks=3))
+    events = _events(HOTEL, employee)
+    kinds = [event["type"] for event in events]
+    reset = kinds.index("reset")
+    assert "delta" in kinds[:reset], "some text was streamed before the failure"
+    shown = _shown_text(events)
+    assert "Partial" not in shown and shown.count("[1]") >= 1
+    done = events[-1]["result"]
+    assert "Partial" not in done["answer"] and done["answer"] == shown.strip()
+    assert done["model"] == PRIMARY  # the retry of the same link succeeded
+    exchange = Exchange.objects.get(pk=done["exchange_id"])
+    assert exchange.attempts[0]["reason"] == "overloaded_error" and exchange.attempts[0]["partial_chars"] > 0
+    assert any("broke off" in notice for notice in exchange.notices)
+
+
+def test_a_failure_mid_stream_on_every_try_lets_the_fallback_answer(fake_anthropic, corpus, employee, settings):
+    settings.KB_LLM_RETRIES = 0
+    fake_anthropic.then(Reply(text="Half an answer from the primary [1].", error_after_chunks=2))
+    events = _events(HOTEL, employee)
+    done = events[-1]["result"]
+    assert done["model"] == FALLBACK and done["fallback_used"]
+    assert "Half an answer" not in _shown_text(events) and "Half an answer" not in done["answer"]
+
+
+def test_a_hang_trips_the_first_token_timeout_and_the_fallback_answers(fake_anthropic, corpus, employee, settings):
+    settings.KB_LLM_FIRST_TOKEN_TIMEOUT_S = 0.5
+    fake_anthropic.then(Reply(hang=True))
+    started = time.monotonic()
+    result = services.ask(HOTEL, employee)
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.5 + 2.0, f"the timeout fired late: {elapsed:.2f}s"
+    assert models_called(fake_anthropic) == [PRIMARY, FALLBACK]  # a hung link is not retried
+    assert result["model"] == FALLBACK
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert exchange.attempts[0]["reason"] == "first_token_timeout"
+    assert 400 <= exchange.attempts[0]["ms"] < 1500
+
+
+def test_a_slow_stream_trips_the_total_timeout(fake_anthropic, corpus, employee, settings):
+    settings.KB_LLM_TOTAL_TIMEOUT_S = 0.6
+    fake_anthropic.then(Reply(text="one two three four five six seven eight [1]", chunk_delay_s=0.2))
+    result = services.ask(HOTEL, employee)
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert exchange.attempts[0]["reason"] == "total_timeout" and result["model"] == FALLBACK
+    assert "seven" not in result["answer"]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+def test_a_configuration_error_is_loud_and_the_user_gets_the_extractive_answer(
+    fake_anthropic, corpus, employee, status, caplog, client, superuser
+):
+    before = metrics.LLM_CONFIG_ERRORS.labels(PRIMARY, str(status))._value.get()
+    fake_anthropic.then(Reply(status=status))
+    with caplog.at_level(logging.ERROR, logger="kb.llm.resilience"):
+        result = services.ask(HOTEL, employee)
+    assert models_called(fake_anthropic) == [PRIMARY]  # no retry, no other remote model
+    assert result["model"] == "extractive" and result["fallback_used"]
+    assert EXTRACTIVE_LABEL in result["answer"] and result["citations"]
+    assert any("configuration error" in record.getMessage() for record in caplog.records)
+    assert metrics.LLM_CONFIG_ERRORS.labels(PRIMARY, str(status))._value.get() == before + 1
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert [(a["link"], a["outcome"], a["reason"]) for a in exchange.attempts] == [
+        (PRIMARY, "failed", str(status)),
+        (FALLBACK, "skipped", "config_error"),
+        ("extractive", "ok", ""),
+    ]
+    # Operators see it on /readyz (staff see the detail) without the instance being taken out of service.
+    client.force_login(superuser)
+    readyz = client.get("/readyz").json()
+    models = readyz["checks"]["models"]
+    assert models["ok"] is False and f"configuration error {status}" in models["error"]
+    assert "sk-ant-test-key" not in str(readyz)
+
+
+def test_the_breaker_opens_skips_the_link_and_a_half_open_probe_closes_it(fake_anthropic, corpus, employee, settings):
+    settings.KB_BREAKER_FAILURES = 2
+    settings.KB_BREAKER_COOLDOWN_S = 0.5
+    settings.KB_LLM_RETRIES = 1
+    fake_anthropic.then(Reply(status=500), Reply(status=500))
+    first = services.ask(HOTEL, employee)
+    assert first["model"] == FALLBACK
+    assert resilience.breaker(PRIMARY).state == resilience.State.OPEN
+    assert metrics.LLM_BREAKER_STATE.labels(PRIMARY)._value.get() == 2
+
+    calls = len(fake_anthropic.requests)
+    started = time.monotonic()
+    second = services.ask("Which approval do flights need?", employee)
+    assert time.monotonic() - started < 2
+    assert models_called(fake_anthropic)[calls:] == [FALLBACK]  # the primary was not called at all
+    second_exchange = Exchange.objects.get(pk=second["exchange_id"])
+    assert second_exchange.attempts[0] == {**second_exchange.attempts[0], "outcome": "skipped", "reason": "circuit_open"}
+
+    time.sleep(0.6)
+    calls = len(fake_anthropic.requests)
+    third = services.ask("When is first class allowed on trains?", employee)
+    assert models_called(fake_anthropic)[calls:] == [PRIMARY] and third["model"] == PRIMARY
+    assert resilience.breaker(PRIMARY).state == resilience.State.CLOSED
+    assert metrics.LLM_BREAKER_STATE.labels(PRIMARY)._value.get() == 0
+
+
+def test_a_failed_half_open_probe_opens_the_breaker_again(fake_anthropic, corpus, employee, settings):
+    settings.KB_BREAKER_FAILURES = 1
+    settings.KB_BREAKER_COOLDOWN_S = 0.3
+    settings.KB_LLM_RETRIES = 0
+    fake_anthropic.then(Reply(status=503))
+    services.ask(HOTEL, employee)
+    time.sleep(0.35)
+    fake_anthropic.then(Reply(status=503))
+    services.ask("Which approval do flights need?", employee)
+    assert resilience.breaker(PRIMARY).state == resilience.State.OPEN
+
+
+def test_empty_output_moves_on_without_a_retry(fake_anthropic, corpus, employee):
+    fake_anthropic.then(Reply(text=""))
+    result = services.ask(HOTEL, employee)
+    assert models_called(fake_anthropic) == [PRIMARY, FALLBACK] and result["model"] == FALLBACK
+
+
+def test_an_unreachable_api_falls_back_to_the_extractive_answer(fake_anthropic, corpus, employee, settings):
+    from tests.conftest import free_port
+
+    settings.ANTHROPIC_BASE_URL = f"http://127.0.0.1:{free_port()}"
+    settings.KB_LLM_RETRIES = 1
+    result = services.ask(HOTEL, employee)
+    assert result["model"] == "extractive" and result["citations"]
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert {a["reason"] for a in exchange.attempts if a["outcome"] == "failed"} == {"connection"}
+
+
+# --- caches --------------------------------------------------------------------------------------------------
+
+
+def test_a_repeated_question_is_an_exact_cache_hit(fake_anthropic, corpus, employee):
+    first = services.ask(HOTEL, employee)
+    calls = len(fake_anthropic.requests)
+    again = services.ask("  what is the HOTEL limit per night in Amsterdam ", employee)
+    assert len(fake_anthropic.requests) == calls, "a cache hit calls no model"
+    assert again["cached"] and again["cache"]["kind"] == "exact" and again["outcome"] == "cached"
+    assert again["answer"] == first["answer"] and again["citations"] == first["citations"]
+    assert again["usage"]["cost_usd"] == 0 and again["exchange_id"] != first["exchange_id"]
+    assert Exchange.objects.get(pk=again["exchange_id"]).cache["kind"] == "exact"
+
+
+def test_a_paraphrase_is_a_semantic_cache_hit(fake_anthropic, corpus, employee, settings):
+    services.ask(HOTEL, employee)
+    calls = len(fake_anthropic.requests)
+    paraphrase = "What's the hotel limit per night for Amsterdam?"
+    result = services.ask(paraphrase, employee)
+    assert len(fake_anthropic.requests) == calls
+    assert result["cached"] and result["cache"]["kind"] == "semantic"
+    assert settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY <= result["cache"]["similarity"] < 1
+
+
+def test_a_different_question_misses_the_cache_and_records_the_nearest_similarity(fake_anthropic, corpus, employee):
+    services.ask(HOTEL, employee)
+    result = services.ask("What is the hotel limit per night in Rotterdam?", employee)
+    assert not result["cached"] and result["cache"]["kind"] == "miss"
+    assert 0 < result["cache"]["nearest_similarity"] < 1
+
+
+def test_the_cache_is_never_shared_across_permission_scopes(fake_anthropic, corpus, employee, hr_employee):
+    services.ask(HOTEL, employee)
+    calls = len(fake_anthropic.requests)
+    result = services.ask(HOTEL, hr_employee)
+    assert not result["cached"] and len(fake_anthropic.requests) == calls + 1
+
+
+def test_a_document_change_invalidates_the_cache(fake_anthropic, corpus, employee):
+    services.ask(HOTEL, employee)
+    upload = ingest_services.document_upload(
+        source=ContentFile(b"# Canteen\n\nThe canteen opens at noon.\n", name="canteen.md"), filename="canteen.md"
+    )
+    ingest_services.document_process(upload.document.pk)
+    calls = len(fake_anthropic.requests)
+    result = services.ask(HOTEL, employee)
+    assert not result["cached"] and len(fake_anthropic.requests) == calls + 1
+
+
+def test_a_fallback_answer_is_not_cached(fake_anthropic, corpus, employee, settings):
+    settings.KB_LLM_RETRIES = 0
+    fake_anthropic.then(Reply(status=500))
+    assert services.ask(HOTEL, employee)["model"] == FALLBACK
+    assert not services.ask(HOTEL, employee)["cached"]
+
+
+# --- evidence gate, permissions, conversations -------------------------------------------------------------------
+
+
+def test_a_question_outside_the_corpus_is_refused_without_a_model_call(fake_anthropic, corpus, employee):
+    result = services.ask("Who won the football world cup in 1954?", employee)
+    assert result["refused"] and result["refusal_reason"] == "weak_evidence" and result["outcome"] == "refused"
+    assert "does not cover" in result["answer"] and result["nearest_documents"]
+    assert fake_anthropic.requests == []
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert exchange.outcome == Outcome.REFUSED and exchange.evidence_score is not None
+
+
+def test_the_model_saying_not_covered_is_a_refusal(fake_anthropic, corpus, employee):
+    fake_anthropic.then(Reply(text="The knowledge base does not cover this question."))
+    result = services.ask("What is the hotel limit per night in Berlin?", employee)
+    assert result["refused"] and result["refusal_reason"] == "not_covered_by_model"
+    assert result["citations"] == [] and result["nearest_documents"][0]["title"] == "Travel policy"
+
+
+def test_invalid_citation_markers_are_removed(fake_anthropic, corpus, employee):
+    fake_anthropic.then(Reply(text="Hotels cost 180 euros per night in Amsterdam [1][9]."))
+    result = services.ask(HOTEL, employee)
+    assert "[9]" not in result["answer"] and "[1]" in result["answer"]
+    assert [c["n"] for c in result["citations"]] == [1]
+    assert any("named no passage" in notice for notice in result["notices"])
+
+
+def test_a_document_the_user_may_not_read_is_never_given_to_the_model(fake_anthropic, corpus, employee, hr_employee):
+    question = "How many weeks of paid parental leave does a parent receive?"
+    services.ask(question, employee)
+    outsider_prompt = fake_anthropic.requests[-1].body["messages"][0]["content"] if fake_anthropic.requests else ""
+    assert "sixteen weeks" not in outsider_prompt
+    result = services.ask(question, hr_employee)
+    assert result["citations"][0]["document_id"] == corpus.leave.pk
+    assert "sixteen weeks" in fake_anthropic.requests[-1].body["messages"][0]["content"]
+
+
+def test_a_follow_up_carries_the_conversation(fake_anthropic, corpus, employee):
+    first = services.ask(HOTEL, employee)
+    follow = services.ask("And in Rotterdam?", employee, conversation_id=first["conversation_id"])
+    assert follow["conversation_id"] == first["conversation_id"]
+    prompt = fake_anthropic.requests[-1].body["messages"][0]["content"]
+    assert "<conversation_so_far>" in prompt and HOTEL in prompt
+    assert "150 euros" in prompt, "the follow-up found the Rotterdam passage through the conversation"
+    assert follow["cache"]["kind"] == "skipped"
+
+
+def test_someone_elses_conversation_is_refused(corpus, employee, hr_employee):
+    first = services.ask(HOTEL, employee)
+    with pytest.raises(services.AskError) as error:
+        services.ask("And in Rotterdam?", hr_employee, conversation_id=first["conversation_id"])
+    assert error.value.status == 404
+
+
+@pytest.mark.parametrize("question", ["", "   ", "x" * 5000])
+def test_a_question_that_cannot_be_asked_says_what_to_do(corpus, employee, question):
+    with pytest.raises(services.AskError) as error:
+        services.ask(question, employee)
+    assert error.value.status == 400 and str(error.value)
+
+
+def test_only_employees_ask(corpus, compliance):
+    with pytest.raises(services.AskError) as error:
+        services.ask(HOTEL, compliance)
+    assert error.value.status == 403
+
+
+def test_without_an_api_key_the_extractive_provider_answers_with_citations(corpus, employee, settings):
+    settings.ANTHROPIC_API_KEY = ""
+    settings.KB_MODELS = ["extractive"]
+    result = services.ask(HOTEL, employee)
+    assert result["model"] == "extractive" and not result["fallback_used"]
+    assert EXTRACTIVE_LABEL in result["answer"] and "180 euros" in result["answer"]
+    assert result["citations"][0]["document_id"] == corpus.travel.pk
+
+
+# --- budgets ---------------------------------------------------------------------------------------------------
+
+
+def test_over_the_users_budget_the_extractive_answer_comes_with_a_notice(fake_anthropic, corpus, employee, settings):
+    settings.KB_USER_DAILY_BUDGET_USD = 0.000001
+    services.ask(HOTEL, employee)  # spends a little
+    result = services.ask("Which approval do flights need?", employee)
+    assert result["model"] == "extractive" and any("budget" in notice for notice in result["notices"])
+
+
+def test_near_the_budget_the_cheaper_link_answers(fake_anthropic, corpus, employee, settings):
+    settings.KB_USER_DAILY_BUDGET_USD = 1.0
+    settings.KB_BUDGET_DOWNGRADE_FRACTION = 0.0
+    result = services.ask(HOTEL, employee)
+    assert result["model"] == FALLBACK  # haiku is cheaper than sonnet
+    assert models_called(fake_anthropic) == [FALLBACK]
+
+
+# --- cancellation --------------------------------------------------------------------------------------------------
+
+
+def test_a_client_that_goes_away_leaves_a_cancelled_exchange(fake_anthropic, corpus, employee):
+    from asgiref.sync import async_to_sync
+
+    fake_anthropic.then(Reply(text="one two three four five [1]", chunk_delay_s=0.2))
+
+    async def read_two_events() -> int:
+        stream = services.ask_stream(HOTEL, employee)
+        exchange_id = 0
+        async for event in stream:
+            if event["type"] == "start":
+                exchange_id = event["exchange_id"]
+            if event["type"] == "delta":
+                break
+        await stream.aclose()
+        return exchange_id
+
+    exchange_id = async_to_sync(read_two_events)()
+    exchange = Exchange.objects.get(pk=exchange_id)
+    assert exchange.outcome == Outcome.CANCELLED and exchange.finished_at is not None
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _events(question, user) -> list[dict]:
+    from asgiref.sync import async_to_sync
+
+    async def collect() -> list[dict]:
+        return [event async for event in services.ask_stream(question, user)]
+
+    return async_to_sync(collect)()
+
+
+def _shown_text(events: list[dict]) -> str:
+    """What a client shows: deltas appended, a reset clearing them."""
+    text = ""
+    for event in events:
+        if event["type"] == "delta":
+            text += event["text"]
+        elif event["type"] == "reset":
+            text = ""
+    return text
