@@ -14,8 +14,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from kb import metrics
-from kb.search import embeddings
 from kb.llm.resilience import model_status
+from kb.search import embeddings
 
 logger = logging.getLogger(__name__)
 # What an anonymous caller of /readyz sees of each check.

@@ -217,13 +217,14 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
         if begun.hit is not None:
             begun.latency["cache_ms"] = _ms(t0)
             return begun
-    search_query = question if not history else f"{history[-1].question} {question}"
+    # Normalised (case, spacing, closing punctuation), which the semantic cache was calibrated with and
+    # which changes nothing for retrieval; a follow-up searches together with the question before it.
+    search_query = cache.normalise(question) if not history else f"{history[-1].question} {question}"
     t1 = time.perf_counter()
     begun.vector = embeddings.embed([search_query])[0]
     begun.latency["embed_ms"] = _ms(t1)
     if begun.use_cache:
-        t1 = time.perf_counter()
-        begun.hit, begun.similarity = cache.lookup_semantic(begun.namespace, begun.vector)
+        begun.hit, begun.similarity = cache.lookup_semantic(begun.namespace, question, begun.vector)
         begun.latency["cache_ms"] = round(_ms(t0) - begun.latency["embed_ms"], 1)
         if begun.hit is not None:
             return begun

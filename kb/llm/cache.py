@@ -24,12 +24,39 @@ from django.utils import timezone
 from kb import metrics
 from kb.llm.models import CachedAnswer
 
-_TRAILING = re.compile(r"[\s?!.。？！]+$")
+_TRAILING = re.compile(r"[\s?!.,;:。？！]+$")
+_CARDINALS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+_ORDINALS = ("zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+_OTHER_NUMBER_WORDS = ("twenty", "hundred", "thousand", "million", "billion", "half", "once", "twice", "dozen")
+# Number words as digits, so that "two-factor" and "2FA", or "second floor" and "2nd floor", agree.
+_NUMBER_WORDS = {word: str(i) for words in (_CARDINALS, _ORDINALS) for i, word in enumerate(words)}
+_NUMBER_WORDS |= {word: word for word in _OTHER_NUMBER_WORDS}
+_NEGATIONS = frozenset(("not", "no", "never", "none", "nor", "cannot", "without"))
+# Cached questions within the threshold that are checked for a compatible one, nearest first.
+SEMANTIC_CANDIDATES = 3
 
 
 def normalise(question: str) -> str:
-    """Case, spacing and closing punctuation do not change what a question asks."""
+    """Case, spacing and closing punctuation do not change what a question asks ("  Where is X ?!" -> "where is x")."""
     return _TRAILING.sub("", " ".join(question.casefold().split()))
+
+
+def numbers(question: str) -> frozenset[str]:
+    text = question.lower()
+    digits = re.findall(r"\d+(?:[.,]\d+)*", text)
+    words = [_NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text) if w in _NUMBER_WORDS]
+    return frozenset(digits) | frozenset(words)
+
+
+def negations(question: str) -> int:
+    words = re.findall(r"[a-z']+", question.lower())
+    return sum(1 for w in words if w in _NEGATIONS or w.endswith("n't"))
+
+
+def same_numbers_and_negations(a: str, b: str) -> bool:
+    """Questions that differ in a number or a negation are different questions, however close their
+    embeddings ("version 2.3" and "version 3.2" score 0.991; tests/bench/test_semantic_cache_calibration.py)."""
+    return numbers(a) == numbers(b) and negations(a) == negations(b)
 
 
 def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str]) -> str:
@@ -69,8 +96,9 @@ def lookup_exact(ns: str, question: str) -> Hit | None:
     return Hit(entry.pk, "exact", 1.0, entry.result, entry.question)
 
 
-def lookup_semantic(ns: str, vector: np.ndarray) -> tuple[Hit | None, float | None]:
-    """The nearest cached question's hit if similar enough, and its similarity (recorded on a miss too)."""
+def lookup_semantic(ns: str, question: str, vector: np.ndarray) -> tuple[Hit | None, float | None]:
+    """The nearest compatible cached question's hit if similar enough, and the nearest similarity (recorded on
+    a miss too). `vector` is the embedding of `normalise(question)`."""
     if settings.KB_ANSWER_CACHE_TTL_S <= 0 or settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY >= 1.0:
         metrics.ANSWER_CACHE.labels("miss").inc()
         return None, None
@@ -78,23 +106,24 @@ def lookup_semantic(ns: str, vector: np.ndarray) -> tuple[Hit | None, float | No
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT id, 1 - (embedding <=> %(v)s::vector) FROM llm_cachedanswer "
+            "SELECT id, 1 - (embedding <=> %(v)s::vector), question FROM llm_cachedanswer "
             "WHERE namespace = %(ns)s AND created_at >= %(since)s "
-            "ORDER BY embedding <=> %(v)s::vector, id LIMIT 1",
-            {"v": vector_literal(vector), "ns": ns, "since": _fresh_since()},
+            "ORDER BY embedding <=> %(v)s::vector, id LIMIT %(n)s",
+            {"v": vector_literal(vector), "ns": ns, "since": _fresh_since(), "n": SEMANTIC_CANDIDATES},
         )
-        row = cursor.fetchone()
-    if row is None:
-        metrics.ANSWER_CACHE.labels("miss").inc()
-        return None, None
-    entry_id, similarity = row[0], float(row[1])
-    if similarity < settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY:
-        metrics.ANSWER_CACHE.labels("miss").inc()
-        return None, similarity
-    entry = CachedAnswer.objects.only("id", "result", "question").get(pk=entry_id)
-    _touch(entry_id)
-    metrics.ANSWER_CACHE.labels("hit_semantic").inc()
-    return Hit(entry_id, "semantic", similarity, entry.result, entry.question), similarity
+        rows = cursor.fetchall()
+    nearest = float(rows[0][1]) if rows else None
+    for entry_id, similarity, cached_question in rows:
+        if float(similarity) < settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY:
+            break
+        if not same_numbers_and_negations(question, cached_question):
+            continue
+        entry = CachedAnswer.objects.only("id", "result", "question").get(pk=entry_id)
+        _touch(entry_id)
+        metrics.ANSWER_CACHE.labels("hit_semantic").inc()
+        return Hit(entry_id, "semantic", float(similarity), entry.result, entry.question), nearest
+    metrics.ANSWER_CACHE.labels("miss").inc()
+    return None, nearest
 
 
 def store(

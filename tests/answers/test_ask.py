@@ -168,7 +168,11 @@ def test_the_breaker_opens_skips_the_link_and_a_half_open_probe_closes_it(fake_a
     assert time.monotonic() - started < 2
     assert models_called(fake_anthropic)[calls:] == [FALLBACK]  # the primary was not called at all
     second_exchange = Exchange.objects.get(pk=second["exchange_id"])
-    assert second_exchange.attempts[0] == {**second_exchange.attempts[0], "outcome": "skipped", "reason": "circuit_open"}
+    assert second_exchange.attempts[0] == {
+        **second_exchange.attempts[0],
+        "outcome": "skipped",
+        "reason": "circuit_open",
+    }
 
     time.sleep(0.6)
     calls = len(fake_anthropic.requests)
