@@ -241,3 +241,64 @@ def fake_anthropic(settings):
         resilience.breakers_reset()
         yield server
         resilience.breakers_reset()
+
+
+class AsgiServer:
+    """The app under uvicorn in a process of its own (the production server), on the test database."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "kb.asgi:application", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait()
+
+    def _wait(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited:\n{self.output()}")
+            try:
+                httpx.get(self.url + "/healthz", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"uvicorn did not start within 60 s:\n{self.output()}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def asgi_server(test_database_url, tmp_path):
+    """Start the app under uvicorn with extra environment variables: `asgi_server(KB_MODELS=...)`."""
+    servers: list[AsgiServer] = []
+
+    def start(**extra: str) -> AsgiServer:
+        server = AsgiServer(subprocess_env(test_database_url, **extra), tmp_path / f"uvicorn-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
