@@ -128,6 +128,18 @@ if "host" in _db.get("OPTIONS", {}):
 _db.setdefault("OPTIONS", {})["options"] = "-c statement_timeout={}".format(
     env_int("KB_STATEMENT_TIMEOUT_MS", 30000, minimum=100)
 )
+# A bounded connection pool per process: threads wait their turn for one of these connections instead of
+# each opening its own, so hundreds of concurrent requests (streams, mostly waiting on a model) never exceed
+# PostgreSQL's max_connections (100 by default; every process has its own pool). 0 turns pooling off.
+KB_DB_POOL_SIZE = env_int("KB_DB_POOL_SIZE", 10, minimum=0, maximum=1000)
+if KB_DB_POOL_SIZE:
+    _db["OPTIONS"]["pool"] = {
+        "min_size": 1,
+        "max_size": KB_DB_POOL_SIZE,
+        "timeout": env_float("KB_DB_POOL_TIMEOUT_S", 30.0, minimum=0.1, maximum=600.0),
+    }
+    # With a pool, connections go back to it at the end of each request; the pool checks them itself.
+    _db["CONN_HEALTH_CHECKS"] = False
 _db["TEST"] = {"NAME": env_str("KB_TEST_DATABASE_NAME", "test_kb")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

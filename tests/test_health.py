@@ -17,7 +17,8 @@ def test_readyz_reports_each_check_and_is_ready_once_the_model_is_loaded(client,
     body = response.json()
     assert response.status_code == 200, body
     assert body["ready"] is True
-    assert set(body["checks"]) == {"database", "broker", "embeddings"}
+    assert set(body["checks"]) == {"database", "broker", "embeddings", "models"}
+    assert body["checks"]["models"]["ok"] and body["checks"]["models"]["degrades_only"]
     assert body["checks"]["database"]["pgvector"]
     assert body["checks"]["embeddings"]["model"] == embeddings.model_id()
 

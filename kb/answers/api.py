@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from django.db import connection
 from django.http import StreamingHttpResponse
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
@@ -91,6 +92,10 @@ def ask(request, payload: AskIn, stream: bool = False):
     except services.AskError as error:
         raise HttpError(error.status, str(error)) from None
     if payload.stream or stream:
+        # The stream mostly waits on a model: give this request's database connection back to the pool now
+        # (each phase of the answer takes one only while it runs). A test's transaction keeps its own.
+        if not connection.in_atomic_block:
+            connection.close()
         response = StreamingHttpResponse(
             _events(question, user, payload.conversation_id, request_id), content_type="text/event-stream"
         )

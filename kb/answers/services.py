@@ -20,6 +20,7 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
@@ -96,7 +97,7 @@ class Begun:
     namespace: str
     use_cache: bool
     notices: list[str] = field(default_factory=list)
-    vector: object = None
+    vector: np.ndarray | None = None
     hit: cache.Hit | None = None
     similarity: float | None = None
     result: SearchResult | None = None
@@ -233,7 +234,6 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
     begun.latency["retrieval_ms"] = _ms(t1)
     begun.result = result
     begun.evidence = gate.evidence_score(result)
-    Exchange.objects.filter(pk=exchange.pk).update(search_query=result.query)
     if not gate.is_covered(begun.evidence):
         return begun
     begun.sources = {
@@ -390,6 +390,7 @@ def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
         notices=begun.notices,
         cache=cache_record,
         passages=_passages_record(begun.result),
+        search_query=begun.result.query if begun.result else "",
         evidence_score=begun.evidence,
         usage=usage,
         cost_usd=done.cost_usd,

@@ -107,9 +107,9 @@ def _retry_after(exc) -> float | None:
 def backoff_s(retry: int, retry_after_s: float | None = None, *, rng: random.Random | None = None) -> float | None:
     """Seconds to wait before retry number `retry` (1-based), or None when the server asks for longer than we
     are willing to wait (then the next link answers instead)."""
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     ceiling = min(settings.KB_LLM_BACKOFF_MAX_S, settings.KB_LLM_BACKOFF_BASE_S * 2 ** (retry - 1))
-    jittered = rng.uniform(0, ceiling)  # "full jitter": spreads the retries of many clients apart
+    jittered = uniform(0, ceiling)  # "full jitter": spreads the retries of many clients apart
     if retry_after_s is None:
         return jittered
     if retry_after_s > settings.KB_LLM_RETRY_AFTER_MAX_S:

@@ -166,7 +166,10 @@ def default_database(name: str) -> Iterator[None]:
     """
     previous = connections[DEFAULT_DB_ALIAS]
     isolated = connections.create_connection(DEFAULT_DB_ALIAS)
-    isolated.settings_dict = {**previous.settings_dict, "NAME": name}
+    # Django keeps one connection pool per alias: the isolated connection must not draw from (or create)
+    # the default database's pool, or it would silently work on the default database.
+    options = {key: value for key, value in previous.settings_dict["OPTIONS"].items() if key != "pool"}
+    isolated.settings_dict = {**previous.settings_dict, "NAME": name, "OPTIONS": options}
     connections[DEFAULT_DB_ALIAS] = isolated
     try:
         yield

@@ -154,3 +154,19 @@ def test_the_scifact_files_are_in_the_expected_format():
     qrels = beir.qrels_load(SCIFACT / "qrels" / "test.tsv")
     assert len(qrels) == 300 and set(qrels) <= set(queries)
     assert sum(1 for _ in beir.corpus_load(SCIFACT / "corpus.jsonl")) == 5183
+
+
+def test_an_isolated_index_works_on_its_own_database_even_with_a_connection_pool(db, settings):
+    from django.db import connection
+
+    from kb.search import beir
+
+    assert settings.DATABASES["default"]["OPTIONS"].get("pool"), "the product runs with a pool"
+    name = "kb_eval_isolation_check"
+    beir.database_ensure(name)
+    try:
+        with beir.default_database(name), connection.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            assert cursor.fetchone()[0] == name
+    finally:
+        beir.database_drop(name)
