@@ -11,8 +11,11 @@ def _build():
     from django.core.asgi import get_asgi_application
 
     application = get_asgi_application()
-    from kb.search.embeddings import warm_up_in_background
+    from django.conf import settings
 
+    from kb.search.embeddings import use_threads, warm_up_in_background
+
+    use_threads(settings.KB_WEB_TORCH_THREADS)
     warm_up_in_background()
     return application
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import psycopg
 from django.db import OperationalError, connection
+
+CHECK_CONNECT_TIMEOUT_S = 5
 
 
 class PgvectorMissing(RuntimeError):
@@ -21,11 +24,14 @@ def _where() -> str:
 
 def pgvector_ensure_available() -> None:
     """Refuse to start on a PostgreSQL that is unreachable or lacks pgvector, naming the fix."""
+    # A connection of its own, not from the pool: a pool would keep retrying for its whole timeout.
+    params = connection.get_connection_params()
+    params = {k: v for k, v in params.items() if k in ("dbname", "user", "password", "host", "port", "options")}
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
-            available = cursor.fetchone() is not None
-    except OperationalError as exc:
+        with psycopg.connect(**params, connect_timeout=CHECK_CONNECT_TIMEOUT_S) as direct:
+            row = direct.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+            available = row is not None
+    except (OperationalError, psycopg.OperationalError) as exc:
         reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
         raise DatabaseUnreachable(
             f"cannot reach the database at {_where()} ({reason}): check DATABASE_URL and that the server is running"

@@ -150,7 +150,9 @@ def celery_worker(test_database_url, tmp_path_factory):
     visible to the worker.
     """
     _purge_embedded_queue()
-    worker = Worker(subprocess_env(test_database_url), tmp_path_factory.mktemp("worker") / "worker.log")
+    worker = Worker(
+        subprocess_env(test_database_url, KB_DB_POOL_SIZE="0"), tmp_path_factory.mktemp("worker") / "worker.log"
+    )
     worker.start()
     yield worker
     worker.stop()

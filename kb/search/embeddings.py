@@ -60,6 +60,20 @@ def model_id() -> str:
     return f"{Path(settings.KB_EMBEDDING_MODEL).name}@{settings.KB_EMBEDDING_MAX_SEQ_LENGTH}"
 
 
+_threads: int | None = None
+
+
+def use_threads(threads: int) -> None:
+    """Torch threads for this process, in place of KB_TORCH_THREADS (the web process embeds one short
+    question at a time; see KB_WEB_TORCH_THREADS)."""
+    global _threads
+    _threads = threads
+    if _model is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def get_model() -> SentenceTransformer:
     global _model, _load_error
     if _model is not None:
@@ -77,7 +91,7 @@ def get_model() -> SentenceTransformer:
 
             transformers.logging.disable_progress_bar()
 
-            torch.set_num_threads(settings.KB_TORCH_THREADS)
+            torch.set_num_threads(_threads or settings.KB_TORCH_THREADS)
             try:
                 model = SentenceTransformer(str(path), device="cpu")
             except Exception as exc:  # a damaged model folder: say which, keep the process alive
