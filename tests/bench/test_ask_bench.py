@@ -141,7 +141,7 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
                 ANTHROPIC_API_KEY="sk-ant-bench",
                 ANTHROPIC_BASE_URL=fake.url,
                 KB_MODELS="anthropic:claude-sonnet-5-5,extractive",
-                KB_EVIDENCE_MIN_SIMILARITY="-1",
+                KB_EVIDENCE_MIN_SCORE="-1",
                 KB_USER_DAILY_BUDGET_USD="0",
                 KB_DAILY_BUDGET_USD="0",
                 KB_WARM_EMBEDDINGS="true",

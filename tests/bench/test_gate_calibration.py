@@ -43,14 +43,15 @@ A question is refused when its feature is below the threshold. Thresholds are sw
 reports the refusal rate of every set, the refusal recall (share of out-of-domain questions refused) and
 the refusal precision (share of refusals that were out of domain, against the two answerable sets: equal
 counts, so precision at a 1:1 prior). A feature's operating point is the highest threshold that refuses at
-most MAX_FALSE_REFUSAL of the answerable questions of *each* corpus; the recommended feature is the one
+most TARGET_FALSE_REFUSAL of the answerable questions of *each* corpus; the recommended feature is the one
 with the highest refusal recall there. Stability: the threshold at which each corpus alone refuses
-MAX_FALSE_REFUSAL of its answerable questions; a general feature gives close values on both.
+TARGET_FALSE_REFUSAL of its answerable questions; a general feature gives close values on both (the two
+indexes differ 15-fold in size, so this is also the check on corpus-size dependence).
 
-Results go to var/bench/gate_calibration.json. The test fails when the product's gate (`kb.answers.gate`)
-refuses more than MAX_FALSE_REFUSAL of either corpus' answerable questions or less than
-MIN_OUT_OF_DOMAIN_REFUSAL of either out-of-domain set, or when the features cost more than
-FEATURE_BUDGET_MS at p95.
+Results go to var/bench/gate_calibration.json. The product's gate (`kb.answers.gate.evidence_score` and
+`is_covered`, with its configured threshold) is run on every question too; the test fails when it refuses
+more than MAX_FALSE_REFUSAL of either corpus' answerable questions or less than MIN_OUT_OF_DOMAIN_REFUSAL
+of either out-of-domain set, or when the candidate features cost more than FEATURE_BUDGET_MS at p95.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from ingest.models import Chunk, Document
 from kb.answers import gate
@@ -87,10 +87,15 @@ K = settings.KB_ANSWER_PASSAGES  # the passages the pipeline retrieves for the m
 SAMPLE = 500  # questions per set at most
 SEED = 20261124
 THRESHOLD_STEP = 0.01
-MAX_FALSE_REFUSAL = 0.05  # answerable in-domain questions refused, per corpus
+# Answerable in-domain questions refused, per corpus: the operating point aims at TARGET_FALSE_REFUSAL,
+# which leaves room for sampling error (about +-1.5 points at 500 questions) below MAX_FALSE_REFUSAL.
+TARGET_FALSE_REFUSAL = 0.03
+MAX_FALSE_REFUSAL = 0.05
 FALSE_REFUSAL_TARGETS = (0.01, 0.03, 0.05)  # operating points also shown for the recommended feature
 COMBINATION_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # w in max_similarity + w * keyword_coverage
-MIN_OUT_OF_DOMAIN_REFUSAL = 0.5  # a gate that refuses nothing would pass the false-refusal check
+# The product gate must refuse at least this share of each out-of-domain set (the recommended gate refuses
+# 87% and 94%; max_similarity alone at the same false-refusal rate, 74% and 59%).
+MIN_OUT_OF_DOMAIN_REFUSAL = 0.80
 FEATURE_BUDGET_MS = 2.0  # p95 of computing all the features of one question from its SearchResult
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 
@@ -162,32 +167,9 @@ def question_sets() -> list[QuestionSet]:
 # --- features ---------------------------------------------------------------------------------------------
 
 # Per query term: its df and which of the hits contain it; the posting lookups use the (term_id, chunk_id) key.
-_COVERAGE_SQL = """
-SELECT t.text, t.df,
-       array(SELECT p.chunk_id FROM search_posting p WHERE p.term_id = t.id AND p.chunk_id = ANY(%(chunks)s))
-FROM search_term t
-WHERE t.text = ANY(%(terms)s::text[])
-"""
-
-
-def idf(df: int, n: int) -> float:
-    """BM25's idf as the keyword leg computes it (Lucene's, never negative)."""
-    return math.log(1 + (n - df + 0.5) / (df + 0.5))
-
-
-def keyword_coverages(result: SearchResult, chunk_count: int) -> list[float]:
-    """For each hit, the idf-weighted share of the query's terms that occur in its chunk."""
-    if not result.terms or not result.hits:
-        return [0.0] * len(result.hits)
-    with connection.cursor() as cursor:
-        cursor.execute(_COVERAGE_SQL, {"terms": result.terms, "chunks": [hit.chunk_id for hit in result.hits]})
-        known = {text: (df, set(chunk_ids)) for text, df, chunk_ids in cursor.fetchall()}
-    weights = {term: idf(known[term][0] if term in known else 0, chunk_count) for term in result.terms}
-    total = sum(weights.values())
-    return [
-        sum(weight for term, weight in weights.items() if term in known and hit.chunk_id in known[term][1]) / total
-        for hit in result.hits
-    ]
+# The product's own features (kb/answers/gate.py), measured here.
+idf = gate.idf
+keyword_coverages = gate.keyword_coverages
 
 
 @dataclass(frozen=True)
@@ -298,14 +280,14 @@ def sweep(feature: Callable[[Evidence], float], sets: list[QuestionSet], top: fl
     return rows
 
 
-def operating_point(rows: list[dict], max_false_refusal: float = MAX_FALSE_REFUSAL) -> dict:
+def operating_point(rows: list[dict], max_false_refusal: float = TARGET_FALSE_REFUSAL) -> dict:
     """The highest threshold refusing at most `max_false_refusal` of each corpus' answerable questions."""
     return [row for row in rows if row["false_refusal_max"] <= max_false_refusal][-1]
 
 
 def per_corpus_threshold(question_set: QuestionSet, feature: Callable[[Evidence], float]) -> float:
-    """The threshold at which this set alone would refuse MAX_FALSE_REFUSAL of its questions."""
-    return round(float(np.quantile(values(question_set, feature), MAX_FALSE_REFUSAL)), 3)
+    """The threshold at which this set alone would refuse TARGET_FALSE_REFUSAL of its questions."""
+    return round(float(np.quantile(values(question_set, feature), TARGET_FALSE_REFUSAL)), 3)
 
 
 def quantiles(v: np.ndarray) -> dict[str, float]:
@@ -366,7 +348,9 @@ def test_evidence_gate_calibration(capsys):
         "k": K,
         "sample_per_set": SAMPLE,
         "seed": SEED,
+        "target_false_refusal_per_corpus": TARGET_FALSE_REFUSAL,
         "max_false_refusal_per_corpus": MAX_FALSE_REFUSAL,
+        "min_out_of_domain_refusal": MIN_OUT_OF_DOMAIN_REFUSAL,
         "indexes": indexes,
         "sets": {
             s.name: {
@@ -380,10 +364,10 @@ def test_evidence_gate_calibration(capsys):
         "recommendation": {"feature": chosen, **points[chosen]},
         "recommended_feature_at_other_false_refusal_targets": chosen_targets,
         "operating_point_per_feature": points,
-        "threshold_at_max_false_refusal_per_corpus": stability,
+        "threshold_at_target_false_refusal_per_corpus": stability,
         "combination_weights": weights,
         "product_gate": {
-            "evidence_score": gate.evidence_score.__doc__.strip().splitlines()[0],
+            "evidence_score": (gate.evidence_score.__doc__ or "").strip().split("\n")[0],
             "refusal_rate": product,
         },
         "feature_ms": feature_cost,
@@ -393,9 +377,9 @@ def test_evidence_gate_calibration(capsys):
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=1) + "\n")
 
-    log(f"each feature at its highest threshold refusing <= {MAX_FALSE_REFUSAL:.0%} of each corpus' answerable:")
+    log(f"each feature at its highest threshold refusing <= {TARGET_FALSE_REFUSAL:.0%} of each corpus' answerable:")
     log("refusal rates\n" + table(points, sets))
-    log("threshold refusing 5% of answerable, per corpus:")
+    log(f"threshold refusing {TARGET_FALSE_REFUSAL:.0%} of the answerable questions, per corpus:")
     for name, per_corpus in stability.items():
         log(f"  {name:<26}" + "  ".join(f"{corpus} {t:.3f}" for corpus, t in per_corpus.items()))
     log("the combination's weight:\n" + table(weights, sets))
