@@ -10,6 +10,12 @@ from kb.search import views as search_views
 
 urlpatterns = [
     path("", answer_views.home, name="home"),
+    path("ask", answer_views.ask_submit, name="ask_submit"),
+    path("c/<int:conversation_id>/", answer_views.conversation_detail, name="conversation_detail"),
+    path("exchanges/<int:exchange_id>/", answer_views.exchange_detail, name="exchange_detail"),
+    path("exchanges/<int:exchange_id>/sources/<int:n>", answer_views.citation_panel, name="citation_panel"),
+    path("exchanges/<int:exchange_id>/feedback", answer_views.feedback_submit, name="feedback_submit"),
+    path("read/<int:document_id>/", answer_views.document_read, name="document_read"),
     path("login/", account_views.LoginView.as_view(), name="login"),
     path("logout/", account_views.LogoutView.as_view(), name="logout"),
     path("documents/", ingest_views.document_list, name="document_list"),

@@ -11,6 +11,7 @@ from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
 from kb.answers import services
+from kb.answers.models import Exchange
 
 router = Router(tags=["answers"])
 
@@ -104,3 +105,32 @@ def ask(request, payload: AskIn, stream: bool = False):
         response["X-Request-ID"] = request_id
         return response
     return services.ask(question, user, conversation_id=payload.conversation_id, request_id=request_id)
+
+
+class FeedbackIn(Schema):
+    exchange_id: int
+    rating: str = Field(..., description="up or down")
+    reason: str = Field("", description="with down: wrong, not_cited, outdated, incomplete or other")
+    comment: str = Field("", max_length=2000)
+
+
+class FeedbackOut(Schema):
+    exchange_id: int
+    rating: str
+    reason: str
+    comment: str
+
+
+@router.post("/feedback", response=FeedbackOut, summary="Rate one of your answers (the latest rating counts)")
+def feedback(request, payload: FeedbackIn):
+    user = request.auth
+    exchange = Exchange.objects.filter(pk=payload.exchange_id, user=user).first()
+    if exchange is None:
+        raise HttpError(404, "No such answer of yours.")
+    try:
+        given = services.feedback_give(
+            exchange=exchange, user=user, rating=payload.rating, reason=payload.reason, comment=payload.comment
+        )
+    except services.AskError as error:
+        raise HttpError(error.status, str(error)) from None
+    return given

@@ -87,3 +87,29 @@ class Exchange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pk}: {self.question[:60]}"
+
+
+class Feedback(models.Model):
+    """An employee's rating of one answer (the latest rating counts)."""
+
+    class Rating(models.TextChoices):
+        UP = "up", "Helpful"
+        DOWN = "down", "Not helpful"
+
+    class Reason(models.TextChoices):
+        WRONG = "wrong", "Wrong"
+        NOT_CITED = "not_cited", "Not cited"
+        OUTDATED = "outdated", "Outdated"
+        INCOMPLETE = "incomplete", "Incomplete"
+        OTHER = "other", "Other"
+
+    exchange = models.OneToOneField(Exchange, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.CharField(max_length=8, choices=Rating.choices)
+    reason = models.CharField(max_length=16, choices=Reason.choices, blank=True)
+    comment = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.exchange_id}: {self.rating}"

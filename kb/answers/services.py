@@ -30,8 +30,8 @@ from ingest.models import Document
 from kb import metrics
 from kb.accounts.roles import Role, has_role
 from kb.answers import citations as citation_parser
-from kb.answers import gate
-from kb.answers.models import Conversation, Exchange, Outcome
+from kb.answers import followup, gate
+from kb.answers.models import Conversation, Exchange, Feedback, Outcome
 from kb.llm import cache, prompts
 from kb.llm.chain import ChainDone, Delta, Discard, LinkStart, run_chain
 from kb.llm.cost import budget_links
@@ -148,7 +148,7 @@ def _history(conversation_id: int) -> list[Exchange]:
     turns = (
         Exchange.objects.filter(conversation_id=conversation_id, outcome__in=[Outcome.ANSWERED, Outcome.CACHED])
         .order_by("-created_at")
-        .only("question", "answer")[: settings.KB_CONVERSATION_TURNS]
+        .only("question", "answer", "search_query")[: settings.KB_CONVERSATION_TURNS]
     )
     return list(reversed(turns))
 
@@ -219,8 +219,12 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
             begun.latency["cache_ms"] = _ms(t0)
             return begun
     # Normalised (case, spacing, closing punctuation), which the semantic cache was calibrated with and
-    # which changes nothing for retrieval; a follow-up searches together with the question before it.
-    search_query = cache.normalise(question) if not history else f"{history[-1].question} {question}"
+    # which changes nothing for retrieval; a follow-up is rewritten into a standalone query.
+    if history:
+        previous = history[-1].search_query or history[-1].question
+        search_query = followup.standalone_query(question, previous)
+    else:
+        search_query = cache.normalise(question)
     t1 = time.perf_counter()
     begun.vector = embeddings.embed([search_query])[0]
     begun.latency["embed_ms"] = _ms(t1)
@@ -564,3 +568,47 @@ def ask(question: str, user, *, conversation_id: int | None = None, request_id: 
     """Ask and wait for the whole answer (JSON API, command). Raises AskError for a question not askable."""
     cleaned = ask_check(user, question, conversation_id)
     return async_to_sync(ask_collect)(cleaned, user, conversation_id=conversation_id, request_id=request_id)
+
+
+# --- feedback ----------------------------------------------------------------------------------------------
+
+
+def feedback_give(*, exchange: Exchange, user, rating: str, reason: str = "", comment: str = "") -> Feedback:
+    """Record (or change) the asker's rating of an answer; only the asker may rate it."""
+    if exchange.user_id != user.pk:
+        raise AskError("No such answer.", status=404)
+    if rating not in Feedback.Rating.values:
+        raise AskError(f"Rate an answer {' or '.join(Feedback.Rating.values)}.")
+    if reason and reason not in Feedback.Reason.values:
+        raise AskError(f"Give one of these reasons: {', '.join(Feedback.Reason.values)}.")
+    comment = (comment or "").strip()
+    if len(comment) > FEEDBACK_COMMENT_MAX_CHARS:
+        raise AskError(f"Keep the comment under {FEEDBACK_COMMENT_MAX_CHARS:,} characters.")
+    with transaction.atomic():
+        feedback, _ = Feedback.objects.update_or_create(
+            exchange=exchange,
+            defaults={"user": user, "rating": rating, "reason": reason if rating == Feedback.Rating.DOWN else "",
+                      "comment": comment},
+        )  # fmt: skip
+        _audit_feedback(feedback)
+    return feedback
+
+
+FEEDBACK_COMMENT_MAX_CHARS = 2000
+
+
+def _audit_feedback(feedback: Feedback) -> None:
+    try:
+        from kb.audit.services import audit_record
+    except ImportError:  # the audit log lands separately (issue #7)
+        return
+    audit_record(
+        kind="feedback",
+        actor=feedback.user,
+        data={
+            "exchange_id": feedback.exchange_id,
+            "rating": feedback.rating,
+            "reason": feedback.reason,
+            "comment": feedback.comment,
+        },
+    )

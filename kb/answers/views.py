@@ -1,9 +1,236 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+"""Employee pages: ask (streamed with JavaScript, a plain form post without), conversations, the cited
+passage panel, feedback, and a reading view of the documents an employee may read."""
 
-from kb.accounts.roles import roles_of
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from ingest.models import Document
+from kb.accounts.roles import Role, has_role, roles_of
+from kb.answers import rendering, services
+from kb.answers.api import request_id_of
+from kb.answers.models import Conversation, Exchange, Feedback
+
+RECENT_CONVERSATIONS = 30
+
+
+def _asker(view):
+    """Signed in (else the login page) with the Employee role (else 403); superusers may ask too."""
+
+    @login_required
+    def wrapped(request, *args, **kwargs):
+        if not (has_role(request.user, Role.EMPLOYEE) or request.user.is_superuser):
+            raise PermissionDenied("Asking questions is for the Employee role.")
+        return view(request, *args, **kwargs)
+
+    wrapped.__name__ = view.__name__
+    wrapped.__doc__ = view.__doc__
+    return wrapped
+
+
+def _own_exchange(request, exchange_id: int) -> Exchange:
+    # Someone else's exchange is "not found", not "forbidden": its existence is not for others to learn.
+    return get_object_or_404(Exchange.objects.select_related("feedback"), pk=exchange_id, user=request.user)
+
+
+def _exchange_context(exchange: Exchange) -> dict:
+    feedback = getattr(exchange, "feedback", None)
+    return {
+        "exchange": exchange,
+        "answer_html": rendering.answer_html(exchange.answer, exchange.citations, exchange.pk),
+        "nearest": exchange_nearest(exchange),
+        "feedback": feedback,
+        "reasons": Feedback.Reason.choices,
+    }
+
+
+def exchange_nearest(exchange: Exchange) -> list[dict]:
+    """The nearest documents of a refused answer that the asker may still read."""
+    if not exchange.refused:
+        return []
+    ids = []
+    for passage in exchange.passages:
+        if passage["document_id"] not in ids:
+            ids.append(passage["document_id"])
+    readable = Document.objects.searchable().readable_by(exchange.user).filter(pk__in=ids[:3])
+    titles = dict(readable.values_list("pk", "title"))
+    return [{"document_id": pk, "title": titles[pk]} for pk in ids[:3] if pk in titles]
 
 
 @login_required
 def home(request):
-    return render(request, "answers/home.html", {"roles": roles_of(request.user)})
+    if not (has_role(request.user, Role.EMPLOYEE) or request.user.is_superuser):
+        return render(request, "answers/home.html", {"roles": roles_of(request.user)})
+    return _ask_page(request, conversation=None)
+
+
+@_asker
+@require_GET
+def conversation_detail(request, conversation_id: int):
+    conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+    return _ask_page(request, conversation=conversation)
+
+
+def _ask_page(request, *, conversation: Conversation | None):
+    exchanges = []
+    if conversation is not None:
+        exchanges = [
+            _exchange_context(exchange)
+            for exchange in conversation.exchanges.select_related("feedback").order_by("created_at")
+        ]
+    conversations = Conversation.objects.filter(user=request.user).order_by("-updated_at")[:RECENT_CONVERSATIONS]
+    return render(
+        request,
+        "answers/ask.html",
+        {
+            "conversation": conversation,
+            "exchanges": exchanges,
+            "conversations": conversations,
+            "question_max_chars": settings.KB_QUESTION_MAX_CHARS,
+        },
+    )
+
+
+@_asker
+@require_POST
+def ask_submit(request):
+    """The ask form without JavaScript: answer in full, then show the conversation at that answer."""
+    raw_conversation = request.POST.get("conversation_id") or None
+    try:
+        conversation_id = int(raw_conversation) if raw_conversation else None
+        result = services.ask(
+            request.POST.get("question", ""),
+            request.user,
+            conversation_id=conversation_id,
+            request_id=request_id_of(request),
+        )
+    except ValueError:
+        raise Http404("No such conversation.") from None
+    except services.AskError as error:
+        messages.error(request, str(error))
+        if raw_conversation:
+            return redirect("conversation_detail", conversation_id=raw_conversation)
+        return redirect("home")
+    url = reverse("conversation_detail", args=[result["conversation_id"]])
+    return redirect(f"{url}#exchange-{result['exchange_id']}")
+
+
+@_asker
+@require_GET
+def exchange_detail(request, exchange_id: int):
+    """One answer, rendered (the page swaps it in when the stream is done)."""
+    exchange = _own_exchange(request, exchange_id)
+    return render(request, "answers/ask.html#exchange", _exchange_context(exchange))
+
+
+@_asker
+@require_GET
+def citation_panel(request, exchange_id: int, n: int):
+    """The cited passage: document, section, page, the passage with the quoted sentence highlighted."""
+    exchange = _own_exchange(request, exchange_id)
+    citation = next((c for c in exchange.citations if c["n"] == n), None)
+    if citation is None:
+        raise Http404("No such source in this answer.")
+    # Access may have changed since the answer: a document the user can no longer read is not shown.
+    document = Document.objects.readable_by(request.user).filter(pk=citation["document_id"]).first()
+    chunk = document.chunks.filter(pk=citation["chunk_id"]).first() if document else None
+    context = {"exchange": exchange, "citation": citation, "document": document, "chunk": chunk}
+    if chunk is not None:
+        context["before"], context["quote"], context["after"] = _highlight(chunk.text, citation["quote"])
+    return render(request, "answers/citation_panel.html", context)
+
+
+def _highlight(text: str, quote: str) -> tuple[str, str, str]:
+    """The passage split around the quoted sentence (compared with spacing normalised)."""
+    quote = quote.rstrip("…")
+    start = text.find(quote)
+    if start < 0:
+        # The quote was taken with runs of spaces collapsed: find it word by word.
+        words = quote.split()
+        if words:
+            start = text.find(words[0])
+            while start >= 0:
+                end = _match_words(text, start, words)
+                if end is not None:
+                    return text[:start], text[start:end], text[end:]
+                start = text.find(words[0], start + 1)
+        return text, "", ""
+    return text[:start], text[start : start + len(quote)], text[start + len(quote) :]
+
+
+def _match_words(text: str, start: int, words: list[str]) -> int | None:
+    position = start
+    for word in words:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if not text.startswith(word, position):
+            return None
+        position += len(word)
+    return position
+
+
+@_asker
+@require_POST
+def feedback_submit(request, exchange_id: int):
+    exchange = _own_exchange(request, exchange_id)
+    try:
+        services.feedback_give(
+            exchange=exchange,
+            user=request.user,
+            rating=request.POST.get("rating", ""),
+            reason=request.POST.get("reason", ""),
+            comment=request.POST.get("comment", ""),
+        )
+        saved = True
+        error = ""
+    except services.AskError as exc:
+        saved = False
+        error = str(exc)
+    if request.htmx:
+        exchange.refresh_from_db()
+        context = {**_exchange_context(_own_exchange(request, exchange_id)), "saved": saved, "error": error}
+        return render(request, "answers/ask.html#feedback", context, status=200 if saved else 400)
+    if saved:
+        messages.success(request, "Thank you: your rating is recorded.")
+    else:
+        messages.error(request, error)
+    url = reverse("conversation_detail", args=[exchange.conversation_id]) if exchange.conversation_id else "/"
+    return redirect(f"{url}#exchange-{exchange.pk}")
+
+
+@_asker
+@require_GET
+def document_read(request, document_id: int):
+    """A document an employee may read, passage by passage, with anchors that citation links open."""
+    document = get_object_or_404(Document.objects.searchable().readable_by(request.user), pk=document_id)
+    chunks = document.chunks.order_by("ordinal").only(
+        "id", "ordinal", "text", "heading_path", "page_start", "page_end", "char_start", "char_end"
+    )
+    return render(request, "answers/document_read.html", {"document": document, "passages": reading_passages(chunks)})
+
+
+def reading_passages(chunks) -> list[dict]:
+    """The chunks as continuous text: the overlap a chunk repeats from the one before is not shown twice, and
+    a heading is shown where the section changes."""
+    passages = []
+    previous_end = 0
+    previous_path: list[str] | None = None
+    for chunk in chunks:
+        skip = max(0, min(previous_end - chunk.char_start, len(chunk.text)))
+        passages.append(
+            {
+                "chunk": chunk,
+                "text": chunk.text[skip:].lstrip() if skip < len(chunk.text) else "",
+                "heading": chunk.heading_path if chunk.heading_path != previous_path else None,
+            }
+        )
+        previous_end = max(previous_end, chunk.char_end)
+        previous_path = chunk.heading_path
+    return passages

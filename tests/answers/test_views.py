@@ -1,0 +1,129 @@
+"""The employee pages: the no-JavaScript ask, conversations, sources panel, feedback and the reading view."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kb.answers import services
+from kb.answers.models import Feedback
+from tests.factories import UserFactory
+
+HOTEL = "What is the hotel limit per night in Amsterdam?"
+LEAVE = "How many weeks of paid parental leave does a parent receive?"
+
+
+@pytest.fixture(autouse=True)
+def extractive(settings):
+    settings.KB_MODELS = ["extractive"]
+
+
+def test_the_ask_page_has_a_labelled_question_box_and_a_live_answer_region(client, employee):
+    client.force_login(employee)
+    page = client.get("/").content.decode()
+    assert '<label for="question">' in page and 'id="question"' in page
+    assert 'action="/ask"' in page and "js/ask.js" in page
+
+
+def test_the_ask_form_without_javascript_answers_on_the_conversation_page(client, corpus, employee):
+    client.force_login(employee)
+    response = client.post("/ask", {"question": HOTEL})
+    assert response.status_code == 302
+    location = response["Location"]
+    assert location.startswith("/c/") and "#exchange-" in location
+    page = client.get(location.split("#")[0]).content.decode()
+    assert HOTEL in page and "180 euros" in page and 'class="cite"' in page
+    assert 'aria-live="polite"' in page
+
+
+def test_an_empty_question_says_what_to_do(client, employee):
+    client.force_login(employee)
+    response = client.post("/ask", {"question": "  "}, follow=True)
+    assert "Type a question." in response.content.decode()
+
+
+def test_the_ask_pages_are_for_employees(client, corpus, compliance, knowledge_admin):
+    assert client.get("/c/1/").status_code == 302  # anonymous: to the login page
+    client.force_login(compliance)
+    assert client.get("/").status_code == 200  # the welcome page, no ask form
+    assert 'id="ask-form"' not in client.get("/").content.decode()
+    assert client.post("/ask", {"question": HOTEL}).status_code == 403
+    client.force_login(knowledge_admin)
+    assert client.post("/ask", {"question": HOTEL}).status_code == 403
+
+
+def test_conversations_and_answers_are_the_askers_own(client, corpus, employee):
+    result = services.ask(HOTEL, employee)
+    other = UserFactory(roles=["Employee"])
+    client.force_login(other)
+    assert client.get(f"/c/{result['conversation_id']}/").status_code == 404
+    assert client.get(f"/exchanges/{result['exchange_id']}/").status_code == 404
+    assert client.get(f"/exchanges/{result['exchange_id']}/sources/1").status_code == 404
+    assert client.post(f"/exchanges/{result['exchange_id']}/feedback", {"rating": "up"}).status_code == 404
+    page = client.get("/").content.decode()
+    assert HOTEL not in page  # not in the other user's conversation list
+
+
+def test_the_sources_panel_shows_the_passage_with_the_quote_highlighted(client, corpus, employee):
+    result = services.ask(HOTEL, employee)
+    client.force_login(employee)
+    panel = client.get(f"/exchanges/{result['exchange_id']}/sources/1").content.decode()
+    assert "Travel policy" in panel and "<mark>" in panel and "180 euros" in panel
+    assert f"/read/{corpus.travel.pk}/#chunk-{result['citations'][0]['chunk_id']}" in panel
+    assert client.get(f"/exchanges/{result['exchange_id']}/sources/9").status_code == 404
+
+
+def test_a_source_whose_access_was_withdrawn_is_not_shown(client, corpus, hr_employee):
+    result = services.ask(LEAVE, hr_employee)
+    assert result["citations"][0]["document_id"] == corpus.leave.pk
+    hr_employee.access_groups.clear()
+    client.force_login(hr_employee)
+    panel = client.get(f"/exchanges/{result['exchange_id']}/sources/1").content.decode()
+    assert "no longer available" in panel and "sixteen weeks" not in panel
+    assert client.get(f"/read/{corpus.leave.pk}/").status_code == 404
+
+
+def test_the_reading_view_shows_readable_documents_with_passage_anchors(client, corpus, employee, hr_employee):
+    client.force_login(employee)
+    page = client.get(f"/read/{corpus.travel.pk}/").content.decode()
+    chunk = corpus.travel.chunks.order_by("ordinal").first()
+    assert f'id="chunk-{chunk.pk}"' in page and "Hotels" in page
+    assert client.get(f"/read/{corpus.leave.pk}/").status_code == 404  # not in the HR group
+    client.force_login(hr_employee)
+    assert client.get(f"/read/{corpus.leave.pk}/").status_code == 200
+
+
+def test_feedback_is_stored_changed_and_validated(client, corpus, employee):
+    result = services.ask(HOTEL, employee)
+    client.force_login(employee)
+    url = f"/exchanges/{result['exchange_id']}/feedback"
+    response = client.post(url, {"rating": "down", "reason": "outdated", "comment": "The limit rose in May."})
+    assert response.status_code == 302
+    feedback = Feedback.objects.get(exchange_id=result["exchange_id"])
+    assert (feedback.rating, feedback.reason, feedback.comment) == ("down", "outdated", "The limit rose in May.")
+    client.post(url, {"rating": "up"}, headers={"HX-Request": "true"})
+    feedback.refresh_from_db()
+    assert (feedback.rating, feedback.reason) == ("up", "")
+    bad = client.post(url, {"rating": "down", "reason": "bored"}, headers={"HX-Request": "true"})
+    assert bad.status_code == 400 and "Give one of these reasons" in bad.content.decode()
+
+
+def test_feedback_through_the_api(client, corpus, employee):
+    from kb.accounts.services import api_token_create
+
+    result = services.ask(HOTEL, employee)
+    _, raw = api_token_create(user=employee)
+    headers = {"Authorization": f"Bearer {raw}"}
+    body = {"exchange_id": result["exchange_id"], "rating": "down", "reason": "incomplete"}
+    response = client.post("/api/v1/feedback", json.dumps(body), content_type="application/json", headers=headers)
+    assert response.status_code == 200 and response.json()["reason"] == "incomplete"
+    other = UserFactory(roles=["Employee"])
+    _, other_raw = api_token_create(user=other)
+    response = client.post(
+        "/api/v1/feedback",
+        json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {other_raw}"},
+    )
+    assert response.status_code == 404

@@ -1,0 +1,129 @@
+"""An employee asks in the browser: the answer streams in, citations open their passage, follow-ups use the
+conversation, feedback is stored, uncovered questions show the nearest documents, and a document the user
+may not read is never cited. The app runs under uvicorn (streaming needs ASGI) against the fake Anthropic
+server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from playwright.sync_api import expect
+
+from kb.answers.models import Exchange, Feedback
+from tests.answers.conftest import corpus  # noqa: F401 - the shared small corpus fixture
+from tests.browser.test_documents import sign_in
+from tests.conftest import PRIMARY
+from tests.fake_anthropic import FakeAnthropic, Reply, quoting_responder
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+HOTEL = "What is the hotel limit per night in Amsterdam?"
+SCREENSHOT = Path(settings.BASE_DIR) / "var" / "screenshots" / "ask.png"
+
+
+@pytest.fixture
+def app(asgi_server):
+    with FakeAnthropic(default=lambda body: quoting_responder(body)) as fake:
+        server = asgi_server(
+            ANTHROPIC_API_KEY="sk-ant-test-key", ANTHROPIC_BASE_URL=fake.url, KB_MODELS=f"{PRIMARY},extractive"
+        )
+        server.fake = fake
+        yield server
+
+
+def ask(page, question: str) -> None:
+    box = page.get_by_label(re.compile("Your question|Ask a follow-up"))
+    box.fill(question)
+    box.press("Enter")
+
+
+def test_an_answer_streams_in_and_a_citation_opens_its_passage(app, page, corpus, employee):
+    words = "The hotel limit is 180 euros per night in Amsterdam and 150 euros in Rotterdam [1]."
+    app.fake.then(Reply(text=words, chunk_delay_s=0.12))
+    sign_in(page, app.url, employee)
+    expect(page.get_by_role("heading", name="Ask the knowledge base")).to_be_visible()
+    ask(page, HOTEL)
+    streaming = page.locator(".answer.streaming")
+    expect(streaming).to_contain_text("hotel limit")  # part of the answer, while it is being written
+    assert "Rotterdam" not in streaming.inner_text(), "the whole answer arrived at once"
+    answer = page.locator(".exchange .answer").last
+    expect(answer.locator("a.cite")).to_have_text("[1]")
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    answer.locator("a.cite").click()
+    panel = page.get_by_role("complementary", name="Cited passage")
+    expect(panel).to_be_visible()
+    expect(panel).to_contain_text("Travel policy")
+    expect(panel).to_contain_text("Hotels")
+    expect(panel.locator("mark")).to_contain_text("180 euros per night in Amsterdam")
+    page.keyboard.press("Escape")
+    expect(panel).to_be_hidden()
+
+    answer.locator("a.cite").click()
+    panel.get_by_role("link", name="Open the document at this passage").click()
+    expect(page).to_have_url(re.compile(rf"/read/{corpus.travel.pk}/#chunk-\d+$"))
+    expect(page.locator(".reading-passage:target")).to_contain_text("180 euros")
+
+
+def test_a_follow_up_uses_the_conversation(app, page, corpus, employee):
+    sign_in(page, app.url, employee)
+    ask(page, HOTEL)
+    expect(page.locator(".exchange a.cite").first).to_be_visible()
+    ask(page, "And in Rotterdam?")
+    expect(page.locator(".exchange")).to_have_count(2)
+    expect(page.locator(".exchange").nth(1).locator("a.cite").first).to_be_visible()
+    follow_up = Exchange.objects.order_by("-pk").first()
+    assert follow_up.search_query.lower().rstrip("?") == "what is the hotel limit per night in rotterdam"
+    assert Exchange.objects.filter(conversation=follow_up.conversation).count() == 2
+    prompt = app.fake.requests[-1].body["messages"][0]["content"]
+    assert "<conversation_so_far>" in prompt and HOTEL in prompt
+    page.reload()  # the conversation is a page of its own, listed in the sidebar
+    expect(page.locator(".exchange")).to_have_count(2)
+    expect(page.get_by_role("complementary", name="Your conversations").get_by_role("link", name=HOTEL)).to_be_visible()
+
+
+def test_thumbs_down_with_a_reason_is_stored(app, page, corpus, employee):
+    sign_in(page, app.url, employee)
+    ask(page, HOTEL)
+    exchange = page.locator(".exchange").last
+    expect(exchange.locator("a.cite").first).to_be_visible()
+    exchange.get_by_role("button", name="Not helpful").click()
+    exchange.get_by_label("What was wrong?").select_option("outdated")
+    exchange.get_by_label("Comment (optional)").fill("The limit changed in May.")
+    exchange.get_by_role("button", name="Send").click()
+    expect(exchange.get_by_role("status")).to_contain_text("your rating is recorded")
+    feedback = Feedback.objects.get()
+    assert (feedback.rating, feedback.reason, feedback.comment) == ("down", "outdated", "The limit changed in May.")
+    assert feedback.user == employee
+
+
+def test_a_question_outside_the_corpus_shows_the_nearest_documents(app, page, corpus, employee):
+    sign_in(page, app.url, employee)
+    ask(page, "Who won the football world cup in 1954?")
+    exchange = page.locator(".exchange").last
+    expect(exchange.locator(".badge-refused")).to_have_text("Not covered by the documents")
+    expect(exchange).to_contain_text("does not cover")
+    expect(exchange.get_by_role("heading", name="Nearest documents")).to_be_visible()
+    expect(exchange.locator(".nearest a").first).to_be_visible()
+    assert app.fake.requests == []
+
+
+def test_a_document_the_user_may_not_read_is_never_cited(app, page, corpus, employee):
+    sign_in(page, app.url, employee)
+    ask(page, "How many weeks of paid parental leave does a parent receive?")
+    exchange = page.locator(".exchange").last
+    expect(exchange.locator(".badges, .answer").first).to_be_visible()
+    expect(exchange.locator(".answer")).not_to_have_class(re.compile("streaming"), timeout=15_000)
+    assert "Parental leave" not in exchange.inner_text() and "sixteen weeks" not in exchange.inner_text()
+    for request in app.fake.requests:
+        assert "sixteen weeks" not in request.body["messages"][0]["content"]
+    exchange_id = Exchange.objects.get().pk
+    for n in range(1, 9):
+        panel = page.request.get(f"{app.url}/exchanges/{exchange_id}/sources/{n}")
+        assert "sixteen weeks" not in panel.text()
+    assert page.request.get(f"{app.url}/read/{corpus.leave.pk}/").status == 404
