@@ -161,6 +161,10 @@ class Chunk(models.Model):
     char_start = models.PositiveIntegerField()
     char_end = models.PositiveIntegerField()
     token_count = models.PositiveIntegerField()
+    # Text that reads as instructions to a model (kb/guard/injection.py): flagged at ingest, shown on the
+    # document page, and given to the model marked as untrusted.
+    injection_score = models.FloatField(null=True, blank=True)
+    untrusted = models.BooleanField(default=False)
     embedding = VectorField(dimensions=384)
 
     class Meta:

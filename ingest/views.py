@@ -95,6 +95,7 @@ def document_detail(request, document_id: int):
             "versions": versions,
             "replace_form": ReplaceForm(),
             "access_form": AccessForm(initial={"access_groups": document.access_groups.all()}),
+            "untrusted_count": document.chunks.filter(untrusted=True).count(),
         },
     )
 

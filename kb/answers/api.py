@@ -6,7 +6,7 @@ import json
 import uuid
 
 from django.db import connection
-from django.http import StreamingHttpResponse
+from django.http import JsonResponse, StreamingHttpResponse
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
@@ -45,6 +45,10 @@ class NearestOut(Schema):
     title: str
 
 
+class ErrorOut(Schema):
+    detail: str
+
+
 class AskOut(Schema):
     answer: str
     citations: list[CitationOut]
@@ -62,6 +66,15 @@ class AskOut(Schema):
     notices: list[str]
     nearest_documents: list[NearestOut]
     cache: dict
+    guards: list[dict]
+    grounding: list[dict]
+
+
+def _error_response(error: services.AskError) -> JsonResponse:
+    response = JsonResponse({"detail": str(error)}, status=error.status)
+    if error.retry_after_s:
+        response["Retry-After"] = str(error.retry_after_s)
+    return response
 
 
 def request_id_of(request) -> str:
@@ -82,7 +95,7 @@ async def _events(question: str, user, conversation_id: int | None, request_id: 
 
 @router.post(
     "/ask",
-    response={200: AskOut},
+    response={200: AskOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut, 429: ErrorOut},
     summary="Ask a question; every claim in the answer cites a passage, or the answer says it is not covered",
 )
 def ask(request, payload: AskIn, stream: bool = False):
@@ -91,7 +104,7 @@ def ask(request, payload: AskIn, stream: bool = False):
     try:
         question = services.ask_check(user, payload.question, payload.conversation_id)
     except services.AskError as error:
-        raise HttpError(error.status, str(error)) from None
+        return _error_response(error)
     if payload.stream or stream:
         # The stream mostly waits on a model: give this request's database connection back to the pool now
         # (each phase of the answer takes one only while it runs). A test's transaction keeps its own.

@@ -69,6 +69,8 @@ class Exchange(models.Model):
     cache = models.JSONField(default=dict, help_text="kind (exact/semantic/miss/skipped), similarity, entry")
     passages = models.JSONField(default=list, help_text="Retrieved chunks with document versions, ranks and scores")
     evidence_score = models.FloatField(null=True)
+    guard_verdicts = models.JSONField(default=list, help_text="Every input and output guard's verdict")
+    grounding = models.JSONField(default=list, help_text="Per sentence: what it cites, its support score")
     usage = models.JSONField(default=dict)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     latency = models.JSONField(default=dict, help_text="Milliseconds per step")

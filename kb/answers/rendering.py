@@ -11,13 +11,15 @@ from django.urls import reverse
 from django.utils.html import escape
 from markdown_it import MarkdownIt
 
+from kb.guard.output import UNSUPPORTED
+
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 _MARKER = re.compile(r"\[(\d{1,4})\]")
 ALLOWED_TAGS = {
     "p", "br", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a", "h3", "h4", "h5", "h6", "hr",
     "sup", "span",
 }  # fmt: skip
-ALLOWED_ATTRIBUTES = {"a": {"href", "class", "data-n", "data-panel", "aria-label"}, "span": {"class"}}
+ALLOWED_ATTRIBUTES = {"a": {"href", "class", "data-n", "data-panel", "aria-label"}, "span": {"class", "aria-label"}}
 
 
 def sanitize(html: str) -> str:
@@ -48,4 +50,10 @@ def answer_html(markdown: str, citations: list[dict], exchange_id: int) -> str:
             f'aria-label="{label}">[{citation["n"]}]</a>'
         )
 
-    return sanitize(_MARKER.sub(link, html))
+    html = _MARKER.sub(link, html)
+    # The grounding guard marks sentences that what they cite does not support (kb/guard/output.py).
+    badge = (
+        '<span class="unsupported" aria-label="Not supported by the cited passages">not supported by the sources</span>'
+    )
+    html = html.replace(UNSUPPORTED, badge)
+    return sanitize(html)

@@ -29,6 +29,7 @@ class Passage:
     heading: str
     page: str
     text: str
+    untrusted: bool = False  # flagged at ingest as reading like instructions to a model
 
 
 @dataclass

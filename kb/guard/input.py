@@ -1,0 +1,127 @@
+"""Input guards: limits (length, rate) refuse a request before it is recorded; PII is masked before the
+question leaves the machine; a question that reads as prompt injection is blocked (and audited)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.utils import timezone
+
+from kb.guard import pii
+from kb.guard.base import Action, GuardError, Verdict
+
+
+@dataclass
+class InputContext:
+    user: Any
+    text: str  # the question as it will be used: masked once the PII guard has run
+    placeholders: dict[str, str] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+
+    def embedding(self) -> np.ndarray:
+        """The masked question's embedding, computed once and shared with the caches and retrieval."""
+        if self.vector is None:
+            from kb.llm.cache import normalise
+            from kb.search import embeddings
+
+            self.vector = embeddings.embed([normalise(self.text)])[0]
+        return self.vector
+
+
+class LengthGuard:
+    """Questions beyond KB_QUESTION_MAX_CHARS are refused with the limit (400)."""
+
+    name = "length"
+    before_record = True
+
+    def scan(self, context: InputContext) -> Verdict:
+        length = len(context.text)
+        limit = settings.KB_QUESTION_MAX_CHARS
+        if length > limit:
+            raise GuardError(
+                f"The question is {length:,} characters long; the limit is {limit:,}. Ask about one thing at a time."
+            )
+        return Verdict(self.name, Action.ALLOW, score=length / limit)
+
+
+class RateLimitGuard:
+    """At most KB_RATE_LIMIT_PER_MINUTE questions per user in any 60 seconds (429, saying when to retry)."""
+
+    name = "rate_limit"
+    before_record = True
+    window = timedelta(seconds=60)
+
+    def scan(self, context: InputContext) -> Verdict:
+        from kb.answers.models import Exchange
+
+        limit = settings.KB_RATE_LIMIT_PER_MINUTE
+        if not limit:
+            return Verdict(self.name, Action.ALLOW)
+        since = timezone.now() - self.window
+        recent = list(
+            Exchange.objects.filter(user=context.user, created_at__gte=since)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)[:limit]
+        )
+        if len(recent) < limit:
+            return Verdict(self.name, Action.ALLOW, score=len(recent) / limit)
+        retry = max(1, math.ceil((recent[-1] + self.window - timezone.now()).total_seconds()))
+        raise GuardError(
+            f"You have asked {limit} questions in the last minute, the most kb takes. Try again in {retry} s.",
+            status=429,
+            retry_after_s=retry,
+        )
+
+
+class PiiGuard:
+    """E-mail addresses, phone numbers, cards, IBANs, national identifiers, IPs and secrets are replaced by
+    typed placeholders before the question is stored, embedded or sent to a model."""
+
+    name = "pii"
+    before_record = False
+
+    def scan(self, context: InputContext) -> Verdict:
+        masked = pii.mask(context.text)
+        if not masked.placeholders:
+            return Verdict(self.name, Action.ALLOW, score=0)
+        context.text = masked.text
+        context.placeholders.update(masked.placeholders)
+        kinds = masked.kinds
+        reason = "masked " + ", ".join(f"{count} {kind.lower()}" for kind, count in sorted(kinds.items()))
+        return Verdict(
+            self.name, Action.MASK, score=float(sum(kinds.values())), reason=reason, details={"kinds": kinds}
+        )
+
+
+class InjectionGuard:
+    """A question that tries to override the assistant's instructions is blocked: a trained classifier on the
+    question's embedding (threshold KB_INJECTION_THRESHOLD) plus hand-written rules (kb/guard/injection.py)."""
+
+    name = "injection"
+    before_record = False
+
+    def scan(self, context: InputContext) -> Verdict:
+        from kb.guard.injection import injection_scores, is_injection
+
+        (result,) = injection_scores([context.text], np.asarray([context.embedding()]))
+        threshold = settings.KB_INJECTION_THRESHOLD
+        details = {"threshold": threshold, "rule": result.rule}
+        if is_injection(result, threshold):
+            reason = (
+                f"matches the rule '{result.rule}'"
+                if result.rule
+                else f"classifier score {result.score:.2f} ≥ {threshold}"
+            )
+            return Verdict(self.name, Action.BLOCK, score=result.score, reason=reason, details=details)
+        return Verdict(self.name, Action.ALLOW, score=result.score, details=details)
+
+
+BLOCKED_ANSWER = (
+    "This question was not answered: it reads like an attempt to change the assistant's instructions rather "
+    "than a question about the documents ({reason}). If that is a mistake, rephrase it as a plain question."
+)

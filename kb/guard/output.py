@@ -1,0 +1,241 @@
+"""Output guards: citations name given passages, each sentence is scored against what it cites, and nothing
+leaks (personal data the documents and question did not contain, the system prompt, text of documents the
+user may not read). They run on the whole answer; kb/guard/stream.py screens the streamed text sentence by
+sentence on the way out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.conf import settings
+
+from kb.guard import pii
+from kb.guard.base import Action, Verdict
+from kb.llm.providers import EXTRACTIVE_LABEL, keywords
+
+MARKER = re.compile(r"\[(\d{1,4})\]")
+UNSUPPORTED = "[unsupported]"
+SHINGLE_WORDS = 8  # a run of 8 words in common is copying, not coincidence
+_WORD = re.compile(r"\w+")
+# Sentences too short to carry a claim, introductions ("The documents say:") and the extractive label.
+MIN_CLAIM_WORDS = 4
+
+
+@dataclass
+class Source:
+    n: int
+    chunk_id: int
+    document_id: int
+    text: str
+
+
+@dataclass
+class OutputContext:
+    answer: str
+    question: str  # masked
+    user: object
+    sources: dict[int, Source]
+    system_prompt: str
+    cited: list[int]
+    invalid: list[int]
+    refused: bool
+    model: str
+    placeholders: dict[str, str] = field(default_factory=dict)
+    grounding: list[dict] = field(default_factory=list)
+
+
+def without_markers(text: str) -> str:
+    """The text without its [n] markers, and without the space a marker leaves before punctuation."""
+    return re.sub(r"[ \t]+([.,;:!?])", r"\1", MARKER.sub("", text))
+
+
+def shingles(text: str, size: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
+    words = [word.lower() for word in _WORD.findall(text)]
+    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+class CitationGuard:
+    """Every `[n]` names a given passage (others were removed); a factual answer cites at least one."""
+
+    name = "citations"
+
+    def scan(self, context: OutputContext) -> Verdict:
+        if context.invalid:
+            return Verdict(
+                self.name,
+                Action.MASK,
+                score=float(len(context.invalid)),
+                reason=f"removed markers naming no given passage: {sorted(set(context.invalid))}",
+            )
+        if not context.refused and not context.cited:
+            return Verdict(self.name, Action.FLAG, score=0.0, reason="the answer cites no passage")
+        return Verdict(self.name, Action.ALLOW, score=float(len(context.cited)))
+
+
+class LeakGuard:
+    """Blocks the system prompt and text of documents the user may not read; masks personal data that neither
+    the question nor the given passages contained."""
+
+    name = "leaks"
+
+    def scan(self, context: OutputContext) -> Verdict:
+        answer_shingles = shingles(context.answer)
+        prompt_overlap = len(answer_shingles & shingles(context.system_prompt))
+        if prompt_overlap >= 2:
+            return Verdict(
+                self.name, Action.BLOCK, score=float(prompt_overlap), reason="the answer repeats the system prompt"
+            )
+        unreadable = _unreadable_overlap(context, answer_shingles)
+        if unreadable:
+            return Verdict(
+                self.name,
+                Action.BLOCK,
+                score=float(unreadable["shared"]),
+                reason="the answer contains text of a document you may not read",
+                details={"document_id": unreadable["document_id"]},
+            )
+        allowed = " ".join(source.text for source in context.sources.values())
+        masked = pii.mask(context.answer, keep=lambda finding: finding.value in allowed)
+        if masked.placeholders:
+            context.answer = masked.text
+            return Verdict(
+                self.name,
+                Action.MASK,
+                score=float(len(masked.placeholders)),
+                reason="masked personal data that the documents given did not contain",
+                details={"kinds": masked.kinds},
+            )
+        return Verdict(self.name, Action.ALLOW, score=0.0)
+
+
+def _unreadable_overlap(context: OutputContext, answer_shingles: set) -> dict | None:
+    from ingest.models import Document
+    from kb.search.retrieval import ReadScope, search_in_scope
+
+    scope = ReadScope.for_user(context.user)
+    if scope.everything or not answer_shingles:
+        return None
+    result = search_in_scope(context.answer, ReadScope.all_documents(), k=5, mode="bm25")
+    outside = {hit.document_id for hit in result.hits}
+    outside -= set(Document.objects.readable_by(context.user).filter(pk__in=outside).values_list("pk", flat=True))
+    for hit in result.hits:
+        if hit.document_id in outside:
+            shared = len(answer_shingles & shingles(hit.text))
+            if shared >= 2:
+                return {"document_id": hit.document_id, "shared": shared}
+    return None
+
+
+class GroundingGuard:
+    """Scores each sentence against the passages it cites: 0.5 x embedding similarity + 0.5 x the share of its
+    keywords found in the passage. A sentence below KB_GROUNDING_MIN_SCORE, or a claim citing nothing, loses its
+    markers and is marked [unsupported], so that it is never shown as sourced."""
+
+    name = "grounding"
+
+    def scan(self, context: OutputContext) -> Verdict:
+        if context.refused or not context.answer.strip():
+            return Verdict(self.name, Action.ALLOW)
+        sentences = answer_sentences(context.answer)
+        claims = [(i, s) for i, s in enumerate(sentences) if _is_claim(s)]
+        if not claims:
+            return Verdict(self.name, Action.ALLOW)
+        scores = _support_scores([s for _, s in claims], context.sources)
+        threshold = settings.KB_GROUNDING_MIN_SCORE
+        unsupported = 0
+        rewritten = list(sentences)
+        for (index, sentence), (score, cited) in zip(claims, scores, strict=True):
+            supported = bool(cited) and score >= threshold
+            context.grounding.append(
+                {
+                    "sentence": MARKER.sub("", sentence).strip(),
+                    "cited": cited,
+                    "score": round(score, 3),
+                    "supported": supported,
+                }
+            )
+            if not supported:
+                unsupported += 1
+                body = without_markers(sentence).rstrip()
+                rewritten[index] = f"{body} {UNSUPPORTED}"
+        if not unsupported:
+            minimum = min(item["score"] for item in context.grounding)
+            return Verdict(self.name, Action.ALLOW, score=minimum)
+        context.answer = "".join(rewritten)
+        return Verdict(
+            self.name,
+            Action.FLAG,
+            score=min(item["score"] for item in context.grounding),
+            reason=f"{unsupported} of {len(claims)} sentences not supported by what they cite",
+            details={"unsupported": unsupported},
+        )
+
+
+def answer_sentences(answer: str) -> list[str]:
+    """The answer cut into sentences that keep their own text and spacing (joined they give the answer back);
+    a marker run just after a full stop ("fact. [1]") belongs to the sentence before it."""
+    from ingest.chunker import split_sentences
+
+    pieces: list[str] = []
+    cursor = 0
+    for _start, end in split_sentences(answer):
+        # Keep everything up to this sentence's end in the previous piece, so nothing is lost.
+        if pieces:
+            leading = re.match(r"\s*(?:\[\d{1,4}\]\s*)+", answer[cursor:end])
+            if leading and leading.end() >= end - cursor:
+                pieces[-1] += answer[cursor:end]  # nothing but markers: they close the sentence before
+                cursor = end
+                continue
+            if leading:
+                pieces[-1] += answer[cursor : cursor + leading.end()]
+                cursor += leading.end()
+        pieces.append(answer[cursor:end])
+        cursor = end
+    if cursor < len(answer):
+        if pieces:
+            pieces[-1] += answer[cursor:]
+        else:
+            pieces.append(answer[cursor:])
+    return pieces
+
+
+def _is_claim(sentence: str) -> bool:
+    text = MARKER.sub("", sentence).strip().strip("*_>").strip()
+    if not text or EXTRACTIVE_LABEL in sentence or text.endswith(":"):
+        return False
+    return len(_WORD.findall(text)) >= MIN_CLAIM_WORDS
+
+
+def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tuple[float, list[int]]]:
+    from kb.search import embeddings
+
+    cited_per_sentence = [[int(n) for n in MARKER.findall(s) if int(n) in sources] for s in sentences]
+    needed = sorted({n for cited in cited_per_sentence for n in cited})
+    if not needed:
+        return [(0.0, []) for _ in sentences]
+    texts = [MARKER.sub("", s).strip() for s in sentences]
+    # A passage's vector is stored with its chunk (of its text with title and section): no need to embed it
+    # again. Passages without a stored chunk are embedded here.
+    from ingest.models import Chunk
+
+    stored = dict(Chunk.objects.filter(pk__in=[sources[n].chunk_id for n in needed]).values_list("pk", "embedding"))
+    missing = [n for n in needed if sources[n].chunk_id not in stored]
+    vectors = embeddings.embed(texts + [sources[n].text for n in missing])
+    sentence_vectors = vectors[: len(texts)]
+    passage_vectors = {n: np.asarray(stored[sources[n].chunk_id], dtype=np.float32) for n in needed if n not in missing}
+    passage_vectors.update(zip(missing, vectors[len(texts) :], strict=True))
+    results = []
+    for text, vector, cited in zip(texts, sentence_vectors, cited_per_sentence, strict=True):
+        words = keywords(text)
+        best = 0.0
+        for n in cited:
+            similarity = float(np.dot(vector, passage_vectors[n]))
+            overlap = len(words & keywords(sources[n].text)) / len(words) if words else 0.0
+            best = max(best, 0.5 * similarity + 0.5 * overlap)
+        results.append((best, cited))
+    return results
+
+
+BLOCKED_OUTPUT = "This answer was withheld: {reason}. The question is recorded; try asking it another way."

@@ -1,0 +1,62 @@
+"""Answers are rendered from markdown and sanitized: model output can never run script or style the page."""
+
+from html.parser import HTMLParser
+
+import pytest
+
+from kb.answers.rendering import answer_html
+
+CITATIONS = [
+    {"n": 1, "document_id": 7, "title": "Travel <policy>", "heading": "", "page": "", "chunk_id": 70, "quote": ""}
+]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        "[click](javascript:alert(1))",
+        '<a href="javascript:alert(1)">x</a>',
+        "<style>body{display:none}</style>",
+        '<div style="position:fixed">x</div>',
+        "![x](data:text/html;base64,PHNjcmlwdD4=)",
+        "<iframe src='https://evil.example'></iframe>",
+        '<svg onload="alert(1)"></svg>',
+    ],
+)
+def test_hostile_markup_is_inert(payload):
+    html = answer_html(f"Fact [1]. {payload}", CITATIONS, exchange_id=3)
+    elements = Elements()
+    elements.feed(html)
+    assert {tag for tag, _ in elements.seen} <= {"p", "a"}, html
+    for _, attributes in elements.seen:
+        for name, value in attributes:
+            assert not name.startswith("on") and name != "style", html
+            assert not (value or "").strip().lower().startswith(("javascript:", "data:")), html
+
+
+class Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, list]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.seen.append((tag, attrs))
+
+
+def test_links_keep_safe_schemes_and_get_rel_noopener():
+    html = answer_html("See [the portal](https://intranet.example/a) or [mail](mailto:hr@example.com).", [], 1)
+    assert 'href="https://intranet.example/a"' in html and 'href="mailto:hr@example.com"' in html
+    assert html.count('rel="noopener noreferrer"') == 2
+
+
+def test_citation_markers_become_links_and_unknown_ones_disappear():
+    html = answer_html("Hotels cost 180 euros [1]. Unknown [4].", CITATIONS, exchange_id=3)
+    assert 'href="/read/7/#chunk-70"' in html and 'data-panel="/exchanges/3/sources/1"' in html
+    assert "[4]" not in html and "Travel &lt;policy&gt;" in html
+
+
+def test_unsupported_sentences_are_marked_not_sourced():
+    html = answer_html("A claim nobody made. [unsupported]", [], exchange_id=3)
+    assert 'class="unsupported"' in html and "[unsupported]" not in html
