@@ -1,0 +1,249 @@
+"""The audit pages (Compliance) and the analytics page (Knowledge admins and Compliance)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.urls import reverse
+
+from ingest.models import Document, DocumentStatus
+from kb.audit import analytics, services
+from kb.audit.models import AuditEvent, AuditKind
+from tests.audit.conftest import record_some, tamper
+
+COMPLIANCE_PAGES = [
+    ("get", "audit_home", ()),
+    ("get", "audit_detail", (1,)),
+    ("get", "audit_export", ()),
+    ("post", "audit_verify", ()),
+    ("post", "audit_legal_hold", ()),
+]
+
+
+@pytest.mark.parametrize("who", ["employee", "knowledge_admin"])
+def test_audit_pages_are_for_compliance_only(request, empty_log, client, who):
+    record_some(1)
+    client.force_login(request.getfixturevalue(who))
+    for method, name, args in COMPLIANCE_PAGES:
+        response = getattr(client, method)(reverse(name, args=args), {"active": "on", "reason": "x"})
+        assert response.status_code == 403, name
+        assert "Compliance role" in response.content.decode()
+    assert AuditEvent.objects.count() == 1  # nothing was exported, held or verified
+
+
+def test_analytics_is_for_knowledge_admins_and_compliance(client, employee, knowledge_admin, compliance):
+    url = reverse("audit_analytics")
+    client.force_login(employee)
+    response = client.get(url)
+    assert response.status_code == 403 and "Knowledge admin and Compliance roles" in response.content.decode()
+    for user in (knowledge_admin, compliance):
+        client.force_login(user)
+        assert client.get(url).status_code == 200
+    client.logout()
+    assert client.get(url)["Location"].startswith(reverse("login"))
+
+
+def test_the_menu_offers_analytics_to_admins_and_compliance(client, employee, knowledge_admin, compliance):
+    link = f'href="{reverse("audit_analytics")}"'
+    for user, shown in ((employee, False), (knowledge_admin, True), (compliance, True)):
+        client.force_login(user)
+        assert (link in client.get(reverse("home")).content.decode()) is shown
+
+
+def test_the_log_page_lists_searches_and_pages_back(empty_log, client, compliance, employee, monkeypatch):
+    monkeypatch.setattr("kb.audit.views.PAGE_SIZE", 3)
+    for n in range(5):
+        services.audit_record(
+            kind=AuditKind.EXCHANGE,
+            actor=employee,
+            data={"exchange_id": n, "question": f"Question number {n}?", "outcome": "answered"},
+        )
+    client.force_login(compliance)
+    page = client.get(reverse("audit_home")).content.decode()
+    assert "Question number 4?" in page and "Question number 2?" in page and "Question number 1?" not in page
+    assert "Not verified yet." in page and "Place legal hold" in page
+    assert f'href="{reverse("audit_home")}?before=3"' in page
+    older = client.get(reverse("audit_home"), {"before": 3}).content.decode()
+    assert "Question number 1?" in older and "Question number 0?" in older and "Question number 4?" not in older
+
+    found = client.get(reverse("audit_home"), {"q": "number 3"}).content.decode()
+    assert "Question number 3?" in found and "Question number 4?" not in found
+    assert 'href="/audit/export?format=csv&amp;q=number+3"' in found  # the export takes the same filters
+
+
+def test_the_search_form_swaps_only_the_results(empty_log, client, compliance):
+    record_some(2)
+    client.force_login(compliance)
+    response = client.get(
+        reverse("audit_home"), {"kind": "feedback"}, headers={"HX-Request": "true", "HX-Target": "audit-results"}
+    )
+    body = response.content.decode()
+    assert body.lstrip().startswith('<section class="card" id="audit-results"') and "<html" not in body
+    assert "Exchange 1001: up" in body
+
+
+def test_bad_filters_are_explained_and_not_applied(empty_log, client, compliance):
+    record_some(1)
+    client.force_login(compliance)
+    body = client.get(reverse("audit_home"), {"since": "last week"}).content.decode()
+    assert "Enter a valid date." in body and "The filters were not applied" in body
+    response = client.get(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
+    assert "since: Enter a valid date." in response.content.decode()
+    assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+
+def test_the_page_shows_a_broken_chain(empty_log, client, compliance):
+    record_some(3)
+    tamper("UPDATE audit_auditevent SET data = '{}' WHERE seq = 2")
+    services.chain_verify()
+    client.force_login(compliance)
+    page = client.get(reverse("audit_home")).content.decode()
+    assert "Broken" in page and 'href="/audit/2/"' in page and "the event was changed" in page
+    detail = client.get(reverse("audit_detail", args=[2])).content.decode()
+    assert "Hash does not match the content" in detail
+
+
+def test_verify_now_starts_the_check(empty_log, client, compliance, monkeypatch):
+    started = []
+    monkeypatch.setattr("kb.audit.tasks.chain_verify.delay", lambda *args: started.append(args))
+    client.force_login(compliance)
+    response = client.post(reverse("audit_verify"), follow=True)
+    assert started == [("page",)] and "Verification started" in response.content.decode()
+
+    def broker_down(*args):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr("kb.audit.tasks.chain_verify.delay", broker_down)
+    response = client.post(reverse("audit_verify"), follow=True)
+    assert "job queue is not reachable" in response.content.decode()
+
+
+def test_one_exchange_reads_as_a_record(empty_log, client, compliance, employee):
+    document = Document.objects.create(title="Travel policy", filename="t.md", sha256="a" * 64, size=1)
+    event = services.audit_record(
+        kind=AuditKind.EXCHANGE,
+        actor=employee,
+        data={
+            "exchange_id": 9,
+            "question": "What is the hotel limit?",
+            "answer": "180 euros per night [1].",
+            "outcome": "answered",
+            "model": "anthropic:claude-haiku-5-5",
+            "chain": ["anthropic:claude-sonnet-5-5", "anthropic:claude-haiku-5-5", "extractive"],
+            "prompt_version": "answer-v1@abc",
+            "fallback_used": True,
+            "fallback_reasons": ["anthropic:claude-sonnet-5-5: 529"],
+            "attempts": [{"link": "anthropic:claude-sonnet-5-5", "attempt": 1, "outcome": "failed", "reason": "529"}],
+            "passages": [
+                {
+                    "n": 1,
+                    "chunk_id": 31,
+                    "document_id": document.pk,
+                    "document_version": 2,
+                    "vector_rank": 1,
+                    "bm25_rank": 3,
+                    "fused_score": 0.0323,
+                    "similarity": 0.71,
+                    "bm25_score": 4.2,
+                }
+            ],
+            "citations": [{"n": 1, "document_id": document.pk, "title": "Travel policy", "quote": "180 euros"}],
+            "usage": {"input_tokens": 1200, "output_tokens": 40},
+            "cost_usd": 0.0015,
+            "latency": {"retrieval_ms": 12.5, "first_token_ms": 400.1, "total_ms": 900.0},
+            "cache": {"kind": "miss"},
+        },
+    )
+    services.audit_record(kind=AuditKind.FEEDBACK, actor=employee, data={"exchange_id": 9, "rating": "down"})
+    client.force_login(compliance)
+    page = client.get(reverse("audit_detail", args=[event.seq])).content.decode()
+    for text in (
+        "What is the hotel limit?",
+        "180 euros per night [1].",
+        "Travel policy",
+        "0.0323",
+        "anthropic:claude-sonnet-5-5 → anthropic:claude-haiku-5-5 → extractive",
+        "answer-v1@abc",
+        "<dt>Input tokens</dt><dd>1200</dd>",
+        "$0.001500",
+        "<dt>First token</dt><dd>400.1 ms</dd>",
+        "Hash verifies",
+        "<strong>down</strong>",
+    ):
+        assert text in page, text
+    assert client.get(reverse("audit_detail", args=[event.seq + 99])).status_code == 404
+
+
+def test_analytics_counts_from_the_log(empty_log, employee):
+    cited = Document.objects.create(
+        title="Cited", filename="c.md", sha256="c" * 64, size=1, searchable=True, status=DocumentStatus.READY
+    )
+    idle = Document.objects.create(
+        title="Idle", filename="i.md", sha256="d" * 64, size=1, searchable=True, status=DocumentStatus.READY
+    )
+    rows = [
+        ("answered", False, 100, 0.01, [cited.pk]),
+        ("answered", True, 300, 0.02, [cited.pk]),
+        ("cached", False, 10, 0.0, [cited.pk]),
+        ("refused", False, 50, 0.0, []),
+        ("refused", False, 60, 0.0, []),
+        ("cancelled", False, 9000, 0.0, []),
+    ]
+    for n, (outcome, fallback, latency, cost, documents) in enumerate(rows):
+        question = "Where is the gym?" if outcome == "refused" else f"Question {n}"
+        services.audit_record(
+            kind=AuditKind.EXCHANGE,
+            actor=employee,
+            data={
+                "exchange_id": n,
+                "question": question,
+                "outcome": outcome,
+                "fallback_used": fallback,
+                "latency_ms": latency,
+                "cost_usd": cost,
+                "citations": [{"n": 1, "document_id": d} for d in documents],
+            },
+        )
+    services.audit_record(kind=AuditKind.FEEDBACK, actor=employee, data={"exchange_id": 0, "rating": "up"})
+    services.audit_record(kind=AuditKind.FEEDBACK, actor=employee, data={"exchange_id": 1, "rating": "up"})
+    services.audit_record(kind=AuditKind.FEEDBACK, actor=employee, data={"exchange_id": 1, "rating": "down"})
+    event = AuditEvent.objects.order_by("seq").first()
+    assert event is not None
+    since = event.created_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    report = analytics.analytics_between(since, since + dt.timedelta(days=2))  # two days: a run at midnight
+    total = report.total
+    assert (total.questions, total.refused, total.cached, total.fallback, total.failed) == (6, 2, 1, 1, 1)
+    assert total.refusal_rate == pytest.approx(100 * 2 / 6) and total.cost_usd == pytest.approx(0.03)
+    # Latency of the five finished answers (the cancelled one's is when the client left): 10 50 60 100 300.
+    assert total.p50_ms == pytest.approx(60) and total.p95_ms == pytest.approx(260)
+    assert (report.feedback_up, report.feedback_down) == (1, 1)  # the latest rating of exchange 1 counts
+    assert report.top_refused == [("Where is the gym?", 2)]
+    assert [(d.title, d.exchanges) for d in report.most_cited] == [("Cited", 3)]
+    assert report.never_cited == [idle] and report.never_cited_total == 1
+    assert len(report.days) == 2 and sum(day.questions for day in report.days) == 6
+
+
+def test_the_analytics_page_draws_charts_and_copes_with_nothing(empty_log, client, knowledge_admin, employee):
+    client.force_login(knowledge_admin)
+    empty = client.get(reverse("audit_analytics")).content.decode()
+    assert "No answer has been rated in this period." in empty and "Nothing in this period." in empty
+    services.audit_record(
+        kind=AuditKind.EXCHANGE,
+        actor=employee,
+        data={"exchange_id": 1, "question": "Gym?", "outcome": "refused", "latency_ms": 42.0, "cost_usd": 0.5},
+    )
+    page = client.get(reverse("audit_analytics"), {"days": 7}).content.decode()
+    assert page.count("<svg") == 4 and '<rect class="bar"' in page and "<polyline" in page
+    assert "Gym?" in page and "Last 7 days" in page
+
+
+def test_garbage_in_the_address_is_ignored_not_an_error(empty_log, client, compliance):
+    record_some(2)
+    client.force_login(compliance)
+    for before in ("²", "-1", "99999999999999999999999", "abc"):
+        assert client.get(reverse("audit_home"), {"before": before}).status_code == 200, before
+    for days in ("²", "0", "99999999999999999999999"):
+        assert client.get(reverse("audit_analytics"), {"days": days}).status_code == 200, days
+    page = client.get(reverse("audit_home"), {"until": "9999-12-31", "since": "0001-01-01"}).content.decode()
+    assert "Exchange 1001: up" in page
