@@ -1,0 +1,108 @@
+"""Golden question sets: one JSON object per line.
+
+    {"id": "travel-03", "question": "When may I fly business class?", "answerable": true,
+     "doc": "travel-and-expenses.docx", "section": "Booking travel",
+     "answer": "For flights longer than 6 hours.", "must_include": ["flights longer than 6 hours"],
+     "kind": "paraphrase"}
+
+`doc` names the expected document by file name (a list when several documents answer it, null when none
+does); `section` is the last heading of the passage that answers it (null when unknown); `answer` is a
+reference answer for people reading the report; `must_include` lists facts that a correct answer states
+(matched after normalisation, see `metrics.fact_found`); `kind` groups questions in the report. Questions
+with `answerable: false` should be declined; `kind: "injection"` marks prompt-injection attempts, scored by
+the block rate instead of the refusal metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+INJECTION = "injection"
+FIELDS = ("id", "question", "answerable", "doc", "section", "answer", "must_include", "kind")
+
+
+class GoldenError(ValueError):
+    """A golden file that cannot be used; the message names the line and what is wrong."""
+
+
+@dataclass(frozen=True)
+class GoldenItem:
+    id: str
+    question: str
+    answerable: bool
+    docs: tuple[str, ...]  # expected document file names; empty when no document answers it
+    section: str | None
+    answer: str
+    must_include: tuple[str, ...]
+    kind: str
+
+    @property
+    def injection(self) -> bool:
+        return self.kind == INJECTION
+
+
+def _item(row: object) -> GoldenItem:
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    missing = [name for name in FIELDS if name not in row]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    doc = row["doc"]
+    docs = (doc,) if isinstance(doc, str) else tuple(doc or ())
+    facts = row["must_include"] or []
+    checks = [
+        (isinstance(row["id"], str | int) and str(row["id"]).strip(), "id must be a non-empty string"),
+        (isinstance(row["question"], str) and row["question"].strip(), "question must be a non-empty string"),
+        (isinstance(row["answerable"], bool), "answerable must be true or false"),
+        (all(isinstance(d, str) and d for d in docs), "doc must be a file name, a list of them, or null"),
+        (row["section"] is None or isinstance(row["section"], str), "section must be a string or null"),
+        (isinstance(row["answer"], str), "answer must be a string"),
+        (isinstance(facts, list) and all(isinstance(f, str) and f.strip() for f in facts),
+         "must_include must be a list of strings"),
+        (isinstance(row["kind"], str) and row["kind"].strip(), "kind must be a non-empty string"),
+        (not row["answerable"] or docs, "an answerable question needs its expected doc"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return GoldenItem(
+        id=str(row["id"]).strip(),
+        question=row["question"],
+        answerable=row["answerable"],
+        docs=docs,
+        section=row["section"] or None,
+        answer=row["answer"],
+        must_include=tuple(facts),
+        kind=row["kind"].strip(),
+    )
+
+
+def golden_load(path: Path) -> list[GoldenItem]:
+    """The items of a golden file; GoldenError naming the line for a malformed one or a repeated id."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GoldenError(f"{path}: cannot be read ({exc})") from None
+    items: list[GoldenItem] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = _item(json.loads(line))
+        except ValueError as exc:
+            raise GoldenError(f"{path}:{number}: not a golden line ({', '.join(FIELDS)}): {exc}") from None
+        if item.id in seen:
+            raise GoldenError(f"{path}:{number}: the id {item.id!r} is used twice; give each question its own")
+        seen.add(item.id)
+        items.append(item)
+    if not items:
+        raise GoldenError(f"{path}: no questions")
+    return items
+
+
+def golden_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
