@@ -26,6 +26,8 @@ from ingest.chunker import ChunkDraft, chunk_document
 from ingest.filenames import UnsafeFilename, safe_filename
 from ingest.models import IN_PROGRESS, TRANSITIONS, Chunk, Document, DocumentStatus
 from ingest.parsers import ParseError, parse, sniff_media_type
+from kb.audit.models import AuditKind
+from kb.audit.services import access_groups_audit, document_audit, document_upload_audit
 from kb.search import embeddings
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply, index_version_bump
@@ -179,6 +181,7 @@ def document_upload(
             document.access_groups.set(replaces.access_groups.all())
         if failure is None:
             transaction.on_commit(partial(enqueue_processing, document.id))
+        document_upload_audit(document=document, actor=uploaded_by)
 
     if failure is not None:
         return UploadResult("failed", f"{name}: {failure.message}", document)
@@ -334,7 +337,9 @@ def _process(document: Document) -> None:
     watch.lap("embed")
     terms = analyze(inputs)
     watch.lap("keywords")
-    _finalize(document.id, drafts, vectors, terms)
+    injections = injection_flags([d.text for d in drafts], vectors)
+    watch.lap("injection check")
+    _finalize(document.id, drafts, vectors, terms, injections)
     watch.lap("write")
     logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
 
@@ -354,7 +359,21 @@ def _embed_with_progress(document_id: int, inputs: list[str]) -> list:
     return vectors
 
 
-def chunk_from_draft(document: Document, draft: ChunkDraft, vector) -> Chunk:
+def injection_flags(texts: list[str], vectors) -> list[tuple[float, bool]]:
+    """(score, untrusted) per passage: text that reads as instructions to a model is flagged, shown on the
+    document page and marked untrusted in prompts (kb/guard/injection.py, KB_DOCUMENT_INJECTION_THRESHOLD)."""
+    import numpy as np
+
+    from kb.guard.injection import injection_scores, is_injection
+
+    threshold = settings.KB_DOCUMENT_INJECTION_THRESHOLD
+    scores = injection_scores(texts, np.asarray(vectors))
+    return [(round(score.score, 4), is_injection(score, threshold)) for score in scores]
+
+
+def chunk_from_draft(
+    document: Document, draft: ChunkDraft, vector, injection: tuple[float, bool] | None = None
+) -> Chunk:
     return Chunk(
         document=document,
         ordinal=draft.ordinal,
@@ -367,11 +386,19 @@ def chunk_from_draft(document: Document, draft: ChunkDraft, vector) -> Chunk:
         char_end=draft.char_end,
         token_count=draft.token_count,
         embedding=vector,
+        injection_score=injection[0] if injection else None,
+        untrusted=injection[1] if injection else False,
     )
 
 
 @transaction.atomic
-def _finalize(document_id: int, drafts: Sequence[ChunkDraft], vectors: Sequence, terms: Sequence) -> None:
+def _finalize(
+    document_id: int,
+    drafts: Sequence[ChunkDraft],
+    vectors: Sequence,
+    terms: Sequence,
+    injections: Sequence[tuple[float, bool]] | None = None,
+) -> None:
     lineage = Document.objects.values_list("lineage", flat=True).get(pk=document_id)
     _lock_lineage(lineage)
     document = Document.objects.select_for_update().get(pk=document_id)
@@ -396,7 +423,10 @@ def _finalize(document_id: int, drafts: Sequence[ChunkDraft], vectors: Sequence,
     # The (document, ordinal) constraint is deferred to commit, so the new chunks can be written
     # before the old ones of the same document go; one index_apply then moves every frequency at once.
     new_chunks = Chunk.objects.bulk_create(
-        [chunk_from_draft(document, draft, vector) for draft, vector in zip(drafts, vectors, strict=True)]
+        [
+            chunk_from_draft(document, draft, vector, injections[i] if injections else None)
+            for i, (draft, vector) in enumerate(zip(drafts, vectors, strict=True))
+        ]
     )
     index_apply(
         add=[(chunk.id, term_counts) for chunk, term_counts in zip(new_chunks, terms, strict=True)],
@@ -437,6 +467,7 @@ def document_delete(*, document: Document) -> None:
     document.status = DocumentStatus.DELETED
     document.searchable = False
     document.save(update_fields=["status", "searchable", "updated_at"])
+    document_audit(kind=AuditKind.DOCUMENT_DELETE, document=document)
     if document.original:
         stored = document.original
         transaction.on_commit(lambda: stored.delete(save=False))
@@ -453,6 +484,7 @@ def document_reindex(*, document: Document) -> bool:
         ).update(status=DocumentStatus.QUEUED, attempts=0, heartbeat_at=timezone.now(), error_code="", error_message="")
         if updated:
             transaction.on_commit(partial(enqueue_processing, document.pk))
+            document_audit(kind=AuditKind.DOCUMENT_REINDEX, document=document)
     return bool(updated)
 
 
@@ -475,9 +507,11 @@ def document_set_access_groups(*, document: Document, groups: Iterable) -> None:
     """Set who may read every version of this document (none: every employee)."""
     groups = list(groups)
     _lock_lineage(document.lineage)  # a version uploaded meanwhile copies the new readers, not the old
+    before = list(document.access_groups.values_list("name", flat=True))
     for version in Document.objects.filter(lineage=document.lineage):
         version.access_groups.set(groups)
     index_version_bump()
+    access_groups_audit(document=document, before=before, after=[group.name for group in groups])
 
 
 def documents_resume_stalled(*, stalled_for: timedelta | None = None) -> list[int]:

@@ -46,6 +46,10 @@ from kb.answers.api import router as answers_router  # noqa: E402
 
 api.add_router("", answers_router)
 
+from kb.audit.api import router as audit_router  # noqa: E402
+
+api.add_router("/audit", audit_router)
+
 
 class Me(Schema):
     username: str

@@ -8,13 +8,19 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from django.conf import settings
 
 from kb.accounts.roles import Role
-from tests.factories import UserFactory
+from tests.factories import AccessGroupFactory, UserFactory
+
+if TYPE_CHECKING:
+    from ingest.models import Document
+    from kb.accounts.models import AccessGroup
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -235,7 +241,7 @@ def fake_anthropic(settings):
         settings.ANTHROPIC_BASE_URL = server.url
         settings.KB_MODELS = [PRIMARY, FALLBACK, "extractive"]
         settings.KB_LLM_CONNECT_TIMEOUT_S = 1.0
-        settings.KB_LLM_FIRST_TOKEN_TIMEOUT_S = 2.0
+        settings.KB_LLM_FIRST_TOKEN_TIMEOUT_S = 5.0  # a loaded test machine is slow; hang tests set less
         settings.KB_LLM_TOTAL_TIMEOUT_S = 10.0
         settings.KB_LLM_BACKOFF_BASE_S = 0.01
         settings.KB_LLM_BACKOFF_MAX_S = 0.05
@@ -265,16 +271,19 @@ class AsgiServer:
     def _wait(self) -> None:
         import httpx
 
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"uvicorn exited:\n{self.output()}")
             try:
-                httpx.get(self.url + "/healthz", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"uvicorn did not start within 60 s:\n{self.output()}")
+                # Ready once the embedding model is loaded: the first question then answers in time.
+                checks = httpx.get(self.url + "/readyz", timeout=2).json()["checks"]
+                if checks["embeddings"].get("loaded"):
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"uvicorn was not ready within 90 s:\n{self.output()}")
 
     def stop(self) -> None:
         import signal
@@ -297,10 +306,70 @@ def asgi_server(test_database_url, tmp_path):
     servers: list[AsgiServer] = []
 
     def start(**extra: str) -> AsgiServer:
-        server = AsgiServer(subprocess_env(test_database_url, **extra), tmp_path / f"uvicorn-{len(servers)}.log")
+        env = subprocess_env(test_database_url, **{"KB_WARM_EMBEDDINGS": "true", **extra})
+        server = AsgiServer(env, tmp_path / f"uvicorn-{len(servers)}.log")
         servers.append(server)
         return server
 
     yield start
     for server in servers:
         server.stop()
+
+
+# --- a small corpus for the ask pipeline, its pages and its guards ---------------------------------------------
+
+TRAVEL = """# Travel policy
+
+## Trains and flights
+Employees travel by train for any journey under six hours. Flights need the approval of a director.
+First class is allowed on trains only for journeys longer than three hours.
+
+## Hotels
+The hotel limit is 180 euros per night in Amsterdam and 150 euros per night in Rotterdam.
+Book hotels through the travel desk so that the company rate applies.
+"""
+
+SECURITY = """# Security handbook
+
+## Passwords
+Passwords must be at least 14 characters long and are never shared with anyone, including IT staff.
+A password manager is installed on every company laptop.
+
+## VPN
+Connect to the VPN before opening any internal system from outside the office.
+"""
+
+LEAVE = """# Parental leave
+
+Every parent receives sixteen weeks of paid parental leave, to be taken within the first year.
+Tell your manager at least two months before the leave starts.
+"""
+
+
+@dataclass
+class Corpus:
+    travel: Document
+    security: Document
+    leave: Document
+    hr: AccessGroup
+
+
+@pytest.fixture
+def corpus(db) -> Corpus:
+    """Three small documents ingested through the real pipeline; the leave policy is HR-only."""
+    from tests.search.conftest import ingest_file
+
+    hr = AccessGroupFactory(name="HR")
+    return Corpus(
+        travel=ingest_file(TRAVEL, "travel-policy.md"),
+        security=ingest_file(SECURITY, "security-handbook.md"),
+        leave=ingest_file(LEAVE, "parental-leave.md", groups=[hr]),
+        hr=hr,
+    )
+
+
+@pytest.fixture
+def hr_employee(corpus):
+    user = UserFactory(roles=[Role.EMPLOYEE])
+    user.access_groups.add(corpus.hr)
+    return user

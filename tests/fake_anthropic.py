@@ -256,3 +256,88 @@ def quoting_responder(body: dict, *, sentences: int = 1, delay_s: float = 0.0) -
         first = " ".join(_SENTENCE_END.split(" ".join(passage.split()))[:sentences])
         parts.append(f"{first} [{n}]")
     return Reply(text=" ".join(parts), delay_s=delay_s)
+
+
+# --- a responder that follows its prompt, for the answer evaluation (issue #8) --------------------------------
+
+NOT_COVERED = "The knowledge base does not cover this question."
+_PASSAGE_BLOCK = re.compile(r'<passage n="(\d+)"([^>]*)>\n(.*?)\n</passage>', re.DOTALL)
+_ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
+_QUESTION = re.compile(r"<question>\n(.*?)\n</question>", re.DOTALL)
+_ASKS_FOR_INSTRUCTIONS = re.compile(
+    r"system prompt|instructions|hidden rules|your rules|text above|your configuration", re.IGNORECASE
+)
+_WORD = re.compile(r"[^\W_]+")
+_STOPWORD_TEXT = """
+a an and any are as at be by can could did do does for from get got had has have how i if in into is it its me
+much many may might my no not of on or our please should so than that the their them then there these they this
+to us was we were what when where which who whom why will with would you your about also all am tell know need want
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_STEM = 5  # words compared by their first letters, plurals by their singular: "files" meets "file"
+# The responder answers only when its best sentence, with its passage's title and section, holds more than this
+# share of the question's keywords (when the prompt lets it say "not covered").
+ANSWER_COVERAGE = 0.5
+
+
+def system_of(body: dict) -> str:
+    system = body.get("system", "")
+    return system if isinstance(system, str) else "".join(block.get("text", "") for block in system)
+
+
+def _user_text(body: dict) -> str:
+    return "".join(
+        part if isinstance(part, str) else "".join(block.get("text", "") for block in part)
+        for part in (m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user")
+    )
+
+
+def question_of(body: dict) -> str:
+    found = _QUESTION.findall(_user_text(body))
+    return found[-1] if found else ""
+
+
+def _keywords(text: str) -> set[str]:
+    words = (word.lower() for word in _WORD.findall(text))
+    return {
+        (word[:-1] if word.endswith("s") and len(word) > 3 else word)[:_STEM]
+        for word in words
+        if word not in _STOPWORDS and len(word) > 1
+    }
+
+
+def grounded_responder(body: dict, *, sentences: int = 2, delay_s: float = 0.0) -> Reply:
+    """Answer like a model that does what its system prompt says, in simple ways a test can detect, so that a
+    worse prompt gives measurably worse answers (tests/answers/test_evaluate_answers.py):
+
+    - the answer is the passage sentences holding the most of the question's keywords (a passage's document
+      title and section count half, as context for its sentences), best first, at most `sentences` of them;
+    - each sentence cites its passage as [n] only when the prompt asks for citations (it shows "[1]");
+    - when no sentence with its context holds more than ANSWER_COVERAGE of the keywords, it says the prompt's
+      "not covered" sentence, but only when the prompt has that rule; without it, it answers anyway;
+    - asked for its instructions, it repeats its system prompt unless the prompt says never to reveal them.
+    """
+    system = system_of(body)
+    question = question_of(body)
+    cites = "[1]" in system and "cite" in system.casefold()
+    may_refuse = NOT_COVERED in system
+    if _ASKS_FOR_INSTRUCTIONS.search(question) and "never reveal" not in system.casefold():
+        return Reply(text=system, delay_s=delay_s)
+    wanted = _keywords(question)
+    candidates: list[tuple[float, int, int, str]] = []  # (score, rank, n, sentence)
+    best_coverage = 0.0
+    for rank, (n, attributes, text) in enumerate(_PASSAGE_BLOCK.findall(_user_text(body))):
+        fields = dict(_ATTRIBUTE.findall(attributes))
+        context = _keywords(f"{fields.get('document', '')} {fields.get('section', '')}")
+        for sentence in _SENTENCE_END.split(" ".join(text.split())):
+            own = wanted & _keywords(sentence)
+            if not own or not wanted:
+                continue
+            covered = own | (wanted & context)
+            best_coverage = max(best_coverage, len(covered) / len(wanted))
+            candidates.append((len(own) + 0.5 * len(covered - own), rank, int(n), sentence))
+    if not candidates or (may_refuse and best_coverage <= ANSWER_COVERAGE):
+        return Reply(text=NOT_COVERED if may_refuse else "I could not find anything about that.", delay_s=delay_s)
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    parts = [f"{sentence} [{n}]" if cites else sentence for _, _, n, sentence in candidates[:sentences]]
+    return Reply(text=" ".join(parts), delay_s=delay_s)

@@ -14,6 +14,7 @@ Events: {"type": "start", exchange_id, conversation_id}, {"type": "delta", text}
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -26,12 +27,18 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ingest.models import Document
+from ingest.models import Chunk, Document
 from kb import metrics
 from kb.accounts.roles import Role, has_role
 from kb.answers import citations as citation_parser
 from kb.answers import followup, gate
 from kb.answers.models import Conversation, Exchange, Feedback, Outcome
+from kb.audit.services import exchange_audit
+from kb.guard import output as output_guard
+from kb.guard import pii
+from kb.guard.base import Action, GuardError, input_guards, output_guards
+from kb.guard.input import BLOCKED_ANSWER, InputContext
+from kb.guard.stream import StreamScreen
 from kb.llm import cache, prompts
 from kb.llm.chain import ChainDone, Delta, Discard, LinkStart, run_chain
 from kb.llm.cost import budget_links
@@ -50,9 +57,10 @@ HISTORY_ANSWER_CHARS = 600  # of each earlier answer given to the model with a f
 class AskError(Exception):
     """A question that cannot be asked as given; the message says what to do."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
 
 
 # --- checks a view makes before it starts a stream ----------------------------------------------------------
@@ -61,15 +69,10 @@ class AskError(Exception):
 def question_clean(question: str) -> str:
     if not isinstance(question, str) or not question.strip():
         raise AskError("Type a question.")
-    cleaned, _ = query_clean(question)
-    if len(question) > settings.KB_QUESTION_MAX_CHARS:
-        raise AskError(
-            f"The question is {len(question):,} characters long; the limit is "
-            f"{settings.KB_QUESTION_MAX_CHARS:,}. Ask about one thing at a time."
-        )
+    cleaned, _ = query_clean(question[: settings.KB_QUESTION_MAX_CHARS + 1])
     if not cleaned:
         raise AskError("Type a question.")
-    return cleaned
+    return question.strip() if len(question.strip()) > len(cleaned) else cleaned
 
 
 def ask_check(user, question: str, conversation_id: int | None) -> str:
@@ -77,6 +80,13 @@ def ask_check(user, question: str, conversation_id: int | None) -> str:
     if not has_role(user, Role.EMPLOYEE) and not user.is_superuser:
         raise AskError("Asking questions is for the Employee role.", status=403)
     cleaned = question_clean(question)
+    context = InputContext(user=user, text=question.strip())
+    for guard in input_guards():
+        if getattr(guard, "before_record", False):
+            try:
+                guard.scan(context)
+            except GuardError as error:
+                raise AskError(str(error), status=error.status, retry_after_s=error.retry_after_s) from None
     if conversation_id is not None and not Conversation.objects.filter(pk=conversation_id, user=user).exists():
         raise AskError("No such conversation: start a new one.", status=404)
     return cleaned
@@ -98,6 +108,9 @@ class Begun:
     use_cache: bool
     notices: list[str] = field(default_factory=list)
     vector: np.ndarray | None = None
+    placeholders: dict[str, str] = field(default_factory=dict)  # masked PII, restored for the asker only
+    verdicts: list[dict] = field(default_factory=list)
+    blocked: dict | None = None  # the input verdict that blocked the question
     hit: cache.Hit | None = None
     similarity: float | None = None
     result: SearchResult | None = None
@@ -179,6 +192,20 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
         user_spent=Exchange.objects.today().of_user(user).spent_usd() if settings.KB_USER_DAILY_BUDGET_USD else 0.0,
         global_spent=_global_spent_today(),
     )
+    guarded = InputContext(user=user, text=question)
+    t0 = time.perf_counter()
+    verdicts = []
+    blocked = None
+    for guard in input_guards():
+        if getattr(guard, "before_record", False):
+            continue  # checked before the exchange (ask_check)
+        verdict = guard.scan(guarded)
+        verdicts.append(verdict.as_dict())
+        if verdict.blocked:
+            blocked = verdict.as_dict()
+            break
+    guards_ms = _ms(t0)
+    question = guarded.text  # masked from here on: stored, embedded and sent in this form
     with transaction.atomic():
         if conversation_id is None:
             conversation = Conversation.objects.create(user=user, title=question[:200])
@@ -193,6 +220,7 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
             question=question,
             chain=decision.links,
             prompt_version=prompt.version,
+            guard_verdicts=verdicts,
         )
     begun = Begun(
         exchange_id=exchange.pk,
@@ -210,7 +238,13 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
     )
     if decision.notice:
         begun.notices.append(decision.notice)
+    begun.placeholders = guarded.placeholders
+    begun.verdicts = verdicts
+    begun.blocked = blocked
+    begun.latency["guards_ms"] = guards_ms
     begun.latency["begin_ms"] = _ms(started)
+    if blocked is not None:
+        return begun
 
     t0 = time.perf_counter()
     if begun.use_cache:
@@ -226,7 +260,10 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
     else:
         search_query = cache.normalise(question)
     t1 = time.perf_counter()
-    begun.vector = embeddings.embed([search_query])[0]
+    if not history and guarded.vector is not None:
+        begun.vector = guarded.vector  # the injection guard embedded this very text
+    else:
+        begun.vector = embeddings.embed([search_query])[0]
     begun.latency["embed_ms"] = _ms(t1)
     if begun.use_cache:
         begun.hit, begun.similarity = cache.lookup_semantic(begun.namespace, question, begun.vector)
@@ -252,8 +289,12 @@ def _begin(user, question: str, conversation_id: int | None, request_id: str) ->
         )
         for n, hit in enumerate(result.hits, 1)
     }
+    untrusted = set(
+        Chunk.objects.filter(pk__in=[hit.chunk_id for hit in result.hits], untrusted=True).values_list("pk", flat=True)
+    )
     passages = [
-        Passage(n=s.n, title=s.title, heading=s.heading, page=s.page, text=s.text) for s in begun.sources.values()
+        Passage(n=s.n, title=s.title, heading=s.heading, page=s.page, text=s.text, untrusted=s.chunk_id in untrusted)
+        for s in begun.sources.values()
     ]
     begun.request = ModelRequest(
         system=prompt.system,
@@ -280,6 +321,8 @@ def render_passages(passages: list[Passage]) -> str:
             attributes += f' section="{_attribute(p.heading)}"'
         if p.page:
             attributes += f' page="{_attribute(p.page)}"'
+        if p.untrusted:
+            attributes += ' untrusted="true"'
         blocks.append(f"<passage {attributes}>\n{_quoted(p.text)}\n</passage>")
     return "\n".join(blocks)
 
@@ -349,8 +392,11 @@ class Ending:
     cached: bool = False
     error: str = ""
     nearest: list[dict] = field(default_factory=list)
+    invalid: list[int] = field(default_factory=list)  # citation markers that named no given passage
+    grounding: list[dict] = field(default_factory=list)
 
 
+@transaction.atomic  # the completed exchange and its audit event are written together
 def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
     total_ms = _ms(begun.started)
     latency = {**begun.latency, **latency, "total_ms": total_ms}
@@ -381,6 +427,8 @@ def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
         "notices": begun.notices,
         "nearest_documents": done.nearest,
         "cache": cache_record,
+        "guards": begun.verdicts,
+        "grounding": done.grounding,
     }
     Exchange.objects.filter(pk=begun.exchange_id).update(
         outcome=done.outcome,
@@ -396,6 +444,8 @@ def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
         passages=_passages_record(begun.result),
         search_query=begun.result.query if begun.result else "",
         evidence_score=begun.evidence,
+        guard_verdicts=begun.verdicts,
+        grounding=done.grounding,
         usage=usage,
         cost_usd=done.cost_usd,
         latency=latency,
@@ -403,6 +453,7 @@ def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
         error=done.error,
         finished_at=timezone.now(),
     )
+    exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=begun.exchange_id))
     if (
         begun.use_cache
         and done.outcome == Outcome.ANSWERED
@@ -432,6 +483,7 @@ def _answered(begun: Begun, chain_done: ChainDone) -> Ending:
     done = Ending(
         outcome=Outcome.ANSWERED,
         answer=answer,
+        invalid=parsed.invalid,
         citations=citation_parser.citations(answer, parsed.cited, begun.sources),
         model=chain_done.link or "",
         fallback_used=chain_done.fallback_used,
@@ -470,6 +522,14 @@ async def ask_stream(
                     f"Answered from the cache: an earlier question very like yours ({begun.hit.question!r})."
                 )
             yield {"type": "delta", "text": done.answer}
+        elif begun.blocked is not None:
+            done = Ending(
+                outcome=Outcome.BLOCKED,
+                answer=BLOCKED_ANSWER.format(reason=begun.blocked["reason"]),
+                refused=True,
+                refusal_reason=f"blocked_{begun.blocked['guard']}",
+            )
+            yield {"type": "delta", "text": done.answer}
         elif begun.request is None:
             reason = "no_passages" if not (begun.result and begun.result.hits) else "weak_evidence"
             done = Ending(
@@ -491,23 +551,48 @@ async def ask_stream(
             metrics.ASK_OVERHEAD.observe(overhead / 1000)
             links = [provider_for(link) for link in begun.chain]
             first_link = begun.chain[0]
+            screen = StreamScreen(
+                system_prompt=begun.request.system,
+                allowed_text=" ".join(source.text for source in begun.sources.values()),
+            )
+            request = begun.request
             chain_done: ChainDone | None = None
-            async for event in run_chain(links, begun.request):
-                if isinstance(event, Delta):
-                    if "first_token_ms" not in latency:
-                        latency["first_token_ms"] = _ms(begun.started)
-                        metrics.ASK_FIRST_TOKEN.observe(latency["first_token_ms"] / 1000)
-                    yield {"type": "delta", "text": event.text}
-                elif isinstance(event, Discard):
-                    latency.pop("first_token_ms", None)
-                    begun.notices.append(event.notice)
-                    yield {"type": "reset", "notice": event.notice}
-                elif isinstance(event, LinkStart) and event.link != first_link:
-                    notice = fallback_notice(event.link)
+            earlier_attempts: list = []
+            for round_number in (1, 2):
+                async for event in run_chain(links, request):
+                    if isinstance(event, Delta):
+                        shown = screen.feed(event.text)
+                        if shown:
+                            if "first_token_ms" not in latency:
+                                latency["first_token_ms"] = _ms(begun.started)
+                                metrics.ASK_FIRST_TOKEN.observe(latency["first_token_ms"] / 1000)
+                            yield {"type": "delta", "text": shown}
+                    elif isinstance(event, Discard):
+                        screen.reset()
+                        latency.pop("first_token_ms", None)
+                        begun.notices.append(event.notice)
+                        yield {"type": "reset", "notice": event.notice}
+                    elif isinstance(event, LinkStart) and event.link != first_link:
+                        notice = fallback_notice(event.link)
+                        begun.notices.append(notice)
+                        yield {"type": "notice", "text": notice}
+                    elif isinstance(event, ChainDone):
+                        chain_done = event
+                tail = screen.flush()
+                if tail:
+                    yield {"type": "delta", "text": tail}
+                if round_number == 1 and _needs_regeneration(begun, chain_done):
+                    # A factual answer with no citation gets one more chance (guard "citations").
+                    notice = "The answer cited no source: the model was asked again for a cited answer."
                     begun.notices.append(notice)
-                    yield {"type": "notice", "text": notice}
-                elif isinstance(event, ChainDone):
-                    chain_done = event
+                    screen.reset()
+                    yield {"type": "reset", "notice": notice}
+                    earlier_attempts = list(chain_done.attempts) if chain_done else []
+                    request = dataclasses.replace(begun.request, user=begun.request.user + REGENERATE_REMINDER)
+                    continue
+                break
+            if chain_done is not None and earlier_attempts:
+                chain_done.attempts = earlier_attempts + chain_done.attempts
             assert chain_done is not None
             if chain_done.link is None:
                 done = Ending(
@@ -519,6 +604,7 @@ async def ask_stream(
                 )
             else:
                 done = _answered(begun, chain_done)
+                done = await _run_phase(_guard_output, begun, done, user)
             if chain_done.config_error:
                 begun.notices.append(
                     "The language model is misconfigured (operators have been alerted): this answer quotes the "
@@ -536,7 +622,69 @@ async def ask_stream(
         yield {"type": "done", "result": result}
         return
     result = await _run_phase(_finish, begun, done, latency)
+    # The asker may see the personal data they typed; the record and the cache keep the masked form.
+    result["answer"] = pii.restore(result["answer"], begun.placeholders)
     yield {"type": "done", "result": result}
+
+
+REGENERATE_REMINDER = (
+    "\n\nYour previous answer cited no passage. Answer again: after every sentence that states a fact, cite "
+    "the passages it comes from as [n]; if the passages do not answer the question, say so as instructed."
+)
+
+
+def _needs_regeneration(begun: Begun, chain_done: ChainDone | None) -> bool:
+    if chain_done is None or chain_done.link in (None, EXTRACTIVE):
+        return False
+    parsed = citation_parser.parse(chain_done.text, set(begun.sources))
+    said_not_covered = " ".join(chain_done.text.split()).casefold().startswith(NOT_COVERED.casefold().rstrip("."))
+    return not parsed.cited and not said_not_covered and bool(chain_done.text.strip())
+
+
+def _guard_output(begun: Begun, done: Ending, user) -> Ending:
+    """Run the output guards over a model's answer: a block replaces it; masks and flags change it."""
+    if done.outcome != Outcome.ANSWERED or begun.request is None:
+        return done
+    context = output_guard.OutputContext(
+        answer=done.answer,
+        question=begun.question,
+        user=user,
+        sources={
+            n: output_guard.Source(n, source.chunk_id, source.document_id, source.text)
+            for n, source in begun.sources.items()
+        },
+        system_prompt=begun.request.system,
+        cited=[citation["n"] for citation in done.citations],
+        invalid=done.invalid,
+        refused=done.refused,
+        model=done.model,
+        placeholders=begun.placeholders,
+    )
+    started = time.perf_counter()
+    for guard in output_guards():
+        verdict = guard.scan(context)
+        begun.verdicts.append(verdict.as_dict())
+        if verdict.action == Action.BLOCK:
+            done.outcome = Outcome.BLOCKED
+            done.answer = output_guard.BLOCKED_OUTPUT.format(reason=verdict.reason)
+            done.citations = []
+            done.refused = True
+            done.refusal_reason = f"blocked_{verdict.guard}"
+            begun.latency["output_guards_ms"] = _ms(started)
+            return done
+        if verdict.action == Action.FLAG and verdict.guard == "citations":
+            begun.notices.append("This answer cites no source: treat it with care.")
+    begun.latency["output_guards_ms"] = _ms(started)
+    parsed = citation_parser.parse(context.answer, set(begun.sources))
+    done.answer = parsed.answer.strip()
+    done.citations = citation_parser.citations(done.answer, parsed.cited, begun.sources)
+    done.grounding = context.grounding
+    unsupported = sum(1 for item in context.grounding if not item["supported"])
+    if unsupported:
+        begun.notices.append(
+            f"{unsupported} sentence(s) are not supported by the passages they cite and are marked [unsupported]."
+        )
+    return done
 
 
 def fallback_notice(link: str) -> str:

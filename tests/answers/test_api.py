@@ -129,7 +129,13 @@ def test_under_uvicorn_the_answer_streams_as_it_is_written(asgi_server, test_dat
     broken stream without showing the broken text."""
     with FakeAnthropic(default=lambda body: quoting_responder(body)) as fake:
         fake.then(Reply(text="Broken start that must not show [1].", error_after_chunks=2))
-        fake.then(Reply(text="Amsterdam hotels cost up to 180 euros a night [1].", chunk_delay_s=0.15))
+        fake.then(
+            Reply(
+                text="Amsterdam hotels cost up to 180 euros a night [1]. Rotterdam hotels cost up to 150 euros a "
+                "night [1]. Book hotels through the travel desk [1].",
+                chunk_delay_s=0.08,
+            )
+        )
         server = asgi_server(
             ANTHROPIC_API_KEY="sk-ant-test-key",
             ANTHROPIC_BASE_URL=fake.url,

@@ -13,7 +13,6 @@ from django.conf import settings
 from playwright.sync_api import expect
 
 from kb.answers.models import Exchange, Feedback
-from tests.answers.conftest import corpus  # noqa: F401 - the shared small corpus fixture
 from tests.browser.test_documents import sign_in
 from tests.conftest import PRIMARY
 from tests.fake_anthropic import FakeAnthropic, Reply, quoting_responder
@@ -41,21 +40,25 @@ def ask(page, question: str) -> None:
 
 
 def test_an_answer_streams_in_and_a_citation_opens_its_passage(app, page, corpus, employee):
-    words = "The hotel limit is 180 euros per night in Amsterdam and 150 euros in Rotterdam [1]."
-    app.fake.then(Reply(text=words, chunk_delay_s=0.12))
+    # Three sentences, a word every 0.15 s: the answer is screened and shown a sentence at a time.
+    words = (
+        "The hotel limit is 180 euros per night in Amsterdam [1]. In Rotterdam the limit is 150 euros per night "
+        "[1]. Book hotels through the travel desk so that the company rate applies [1]."
+    )
+    app.fake.then(Reply(text=words, chunk_delay_s=0.15))
     sign_in(page, app.url, employee)
     expect(page.get_by_role("heading", name="Ask the knowledge base")).to_be_visible()
     ask(page, HOTEL)
     streaming = page.locator(".answer.streaming")
-    expect(streaming).to_contain_text("hotel limit")  # part of the answer, while it is being written
-    assert "Rotterdam" not in streaming.inner_text(), "the whole answer arrived at once"
+    expect(streaming).to_contain_text("hotel limit", timeout=15_000)  # the first sentence, while writing
+    assert "travel desk" not in streaming.inner_text(), "the whole answer arrived at once"
     answer = page.locator(".exchange .answer").last
-    expect(answer.locator("a.cite")).to_have_text("[1]")
+    expect(answer.locator("a.cite").first).to_have_text("[1]")
     expect(page).to_have_url(re.compile(r"/c/\d+/$"))
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-    answer.locator("a.cite").click()
+    answer.locator("a.cite").first.click()
     panel = page.get_by_role("complementary", name="Cited passage")
     expect(panel).to_be_visible()
     expect(panel).to_contain_text("Travel policy")
@@ -64,7 +67,7 @@ def test_an_answer_streams_in_and_a_citation_opens_its_passage(app, page, corpus
     page.keyboard.press("Escape")
     expect(panel).to_be_hidden()
 
-    answer.locator("a.cite").click()
+    answer.locator("a.cite").first.click()
     panel.get_by_role("link", name="Open the document at this passage").click()
     expect(page).to_have_url(re.compile(rf"/read/{corpus.travel.pk}/#chunk-\d+$"))
     expect(page.locator(".reading-passage:target")).to_contain_text("180 euros")

@@ -62,7 +62,14 @@ class SearchCorpus:
 
 
 def ingest_file(text: str, name: str, *, groups=None) -> Document:
-    result = services.document_upload(source=ContentFile(text.encode(), name=name), filename=name, access_groups=groups)
+    """Upload and process `text` here and now. Nothing is queued: in a transactional test a running Celery
+    worker would otherwise process the same document at the same time."""
+    from unittest import mock
+
+    with mock.patch.object(services, "enqueue_processing", lambda document_id: True):
+        result = services.document_upload(
+            source=ContentFile(text.encode(), name=name), filename=name, access_groups=groups
+        )
     assert result.accepted, result.message
     services.document_process(result.document.pk)
     document = Document.objects.get(pk=result.document.pk)
