@@ -4,9 +4,10 @@ question leaves the machine; a question that reads as prompt injection is blocke
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -98,6 +99,19 @@ class PiiGuard:
         )
 
 
+_PLACEHOLDER = re.compile(r"\[([A-Z]+)_\d+\]")
+_PLAIN_WORDS = {
+    "EMAIL": "my email address",
+    "PHONE": "my phone number",
+    "CARD": "my card number",
+    "IBAN": "my bank account",
+    "SSN": "my social security number",
+    "NINO": "my national insurance number",
+    "IP": "the server address",
+    "SECRET": "my key",
+}
+
+
 class InjectionGuard:
     """A question that tries to override the assistant's instructions is blocked: a trained classifier on the
     question's embedding (threshold KB_INJECTION_THRESHOLD) plus hand-written rules (kb/guard/injection.py)."""
@@ -108,7 +122,13 @@ class InjectionGuard:
     def scan(self, context: InputContext) -> Verdict:
         from kb.guard.injection import injection_scores, is_injection
 
-        (result,) = injection_scores([context.text], np.asarray([context.embedding()]))
+        if context.placeholders:
+            # Typed placeholders read as odd tokens to the classifier (a masked e-mail alone raised a plain
+            # question to 0.80): score the question with plain words in their place.
+            text = _PLACEHOLDER.sub(lambda m: _PLAIN_WORDS.get(m.group(1), "a value"), context.text)
+            (result,) = injection_scores([text])
+        else:
+            (result,) = injection_scores([context.text], np.asarray([context.embedding()]))
         threshold = settings.KB_INJECTION_THRESHOLD
         details = {"threshold": threshold, "rule": result.rule}
         if is_injection(result, threshold):
