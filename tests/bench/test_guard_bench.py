@@ -46,6 +46,9 @@ def _questions() -> list[str]:
 
 @pytest.mark.timeout(1800)
 def test_input_guards_cost_and_grounding_separation(capsys):
+    from kb.search import embeddings
+
+    embeddings.use_threads(settings.KB_WEB_TORCH_THREADS)  # as in the web process
     user = UserFactory(roles=["Employee"])
     guards = input_guards()
     questions = _questions()
@@ -53,22 +56,29 @@ def test_input_guards_cost_and_grounding_separation(capsys):
         context = InputContext(user=user, text=question)
         for guard in guards:
             guard.scan(context)
-    timings = []
+    # The question's embedding is computed by the injection guard and reused by the caches and retrieval:
+    # measured with it (from text) and without it (the guards' own work, the vector given).
+    timings: dict[str, list[float]] = {"with_question_embedding": [], "guards_only": []}
     for question in questions:
-        started = time.perf_counter()
-        context = InputContext(user=user, text=question)
-        for guard in guards:
-            if guard.scan(context).blocked:
-                break
-        timings.append((time.perf_counter() - started) * 1000)
+        for label in timings:
+            context = InputContext(user=user, text=question)
+            if label == "guards_only":
+                context.embedding()
+            started = time.perf_counter()
+            for guard in guards:
+                if guard.scan(context).blocked:
+                    break
+            timings[label].append((time.perf_counter() - started) * 1000)
     report: dict = {
         "input_guards": {
-            "questions": len(timings),
-            "p50_ms": round(statistics.median(timings), 2),
-            "p95_ms": round(beir.percentile(timings, 0.95), 2),
-            "target_p95_ms": TARGET_INPUT_P95_MS,
-            "guards": [type(guard).__name__ for guard in guards],
+            label: {
+                "questions": len(values),
+                "p50_ms": round(statistics.median(values), 2),
+                "p95_ms": round(beir.percentile(values, 0.95), 2),
+            }
+            for label, values in timings.items()
         }
+        | {"target_p95_ms": TARGET_INPUT_P95_MS, "guards": [type(guard).__name__ for guard in guards]}
     }
     if (SQUAD / "qa.jsonl").exists():
         report["grounding"] = _grounding_separation()
