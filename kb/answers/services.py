@@ -580,6 +580,9 @@ async def ask_stream(
                         chain_done = event
                 tail = screen.flush()
                 if tail:
+                    if "first_token_ms" not in latency:
+                        latency["first_token_ms"] = _ms(begun.started)
+                        metrics.ASK_FIRST_TOKEN.observe(latency["first_token_ms"] / 1000)
                     yield {"type": "delta", "text": tail}
                 if round_number == 1 and _needs_regeneration(begun, chain_done):
                     # A factual answer with no citation gets one more chance (guard "citations").

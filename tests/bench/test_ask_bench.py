@@ -144,6 +144,7 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
                 KB_EVIDENCE_MIN_SCORE="-1",
                 KB_USER_DAILY_BUDGET_USD="0",
                 KB_DAILY_BUDGET_USD="0",
+                KB_RATE_LIMIT_PER_MINUTE="0",  # one bench user asks hundreds of questions
                 KB_WARM_EMBEDDINGS="true",
                 LOG_LEVEL="WARNING",
             )
@@ -199,6 +200,8 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
             }
         concurrent_ids = [run["done"]["exchange_id"] for run in concurrent_runs if run.get("done")]
         answered = Exchange.objects.filter(pk__in=concurrent_ids, outcome="answered").count()
+        # The questions are random words: the injection guard may block one; a block is an answer, not an error.
+        blocked = Exchange.objects.filter(pk__in=concurrent_ids, outcome="blocked").count()
 
     errors = [run for run in concurrent_runs if run["status"] != 200 or not run.get("done")]
     report = {
@@ -211,6 +214,7 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
             "streams": CONCURRENT_STREAMS,
             "errors": len(errors),
             "answered": answered,
+            "blocked": blocked,
             "wall_s": round(concurrent_wall_s, 2),
             "first_token": _summary([run["first_ms"] for run in concurrent_runs if run.get("first_ms")]),
             "total": _summary([run["total_ms"] for run in concurrent_runs if run.get("total_ms")]),
@@ -223,4 +227,4 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
     log(json.dumps(report, indent=2))
     assert hits == CACHE_QUESTIONS, "every repeated question is an exact cache hit"
     assert not errors, errors[:3]
-    assert answered == CONCURRENT_STREAMS
+    assert answered + blocked == CONCURRENT_STREAMS
