@@ -12,6 +12,7 @@ from ninja.files import UploadedFile
 
 from ingest import services
 from ingest.models import Document, DocumentStatus
+from kb.accounts.api_auth import for_roles
 from kb.accounts.models import AccessGroup
 from kb.accounts.roles import Role, has_role
 
@@ -66,7 +67,12 @@ def _visible(request):
     raise HttpError(403, "This needs the Employee or Knowledge admin role.")
 
 
-@router.get("", response=list[DocumentOut], summary="Documents you may see (admins: every current one)")
+@router.get(
+    "",
+    response=list[DocumentOut],
+    summary="Documents you may see (admins: every current one)",
+    auth=for_roles(Role.EMPLOYEE, Role.KNOWLEDGE_ADMIN),
+)
 def list_documents(request, status: str | None = None):
     documents = _visible(request).prefetch_related("access_groups")
     if status:
@@ -76,12 +82,12 @@ def list_documents(request, status: str | None = None):
     return list(documents[:1000])
 
 
-@router.get("/{document_id}", response=DocumentOut)
+@router.get("/{document_id}", response=DocumentOut, auth=for_roles(Role.EMPLOYEE, Role.KNOWLEDGE_ADMIN))
 def get_document(request, document_id: int):
     return get_object_or_404(_visible(request), pk=document_id)
 
 
-@router.post("", response=list[UploadOut], summary="Upload one or more files")
+@router.post("", response=list[UploadOut], summary="Upload one or more files", auth=for_roles(Role.KNOWLEDGE_ADMIN))
 def upload_documents(
     request,
     files: list[UploadedFile] = File(...),  # noqa: B008 - ninja's declaration style
@@ -117,14 +123,14 @@ def upload_documents(
     return results
 
 
-@router.delete("/{document_id}", response={204: None})
+@router.delete("/{document_id}", response={204: None}, auth=for_roles(Role.KNOWLEDGE_ADMIN))
 def delete_document(request, document_id: int):
     _require_admin(request)
     services.document_delete(document=get_object_or_404(Document.objects.current(), pk=document_id))
     return Status(204, None)
 
 
-@router.post("/{document_id}/reindex", response=ReindexOut)
+@router.post("/{document_id}/reindex", response=ReindexOut, auth=for_roles(Role.KNOWLEDGE_ADMIN))
 def reindex_document(request, document_id: int):
     _require_admin(request)
     document = get_object_or_404(Document.objects.current(), pk=document_id)

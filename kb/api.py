@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 from ninja import NinjaAPI, Schema
-from ninja.security import APIKeyCookie, HttpBearer
 
+from kb.accounts.api_auth import signed_in
 from kb.accounts.roles import roles_of
-from kb.accounts.services import api_token_authenticate
-
-
-class BearerToken(HttpBearer):
-    def authenticate(self, request, token):
-        user = api_token_authenticate(token)
-        if user is not None:
-            request.user = user
-        return user
-
-
-class SessionAuth(APIKeyCookie):
-    """The browser's session; unsafe methods also need the CSRF token, as in any Django form."""
-
-    param_name = "sessionid"
-
-    def authenticate(self, request, key):
-        user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated and user.is_active:
-            return user
-        return None
-
 
 api = NinjaAPI(
     title="kb API",
     version="1",
     urls_namespace="api",
-    auth=[BearerToken(), SessionAuth(csrf=True)],
+    auth=signed_in(),
     docs_url="/docs",
 )
 

@@ -10,6 +10,8 @@ from django.http import JsonResponse, StreamingHttpResponse
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
+from kb.accounts.api_auth import for_roles
+from kb.accounts.roles import Role
 from kb.answers import services
 from kb.answers.models import Exchange
 
@@ -96,6 +98,7 @@ async def _events(question: str, user, conversation_id: int | None, request_id: 
 @router.post(
     "/ask",
     response={200: AskOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut, 429: ErrorOut},
+    auth=for_roles(Role.EMPLOYEE),
     summary="Ask a question; every claim in the answer cites a passage, or the answer says it is not covered",
 )
 def ask(request, payload: AskIn, stream: bool = False):
@@ -134,7 +137,12 @@ class FeedbackOut(Schema):
     comment: str
 
 
-@router.post("/feedback", response=FeedbackOut, summary="Rate one of your answers (the latest rating counts)")
+@router.post(
+    "/feedback",
+    response=FeedbackOut,
+    summary="Rate one of your answers (the latest rating counts)",
+    auth=for_roles(Role.EMPLOYEE),
+)
 def feedback(request, payload: FeedbackIn):
     user = request.auth
     exchange = Exchange.objects.filter(pk=payload.exchange_id, user=user).first()

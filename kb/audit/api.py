@@ -5,6 +5,7 @@ from __future__ import annotations
 from ninja import Query, Router, Schema
 from ninja.errors import HttpError
 
+from kb.accounts.api_auth import for_roles
 from kb.accounts.roles import Role, has_role
 from kb.audit import services
 from kb.audit.export import export_response
@@ -32,6 +33,7 @@ class ExportQuery(Schema):
     "/export",
     summary="Stream the audit log as CSV or JSON Lines; the last line is the manifest. The export is audited.",
     response={200: None},
+    auth=for_roles(Role.COMPLIANCE, message="Exporting the audit log needs the Compliance role."),
 )
 def export(request, params: Query[ExportQuery]):
     if not has_role(request.auth, Role.COMPLIANCE):
