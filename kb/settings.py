@@ -154,6 +154,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Failed sign-ins per account name, and per address, within KB_LOGIN_LOCKOUT_S before further attempts wait
+# (0: no limit). Five guesses per 15 minutes make a 10,000-word password list take about three weeks.
+KB_LOGIN_MAX_FAILURES = env_int("KB_LOGIN_MAX_FAILURES", 5, minimum=0)
+KB_LOGIN_MAX_FAILURES_PER_IP = env_int("KB_LOGIN_MAX_FAILURES_PER_IP", 50, minimum=0)
+KB_LOGIN_LOCKOUT_S = env_int("KB_LOGIN_LOCKOUT_S", 900, minimum=1)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

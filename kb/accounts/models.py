@@ -74,3 +74,18 @@ class ApiToken(models.Model):
     @staticmethod
     def generate_raw() -> str:
         return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class SignInFailure(models.Model):
+    """A failed sign-in, kept for KB_LOGIN_LOCKOUT_S: enough of them lock the account name (and the address)
+    out for a while, which turns password guessing from seconds into years."""
+
+    username = models.CharField(max_length=150, db_index=True)
+    ip = models.GenericIPAddressField(null=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["ip", "at"], name="accounts_signin_ip_at")]
+
+    def __str__(self) -> str:
+        return f"{self.username} at {self.at:%Y-%m-%d %H:%M}"

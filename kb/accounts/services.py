@@ -75,3 +75,49 @@ def first_admin_ensure(*, password_file: Path, username: str = "admin") -> bool:
     password_file.unlink(missing_ok=True)
     write_private(password_file, f"username: {username}\npassword: {password}\n")
     return True
+
+
+# --- sign-in throttling -----------------------------------------------------------------------------------
+
+
+def sign_in_wait_s(*, username: str, ip: str | None) -> int:
+    """Seconds before this account name (or this address) may try to sign in again; 0 when it may now."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from kb.accounts.models import SignInFailure
+
+    window = timedelta(seconds=settings.KB_LOGIN_LOCKOUT_S)
+    now = timezone.now()
+    recent = SignInFailure.objects.filter(at__gte=now - window)
+    waits = []
+    for failures, limit in (
+        (recent.filter(username=username.strip().lower()), settings.KB_LOGIN_MAX_FAILURES),
+        (recent.filter(ip=ip) if ip else recent.none(), settings.KB_LOGIN_MAX_FAILURES_PER_IP),
+    ):
+        if limit and failures.count() >= limit:
+            # Counted from the failure that would fall out of the window first, so that trying again once
+            # the wait is over is allowed.
+            oldest = failures.order_by("-at").values_list("at", flat=True)[limit - 1]
+            waits.append(max(1, int((oldest + window - now).total_seconds()) + 1))
+    return max(waits, default=0)
+
+
+def sign_in_failed(*, username: str, ip: str | None) -> None:
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from kb.accounts.models import SignInFailure
+
+    SignInFailure.objects.create(username=username.strip().lower()[:150], ip=ip or None)
+    SignInFailure.objects.filter(at__lt=timezone.now() - timedelta(seconds=settings.KB_LOGIN_LOCKOUT_S)).delete()
+
+
+def sign_in_succeeded(*, username: str) -> None:
+    from kb.accounts.models import SignInFailure
+
+    SignInFailure.objects.filter(username=username.strip().lower()).delete()
