@@ -72,7 +72,27 @@ def _lock_lineage(lineage) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [str(lineage)])
 
 
-def _title_from_filename(filename: str) -> str:
+def parse_upload(data: bytes, media_type: str):
+    """The file parsed into its structured form, within the zip-bomb limits; ParseError says what is wrong."""
+    return parse(
+        data,
+        media_type,
+        max_uncompressed_bytes=settings.KB_MAX_UNCOMPRESSED_BYTES,
+        max_compression_ratio=settings.KB_MAX_COMPRESSION_RATIO,
+    )
+
+
+def chunks_of(parsed) -> list[ChunkDraft]:
+    """The parsed document's passages at the configured sizes."""
+    return chunk_document(
+        parsed,
+        target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
+        max_tokens=settings.KB_CHUNK_MAX_TOKENS,
+        overlap_tokens=settings.KB_CHUNK_OVERLAP_TOKENS,
+    )
+
+
+def title_from_filename(filename: str) -> str:
     stem = Path(filename).stem
     return " ".join(stem.replace("_", " ").replace("-", " ").split()) or filename
 
@@ -130,7 +150,7 @@ def document_upload(
         )
 
     auto_title = not (title or "").strip()
-    title = (title or "").strip() or _title_from_filename(name)
+    title = (title or "").strip() or title_from_filename(name)
     if replaces is None:
         # Same title, or same file name: the next version of that document.
         replaces = (
@@ -300,23 +320,13 @@ def _process(document: Document) -> None:
         document_fail(document.id, code="missing_file", message="The stored file is missing; upload it again.")
         return
     try:
-        parsed = parse(
-            data,
-            document.media_type,
-            max_uncompressed_bytes=settings.KB_MAX_UNCOMPRESSED_BYTES,
-            max_compression_ratio=settings.KB_MAX_COMPRESSION_RATIO,
-        )
+        parsed = parse_upload(data, document.media_type)
     except ParseError as exc:
         document_fail(document.id, code=exc.code, message=exc.message)
         return
     watch.lap("read and parse")
     Document.objects.filter(pk=document.id).update(heartbeat_at=timezone.now())
-    drafts = chunk_document(
-        parsed,
-        target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
-        max_tokens=settings.KB_CHUNK_MAX_TOKENS,
-        overlap_tokens=settings.KB_CHUNK_OVERLAP_TOKENS,
-    )
+    drafts = chunks_of(parsed)
     if not drafts:
         document_fail(document.id, code="no_text", message="No text was found in this file.")
         return

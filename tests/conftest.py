@@ -373,3 +373,23 @@ def hr_employee(corpus):
     user = UserFactory(roles=[Role.EMPLOYEE])
     user.access_groups.add(corpus.hr)
     return user
+
+
+def ask_and_leave(question: str, user) -> int:
+    """Ask as a client that goes away once the first words arrive; returns the exchange's id."""
+    from asgiref.sync import async_to_sync
+
+    from kb.answers import services
+
+    async def leave_after_the_first_words() -> int:
+        stream = services.ask_stream(question, user)
+        exchange_id = 0
+        async for event in stream:
+            if event["type"] == "start":
+                exchange_id = event["exchange_id"]
+            if event["type"] == "delta":
+                break
+        await stream.aclose()
+        return exchange_id
+
+    return async_to_sync(leave_after_the_first_words)()

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ingest.chunker import split_sentences
+from kb.guard.output import answer_sentences
 from kb.llm.providers import keywords
 
 # [1], [2, 3], [2; 3] (a run like [1][2] is two markers).
@@ -58,7 +59,7 @@ def parse(answer: str, valid: set[int]) -> Parsed:
 def citations(answer: str, cited: list[int], sources: dict[int, Source]) -> list[dict]:
     """One citation per cited passage, quoting the passage's sentence closest to the claims that cite it."""
     claims: dict[int, list[str]] = {n: [] for n in cited}
-    for sentence in _answer_sentences(answer):
+    for sentence in answer_sentences(answer):
         for match in MARKER.finditer(sentence):
             for part in re.split(r"\s*[,;]\s*", match.group(1)):
                 number = int(part)
@@ -79,12 +80,6 @@ def citations(answer: str, cited: list[int], sources: dict[int, Source]) -> list
             }
         )
     return result
-
-
-def _answer_sentences(answer: str) -> list[str]:
-    # A marker closes its sentence ("... fact. [1]"): attach it by splitting after markers and line breaks.
-    pieces = re.split(r"(?<=\])\s+|\n+", answer)
-    return [piece for piece in pieces if piece.strip()]
 
 
 def best_quote(text: str, claim: str) -> str:

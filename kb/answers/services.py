@@ -45,13 +45,18 @@ from kb.llm.cost import budget_links
 from kb.llm.providers import EXTRACTIVE, ModelRequest, Passage, Usage, provider_for
 from kb.search import embeddings
 from kb.search.models import IndexState
-from kb.search.retrieval import ReadScope, SearchResult, query_clean, search_in_scope
+from kb.search.retrieval import ReadScope, SearchResult, search_in_scope, text_clean
 
 logger = logging.getLogger(__name__)
 
 NOT_COVERED = "The knowledge base does not cover this question."
 NEAREST_DOCUMENTS = 3
 HISTORY_ANSWER_CHARS = 600  # of each earlier answer given to the model with a follow-up
+
+
+def says_not_covered(answer: str) -> bool:
+    """The prompt's fixed reply when the passages do not answer the question."""
+    return " ".join(answer.split()).casefold().startswith(NOT_COVERED.casefold().rstrip("."))
 
 
 class AskError(Exception):
@@ -69,15 +74,16 @@ class AskError(Exception):
 def question_clean(question: str) -> str:
     if not isinstance(question, str) or not question.strip():
         raise AskError("Type a question.")
-    cleaned, _ = query_clean(question[: settings.KB_QUESTION_MAX_CHARS + 1])
+    # Not cut to the search limit: the length guard measures the question, and retrieval shortens its query.
+    cleaned = text_clean(question)
     if not cleaned:
         raise AskError("Type a question.")
-    return question.strip() if len(question.strip()) > len(cleaned) else cleaned
+    return cleaned
 
 
 def ask_check(user, question: str, conversation_id: int | None) -> str:
     """The cleaned question; AskError when the user may not ask or the conversation is not theirs."""
-    if not has_role(user, Role.EMPLOYEE) and not user.is_superuser:
+    if not has_role(user, Role.EMPLOYEE):
         raise AskError("Asking questions is for the Employee role.", status=403)
     cleaned = question_clean(question)
     context = InputContext(user=user, text=question.strip())
@@ -495,7 +501,7 @@ def _answered(begun: Begun, chain_done: ChainDone) -> Ending:
         begun.notices.append(
             f"Removed {len(parsed.invalid)} citation marker(s) that named no passage given to the model."
         )
-    if " ".join(answer.split()).casefold().startswith(NOT_COVERED.casefold().rstrip(".")):
+    if says_not_covered(answer):
         done.refused = True
         done.refusal_reason = "not_covered_by_model"
         done.outcome = Outcome.REFUSED
@@ -563,9 +569,7 @@ async def ask_stream(
                     if isinstance(event, Delta):
                         shown = screen.feed(event.text)
                         if shown:
-                            if "first_token_ms" not in latency:
-                                latency["first_token_ms"] = _ms(begun.started)
-                                metrics.ASK_FIRST_TOKEN.observe(latency["first_token_ms"] / 1000)
+                            _first_token(latency, begun)
                             yield {"type": "delta", "text": shown}
                     elif isinstance(event, Discard):
                         screen.reset()
@@ -580,9 +584,7 @@ async def ask_stream(
                         chain_done = event
                 tail = screen.flush()
                 if tail:
-                    if "first_token_ms" not in latency:
-                        latency["first_token_ms"] = _ms(begun.started)
-                        metrics.ASK_FIRST_TOKEN.observe(latency["first_token_ms"] / 1000)
+                    _first_token(latency, begun)
                     yield {"type": "delta", "text": tail}
                 if round_number == 1 and _needs_regeneration(begun, chain_done):
                     # A factual answer with no citation gets one more chance (guard "citations").
@@ -640,8 +642,7 @@ def _needs_regeneration(begun: Begun, chain_done: ChainDone | None) -> bool:
     if chain_done is None or chain_done.link in (None, EXTRACTIVE):
         return False
     parsed = citation_parser.parse(chain_done.text, set(begun.sources))
-    said_not_covered = " ".join(chain_done.text.split()).casefold().startswith(NOT_COVERED.casefold().rstrip("."))
-    return not parsed.cited and not said_not_covered and bool(chain_done.text.strip())
+    return not parsed.cited and not says_not_covered(chain_done.text) and bool(chain_done.text.strip())
 
 
 def _guard_output(begun: Begun, done: Ending, user) -> Ending:
@@ -688,6 +689,12 @@ def _guard_output(begun: Begun, done: Ending, user) -> Ending:
             f"{unsupported} sentence(s) are not supported by the passages they cite and are marked [unsupported]."
         )
     return done
+
+
+def _first_token(latency: dict[str, float], begun: Begun) -> None:
+    if "first_token_ms" not in latency:
+        latency["first_token_ms"] = _ms(begun.started)
+        metrics.ASK_FIRST_TOKEN.observe(latency["first_token_ms"] / 1000)
 
 
 def fallback_notice(link: str) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from ingest.models import Document
+from kb.accounts.access import role_required
 from kb.accounts.roles import Role, has_role, roles_of
 from kb.answers import rendering, services
 from kb.answers.api import request_id_of
@@ -21,18 +21,8 @@ from kb.answers.models import Conversation, Exchange, Feedback
 RECENT_CONVERSATIONS = 30
 
 
-def _asker(view):
-    """Signed in (else the login page) with the Employee role (else 403); superusers may ask too."""
-
-    @login_required
-    def wrapped(request, *args, **kwargs):
-        if not (has_role(request.user, Role.EMPLOYEE) or request.user.is_superuser):
-            raise PermissionDenied("Asking questions is for the Employee role.")
-        return view(request, *args, **kwargs)
-
-    wrapped.__name__ = view.__name__
-    wrapped.__doc__ = view.__doc__
-    return wrapped
+# Superusers hold every role (has_role goes through Django's permissions), so they may ask too.
+_asker = role_required(Role.EMPLOYEE)
 
 
 def _own_exchange(request, exchange_id: int) -> Exchange:
@@ -66,7 +56,7 @@ def exchange_nearest(exchange: Exchange) -> list[dict]:
 
 @login_required
 def home(request):
-    if not (has_role(request.user, Role.EMPLOYEE) or request.user.is_superuser):
+    if not has_role(request.user, Role.EMPLOYEE):
         return render(request, "answers/home.html", {"roles": roles_of(request.user)})
     return _ask_page(request, conversation=None)
 

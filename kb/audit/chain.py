@@ -21,6 +21,8 @@ from django.conf import settings
 
 GENESIS = "0" * 64  # the prev_hash of the first event ever written
 CONTENT_FIELDS = ("seq", "kind", "created_at", "actor_id", "actor_username", "exchange_id", "document_ids", "data")
+# A stored event as verification and export read it: its content, then the chain links.
+ROW_FIELDS = (*CONTENT_FIELDS, "prev_hash", "hash")
 
 # Credentials that could reach a record through an error message or a pasted question: Anthropic keys,
 # kb API tokens (kb_ + 43 url-safe characters) and bearer headers.
@@ -113,3 +115,9 @@ def plain(value: Any) -> Any:
         items = sorted(value) if isinstance(value, set | frozenset) else value
         return [plain(item) for item in items]
     raise TypeError(f"{type(value).__name__} has no JSON form for the audit log: convert it first")
+
+
+def row_hash(row: tuple) -> str:
+    """The hash a row read with ROW_FIELDS should carry, recomputed from its content and prev_hash."""
+    content = content_of(**dict(zip(CONTENT_FIELDS, row[: len(CONTENT_FIELDS)], strict=True)))
+    return event_hash(row[len(CONTENT_FIELDS)], content)

@@ -33,18 +33,7 @@ EXPORT_FETCH_ROWS = 2000
 # Bytes gathered before a chunk is handed on: big enough that per-chunk costs vanish, small enough to
 # keep memory flat and a slow client's buffers short.
 EXPORT_CHUNK_BYTES = 64 * 1024
-FIELDS = (
-    "seq",
-    "kind",
-    "created_at",
-    "actor_id",
-    "actor_username",
-    "exchange_id",
-    "document_ids",
-    "data",
-    "prev_hash",
-    "hash",
-)
+FIELDS = chain.ROW_FIELDS
 CSV_COLUMNS = (
     "seq",
     "created_at",

@@ -245,20 +245,6 @@ class ChainReport:
         return f"BROKEN at event #{self.broken_seq}: {self.reason}"
 
 
-_VERIFY_FIELDS = (
-    "seq",
-    "kind",
-    "created_at",
-    "actor_id",
-    "actor_username",
-    "exchange_id",
-    "document_ids",
-    "data",
-    "prev_hash",
-    "hash",
-)
-
-
 def _walk() -> ChainReport:
     """Recompute every hash and link in seq order; stops at the first event that does not verify.
 
@@ -271,19 +257,9 @@ def _walk() -> ChainReport:
     }
     report = ChainReport(ok=True)
     expected_prev = ""
-    rows = AuditEvent.objects.order_by("seq").values_list(*_VERIFY_FIELDS)
-    for (
-        seq,
-        kind,
-        created_at,
-        actor_id,
-        actor_username,
-        exchange_id,
-        document_ids,
-        data,
-        prev_hash,
-        hash_,
-    ) in rows.iterator(chunk_size=VERIFY_FETCH_ROWS):
+    rows = AuditEvent.objects.order_by("seq").values_list(*chain.ROW_FIELDS)
+    for row in rows.iterator(chunk_size=VERIFY_FETCH_ROWS):
+        seq, prev_hash, hash_ = row[0], row[-2], row[-1]
         if report.first_seq is None:
             report.first_seq = seq
             if seq == 1:
@@ -300,17 +276,7 @@ def _walk() -> ChainReport:
             return _broken(report, missing, f"event {gap} is missing")
         if prev_hash != expected_prev:
             return _broken(report, seq, "its prev_hash is not the hash of the event before it")
-        content = chain.content_of(
-            seq=seq,
-            kind=kind,
-            created_at=created_at,
-            actor_id=actor_id,
-            actor_username=actor_username,
-            exchange_id=exchange_id,
-            document_ids=document_ids,
-            data=data,
-        )
-        if chain.event_hash(prev_hash, content) != hash_:
+        if chain.row_hash(row) != hash_:
             return _broken(report, seq, "its content does not match its hash: the event was changed")
         expected_prev = hash_
         report.rows += 1
@@ -451,23 +417,14 @@ class PurgeResult:
 
 def _check_batch(start: int, end: int) -> None:
     """Refuse to delete events that do not verify: they are the evidence that something happened."""
-    rows = AuditEvent.objects.filter(seq__gte=start, seq__lte=end).order_by("seq").values_list(*_VERIFY_FIELDS)
+    rows = AuditEvent.objects.filter(seq__gte=start, seq__lte=end).order_by("seq").values_list(*chain.ROW_FIELDS)
     expected_seq, expected_prev = start, None
-    for seq, kind, created_at, actor_id, actor_username, exchange_id, document_ids, data, prev_hash, hash_ in rows:
-        content = chain.content_of(
-            seq=seq,
-            kind=kind,
-            created_at=created_at,
-            actor_id=actor_id,
-            actor_username=actor_username,
-            exchange_id=exchange_id,
-            document_ids=document_ids,
-            data=data,
-        )
+    for row in rows:
+        seq, prev_hash, hash_ = row[0], row[-2], row[-1]
         if (
             seq != expected_seq
             or (expected_prev is not None and prev_hash != expected_prev)
-            or chain.event_hash(prev_hash, content) != hash_
+            or chain.row_hash(row) != hash_
         ):
             raise ChainBroken(
                 f"Nothing was purged: event #{expected_seq} does not verify, and purging would destroy the "

@@ -25,10 +25,9 @@ from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
-from ingest.chunker import chunk_document
 from ingest.models import Chunk, Document, DocumentStatus
 from ingest.parsers import PARAGRAPH, PLAIN, Block, document_from_blocks
-from ingest.services import chunk_from_draft, indexed_text
+from ingest.services import chunk_from_draft, chunks_of, indexed_text
 from kb.search import embeddings
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
@@ -221,12 +220,7 @@ def _ingest_batch(docs: Sequence[BeirDoc]) -> int:
     inputs: list[str] = []
     for doc in docs:
         parsed = document_from_blocks(PLAIN, [Block(kind=PARAGRAPH, text=doc.text, heading_path=(), page=None)])
-        drafts = chunk_document(
-            parsed,
-            target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
-            max_tokens=settings.KB_CHUNK_MAX_TOKENS,
-            overlap_tokens=settings.KB_CHUNK_OVERLAP_TOKENS,
-        )
+        drafts = chunks_of(parsed)
         drafts_by_doc.append(drafts)
         # Title and text, as BEIR systems index them; a text-less document is still found by its title.
         inputs.extend(indexed_text(doc.title, d.text, d.heading_path) for d in drafts)

@@ -243,9 +243,14 @@ def search_in_scope(
     return result
 
 
+def text_clean(text: str) -> str:
+    """The text with control characters and runs of spaces replaced by single spaces."""
+    return _SPACES.sub(" ", _CONTROL.sub(" ", text or "")).strip()
+
+
 def query_clean(query: str) -> tuple[str, bool]:
     """The query with control characters and runs of spaces removed, cut at a word boundary when too long."""
-    text = _SPACES.sub(" ", _CONTROL.sub(" ", query or "")).strip()
+    text = text_clean(query)
     limit = settings.KB_SEARCH_MAX_QUERY_CHARS
     if len(text) <= limit:
         return text, False

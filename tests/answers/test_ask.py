@@ -15,7 +15,7 @@ from kb.answers import services
 from kb.answers.models import Exchange, Outcome
 from kb.llm import resilience
 from kb.llm.providers import EXTRACTIVE_LABEL
-from tests.conftest import FALLBACK, PRIMARY
+from tests.conftest import FALLBACK, PRIMARY, ask_and_leave
 from tests.fake_anthropic import Reply, passages_of
 
 HOTEL = "What is the hotel limit per night in Amsterdam?"
@@ -366,22 +366,8 @@ def test_near_the_budget_the_cheaper_link_answers(fake_anthropic, corpus, employ
 
 
 def test_a_client_that_goes_away_leaves_a_cancelled_exchange(fake_anthropic, corpus, employee):
-    from asgiref.sync import async_to_sync
-
     fake_anthropic.then(Reply(text="one two three four five [1]", chunk_delay_s=0.2))
-
-    async def read_two_events() -> int:
-        stream = services.ask_stream(HOTEL, employee)
-        exchange_id = 0
-        async for event in stream:
-            if event["type"] == "start":
-                exchange_id = event["exchange_id"]
-            if event["type"] == "delta":
-                break
-        await stream.aclose()
-        return exchange_id
-
-    exchange_id = async_to_sync(read_two_events)()
+    exchange_id = ask_and_leave(HOTEL, employee)
     exchange = Exchange.objects.get(pk=exchange_id)
     assert exchange.outcome == Outcome.CANCELLED and exchange.finished_at is not None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.db import connection
 
 from kb.answers import services as answers
@@ -13,7 +12,7 @@ from kb.answers.models import Exchange
 from kb.audit import chain
 from kb.audit import services as audit
 from kb.audit.models import AuditEvent, AuditKind
-from tests.conftest import PRIMARY
+from tests.conftest import PRIMARY, ask_and_leave
 from tests.factories import UserFactory
 from tests.fake_anthropic import Reply
 
@@ -55,18 +54,7 @@ def _failed(employee, monkeypatch, settings, **_) -> int:
 def _cancelled(employee, fake_anthropic, **_) -> int:
     fake_anthropic.then(Reply(text="one two three four five [1]", chunk_delay_s=0.2))
 
-    async def leave_after_the_first_words() -> int:
-        stream = answers.ask_stream(HOTEL, employee)
-        exchange_id = 0
-        async for event in stream:
-            if event["type"] == "start":
-                exchange_id = event["exchange_id"]
-            if event["type"] == "delta":
-                break
-        await stream.aclose()
-        return exchange_id
-
-    return async_to_sync(leave_after_the_first_words)()
+    return ask_and_leave(HOTEL, employee)
 
 
 OUTCOMES = {

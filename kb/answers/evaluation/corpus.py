@@ -16,15 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from ingest.chunker import chunk_document
 from ingest.models import Chunk, Document, DocumentStatus
-from ingest.parsers import ParseError, parse, sniff_media_type
-from ingest.services import chunk_from_draft, indexed_text
+from ingest.parsers import ParseError, sniff_media_type
+from ingest.services import (
+    chunk_from_draft,
+    chunks_of,
+    indexed_text,
+    injection_flags,
+    parse_upload,
+    title_from_filename,
+)
 from kb.accounts.roles import Role
 from kb.accounts.services import user_role_add
 from kb.search import beir, embeddings
@@ -34,7 +39,7 @@ from kb.search.indexing import index_apply
 # The file types the product ingests; other files in a corpus folder (scripts, notes) are left out.
 DOCUMENT_SUFFIXES = frozenset({".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt", ".text"})
 # Bumped when the way a folder becomes an index changes here: old evaluation indexes are then rebuilt.
-FOLDER_LOADER_VERSION = 1
+FOLDER_LOADER_VERSION = 2  # 2: passages flagged for injection as at ingest
 SNIFF_BYTES = 64 * 1024  # what the upload service reads to tell a file's type
 EVALUATION_USERNAME = "kb-evaluation"
 FOLDER, BEIR = "folder", "beir"
@@ -112,37 +117,24 @@ def corpus_index(source: CorpusSource, *, log: Callable[[str], None] = lambda _:
     }
 
 
-def _title_from_filename(name: str) -> str:
-    stem = Path(name).stem
-    return " ".join(stem.replace("_", " ").replace("-", " ").split()) or name
-
-
 def _ingest_file(path: Path, name: str) -> int:
     """Parse, chunk, embed and index one file as the product's ingestion does, in one transaction."""
     data = path.read_bytes()
     try:
         media_type = sniff_media_type(data[:SNIFF_BYTES], name)
-        parsed = parse(
-            data,
-            media_type,
-            max_uncompressed_bytes=settings.KB_MAX_UNCOMPRESSED_BYTES,
-            max_compression_ratio=settings.KB_MAX_COMPRESSION_RATIO,
-        )
+        parsed = parse_upload(data, media_type)
     except ParseError as exc:
         raise CorpusError(f"{path}: {exc.message}") from None
-    drafts = chunk_document(
-        parsed,
-        target_tokens=settings.KB_CHUNK_TARGET_TOKENS,
-        max_tokens=settings.KB_CHUNK_MAX_TOKENS,
-        overlap_tokens=settings.KB_CHUNK_OVERLAP_TOKENS,
-    )
+    drafts = chunks_of(parsed)
     if not drafts:
         raise CorpusError(f"{path}: no text was found in this file")
     # As an upload without a title: the document's own title when it has one, else the file name's.
-    title = ((parsed.title or "").strip() or _title_from_filename(name))[:300]
+    title = ((parsed.title or "").strip() or title_from_filename(name))[:300]
     inputs = [indexed_text(title, draft.text, draft.heading_path) for draft in drafts]
     vectors = embeddings.embed(inputs)
     terms = analyze(inputs)
+    # Flagged as at ingest, so that the evaluation sees passages marked untrusted as users' answers do.
+    injections = injection_flags([draft.text for draft in drafts], vectors)
     now = timezone.now()
     with transaction.atomic():
         document = Document.objects.create(
@@ -161,7 +153,10 @@ def _ingest_file(path: Path, name: str) -> int:
             extracted_chars=len(parsed.text),
         )
         created = Chunk.objects.bulk_create(
-            [chunk_from_draft(document, draft, vector) for draft, vector in zip(drafts, vectors, strict=True)]
+            [
+                chunk_from_draft(document, draft, vector, flags)
+                for draft, vector, flags in zip(drafts, vectors, injections, strict=True)
+            ]
         )
         index_apply(add=[(chunk.id, counts) for chunk, counts in zip(created, terms, strict=True)])
     return len(created)

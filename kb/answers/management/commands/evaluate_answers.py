@@ -22,24 +22,7 @@ from kb.answers.evaluation.runner import Config, EvaluationError, evaluate, mode
 DEFAULT_CORPUS = Path(settings.BASE_DIR) / "ingest" / "demo"
 PROGRESS_EVERY = 25  # questions per progress line in a non-terminal log
 # Shown in the text summary (the JSON and HTML reports hold every metric).
-SUMMARY = (
-    "hit_at_1",
-    "hit_at_k",
-    "section_hit_at_k",
-    "citation_precision",
-    "cited_answer_rate",
-    "must_include_recall",
-    "complete_answer_rate",
-    "refusal_precision",
-    "refusal_recall",
-    "false_refusal_rate",
-    "injection_block_rate",
-    "injection_leak_rate",
-    "fallback_rate",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "cost_usd",
-)
+SUMMARY = (*metrics.QUALITY_METRICS, *metrics.COST_RATES, "latency_ms_p50", "latency_ms_p95", "cost_usd")
 
 
 def _threshold(text: str) -> tuple[str, float]:
