@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "ninja",  # serves the API docs page's Swagger UI from static files (no CDN; the CSP allows only 'self')
     "template_partials.apps.SimpleAppConfig",
     "kb.accounts",
     "kb.search",
@@ -69,6 +70,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Audit events recorded while serving a request name its signed-in user (kb/audit/middleware.py).
     "kb.audit.middleware.AuditActorMiddleware",
@@ -164,12 +166,43 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
 # --- Security -------------------------------------------------------------------------------------
+# Outside DEBUG the site is taken to be served over HTTPS: the session and CSRF cookies are marked Secure, and
+# HTTPS responses carry HSTS (SecurityMiddleware sends it on secure requests only). `make run` on
+# http://127.0.0.1 still works: browsers treat loopback as a secure context and keep Secure cookies there.
+# KB_HTTPS=false only for a plain-HTTP deployment on another host (test rigs; never in production).
+KB_HTTPS = env_bool("KB_HTTPS", not DEBUG)
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG and env_bool("KB_HTTPS", False))
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_SECURE = KB_HTTPS
+CSRF_COOKIE_SECURE = KB_HTTPS
+SECURE_HSTS_SECONDS = env_int("KB_HSTS_SECONDS", 31_536_000 if KB_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("KB_HSTS_INCLUDE_SUBDOMAINS", False)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients), so that Django
+# knows a request came over HTTPS (HSTS, secure redirects, CSRF origin checks).
+if env_bool("KB_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("KB_SSL_REDIRECT", False)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp; Django's built-in CSP arrives with Django 6, which needs Python 3.12):
+# scripts, styles, fonts, frames and connections from this origin only - no inline script or style, no eval,
+# no plugins, no framing. Model output and document text are escaped or sanitized before they reach a page;
+# this is the second wall if that ever fails.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 # --- Static files ---------------------------------------------------------------------------------
 STATIC_URL = "/static/"

@@ -218,11 +218,19 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    """A fresh browser tab. Every browser test also checks that the Content-Security-Policy refused nothing
+    on the pages it visited (an inline script or style of ours would break silently in production)."""
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(15000)
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None,
+    )
     yield page
     context.close()
+    assert not refused, f"the Content-Security-Policy refused: {refused}"
 
 
 PRIMARY = "anthropic:claude-sonnet-5-5"

@@ -40,3 +40,26 @@ def test_upload_shows_live_progress_until_ready_and_the_passages(
     expect(page).to_have_url(re.compile(r"/documents/\d+/$"))
     passage = page.locator("article.chunk").filter(has_text="covered rack")
     expect(passage.locator("header")).to_contain_text("Bicycles")
+
+    # The status filter applies when changed, and deleting asks first (both wired in static/js/kb.js: the
+    # Content-Security-Policy refuses inline handlers).
+    page.goto(live_server.url + "/documents/")
+    page.get_by_label("Status").select_option("failed")
+    expect(page).to_have_url(re.compile(r"status=failed"))
+    expect(page.get_by_role("row").filter(has_text="parking-rules.md")).to_have_count(0)
+    page.get_by_label("Status").select_option("")
+    page.get_by_role("row").filter(has_text="parking-rules.md").get_by_role("link").click()
+
+    questions: list[str] = []
+
+    def answer(dialog, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, accept=False))
+    page.get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(re.compile(r"/documents/\d+/$"))
+    assert questions == ["Delete “Parking Rules”? Its passages stop answering at once."]
+    page.once("dialog", lambda dialog: answer(dialog, accept=True))
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("status")).to_contain_text("“Parking Rules” (version 1) was deleted.")
