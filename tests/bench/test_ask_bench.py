@@ -15,24 +15,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 
-from kb.accounts.models import AccessGroup
-from kb.accounts.roles import Role
-from kb.accounts.services import api_token_create, user_role_add
 from kb.answers.models import Conversation, Exchange
 from kb.llm.models import CachedAnswer
-from kb.search import beir
 from tests.bench import test_retrieval_bench as corpus
-from tests.conftest import AsgiServer, subprocess_env
+from tests.bench.asking import (
+    ask_streamed,
+    bench_database,
+    bench_employee,
+    rss_mb,
+    run_async,
+    server_env,
+    summary,
+)
+from tests.conftest import AsgiServer
 from tests.fake_anthropic import FakeAnthropic, quoting_responder
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db]
@@ -48,44 +50,6 @@ TARGET_CACHE_HIT_P95_MS = 30.0
 OUT = Path(settings.BASE_DIR) / "var" / "bench" / "ask.json"
 
 
-def _summary(values: list[float]) -> dict:
-    return {
-        "n": len(values),
-        "p50_ms": round(statistics.median(values), 1),
-        "p95_ms": round(beir.percentile(values, 0.95), 1),
-        "max_ms": round(max(values), 1),
-    }
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-async def _stream(client: httpx.AsyncClient, question: str, token: str) -> dict:
-    started = time.perf_counter()
-    first = None
-    done = None
-    async with client.stream(
-        "POST", "/api/v1/ask", json={"question": question, "stream": True}, headers={"Authorization": f"Bearer {token}"}
-    ) as response:
-        if response.status_code != 200:
-            return {"status": response.status_code, "error": (await response.aread()).decode()[:300]}
-        buffer = ""
-        async for piece in response.aiter_text():
-            buffer += piece
-            while "\n\n" in buffer:
-                block, buffer = buffer.split("\n\n", 1)
-                kind = block.split("\n", 1)[0].removeprefix("event: ")
-                if kind == "delta" and first is None:
-                    first = (time.perf_counter() - started) * 1000
-                if kind == "done":
-                    done = json.loads(block.split("data: ", 1)[1])["result"]
-    return {"status": 200, "first_ms": first, "total_ms": (time.perf_counter() - started) * 1000, "done": done}
-
-
 async def _gather(url: str, token: str, questions: list[str], concurrency: int) -> list[dict]:
     limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -94,20 +58,11 @@ async def _gather(url: str, token: str, questions: list[str], concurrency: int) 
         async def one(question: str) -> dict:
             async with gate:
                 try:
-                    return await _stream(client, question, token)
+                    return await ask_streamed(client, question, token)
                 except Exception as exc:  # counted as an error below
                     return {"status": 0, "error": f"{type(exc).__name__}: {exc}"}
 
         return await asyncio.gather(*(one(q) for q in questions))
-
-
-def _run(coroutine):
-    """asyncio.run in a thread of its own (pytest-django may hold an event loop on this one)."""
-    result: list = []
-    worker = threading.Thread(target=lambda: result.append(asyncio.run(coroutine)))
-    worker.start()
-    worker.join()
-    return result[0]
 
 
 @pytest.mark.timeout(3600)
@@ -116,51 +71,28 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
         with capsys.disabled():
             print(f"[bench] {message}", flush=True)
 
-    name = f"kb_bench_{corpus._fingerprint()}"
-    database_url = test_database_url.replace(f"/{connection.settings_dict['NAME']}", f"/{name}", 1)
-    assert name in database_url
-    with beir.isolated_index(name, log=log):
-        with connection.cursor() as cursor:
-            if not corpus._built(cursor):
-                log(f"building the synthetic corpus in {name} ({corpus.CHUNKS:,} chunks)")
-                corpus._build(log)
+    with bench_database(test_database_url, log) as database_url:
         CachedAnswer.objects.all().delete()
         Exchange.objects.all().delete()
         Conversation.objects.all().delete()
-        from django.contrib.auth import get_user_model
-
-        user, _ = get_user_model().objects.get_or_create(username="bench-employee")
-        user_role_add(user=user, role=Role.EMPLOYEE)
-        user.access_groups.add(AccessGroup.objects.get(name="bench-readers"))
-        _, token = api_token_create(user=user, name="bench")
+        _, token = bench_employee("bench-employee")
         questions = corpus._queries()
 
         with FakeAnthropic(default=lambda body: quoting_responder(body, delay_s=MODEL_DELAY_S)) as fake:
-            env = subprocess_env(
-                database_url,
-                ANTHROPIC_API_KEY="sk-ant-bench",
-                ANTHROPIC_BASE_URL=fake.url,
-                KB_MODELS="anthropic:claude-sonnet-5-5,extractive",
-                KB_EVIDENCE_MIN_SCORE="-1",
-                KB_USER_DAILY_BUDGET_USD="0",
-                KB_DAILY_BUDGET_USD="0",
-                KB_RATE_LIMIT_PER_MINUTE="0",  # one bench user asks hundreds of questions
-                KB_WARM_EMBEDDINGS="true",
-                LOG_LEVEL="WARNING",
-            )
+            env = server_env(database_url, fake.url)  # one bench user asks hundreds of questions
             server = AsgiServer(env, tmp_path / "uvicorn.log")
             try:
                 deadline = time.monotonic() + 120
                 while not httpx.get(server.url + "/readyz", timeout=5).json()["checks"]["embeddings"].get("loaded"):
                     assert time.monotonic() < deadline, "the embedding model did not load"
                     time.sleep(0.5)
-                _run(_gather(server.url, token, [f"warm up {q}" for q in questions[:10]], 5))
-                rss_before = _rss_mb(server.process.pid)
+                run_async(_gather(server.url, token, [f"warm up {q}" for q in questions[:10]], 5))
+                rss_before = rss_mb(server.process.pid)
 
                 log(f"{SEQUENTIAL_QUESTIONS} streamed questions, one at a time")
-                sequential_runs = _run(_gather(server.url, token, questions[-SEQUENTIAL_QUESTIONS:], 1))
+                sequential_runs = run_async(_gather(server.url, token, questions[-SEQUENTIAL_QUESTIONS:], 1))
                 log(f"{OVERHEAD_QUESTIONS} streamed questions, {CONCURRENT_ASKERS} at a time")
-                overhead_runs = _run(_gather(server.url, token, questions[:OVERHEAD_QUESTIONS], CONCURRENT_ASKERS))
+                overhead_runs = run_async(_gather(server.url, token, questions[:OVERHEAD_QUESTIONS], CONCURRENT_ASKERS))
                 log(f"{CACHE_QUESTIONS} repeated questions (exact cache hits)")
                 cache_ms = []
                 hits = 0
@@ -174,9 +106,9 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
                 log(f"{CONCURRENT_STREAMS} concurrent streams")
                 fresh = [f"{q} {i}" for i, q in enumerate(questions[:CONCURRENT_STREAMS])]
                 started = time.perf_counter()
-                concurrent_runs = _run(_gather(server.url, token, fresh, CONCURRENT_STREAMS))
+                concurrent_runs = run_async(_gather(server.url, token, fresh, CONCURRENT_STREAMS))
                 concurrent_wall_s = time.perf_counter() - started
-                rss_after = _rss_mb(server.process.pid)
+                rss_after = rss_mb(server.process.pid)
             finally:
                 server.stop()
 
@@ -193,8 +125,8 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
         ):
             overhead[label] = {
                 "concurrency": concurrency,
-                "server_before_model_call": _summary(server_overhead(runs)),
-                "client_first_token_less_model_delay": _summary(
+                "server_before_model_call": summary(server_overhead(runs)),
+                "client_first_token_less_model_delay": summary(
                     [run["first_ms"] - MODEL_DELAY_S * 1000 for run in runs if run.get("first_ms")]
                 ),
             }
@@ -209,15 +141,15 @@ def test_ask_overhead_cache_hits_and_200_concurrent_streams(capsys, test_databas
         "model_delay_s": MODEL_DELAY_S,
         "cpu_count": os.cpu_count(),
         "overhead": {**overhead, "target_p95_ms": TARGET_OVERHEAD_P95_MS},
-        "exact_cache_hit_end_to_end": {**_summary(cache_ms), "hits": hits, "target_p95_ms": TARGET_CACHE_HIT_P95_MS},
+        "exact_cache_hit_end_to_end": {**summary(cache_ms), "hits": hits, "target_p95_ms": TARGET_CACHE_HIT_P95_MS},
         "concurrent_streams": {
             "streams": CONCURRENT_STREAMS,
             "errors": len(errors),
             "answered": answered,
             "blocked": blocked,
             "wall_s": round(concurrent_wall_s, 2),
-            "first_token": _summary([run["first_ms"] for run in concurrent_runs if run.get("first_ms")]),
-            "total": _summary([run["total_ms"] for run in concurrent_runs if run.get("total_ms")]),
+            "first_token": summary([run["first_ms"] for run in concurrent_runs if run.get("first_ms")]),
+            "total": summary([run["total_ms"] for run in concurrent_runs if run.get("total_ms")]),
             "web_rss_mb_before": round(rss_before, 1),
             "web_rss_mb_after": round(rss_after, 1),
         },
