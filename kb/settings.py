@@ -437,6 +437,8 @@ KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, m
 # Database phases of answers running at once in one web process (each takes a connection for a few ms);
 # the rest wait their turn, so a burst of questions never exceeds PostgreSQL's connection limit.
 KB_ASK_DB_CONCURRENCY = env_int("KB_ASK_DB_CONCURRENCY", 16, minimum=1, maximum=200)
+# How long a written answer waits for a database that went away (a restart, a failover) to record it.
+KB_RECORD_RETRY_S = env_float("KB_RECORD_RETRY_S", 30.0, minimum=0.0, maximum=600.0)
 KB_ANSWER_CACHE_TTL_S = env_int("KB_ANSWER_CACHE_TTL_S", 7 * 24 * 3600, minimum=0)
 
 # --- Ingestion ------------------------------------------------------------------------------------

@@ -38,3 +38,6 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
 ]
+
+# A lost database connection answers 503 with what to do (kb/unavailable.py); anything else is a 500.
+handler500 = "kb.unavailable.server_error"

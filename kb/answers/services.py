@@ -46,6 +46,8 @@ from kb.llm.providers import EXTRACTIVE, ModelRequest, Passage, Usage, provider_
 from kb.search import embeddings
 from kb.search.models import IndexState
 from kb.search.retrieval import ReadScope, SearchResult, search_in_scope, text_clean
+from kb.unavailable import MESSAGE as DATABASE_UNAVAILABLE
+from kb.unavailable import RETRY_AFTER_S, is_database_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +157,22 @@ def _db_limit() -> asyncio.Semaphore:
 async def _run_phase(function, *args, **kwargs):
     async with _db_limit():
         return await _phase(function)(*args, **kwargs)
+
+
+async def _record(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
+    """Finish the exchange's record, waiting out a database that is briefly away (a restart, a failover):
+    the answer has been written and must not be lost from the record. Gives up after KB_RECORD_RETRY_S."""
+    deadline = time.monotonic() + settings.KB_RECORD_RETRY_S
+    pause = 0.5
+    while True:
+        try:
+            return await _run_phase(_finish, begun, done, latency)
+        except Exception as exc:
+            if not is_database_unavailable(exc) or time.monotonic() + pause > deadline:
+                raise
+            logger.warning("exchange %s not recorded yet, the database is unavailable: retrying", begun.exchange_id)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 4.0)
 
 
 def _ms(since: float) -> float:
@@ -513,8 +531,16 @@ def _answered(begun: Begun, chain_done: ChainDone) -> Ending:
 async def ask_stream(
     question: str, user, *, conversation_id: int | None = None, request_id: str = ""
 ) -> AsyncIterator[dict]:
-    """The answer as events; the caller has run `ask_check` (the question is clean and the user may ask)."""
-    begun: Begun = await _run_phase(_begin, user, question, conversation_id, request_id)
+    """The answer as events; the caller has run `ask_check` (the question is clean and the user may ask).
+    Without a database nothing can be checked or recorded: a single `error` event says so."""
+    try:
+        begun: Begun = await _run_phase(_begin, user, question, conversation_id, request_id)
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        logger.warning("ask not started, the database is unavailable: %s", str(exc).strip().splitlines()[-1:])
+        yield {"type": "error", "status": 503, "retry_after_s": RETRY_AFTER_S, "message": DATABASE_UNAVAILABLE}
+        return
     yield {"type": "start", "exchange_id": begun.exchange_id, "conversation_id": begun.conversation_id}
     for notice in begun.notices:
         yield {"type": "notice", "text": notice}
@@ -617,16 +643,16 @@ async def ask_stream(
                 )
     except (asyncio.CancelledError, GeneratorExit):
         # The client went away: record what there was, then let the cancellation go on.
-        await asyncio.shield(_run_phase(_finish, begun, Ending(outcome=Outcome.CANCELLED), latency))
+        await asyncio.shield(_record(begun, Ending(outcome=Outcome.CANCELLED), latency))
         raise
     except Exception as exc:
         logger.exception("ask %s failed", begun.exchange_id)
         failed = Ending(outcome=Outcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
         failed.answer = "Something went wrong while answering; it has been logged. Try again."
-        result = await _run_phase(_finish, begun, failed, latency)
+        result = await _record(begun, failed, latency)
         yield {"type": "done", "result": result}
         return
-    result = await _run_phase(_finish, begun, done, latency)
+    result = await _record(begun, done, latency)
     # The asker may see the personal data they typed; the record and the cache keep the masked form.
     result["answer"] = pii.restore(result["answer"], begun.placeholders)
     yield {"type": "done", "result": result}
@@ -719,6 +745,8 @@ async def ask_collect(question: str, user, *, conversation_id: int | None = None
     async for event in ask_stream(question, user, conversation_id=conversation_id, request_id=request_id):
         if event["type"] == "done":
             result = event["result"]
+        elif event["type"] == "error":
+            raise AskError(event["message"], status=event["status"], retry_after_s=event["retry_after_s"])
     return result
 
 

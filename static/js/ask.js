@@ -96,6 +96,8 @@
               history.replaceState(null, "", urlFor(form.dataset.conversationUrl, data.conversation_id));
             }
             status.textContent = "Writing the answer…";
+          } else if (kind === "error") {
+            throw new Error(data.message); // nothing was started (the database is unavailable, say)
           } else if (kind === "delta") {
             text += data.text;
             answer.textContent = text; // plain text while streaming; the sanitized HTML replaces it

@@ -1,0 +1,97 @@
+"""While the database is away: clear 503s instead of 500s, and a written answer waits to be recorded.
+
+The outage itself is rehearsed for real (PostgreSQL stopped under uvicorn) in tests/bench/test_drills.py; here
+the same error PostgreSQL raises is injected at one point, to pin each branch quickly.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError
+from django.test import RequestFactory
+
+from kb import unavailable
+from kb.accounts.services import api_token_create
+from kb.answers import services
+from kb.answers.models import Exchange, Outcome
+from kb.audit.models import AuditEvent
+from tests.answers.test_ask import _events
+
+SHUTDOWN = "terminating connection due to administrator command"
+
+
+def test_a_lost_database_connection_is_a_503_with_what_to_do_and_anything_else_a_500():
+    factory = RequestFactory()
+    for path, kind in (("/api/v1/ask", "application/json"), ("/documents/", "text/html")):
+        try:
+            raise OperationalError(SHUTDOWN)
+        except OperationalError:
+            response = unavailable.server_error(factory.get(path))
+        assert response.status_code == 503 and response["Retry-After"] == "10"
+        assert response["Content-Type"].startswith(kind)
+        assert "not reachable just now" in response.content.decode() and "Try again" in response.content.decode()
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        assert unavailable.server_error(factory.get("/api/v1/ask")).status_code == 500
+        page = unavailable.server_error(factory.get("/"))
+    assert page.status_code == 500 and "Something went wrong" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_without_a_database_an_ask_starts_nothing_and_says_so(fake_anthropic, corpus, employee, monkeypatch, client):
+    def database_gone(*args, **kwargs):
+        raise OperationalError(SHUTDOWN)
+
+    monkeypatch.setattr(services, "_begin", database_gone)
+    events = _events("What is the hotel limit per night in Amsterdam?", employee)
+    assert [event["type"] for event in events] == ["error"]
+    assert events[0]["status"] == 503 and "not reachable" in events[0]["message"]
+    assert not fake_anthropic.requests and not Exchange.objects.exists()
+
+    _, token = api_token_create(user=employee)
+    response = client.post(
+        "/api/v1/ask",
+        {"question": "What is the hotel limit per night in Amsterdam?"},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 503 and response["Retry-After"] == "10"
+    assert "not reachable" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_written_answer_waits_for_the_database_to_come_back_to_be_recorded(
+    fake_anthropic, corpus, employee, monkeypatch, settings
+):
+    settings.KB_RECORD_RETRY_S = 5
+    real_finish = services._finish
+    failures = []
+
+    def finish_after_two_failures(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise OperationalError(SHUTDOWN)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_finish", finish_after_two_failures)
+    events = _events("What is the hotel limit per night in Amsterdam?", employee)
+    assert events[-1]["type"] == "done" and len(failures) == 2
+    exchange = Exchange.objects.get(pk=events[-1]["result"]["exchange_id"])
+    assert exchange.outcome == Outcome.ANSWERED and "180" in exchange.answer
+    assert AuditEvent.objects.filter(kind="exchange").count() == 1
+
+
+@pytest.mark.django_db
+def test_recording_gives_up_after_its_deadline_leaving_the_exchange_pending(
+    fake_anthropic, corpus, employee, monkeypatch, settings
+):
+    settings.KB_RECORD_RETRY_S = 0.6
+
+    def never(*args, **kwargs):
+        raise OperationalError(SHUTDOWN)
+
+    monkeypatch.setattr(services, "_finish", never)
+    with pytest.raises(OperationalError):
+        _events("What is the hotel limit per night in Amsterdam?", employee)
+    assert Exchange.objects.get().outcome == Outcome.PENDING  # started, never finished: visible as such
