@@ -435,8 +435,12 @@ KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0
 KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, maximum=1.0)
 
 # Database phases of answers running at once in one web process (each takes a connection for a few ms);
-# the rest wait their turn, so a burst of questions never exceeds PostgreSQL's connection limit.
-KB_ASK_DB_CONCURRENCY = env_int("KB_ASK_DB_CONCURRENCY", 16, minimum=1, maximum=200)
+# the rest wait their turn, so a burst of questions never exceeds PostgreSQL's connection limit. With a pool,
+# two connections fewer than the pool holds: the rest of the process (sign-in, the checks before a stream,
+# pages) must not wait in the pool - and time out there - behind answers.
+KB_ASK_DB_CONCURRENCY = env_int(
+    "KB_ASK_DB_CONCURRENCY", max(1, KB_DB_POOL_SIZE - 2) if KB_DB_POOL_SIZE else 16, minimum=1, maximum=200
+)
 # How long a written answer waits for a database that went away (a restart, a failover) to record it.
 KB_RECORD_RETRY_S = env_float("KB_RECORD_RETRY_S", 30.0, minimum=0.0, maximum=600.0)
 KB_ANSWER_CACHE_TTL_S = env_int("KB_ANSWER_CACHE_TTL_S", 7 * 24 * 3600, minimum=0)
