@@ -7,6 +7,7 @@ until that commit the previous version answers, and afterwards only the new one 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -167,41 +169,13 @@ def document_upload(
     except ParseError as exc:
         failure = exc
 
-    with transaction.atomic():
-        document = Document(
-            title=(replaces.title if replaces is not None and auto_title else title)[:300],
-            auto_title=auto_title and replaces is None,
-            filename=name,
-            sha256=sha256,
-            size=size,
-            media_type=media_type,
-            uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
-        )
-        if replaces is not None:
-            _lock_lineage(replaces.lineage)
-            replaces = Document.objects.get(pk=replaces.pk)
-            document.lineage = replaces.lineage
-            document.version = (
-                Document.objects.filter(lineage=replaces.lineage)
-                .order_by("-version")
-                .values_list("version", flat=True)[0]
-                + 1
+    try:
+        with transaction.atomic():
+            document = _document_store(
+                source, name, title, auto_title, sha256, size, media_type, uploaded_by, replaces, failure, access_groups
             )
-            document.replaces = replaces
-        if failure is not None:
-            document.status = DocumentStatus.FAILED
-            document.error_code = failure.code
-            document.error_message = failure.message
-        source.seek(0)
-        document.original.save(name, source, save=False)
-        document.save()
-        if access_groups is not None:
-            document.access_groups.set(access_groups)
-        elif replaces is not None:
-            document.access_groups.set(replaces.access_groups.all())
-        if failure is None:
-            transaction.on_commit(partial(enqueue_processing, document.id))
-        document_upload_audit(document=document, actor=uploaded_by)
+    except _NotStored as exc:
+        return UploadResult("refused", exc.message)
 
     if failure is not None:
         return UploadResult("failed", f"{name}: {failure.message}", document)
@@ -213,6 +187,73 @@ def document_upload(
             document,
         )
     return UploadResult("queued", f"{name} is queued for processing.", document)
+
+
+class _NotStored(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _document_store(
+    source, name, title, auto_title, sha256, size, media_type, uploaded_by, replaces, failure, access_groups
+) -> Document:
+    """The new document's row, stored original, readers and audit event (inside the caller's transaction).
+    A disk that cannot take the file raises _NotStored: the transaction rolls back and no partial file stays."""
+    document = Document(
+        title=(replaces.title if replaces is not None and auto_title else title)[:300],
+        auto_title=auto_title and replaces is None,
+        filename=name,
+        sha256=sha256,
+        size=size,
+        media_type=media_type,
+        uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
+    )
+    if replaces is not None:
+        _lock_lineage(replaces.lineage)
+        replaces = Document.objects.get(pk=replaces.pk)
+        document.lineage = replaces.lineage
+        document.version = (
+            Document.objects.filter(lineage=replaces.lineage).order_by("-version").values_list("version", flat=True)[0]
+            + 1
+        )
+        document.replaces = replaces
+    if failure is not None:
+        document.status = DocumentStatus.FAILED
+        document.error_code = failure.code
+        document.error_message = failure.message
+    source.seek(0)
+    target = document.original.field.generate_filename(document, name)  # content-addressed
+    existed = default_storage.exists(target)
+    try:
+        document.original.save(name, source, save=False)
+    except OSError as exc:
+        if not existed:
+            _remove_partial(target)
+        logger.error("upload of %s not stored: %s", name, exc.strerror or exc)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise _NotStored(
+            f"{name} was not stored: "
+            + ("the server's disk is full" if full else f"the server could not write it ({exc.strerror or exc})")
+            + ". Nothing was changed; try again later and tell your administrator."
+        ) from None
+    document.save()
+    if access_groups is not None:
+        document.access_groups.set(access_groups)
+    elif replaces is not None:
+        document.access_groups.set(replaces.access_groups.all())
+    if failure is None:
+        transaction.on_commit(partial(enqueue_processing, document.id))
+    document_upload_audit(document=document, actor=uploaded_by)
+    return document
+
+
+def _remove_partial(name: str) -> None:
+    """A write that failed half-way leaves a partial file behind (Django's storage does not remove it)."""
+    try:
+        default_storage.delete(name)
+    except OSError:
+        logger.warning("could not remove the partial upload %s", name)
 
 
 def too_large_message(name: str) -> str:

@@ -1,0 +1,121 @@
+"""Faults an upload can meet, for real: a full disk (a tiny tmpfs as the media folder) and a broker that is
+down (Redis stopped, then started again). Each upload either lands whole or is refused with what to do;
+nothing half-stored, nothing lost."""
+
+from __future__ import annotations
+
+import html
+import subprocess
+import time
+from datetime import timedelta
+
+import pytest
+from django.core.files.base import ContentFile
+from django.urls import reverse
+from django.utils import timezone
+
+from ingest import services
+from ingest.models import Document, DocumentStatus
+from kb.audit.models import AuditEvent
+from tests.conftest import Worker, subprocess_env
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def small_disk(tmp_path, settings):
+    """A 256 KiB filesystem as the media folder (needs root, as `make test` on the CI machine has)."""
+    mount = tmp_path / "media"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()}): the full-disk test needs root")
+    settings.MEDIA_ROOT = mount
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _text(kib: int, seed: str) -> bytes:
+    line = f"{seed}: the travel desk books hotels and trains for every employee.\n".encode()
+    return (line * (kib * 1024 // len(line) + 1))[: kib * 1024]
+
+
+def test_a_full_disk_refuses_the_upload_clearly_and_keeps_everything_else(
+    small_disk, client, knowledge_admin, django_capture_on_commit_callbacks, monkeypatch
+):
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: True)
+    first = services.document_upload(source=ContentFile(_text(100, "first")), filename="first.txt")
+    assert first.outcome == "queued"
+    events = AuditEvent.objects.count()
+
+    client.force_login(knowledge_admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("document_upload"),
+            {"files": [ContentFile(_text(300, "big"), name="big.txt")]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    body = html.unescape(response.content.decode())
+    assert "big.txt was not stored: the server's disk is full. Nothing was changed" in body
+    assert not Document.objects.filter(filename="big.txt").exists()
+    assert AuditEvent.objects.count() == events  # no upload event for what was not stored
+    stored = [p.name for p in small_disk.rglob("*") if p.is_file()]
+    assert stored == [first.document.original.name.rsplit("/", 1)[-1]], "no partial file is left behind"
+    assert first.document.original.read() == _text(100, "first")
+    # The disk still takes what fits.
+    assert services.document_upload(source=ContentFile(_text(20, "small")), filename="small.txt").outcome == "queued"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.worker
+def test_with_the_broker_down_an_upload_is_accepted_queued_and_processed_once_it_is_back(
+    redis_url, test_database_url, tmp_path, client, knowledge_admin, settings
+):
+    from kb.celery import app
+
+    down = "redis://127.0.0.1:9/0"  # nothing listens on the discard port
+    app.conf.broker_url = down
+    settings.CELERY_BROKER_URL = down
+    try:
+        client.force_login(knowledge_admin)
+        started = time.monotonic()
+        response = client.post(
+            reverse("document_upload"),
+            {"files": [ContentFile(b"# Parking\n\nVisitors park on level -1.\n", name="parking.md")]},
+            follow=True,
+        )
+        waited = time.monotonic() - started
+    finally:
+        app.conf.broker_url = redis_url
+        settings.CELERY_BROKER_URL = redis_url
+    assert response.status_code == 200 and "parking.md is queued for processing" in response.content.decode()
+    assert waited < 15, "a dead broker must not hold the upload for long"
+    document = Document.objects.get(filename="parking.md")
+    assert document.status == DocumentStatus.QUEUED
+
+    # The broker is back: the resumer (beat, every minute; here by hand) sends what waited, a worker indexes it.
+    worker = Worker(subprocess_env(test_database_url, CELERY_BROKER_URL=redis_url), tmp_path / "worker.log")
+    worker.start()
+    try:
+        # Queued longer than KB_INGEST_QUEUED_RESEND_SECONDS, as it would be after a long outage.
+        Document.objects.filter(pk=document.pk).update(created_at=timezone.now() - timedelta(hours=2))
+        env = subprocess_env(test_database_url, CELERY_BROKER_URL=redis_url)
+        resent = subprocess.run(
+            [".venv/bin/python", "manage.py", "reindex", "--stalled", "--stalled-for", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert resent.returncode == 0, resent.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            document.refresh_from_db()
+            if document.status == DocumentStatus.READY:
+                break
+            time.sleep(0.3)
+        assert document.status == DocumentStatus.READY, worker.output()[-3000:]
+        assert document.chunks.count() == document.chunks_total == 1
+    finally:
+        worker.stop()
