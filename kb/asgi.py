@@ -13,8 +13,9 @@ def _build():
     application = get_asgi_application()
     from django.conf import settings
 
-    from kb.search.embeddings import use_threads, warm_up_in_background
+    from kb.search.embeddings import model_ensure_available, use_threads, warm_up_in_background
 
+    model_ensure_available()
     use_threads(settings.KB_WEB_TORCH_THREADS)
     warm_up_in_background()
     return application

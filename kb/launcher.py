@@ -35,7 +35,9 @@ def prepare() -> dict[str, str]:
 
     from kb.accounts.services import first_admin_ensure
     from kb.db import DatabaseUnreachable, PgvectorMissing, pgvector_ensure_available
+    from kb.search.embeddings import model_ensure_available
 
+    model_ensure_available()
     try:
         pgvector_ensure_available()
     except (PgvectorMissing, DatabaseUnreachable) as exc:

@@ -106,3 +106,20 @@ def test_an_unreachable_database_is_refused_in_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "cannot reach the database" in lines[0]
     assert "secret" not in result.stderr
+
+
+def test_a_missing_embedding_model_stops_every_entry_point_in_one_line(tmp_path, test_database_url):
+    """`make run`, the web process and a worker each refuse to start without their embedding model, saying
+    which model and what to do, instead of starting and failing every question or document later."""
+    missing = str(tmp_path / "no-model")
+    expected = f"kb: configuration error: KB_EMBEDDING_MODEL={missing!r}: no sentence-transformers model at"
+    env = {**os.environ, "KB_DATA_DIR": str(tmp_path), "KB_EMBEDDING_MODEL": missing, "DATABASE_URL": test_database_url}
+    for argv in (
+        [sys.executable, "-m", "kb.launcher"],
+        [sys.executable, "-c", "import kb.asgi"],  # what uvicorn imports
+        [sys.executable, "-m", "celery", "-A", "kb", "worker", "--concurrency", "1", "--without-mingle"],
+    ):
+        result = subprocess.run(argv, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (argv, result.stderr[-2000:])
+        assert expected in result.stderr, (argv, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, argv

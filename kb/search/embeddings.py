@@ -55,6 +55,17 @@ def model_path() -> Path:
     return path
 
 
+def model_ensure_available() -> Path:
+    """At start-up (web, worker, `make run`): the configured model must be on this machine, or kb refuses to
+    start with one line saying which model and what to do - rather than failing every question later."""
+    from kb.env import EnvError
+
+    try:
+        return model_path()
+    except EmbeddingModelMissing as exc:
+        raise EnvError(str(exc)) from None
+
+
 def model_id() -> str:
     """Identifies the vectors' origin; chunks embedded under another id must be re-embedded."""
     return f"{Path(settings.KB_EMBEDDING_MODEL).name}@{settings.KB_EMBEDDING_MAX_SEQ_LENGTH}"
