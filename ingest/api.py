@@ -15,6 +15,7 @@ from ingest.models import Document, DocumentStatus
 from kb.accounts.api_auth import for_roles
 from kb.accounts.models import AccessGroup
 from kb.accounts.roles import Role, has_role
+from kb.api_common import Text, responses
 
 router = Router(tags=["documents"])
 
@@ -69,7 +70,7 @@ def _visible(request):
 
 @router.get(
     "",
-    response=list[DocumentOut],
+    response=responses({200: list[DocumentOut]}),
     summary="Documents you may see (admins: every current one)",
     auth=for_roles(Role.EMPLOYEE, Role.KNOWLEDGE_ADMIN),
 )
@@ -82,17 +83,24 @@ def list_documents(request, status: str | None = None):
     return list(documents[:1000])
 
 
-@router.get("/{document_id}", response=DocumentOut, auth=for_roles(Role.EMPLOYEE, Role.KNOWLEDGE_ADMIN))
+@router.get(
+    "/{document_id}", response=responses({200: DocumentOut}, 404), auth=for_roles(Role.EMPLOYEE, Role.KNOWLEDGE_ADMIN)
+)
 def get_document(request, document_id: int):
     return get_object_or_404(_visible(request), pk=document_id)
 
 
-@router.post("", response=list[UploadOut], summary="Upload one or more files", auth=for_roles(Role.KNOWLEDGE_ADMIN))
+@router.post(
+    "",
+    response=responses({200: list[UploadOut]}, 400),
+    summary="Upload one or more files",
+    auth=for_roles(Role.KNOWLEDGE_ADMIN),
+)
 def upload_documents(
     request,
     files: list[UploadedFile] = File(...),  # noqa: B008 - ninja's declaration style
-    title: str | None = Form(None),
-    access_groups: list[str] = Form([]),  # noqa: B008
+    title: Text | None = Form(None),  # noqa: B008
+    access_groups: list[Text] = Form([]),  # noqa: B008
 ):
     _require_admin(request)
     groups = list(AccessGroup.objects.filter(name__in=access_groups))
@@ -123,14 +131,16 @@ def upload_documents(
     return results
 
 
-@router.delete("/{document_id}", response={204: None}, auth=for_roles(Role.KNOWLEDGE_ADMIN))
+@router.delete("/{document_id}", response=responses({204: None}, 404), auth=for_roles(Role.KNOWLEDGE_ADMIN))
 def delete_document(request, document_id: int):
     _require_admin(request)
     services.document_delete(document=get_object_or_404(Document.objects.current(), pk=document_id))
     return Status(204, None)
 
 
-@router.post("/{document_id}/reindex", response=ReindexOut, auth=for_roles(Role.KNOWLEDGE_ADMIN))
+@router.post(
+    "/{document_id}/reindex", response=responses({200: ReindexOut}, 404, 409), auth=for_roles(Role.KNOWLEDGE_ADMIN)
+)
 def reindex_document(request, document_id: int):
     _require_admin(request)
     document = get_object_or_404(Document.objects.current(), pk=document_id)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI, Schema
 
 from kb.accounts.api_auth import signed_in
 from kb.accounts.roles import roles_of
+from kb.api_common import ErrorOut
 
 api = NinjaAPI(
     title="kb API",
@@ -14,6 +17,19 @@ api = NinjaAPI(
     auth=signed_in(),
     docs_url="/docs",
 )
+
+
+@api.exception_handler(MultiPartParserError)
+@api.exception_handler(TooManyFieldsSent)
+@api.exception_handler(TooManyFilesSent)
+@api.exception_handler(RequestDataTooBig)
+def unreadable_body(request, exc):
+    """A body Django cannot read is the client's mistake: a 400 in JSON, as the schema says, not an HTML page."""
+    return api.create_response(
+        request,
+        {"detail": f"The request body could not be read ({exc}); check its encoding and size, and send it again."},
+        status=400,
+    )
 
 
 from ingest.api import router as documents_router  # noqa: E402 - the api object must exist first
@@ -35,7 +51,7 @@ class Me(Schema):
     is_superuser: bool
 
 
-@api.get("/me", response=Me, summary="Who the credentials belong to, and their roles")
+@api.get("/me", response={200: Me, 401: ErrorOut}, summary="Who the credentials belong to, and their roles")
 def me(request):
     user = request.auth
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Literal
 
 from asgiref.sync import async_to_sync
 from django.db import connection
@@ -14,7 +15,8 @@ from ninja.errors import HttpError
 from kb.accounts.api_auth import for_roles
 from kb.accounts.roles import Role
 from kb.answers import services
-from kb.answers.models import Exchange
+from kb.answers.models import Exchange, Feedback
+from kb.api_common import Text, responses
 
 router = Router(tags=["answers"])
 
@@ -22,7 +24,9 @@ router = Router(tags=["answers"])
 class AskIn(Schema):
     question: str = Field(..., description="The question, up to KB_QUESTION_MAX_CHARS characters")
     conversation_id: int | None = Field(None, description="Continue this conversation (yours); omit to start one")
-    stream: bool = Field(False, description="Answer as server-sent events: start, notice, delta, reset, done")
+    stream: bool = Field(
+        False, description="Answer as server-sent events: start, notice, delta, reset, done (or a single error)"
+    )
 
 
 class CitationOut(Schema):
@@ -48,10 +52,6 @@ class NearestOut(Schema):
     title: str
 
 
-class ErrorOut(Schema):
-    detail: str
-
-
 class AskOut(Schema):
     answer: str
     citations: list[CitationOut]
@@ -71,6 +71,35 @@ class AskOut(Schema):
     cache: dict
     guards: list[dict]
     grounding: list[dict]
+
+
+def _sse_event(kind: str, payload: dict) -> dict:
+    """One server-sent event (as OpenAPI 3.1 describes an event stream): its name and its JSON data."""
+    data = {"type": "object", "required": list(payload), "properties": payload}
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": kind},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
+
+
+_TEXT = {"type": "string"}
+SSE_EVENT = {
+    "description": "start, then notices and deltas (a reset drops the text so far), and last done with the "
+    "answer in the JSON response's shape; or, when nothing could be started (the database is unavailable), a "
+    "single error event with the status the JSON request would have had",
+    "oneOf": [
+        _sse_event("start", {"exchange_id": {"type": "integer"}, "conversation_id": {"type": "integer"}}),
+        _sse_event("notice", {"text": _TEXT}),
+        _sse_event("delta", {"text": _TEXT}),
+        _sse_event("reset", {"notice": _TEXT}),
+        _sse_event("done", {"result": {"$ref": "#/components/schemas/AskOut"}}),
+        _sse_event("error", {"status": {"type": "integer"}, "retry_after_s": {"type": "integer"}, "message": _TEXT}),
+    ],
+}
 
 
 def _error_response(error: services.AskError) -> JsonResponse:
@@ -98,7 +127,9 @@ async def _events(question: str, user, conversation_id: int | None, request_id: 
 
 @router.post(
     "/ask",
-    response={200: AskOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut, 429: ErrorOut},
+    response=responses({200: AskOut}, 400, 404, 429),
+    # With `stream: true` the 200 is a stream of server-sent events instead, each as SSE_EVENT says.
+    openapi_extra={"responses": {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}},
     auth=for_roles(Role.EMPLOYEE),
     summary="Ask a question; every claim in the answer cites a passage, or the answer says it is not covered",
 )
@@ -122,16 +153,19 @@ def ask(request, payload: AskIn, stream: bool = False):
         response["X-Request-ID"] = request_id
         return response
     # Checked above: run the pipeline itself rather than services.ask, which would check it all again.
-    return async_to_sync(services.ask_collect)(
-        question, user, conversation_id=payload.conversation_id, request_id=request_id
-    )
+    try:
+        return async_to_sync(services.ask_collect)(
+            question, user, conversation_id=payload.conversation_id, request_id=request_id
+        )
+    except services.AskError as error:  # the database went away before the answer could start
+        return _error_response(error)
 
 
 class FeedbackIn(Schema):
     exchange_id: int
-    rating: str = Field(..., description="up or down")
-    reason: str = Field("", description="with down: wrong, not_cited, outdated, incomplete or other")
-    comment: str = Field("", max_length=2000)
+    rating: Feedback.Rating = Field(..., description="up or down")
+    reason: Feedback.Reason | Literal[""] = Field("", description="why, with down (ignored with up)")
+    comment: Text = Field("", max_length=2000)
 
 
 class FeedbackOut(Schema):
@@ -143,7 +177,7 @@ class FeedbackOut(Schema):
 
 @router.post(
     "/feedback",
-    response=FeedbackOut,
+    response=responses({200: FeedbackOut}, 400, 404),
     summary="Rate one of your answers (the latest rating counts)",
     auth=for_roles(Role.EMPLOYEE),
 )

@@ -7,8 +7,9 @@ from ninja.errors import HttpError
 
 from kb.accounts.api_auth import for_roles
 from kb.accounts.roles import Role, has_role
+from kb.api_common import responses
 from kb.audit import services
-from kb.audit.export import export_response
+from kb.audit.export import CONTENT_TYPES, export_response
 from kb.audit.filters import filters_from
 
 router = Router(tags=["audit"])
@@ -32,7 +33,12 @@ class ExportQuery(Schema):
 @router.get(
     "/export",
     summary="Stream the audit log as CSV or JSON Lines; the last line is the manifest. The export is audited.",
-    response={200: None},
+    response=responses({200: None}),
+    openapi_extra={
+        "responses": {
+            200: {"content": {kind.split(";")[0]: {"schema": {"type": "string"}} for kind in CONTENT_TYPES.values()}}
+        }
+    },
     auth=for_roles(Role.COMPLIANCE, message="Exporting the audit log needs the Compliance role."),
 )
 def export(request, params: Query[ExportQuery]):
