@@ -8,8 +8,10 @@ recorded with its headers and JSON body.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -66,13 +68,15 @@ class Recorded:
 
 
 class FakeAnthropic:
-    def __init__(self, default: Callable[[dict], Reply] | None = None) -> None:
+    def __init__(self, default: Callable[[dict], Reply] | None = None, port: int = 0) -> None:
         self.script: deque[Reply] = deque()
         self.default = default or (lambda body: Reply())
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._connections: set[socket.socket] = set()  # kept-alive client connections, closed by stop()
+        # A given port brings a stopped fake back where the app expects it (the provider-outage drill).
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-anthropic", daemon=True)
 
@@ -92,9 +96,15 @@ class FakeAnthropic:
         return self
 
     def stop(self) -> None:
+        """Stop as a server that goes down does: no new connections, and the open ones are cut."""
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for sock in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeAnthropic:
         return self.start()
@@ -116,6 +126,16 @@ class FakeAnthropic:
 
             def log_message(self, format, *args):
                 pass  # quiet: tests read `fake.requests` instead
+
+            def setup(self):
+                super().setup()
+                with fake._lock:
+                    fake._connections.add(self.connection)
+
+            def finish(self):
+                with fake._lock:
+                    fake._connections.discard(self.connection)
+                super().finish()
 
             def do_POST(self):
                 length = int(self.headers.get("content-length") or 0)

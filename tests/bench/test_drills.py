@@ -24,7 +24,8 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from tests.conftest import BASE_DIR, AsgiServer, Worker, subprocess_env
+from tests.conftest import BASE_DIR, FALLBACK, PRIMARY, AsgiServer, Worker, subprocess_env
+from tests.fake_anthropic import FakeAnthropic, quoting_responder
 
 pytestmark = [pytest.mark.bench]
 
@@ -158,6 +159,7 @@ def _ask(client: httpx.Client, token: str, question: str, stream: bool) -> dict:
             body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
             return {
                 "status": response.status_code,
+                "model": body.get("model", ""),
                 "ok": response.status_code == 200 and bool(body.get("answer")),
                 "message": body.get("detail") or body.get("message") or "",
                 "ms": (time.monotonic() - started) * 1000,
@@ -166,6 +168,7 @@ def _ask(client: httpx.Client, token: str, question: str, stream: bool) -> dict:
         with client.stream("POST", "/api/v1/ask", json={"question": question, "stream": True}, headers=headers) as r:
             text = r.read().decode(errors="replace")
         done = [line for line in text.splitlines() if line.startswith("data:") and '"exchange_id"' in line]
+        model = json.loads(done[-1][5:]).get("result", {}).get("model", "") if "event: done" in text else ""
         error = "event: error" in text
         message = ""
         if r.status_code != 200:
@@ -179,11 +182,14 @@ def _ask(client: httpx.Client, token: str, question: str, stream: bool) -> dict:
             message, status = data["message"], data["status"]
         return {
             "status": status,
+            "model": model,
             "ok": r.status_code == 200 and "event: done" in text and not error,
             "message": message,
             "ms": (time.monotonic() - started) * 1000,
             "stream": True,
-            "exchange_id": json.loads(done[-1][5:]).get("exchange_id") if done else None,
+            "exchange_id": (json.loads(done[-1][5:]).get("result") or json.loads(done[-1][5:])).get("exchange_id")
+            if done
+            else None,
         }
     except httpx.HTTPError as exc:
         return {"status": 0, "ok": False, "message": f"{type(exc).__name__}: {exc}", "ms": 0}
@@ -192,8 +198,8 @@ def _ask(client: httpx.Client, token: str, question: str, stream: bool) -> dict:
 class Askers:
     """Employees asking in a loop from threads until stopped; every result is kept with its time."""
 
-    def __init__(self, base_url: str, token: str, count: int = 4) -> None:
-        self.base_url, self.token, self.count = base_url, token, count
+    def __init__(self, base_url: str, token: str, count: int = 4, pause_s: float = 0.2) -> None:
+        self.base_url, self.token, self.count, self.pause_s = base_url, token, count, pause_s
         self.results: list[tuple[float, dict]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
@@ -205,7 +211,7 @@ class Askers:
             while not self._stop.is_set():
                 result = _ask(client, self.token, rng.choice(QUESTIONS), stream=rng.random() < 0.5)
                 self.results.append((time.monotonic() - self.started, result))
-                time.sleep(0.2)
+                time.sleep(self.pause_s)
 
     def __enter__(self) -> Askers:
         for thread in self._threads:
@@ -324,3 +330,83 @@ def test_drill_postgresql_restarted_during_asks_and_ingestion(kb, tmp_path):
         worker.stop()
         (tmp_path / "uvicorn.log").replace(OUT.parent / "drill-postgresql-uvicorn.log") if OUT.parent.exists() else None
         os.replace(tmp_path / "worker.log", OUT.parent / "drill-postgresql-worker.log")
+
+
+OUTAGE_S = float(os.environ.get("KB_DRILL_OUTAGE_S", "600"))
+
+
+def _summary(values: list[float]) -> dict:
+    values = sorted(values)
+    if not values:
+        return {"n": 0}
+    p50, p95 = values[len(values) // 2], values[int(len(values) * 0.95)]
+    return {"n": len(values), "p50_ms": round(p50), "p95_ms": round(p95)}
+
+
+def test_drill_the_model_provider_down_for_ten_minutes(kb, tmp_path):
+    """The Anthropic endpoint stops answering (connection refused) for KB_DRILL_OUTAGE_S (600 s): every
+    question is still answered - by the extractive fallback, fast once the breakers are open - and the
+    primary model answers again within a breaker cool-down of its return, with nothing lost on the way."""
+    fake = FakeAnthropic(default=lambda body: quoting_responder(body, delay_s=0.3)).start()
+    port = int(fake.url.rsplit(":", 1)[1])
+    env = {
+        **kb.env,
+        "ANTHROPIC_API_KEY": "sk-ant-drill",
+        "ANTHROPIC_BASE_URL": fake.url,
+        "KB_MODELS": f"{PRIMARY},{FALLBACK},extractive",
+        "KB_ANSWER_CACHE_TTL_S": "0",  # every question goes to the model layer
+        "KB_SEMANTIC_CACHE_MIN_SIMILARITY": "1.0",
+    }
+    worker = Worker({**env, "KB_DB_POOL_SIZE": "0"}, tmp_path / "worker.log")
+    worker.start()
+    handbook = tmp_path / "handbook.md"
+    handbook.write_text(HANDBOOK)
+    kb.manage("ingest", str(handbook), "--wait", timeout=300)
+    worker.stop()
+    server = AsgiServer(env, tmp_path / "uvicorn.log")
+    try:
+        with Askers(server.url, kb.token, count=2, pause_s=1.0) as askers:
+            time.sleep(20)
+            down_at = time.monotonic() - askers.started
+            fake.stop()
+            time.sleep(OUTAGE_S)
+            fake = FakeAnthropic(default=lambda body: quoting_responder(body, delay_s=0.3), port=port).start()
+            up_at = time.monotonic() - askers.started
+            _wait(
+                lambda: any(t > up_at and r["model"] == PRIMARY for t, r in askers.results),
+                120,
+                "the primary model to answer again",
+            )
+            back_at = min(t for t, r in askers.results if t > up_at and r["model"] == PRIMARY)
+            time.sleep(15)
+        fake.stop()
+
+        def phase(start: float, end: float) -> list[dict]:
+            return [r for t, r in askers.results if start <= t - r["ms"] / 1000 and t <= end]
+
+        before, during, after = phase(0, down_at), phase(down_at, up_at), phase(back_at, 1e9)
+        exchanges = kb.sql("SELECT count(*), count(*) FILTER (WHERE outcome = 'pending') FROM answers_exchange")[0]
+        events = kb.sql("SELECT count(*) FROM audit_auditevent WHERE kind = 'exchange'")[0][0]
+        outcome = {
+            "outage_s": OUTAGE_S,
+            "asks": len(askers.results),
+            "statuses": dict(Counter(str(r["status"]) for _, r in askers.results)),
+            "before": {"models": dict(Counter(r["model"] for r in before)), **_summary([r["ms"] for r in before])},
+            "during": {"models": dict(Counter(r["model"] for r in during)), **_summary([r["ms"] for r in during])},
+            "during_first_30s": _summary([r["ms"] for t, r in askers.results if down_at <= t <= down_at + 30]),
+            "primary_again_after_s": round(back_at - up_at, 1),
+            "after": {"models": dict(Counter(r["model"] for r in after)), **_summary([r["ms"] for r in after])},
+            "exchanges": exchanges[0],
+            "pending": exchanges[1],
+            "audit_exchange_events": events,
+        }
+        _record("model_provider_down", outcome)
+        assert set(outcome["statuses"]) == {"200"}, server.output()[-3000:]
+        assert all(r["ok"] for _, r in askers.results)
+        assert {r["model"] for r in during} == {"extractive"}
+        assert back_at - up_at <= 60
+        assert exchanges[0] == events == len(askers.results) and exchanges[1] == 0
+    finally:
+        server.stop()
+        fake.stop()
+        os.replace(tmp_path / "uvicorn.log", OUT.parent / "drill-provider-uvicorn.log")
