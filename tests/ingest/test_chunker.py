@@ -5,7 +5,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.chunker import ChunkDraft, chunk_document, split_sentences, wordpiece_counter
-from ingest.parsers import MARKDOWN, PDF, PLAIN, Block, ParsedDocument, ParseError, document_from_blocks, parse
+from ingest.parsers import (
+    DOCX,
+    HTML,
+    MARKDOWN,
+    PDF,
+    PLAIN,
+    Block,
+    ParsedDocument,
+    ParseError,
+    document_from_blocks,
+    parse,
+)
 from tests.ingest import fixtures_build as build
 
 
@@ -383,3 +394,77 @@ def test_real_documents_chunk_the_same_with_span_counts():
     fast = chunk_document(doc, target_tokens=60, max_tokens=80, overlap_tokens=12)
     slow = chunk_document(doc, target_tokens=60, max_tokens=80, overlap_tokens=12, count_tokens=wordpiece_counter())
     assert fast == slow
+
+
+# --- extracted text of every format is covered, in order ----------------------------------------------------
+
+
+def assert_covers_in_order(doc: ParsedDocument, chunks: list[ChunkDraft]) -> None:
+    """Every character of the extracted text outside headings (which travel in heading paths) is in exactly
+    one chunk's own text, in reading order, modulo whitespace; each chunk's text ends with its own text."""
+    body = "".join(
+        ch
+        for block, (start, end) in zip(doc.blocks, doc.offsets, strict=True)
+        if block.kind != "heading"
+        for ch in doc.text[start:end]
+        if not ch.isspace()
+    )
+    own = "".join(ch for c in chunks for ch in doc.text[c.char_start : c.char_end] if not ch.isspace())
+    assert own == body
+    for chunk in chunks:
+        assert chunk.text.endswith(doc.text[chunk.char_start : chunk.char_end])
+        assert chunk.text.strip()
+    headings = {block.text for block in doc.blocks if block.kind == "heading"}
+    assert all(set(c.heading_path) <= headings for c in chunks)
+
+
+_LINES = st.lists(
+    st.text(alphabet=st.characters(codec="cp1252", exclude_categories=("Cc", "Cs")), max_size=60)
+    | st.sampled_from(["", "1 Scope", "2.1 Limits", "- item", "Dr. Smith paid 3.5 EUR. Then left."]),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _chunked_with_the_model_tokenizer(doc: ParsedDocument) -> list[ChunkDraft]:
+    # The embedding model's own tokenizer (the default) at small sizes, so that even short inputs split.
+    return chunk_document(doc, target_tokens=12, max_tokens=16, overlap_tokens=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=600), st.sampled_from([PLAIN, MARKDOWN, HTML]))
+def test_chunks_of_any_parsed_text_cover_it_in_order(text, media_type):
+    try:
+        doc = parse(text.encode(), media_type)
+    except ParseError:
+        return
+    assert_covers_in_order(doc, _chunked_with_the_model_tokenizer(doc))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(_LINES, min_size=1, max_size=3))
+def test_chunks_of_a_parsed_pdf_cover_its_text_in_order(pages):
+    try:
+        doc = parse(build.build_pdf(pages), PDF)
+    except ParseError:
+        return
+    assert_covers_in_order(doc, _chunked_with_the_model_tokenizer(doc))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Normal", "Heading 1", "Heading 2", "List Bullet"]), _LINES), max_size=8))
+def test_chunks_of_a_parsed_docx_cover_its_text_in_order(paragraphs):
+    import io
+
+    import docx
+
+    document = docx.Document()
+    for style, lines in paragraphs:
+        document.add_paragraph("\n".join(lines), style=style)
+    out = io.BytesIO()
+    document.save(out)
+    try:
+        doc = parse(out.getvalue(), DOCX)
+    except ParseError:
+        return
+    assert_covers_in_order(doc, _chunked_with_the_model_tokenizer(doc))
