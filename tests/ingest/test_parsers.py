@@ -616,6 +616,28 @@ def test_damaged_files_parse_or_fail_with_a_readable_parse_error(media_type, dat
         assert doc.text.strip()
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_word_files_with_damaged_xml_inside_an_intact_zip_parse_or_fail_readably(data):
+    # A damaged zip is caught by its checksums; damage inside the XML reaches python-docx and lxml.
+    with zipfile.ZipFile(io.BytesIO(_VALID[DOCX])) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    part = data.draw(st.sampled_from(["word/document.xml", "word/styles.xml", "[Content_Types].xml"]))
+    xml = bytearray(entries[part])
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        at = data.draw(st.integers(min_value=0, max_value=len(xml) - 1))
+        replacement = data.draw(st.sampled_from([b"", b"<", b">", b"&", b"\x00", b"<w:p>", b"</w:body>", b"\xff"]))
+        del xml[at : at + data.draw(st.integers(min_value=0, max_value=32))]
+        xml[at:at] = replacement
+    entries[part] = bytes(xml)
+    try:
+        doc = parse(build.build_zip(entries), DOCX)
+    except ParseError as error:
+        assert_readable(error)
+    else:
+        assert_offsets_match(doc)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.text(max_size=40))
 @pytest.mark.parametrize("media_type", sorted(_VALID))
