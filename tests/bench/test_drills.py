@@ -245,6 +245,7 @@ def _long_text(sections: int) -> str:
     )
 
 
+@pytest.mark.timeout(1200)
 def test_drill_postgresql_restarted_during_asks_and_ingestion(kb, tmp_path):
     """PostgreSQL goes away for 8 s while employees ask and a worker embeds a document: asks in the gap fail
     with a clear 503 (or a clear error event on a stream), the same web process answers again once the
@@ -343,6 +344,7 @@ def _summary(values: list[float]) -> dict:
     return {"n": len(values), "p50_ms": round(p50), "p95_ms": round(p95)}
 
 
+@pytest.mark.timeout(OUTAGE_S + 900)
 def test_drill_the_model_provider_down_for_ten_minutes(kb, tmp_path):
     """The Anthropic endpoint stops answering (connection refused) for KB_DRILL_OUTAGE_S (600 s): every
     question is still answered - by the extractive fallback, fast once the breakers are open - and the
