@@ -252,18 +252,18 @@ def _long_text(sections: int) -> str:
 
 
 @pytest.mark.timeout(1200)
-def test_drill_postgresql_restarted_during_asks_and_ingestion(kb, tmp_path):
+def test_drill_postgresql_restarted_during_asks_and_ingestion(kb):
     """PostgreSQL goes away for 8 s while employees ask and a worker embeds a document: asks in the gap fail
     with a clear 503 (or a clear error event on a stream), the same web process answers again once the
     database is back, the document finishes with no duplicate chunks, and every answered ask is on record."""
-    worker = Worker({**kb.env, "KB_DB_POOL_SIZE": "0", "KB_EMBEDDING_BATCH_SIZE": "4"}, tmp_path / "worker.log")
+    worker = Worker({**kb.env, "KB_DB_POOL_SIZE": "0", "KB_EMBEDDING_BATCH_SIZE": "4"}, kb.data_dir / "worker.log")
     worker.start()
-    handbook = tmp_path / "handbook.md"
+    handbook = kb.data_dir / "handbook.md"
     handbook.write_text(HANDBOOK)
     kb.manage("ingest", str(handbook), "--wait", timeout=300)
-    server = AsgiServer(kb.env, tmp_path / "uvicorn.log")
+    server = AsgiServer(kb.env, kb.data_dir / "uvicorn.log")
     pid = server.process.pid
-    long_doc = tmp_path / "procedures.md"
+    long_doc = kb.data_dir / "procedures.md"
     long_doc.write_text("# Procedures\n\n" + _long_text(80))
     try:
         with Askers(server.url, kb.token) as askers:
@@ -335,8 +335,9 @@ def test_drill_postgresql_restarted_during_asks_and_ingestion(kb, tmp_path):
     finally:
         server.stop()
         worker.stop()
-        (tmp_path / "uvicorn.log").replace(OUT.parent / "drill-postgresql-uvicorn.log") if OUT.parent.exists() else None
-        os.replace(tmp_path / "worker.log", OUT.parent / "drill-postgresql-worker.log")
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(kb.data_dir / "uvicorn.log", OUT.parent / "drill-postgresql-uvicorn.log")
+        shutil.move(kb.data_dir / "worker.log", OUT.parent / "drill-postgresql-worker.log")
 
 
 OUTAGE_S = float(os.environ.get("KB_DRILL_OUTAGE_S", "600"))
@@ -351,7 +352,7 @@ def _summary(values: list[float]) -> dict:
 
 
 @pytest.mark.timeout(OUTAGE_S + 900)
-def test_drill_the_model_provider_down_for_ten_minutes(kb, tmp_path):
+def test_drill_the_model_provider_down_for_ten_minutes(kb):
     """The Anthropic endpoint stops answering (connection refused) for KB_DRILL_OUTAGE_S (600 s): every
     question is still answered - by the extractive fallback, fast once the breakers are open - and the
     primary model answers again within a breaker cool-down of its return, with nothing lost on the way."""
@@ -365,13 +366,13 @@ def test_drill_the_model_provider_down_for_ten_minutes(kb, tmp_path):
         "KB_ANSWER_CACHE_TTL_S": "0",  # every question goes to the model layer
         "KB_SEMANTIC_CACHE_MIN_SIMILARITY": "1.0",
     }
-    worker = Worker({**env, "KB_DB_POOL_SIZE": "0"}, tmp_path / "worker.log")
+    worker = Worker({**env, "KB_DB_POOL_SIZE": "0"}, kb.data_dir / "worker.log")
     worker.start()
-    handbook = tmp_path / "handbook.md"
+    handbook = kb.data_dir / "handbook.md"
     handbook.write_text(HANDBOOK)
     kb.manage("ingest", str(handbook), "--wait", timeout=300)
     worker.stop()
-    server = AsgiServer(env, tmp_path / "uvicorn.log")
+    server = AsgiServer(env, kb.data_dir / "uvicorn.log")
     try:
         with Askers(server.url, kb.token, count=2, pause_s=1.0) as askers:
             time.sleep(20)
@@ -417,4 +418,5 @@ def test_drill_the_model_provider_down_for_ten_minutes(kb, tmp_path):
     finally:
         server.stop()
         fake.stop()
-        os.replace(tmp_path / "uvicorn.log", OUT.parent / "drill-provider-uvicorn.log")
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(kb.data_dir / "uvicorn.log", OUT.parent / "drill-provider-uvicorn.log")
