@@ -277,6 +277,8 @@ CELERY_BEAT_SCHEDULE = {
     "ingest-reindex-stale-embeddings": {"task": "ingest.reindex_stale_embeddings", "schedule": 600.0},
     # Answer-cache entries of older index versions or past their lifetime can never be served: drop them.
     "llm-cache-prune": {"task": "llm.cache_prune", "schedule": 3600.0},
+    # An exchange left pending by a web process that died mid-answer is recorded as failed (with its event).
+    "answers-close-abandoned": {"task": "answers.close_abandoned", "schedule": 300.0},
     # Recompute the audit log's hash chain; a break is logged and shown on /metrics (kb_audit_chain_ok).
     "audit-verify": {"task": "audit.verify", "schedule": float(KB_AUDIT_VERIFY_INTERVAL_S)},
     # Delete audit events past KB_AUDIT_RETENTION_DAYS (not while a legal hold is on).
@@ -443,6 +445,9 @@ KB_ASK_DB_CONCURRENCY = env_int(
 )
 # How long a written answer waits for a database that went away (a restart, a failover) to record it.
 KB_RECORD_RETRY_S = env_float("KB_RECORD_RETRY_S", 30.0, minimum=0.0, maximum=600.0)
+# An exchange still pending after this long was abandoned (its process died): beat records it as failed.
+# Far beyond the longest answer (three links' total timeouts, retries and the record wait).
+KB_ABANDONED_EXCHANGE_S = env_int("KB_ABANDONED_EXCHANGE_S", 900, minimum=60)
 KB_ANSWER_CACHE_TTL_S = env_int("KB_ANSWER_CACHE_TTL_S", 7 * 24 * 3600, minimum=0)
 
 # --- Ingestion ------------------------------------------------------------------------------------

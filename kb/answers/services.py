@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 from asgiref.sync import async_to_sync, sync_to_async
@@ -754,6 +755,35 @@ def ask(question: str, user, *, conversation_id: int | None = None, request_id: 
     """Ask and wait for the whole answer (JSON API, command). Raises AskError for a question not askable."""
     cleaned = ask_check(user, question, conversation_id)
     return async_to_sync(ask_collect)(cleaned, user, conversation_id=conversation_id, request_id=request_id)
+
+
+# --- exchanges nobody finished ---------------------------------------------------------------------------
+
+ABANDONED_ERROR = (
+    "interrupted: the web process stopped (or lost its database) before the answer was recorded; "
+    "closed by the abandoned-exchange sweep"
+)
+
+
+def exchanges_close_abandoned(*, older_than: timedelta | None = None) -> int:
+    """Exchanges still pending long after any answer could have finished - their web process was killed or
+    restarted mid-answer, or the database stayed away longer than KB_RECORD_RETRY_S - are recorded as failed,
+    each with its audit event, so that every exchange that was started is on record. Beat runs this."""
+    age = older_than if older_than is not None else timedelta(seconds=settings.KB_ABANDONED_EXCHANGE_S)
+    cutoff = timezone.now() - age
+    closed = 0
+    stale = Exchange.objects.filter(outcome=Outcome.PENDING, created_at__lt=cutoff).order_by("pk")
+    for pk in stale.values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            finished = Exchange.objects.filter(pk=pk, outcome=Outcome.PENDING).update(
+                outcome=Outcome.FAILED, error=ABANDONED_ERROR, finished_at=timezone.now()
+            )
+            if finished:  # not finished by its own process in the meantime
+                exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=pk))
+                closed += 1
+    if closed:
+        logger.warning("%s abandoned exchanges recorded as failed", closed)
+    return closed
 
 
 # --- feedback ----------------------------------------------------------------------------------------------

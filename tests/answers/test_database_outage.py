@@ -95,3 +95,21 @@ def test_recording_gives_up_after_its_deadline_leaving_the_exchange_pending(
     with pytest.raises(OperationalError):
         _events("What is the hotel limit per night in Amsterdam?", employee)
     assert Exchange.objects.get().outcome == Outcome.PENDING  # started, never finished: visible as such
+
+
+@pytest.mark.django_db
+def test_an_exchange_its_process_never_finished_is_closed_as_failed_with_its_audit_event(corpus, employee):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    abandoned = services._begin(employee, "What is the hotel limit per night in Amsterdam?", None, "r1")
+    recent = services._begin(employee, "How long must a password be?", None, "r2")
+    Exchange.objects.filter(pk=abandoned.exchange_id).update(created_at=timezone.now() - timedelta(hours=1))
+    assert services.exchanges_close_abandoned() == 1
+    closed = Exchange.objects.get(pk=abandoned.exchange_id)
+    assert closed.outcome == Outcome.FAILED and closed.error.startswith("interrupted") and closed.finished_at
+    (event,) = AuditEvent.objects.filter(kind="exchange")
+    assert event.data["exchange_id"] == closed.pk and event.data["outcome"] == Outcome.FAILED
+    assert Exchange.objects.get(pk=recent.exchange_id).outcome == Outcome.PENDING  # may still be answering
+    assert services.exchanges_close_abandoned() == 0  # once only
