@@ -25,6 +25,7 @@ from kb.accounts.roles import Role
 from kb.accounts.services import api_token_create
 from tests.factories import UserFactory
 from tests.ingest import fixtures_build as build
+from tests.ingest.test_parsers import mutated
 from tests.ingest.test_services import assert_index_consistent
 
 pytestmark = pytest.mark.django_db
@@ -71,23 +72,7 @@ CONTENT_TYPES = [
 @st.composite
 def damaged(draw: st.DrawFn) -> bytes:
     """A small valid file with a few bytes flipped, cut, deleted or inserted."""
-    data = bytearray(draw(st.sampled_from(VALID)))
-    for _ in range(draw(st.integers(min_value=0, max_value=4))):
-        at = draw(st.integers(min_value=0, max_value=max(len(data) - 1, 0)))
-        kind = draw(st.sampled_from(["flip", "truncate", "delete", "insert"]))
-        if kind == "flip" and data:
-            data[at] ^= draw(st.integers(min_value=1, max_value=255))
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "delete":
-            del data[at : at + draw(st.integers(min_value=1, max_value=256))]
-        else:
-            junk = draw(
-                st.binary(min_size=1, max_size=64)
-                | st.sampled_from([b"\x00" * 16, b"%PDF-1.7\n", b"PK\x03\x04", b"<html><script>", b"\xff\xfe", b"MZ"])
-            )
-            data[at:at] = junk
-    return bytes(data)
+    return mutated(draw, draw(st.sampled_from(VALID)), min_edits=0)
 
 
 FILES = damaged() | st.binary(max_size=600) | st.text(max_size=300).map(str.encode)

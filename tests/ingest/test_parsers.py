@@ -582,11 +582,15 @@ _VALID = {
 _FILENAMES = {PDF: "policy.pdf", DOCX: "handbook.docx", HTML: "page.html", MARKDOWN: "notes.md", PLAIN: "notes.txt"}
 
 
-@st.composite
-def damaged(draw: st.DrawFn, media_type: str) -> bytes:
-    """The valid `media_type` file with up to four byte flips, cuts, deletions or insertions."""
-    data = bytearray(_VALID[media_type])
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+JUNK = st.binary(min_size=1, max_size=64) | st.sampled_from(
+    [b"\x00" * 16, b"%%EOF", b"%PDF-1.7\n", b"PK\x03\x04", b"<", b"<html><script>", b"\xff\xfe", b"MZ"]
+)
+
+
+def mutated(draw: st.DrawFn, original: bytes, *, min_edits: int = 1, max_edits: int = 4) -> bytes:
+    """`original` with a few bytes flipped, cut, deleted or inserted (shared by the upload fuzzing)."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(min_value=min_edits, max_value=max_edits))):
         at = draw(st.integers(min_value=0, max_value=max(len(data) - 1, 0)))
         kind = draw(st.sampled_from(["flip", "truncate", "delete", "insert"]))
         if kind == "flip" and data:
@@ -594,11 +598,16 @@ def damaged(draw: st.DrawFn, media_type: str) -> bytes:
         elif kind == "truncate":
             del data[at:]
         elif kind == "delete":
-            del data[at : at + draw(st.integers(min_value=1, max_value=64))]
+            del data[at : at + draw(st.integers(min_value=1, max_value=256))]
         else:
-            junk = draw(st.binary(min_size=1, max_size=64) | st.sampled_from([b"\x00", b"%%EOF", b"PK\x03\x04", b"<"]))
-            data[at:at] = junk
+            data[at:at] = draw(JUNK)
     return bytes(data)
+
+
+@st.composite
+def damaged(draw: st.DrawFn, media_type: str) -> bytes:
+    """The valid `media_type` file with up to four byte flips, cuts, deletions or insertions."""
+    return mutated(draw, _VALID[media_type])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
