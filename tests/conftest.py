@@ -262,12 +262,24 @@ def fake_anthropic(settings):
 class AsgiServer:
     """The app under uvicorn in a process of its own (the production server), on the test database."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.workers = workers
+        more = ["--workers", str(workers)] if workers > 1 else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "kb.asgi:application", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "kb.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *more,
+            ],
             cwd=BASE_DIR,
             env=env,
             stdout=log.open("ab"),
@@ -280,16 +292,19 @@ class AsgiServer:
         import httpx
 
         deadline = time.monotonic() + 90
+        loaded_in_a_row = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"uvicorn exited:\n{self.output()}")
             try:
-                # Ready once the embedding model is loaded: the first question then answers in time.
+                # Ready once the embedding model is loaded: the first question then answers in time. With
+                # several worker processes any one may answer: wait for a run of loaded answers.
                 checks = httpx.get(self.url + "/readyz", timeout=2).json()["checks"]
-                if checks["embeddings"].get("loaded"):
+                loaded_in_a_row = loaded_in_a_row + 1 if checks["embeddings"].get("loaded") else 0
+                if loaded_in_a_row >= 1 + 3 * (self.workers - 1):
                     return
             except (httpx.HTTPError, ValueError, KeyError):
-                pass
+                loaded_in_a_row = 0
             time.sleep(0.2)
         raise RuntimeError(f"uvicorn was not ready within 90 s:\n{self.output()}")
 

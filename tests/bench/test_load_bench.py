@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 import pytest
 from django.conf import settings
@@ -59,6 +60,8 @@ from tests.fake_anthropic import FakeAnthropic, Reply, question_of, quoting_resp
 pytestmark = [pytest.mark.bench, pytest.mark.django_db]
 
 DURATION_S = float(os.environ.get("KB_LOAD_DURATION_S", "300"))
+# uvicorn worker processes (KB_WEB_PROCESSES in the Procfile): one process is GIL-bound at about one core.
+WEB_PROCESSES = int(os.environ.get("KB_LOAD_WEB_PROCESSES", "1"))
 EMPLOYEES = 200
 RAMP_UP_S = 10.0  # employees start spread over this (a real morning does not start in one millisecond)
 THINK_S = (1.0, 3.0)
@@ -178,9 +181,34 @@ async def _employee(number: int, client: httpx.AsyncClient, token: str, popular:
     return runs
 
 
+def _family(pid: int) -> list[int]:
+    """The server process and its worker processes (uvicorn --workers)."""
+    try:
+        parent = psutil.Process(pid)
+        return [pid, *(child.pid for child in parent.children(recursive=True))]
+    except psutil.Error:
+        return [pid]
+
+
 def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    total = 0.0
+    for member in _family(pid) if pid != os.getpid() else [pid]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
+
+
+def _rss_mb(pid: int) -> float:
+    total = 0.0
+    for member in _family(pid):
+        try:
+            total += rss_mb(member)
+        except OSError:
+            continue
+    return total
 
 
 def _machine_busy_s() -> float:
@@ -214,7 +242,7 @@ class Sampler(threading.Thread):
             ).fetchone()[0]
         sample = {
             "t_s": round(now[0] - self.started, 1),
-            "rss_mb": round(rss_mb(self.pid), 1),
+            "rss_mb": round(_rss_mb(self.pid), 1),
             "db_connections": connections,
             "cpu_cores": dict(zip(("web", "load_generator", "machine"), cores, strict=True)),
         }
@@ -291,7 +319,7 @@ def test_200_employees_asking_for_minutes(capsys, test_database_url, tmp_path):
                 # On, so that its query is paid for; an employee asks up to ~30 times a minute here.
                 KB_RATE_LIMIT_PER_MINUTE="120",
             )
-            server = AsgiServer(env, tmp_path / "uvicorn.log")
+            server = AsgiServer(env, tmp_path / "uvicorn.log", workers=WEB_PROCESSES)
             sampler = Sampler(server.process.pid, database_url, connect_name(database_url))
             try:
                 first_seq = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
@@ -365,6 +393,7 @@ def test_200_employees_asking_for_minutes(capsys, test_database_url, tmp_path):
     tracebacks = server_log.count("Traceback (most recent call last)")
     report = {
         "employees": EMPLOYEES,
+        "web_processes": WEB_PROCESSES,
         "duration_s": DURATION_S,
         "wall_s": round(wall_s, 1),
         "cpu_count": os.cpu_count(),
