@@ -455,7 +455,9 @@ def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
         "guards": begun.verdicts,
         "grounding": done.grounding,
     }
-    Exchange.objects.filter(pk=begun.exchange_id).update(
+    # Only a pending exchange is finished: a retry after a commit whose acknowledgement was lost (see _record)
+    # finds it done and must not write a second audit event or cache entry.
+    finished = Exchange.objects.filter(pk=begun.exchange_id, outcome=Outcome.PENDING).update(
         outcome=done.outcome,
         answer=done.answer,
         citations=done.citations,
@@ -478,6 +480,8 @@ def _finish(begun: Begun, done: Ending, latency: dict[str, float]) -> dict:
         error=done.error,
         finished_at=timezone.now(),
     )
+    if not finished:
+        return result
     exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=begun.exchange_id))
     if (
         begun.use_cache

@@ -113,3 +113,27 @@ def test_an_exchange_its_process_never_finished_is_closed_as_failed_with_its_aud
     assert event.data["exchange_id"] == closed.pk and event.data["outcome"] == Outcome.FAILED
     assert Exchange.objects.get(pk=recent.exchange_id).outcome == Outcome.PENDING  # may still be answering
     assert services.exchanges_close_abandoned() == 0  # once only
+
+
+@pytest.mark.django_db
+def test_a_record_retried_after_a_commit_it_did_not_hear_of_is_written_once(
+    fake_anthropic, corpus, employee, monkeypatch, settings
+):
+    """The database commits the finished exchange, then the connection drops before the acknowledgement:
+    the retry must not record it (or its audit event) a second time."""
+    settings.KB_RECORD_RETRY_S = 5
+    real_finish = services._finish
+    calls = []
+
+    def commit_then_lose_the_connection(*args, **kwargs):
+        calls.append(1)
+        result = real_finish(*args, **kwargs)
+        if len(calls) == 1:
+            raise OperationalError(SHUTDOWN)
+        return result
+
+    monkeypatch.setattr(services, "_finish", commit_then_lose_the_connection)
+    events = _events("What is the hotel limit per night in Amsterdam?", employee)
+    assert events[-1]["type"] == "done" and len(calls) == 2
+    assert Exchange.objects.get().outcome == Outcome.ANSWERED
+    assert AuditEvent.objects.filter(kind="exchange").count() == 1
