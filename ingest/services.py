@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +21,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -223,13 +224,15 @@ def _document_store(
         document.error_code = failure.code
         document.error_message = failure.message
     source.seek(0)
-    target = document.original.field.generate_filename(document, name)  # content-addressed
-    existed = default_storage.exists(target)
+    # Content-addressed, plus a part of this upload's own: a write that fails (a full disk) removes exactly
+    # what it wrote, never the file of another upload of the same bytes.
+    storage = document.original.storage
+    base, ext = os.path.splitext(document.original.field.generate_filename(document, name))
+    own = f"{base}-{uuid.uuid4().hex[:12]}{ext}"
     try:
-        document.original.save(name, source, save=False)
+        document.original.name = storage.save(own, source)
     except OSError as exc:
-        if not existed:
-            _remove_partial(target)
+        _remove_partial(storage, own)
         logger.error("upload of %s not stored: %s", name, exc.strerror or exc)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise _NotStored(
@@ -237,21 +240,25 @@ def _document_store(
             + ("the server's disk is full" if full else f"the server could not write it ({exc.strerror or exc})")
             + ". Nothing was changed; try again later and tell your administrator."
         ) from None
-    document.save()
-    if access_groups is not None:
-        document.access_groups.set(access_groups)
-    elif replaces is not None:
-        document.access_groups.set(replaces.access_groups.all())
-    if failure is None:
-        transaction.on_commit(partial(enqueue_processing, document.id))
-    document_upload_audit(document=document, actor=uploaded_by)
+    try:
+        document.save()
+        if access_groups is not None:
+            document.access_groups.set(access_groups)
+        elif replaces is not None:
+            document.access_groups.set(replaces.access_groups.all())
+        if failure is None:
+            transaction.on_commit(partial(enqueue_processing, document.id))
+        document_upload_audit(document=document, actor=uploaded_by)
+    except BaseException:
+        _remove_partial(storage, document.original.name)  # the row is rolled back: its file must go too
+        raise
     return document
 
 
-def _remove_partial(name: str) -> None:
+def _remove_partial(storage, name: str) -> None:
     """A write that failed half-way leaves a partial file behind (Django's storage does not remove it)."""
     try:
-        default_storage.delete(name)
+        storage.delete(name)
     except OSError:
         logger.warning("could not remove the partial upload %s", name)
 

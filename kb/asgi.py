@@ -51,4 +51,9 @@ def _build():
     return application
 
 
-application = fail_cleanly(_build)
+try:
+    application = fail_cleanly(_build)
+except SystemExit:
+    # uvicorn's start-up failure code: with --workers its supervisor then stops instead of restarting the
+    # process every half second with the same configuration error.
+    raise SystemExit(3) from None

@@ -93,6 +93,13 @@ def main() -> int:
     env = fail_cleanly(prepare)
     host = env.get("KB_HOST", "127.0.0.1")
     _say(f"serving on http://{host}:{port}/ (Ctrl-C stops web, worker, beat and the embedded database)")
+    if host not in ("127.0.0.1", "localhost", "::1") and env.get("KB_HTTPS", "").lower() not in ("false", "0", "no"):
+        # Secure cookies travel over plain HTTP to loopback only: sign-in from another machine would fail.
+        _say(
+            f"note: {host} is served over plain HTTP but session cookies are marked Secure (KB_HTTPS): browsers "
+            "on other machines cannot sign in. Put TLS in front (the README's Scaling out), or set "
+            "KB_HTTPS=false on a trusted network"
+        )
     honcho = subprocess.Popen(  # noqa: S603 - our own interpreter and Procfile
         [
             sys.executable,

@@ -21,41 +21,73 @@ from psycopg_pool import PoolTimeout
 
 logger = logging.getLogger(__name__)
 
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError,
-    InterfaceError,
-    psycopg.OperationalError,
-    PoolTimeout,
-)
 RETRY_AFTER_S = 10
 MESSAGE = (
-    "The database is not reachable just now (it may be restarting), so this request was not carried out and "
-    "nothing was changed. Try again in a minute; if it lasts, tell your administrator."
+    "The database is not reachable just now (it may be restarting), so this request was not carried out. "
+    "Try again in a minute; if it lasts, tell your administrator."
+)
+BUSY_MESSAGE = (
+    "kb is too busy to take this request just now (every database connection is in use). Try again in a "
+    "minute; if it lasts, tell your administrator."
 )
 
+# SQLSTATEs of a lost or refused connection: class 08 (connection exception) and the server shutting down or
+# restarting (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now). A statement timeout,
+# a deadlock or a full disk are OperationalErrors too, but not an outage: they stay 500s (and are logged).
+_OUTAGE_STATES = ("57P01", "57P02", "57P03")
 
-def is_database_unavailable(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, DATABASE_ERRORS):
-            return True
-        exc = exc.__cause__ or exc.__context__
+
+def _is_lost_connection(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        # No SQLSTATE at all: the connection could not be made or broke (psycopg raises OperationalError or
+        # InterfaceError without one).
+        return (
+            state.startswith("08")
+            or state in _OUTAGE_STATES
+            or (not state and isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError))
+        )
     return False
 
 
-def database_unavailable_response(request) -> HttpResponse:
+def _causes(exc: BaseException | None):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+
+
+def unavailability(exc: BaseException | None) -> str | None:
+    """MESSAGE for a lost database, BUSY_MESSAGE for a pool with no free connection, or None."""
+    for link in _causes(exc):
+        if isinstance(link, PoolTimeout):
+            return BUSY_MESSAGE
+        if _is_lost_connection(link):
+            return MESSAGE
+        if isinstance(link, InterfaceError | OperationalError) and "connection already closed" in str(link):
+            return MESSAGE  # Django's wrapper of a connection psycopg had already seen break
+    return None
+
+
+def is_database_unavailable(exc: BaseException | None) -> bool:
+    return unavailability(exc) is not None
+
+
+def database_unavailable_response(request, message: str = MESSAGE) -> HttpResponse:
     if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
-        response: HttpResponse = JsonResponse({"detail": MESSAGE}, status=503)
+        response: HttpResponse = JsonResponse({"detail": message}, status=503)
     else:
-        html = loader.get_template("503.html").render({"message": MESSAGE})
+        html = loader.get_template("503.html").render({"message": message})
         response = HttpResponse(html, status=503)
     response["Retry-After"] = str(RETRY_AFTER_S)
     return response
 
 
 def server_error(request, template_name: str = defaults.ERROR_500_TEMPLATE_NAME) -> HttpResponse:
-    exc = sys.exc_info()[1]
-    if is_database_unavailable(exc):
-        return database_unavailable_response(request)
+    message = unavailability(sys.exc_info()[1])
+    if message is not None:
+        return database_unavailable_response(request, message)
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Something went wrong on our side; it has been logged. Try again."}, status=500)
     return defaults.server_error(request, template_name)

@@ -47,8 +47,7 @@ from kb.llm.providers import EXTRACTIVE, ModelRequest, Passage, Usage, provider_
 from kb.search import embeddings
 from kb.search.models import IndexState
 from kb.search.retrieval import ReadScope, SearchResult, search_in_scope, text_clean
-from kb.unavailable import MESSAGE as DATABASE_UNAVAILABLE
-from kb.unavailable import RETRY_AFTER_S, is_database_unavailable
+from kb.unavailable import RETRY_AFTER_S, is_database_unavailable, unavailability
 
 logger = logging.getLogger(__name__)
 
@@ -541,10 +540,11 @@ async def ask_stream(
     try:
         begun: Begun = await _run_phase(_begin, user, question, conversation_id, request_id)
     except Exception as exc:
-        if not is_database_unavailable(exc):
+        message = unavailability(exc)
+        if message is None:
             raise
-        logger.warning("ask not started, the database is unavailable: %s", str(exc).strip().splitlines()[-1:])
-        yield {"type": "error", "status": 503, "retry_after_s": RETRY_AFTER_S, "message": DATABASE_UNAVAILABLE}
+        logger.warning("ask not started, the database is unavailable: %s", type(exc).__name__)
+        yield {"type": "error", "status": 503, "retry_after_s": RETRY_AFTER_S, "message": message}
         return
     yield {"type": "start", "exchange_id": begun.exchange_id, "conversation_id": begun.conversation_id}
     for notice in begun.notices:

@@ -111,6 +111,7 @@
       status.textContent = "";
       if (exchangeId !== null) await swapInRendered(block, exchangeId);
     } catch (error) {
+      if (exchangeId === null && !textarea.value) textarea.value = question; // nothing was asked: keep it
       block.removeAttribute("aria-busy");
       answer.classList.remove("streaming");
       const message = element("p", "error", error.message || "The answer was interrupted. Try again.");

@@ -6,9 +6,11 @@ the same error PostgreSQL raises is injected at one point, to pin each branch qu
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from django.db import OperationalError
 from django.test import RequestFactory
+from psycopg_pool import PoolTimeout
 
 from kb import unavailable
 from kb.accounts.services import api_token_create
@@ -20,16 +22,43 @@ from tests.answers.test_ask import _events
 SHUTDOWN = "terminating connection due to administrator command"
 
 
+def shutdown() -> OperationalError:
+    """What Django raises when PostgreSQL shuts a connection down (psycopg's AdminShutdown, SQLSTATE 57P01)."""
+    error = OperationalError(SHUTDOWN)
+    error.__cause__ = psycopg.errors.AdminShutdown(SHUTDOWN)
+    return error
+
+
 def test_a_lost_database_connection_is_a_503_with_what_to_do_and_anything_else_a_500():
     factory = RequestFactory()
     for path, kind in (("/api/v1/ask", "application/json"), ("/documents/", "text/html")):
         try:
-            raise OperationalError(SHUTDOWN)
+            raise shutdown()
         except OperationalError:
             response = unavailable.server_error(factory.get(path))
         assert response.status_code == 503 and response["Retry-After"] == "10"
         assert response["Content-Type"].startswith(kind)
         assert "not reachable just now" in response.content.decode() and "Try again" in response.content.decode()
+    for error in (
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),  # slow, not down
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+    ):
+        try:
+            raise OperationalError(str(error)) from error
+        except OperationalError:
+            assert unavailable.server_error(factory.get("/api/v1/ask")).status_code == 500
+    try:
+        raise PoolTimeout("couldn't get a connection after 30.00 sec")
+    except PoolTimeout:
+        busy = unavailable.server_error(factory.get("/api/v1/ask"))
+    assert busy.status_code == 503 and "too busy" in busy.content.decode()
+    try:
+        try:
+            raise shutdown()
+        except OperationalError:
+            raise ValueError("a bug in a handler") from None  # the outage is not this error's cause
+    except ValueError:
+        assert unavailable.server_error(factory.get("/api/v1/ask")).status_code == 500
     try:
         raise ValueError("a bug")
     except ValueError:
@@ -41,7 +70,7 @@ def test_a_lost_database_connection_is_a_503_with_what_to_do_and_anything_else_a
 @pytest.mark.django_db
 def test_without_a_database_an_ask_starts_nothing_and_says_so(fake_anthropic, corpus, employee, monkeypatch, client):
     def database_gone(*args, **kwargs):
-        raise OperationalError(SHUTDOWN)
+        raise shutdown()
 
     monkeypatch.setattr(services, "_begin", database_gone)
     events = _events("What is the hotel limit per night in Amsterdam?", employee)
@@ -71,7 +100,7 @@ def test_a_written_answer_waits_for_the_database_to_come_back_to_be_recorded(
     def finish_after_two_failures(*args, **kwargs):
         if len(failures) < 2:
             failures.append(1)
-            raise OperationalError(SHUTDOWN)
+            raise shutdown()
         return real_finish(*args, **kwargs)
 
     monkeypatch.setattr(services, "_finish", finish_after_two_failures)
@@ -89,7 +118,7 @@ def test_recording_gives_up_after_its_deadline_leaving_the_exchange_pending(
     settings.KB_RECORD_RETRY_S = 0.6
 
     def never(*args, **kwargs):
-        raise OperationalError(SHUTDOWN)
+        raise shutdown()
 
     monkeypatch.setattr(services, "_finish", never)
     with pytest.raises(OperationalError):
@@ -129,7 +158,7 @@ def test_a_record_retried_after_a_commit_it_did_not_hear_of_is_written_once(
         calls.append(1)
         result = real_finish(*args, **kwargs)
         if len(calls) == 1:
-            raise OperationalError(SHUTDOWN)
+            raise shutdown()
         return result
 
     monkeypatch.setattr(services, "_finish", commit_then_lose_the_connection)
