@@ -449,6 +449,20 @@ KB_RECORD_RETRY_S = env_float("KB_RECORD_RETRY_S", 30.0, minimum=0.0, maximum=60
 # An exchange still pending after this long was abandoned (its process died): beat records it as failed.
 # Far beyond the longest answer (three links' total timeouts, retries and the record wait).
 KB_ABANDONED_EXCHANGE_S = env_int("KB_ABANDONED_EXCHANGE_S", 900, minimum=60)
+# The longest a live answer can take: every remote link tried with its retries (twice, when an uncited answer is
+# regenerated), then the wait to record it. The sweep must not close an answer that is still being written.
+_LONGEST_ANSWER_S = (
+    2
+    * len([link for link in KB_MODELS if link != "extractive"])
+    * (KB_LLM_RETRIES + 1)
+    * (KB_LLM_TOTAL_TIMEOUT_S + KB_LLM_BACKOFF_MAX_S)
+    + KB_RECORD_RETRY_S
+)
+if KB_ABANDONED_EXCHANGE_S <= _LONGEST_ANSWER_S:
+    raise EnvError(
+        f"KB_ABANDONED_EXCHANGE_S={KB_ABANDONED_EXCHANGE_S} is shorter than the longest an answer may take with "
+        f"these model settings ({_LONGEST_ANSWER_S:.0f} s): raise it, or lower KB_LLM_TOTAL_TIMEOUT_S / KB_LLM_RETRIES"
+    )
 KB_ANSWER_CACHE_TTL_S = env_int("KB_ANSWER_CACHE_TTL_S", 7 * 24 * 3600, minimum=0)
 
 # --- Ingestion ------------------------------------------------------------------------------------

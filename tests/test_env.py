@@ -69,3 +69,18 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path, variable, value, e
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "secret" not in result.stderr
+
+
+def test_an_abandoned_exchange_sweep_shorter_than_the_longest_answer_is_refused(tmp_path):
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "kb.settings",
+        "KB_DATA_DIR": str(tmp_path),
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "KB_ABANDONED_EXCHANGE_S": "120",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "KB_ABANDONED_EXCHANGE_S=120 is shorter than the longest an answer may take" in result.stderr
