@@ -26,9 +26,11 @@ MESSAGE = (
     "The database is not reachable just now (it may be restarting), so this request was not carried out. "
     "Try again in a minute; if it lasts, tell your administrator."
 )
+# The pool gave up waiting: every connection busy (overload), or none can be made (the database is down; the
+# pool's timeout then comes before any connection error reaches the request).
 BUSY_MESSAGE = (
-    "kb is too busy to take this request just now (every database connection is in use). Try again in a "
-    "minute; if it lasts, tell your administrator."
+    "kb could not get a database connection in time (the database may be restarting, or kb is overloaded), so "
+    "this request was not carried out. Try again in a minute; if it lasts, tell your administrator."
 )
 
 # SQLSTATEs of a lost or refused connection: class 08 (connection exception) and the server shutting down or
@@ -59,7 +61,7 @@ def _causes(exc: BaseException | None):
 
 
 def unavailability(exc: BaseException | None) -> str | None:
-    """MESSAGE for a lost database, BUSY_MESSAGE for a pool with no free connection, or None."""
+    """MESSAGE for a lost database, BUSY_MESSAGE when the pool gave no connection in time, or None."""
     for link in _causes(exc):
         if isinstance(link, PoolTimeout):
             return BUSY_MESSAGE

@@ -86,9 +86,7 @@ class Exchange(models.Model):
             models.Index(fields=["user", "created_at"], name="answers_exchange_user_time"),
             models.Index(fields=["created_at"], name="answers_exchange_time"),
             # The abandoned-exchange sweep reads only the few pending rows (services.exchanges_close_abandoned).
-            models.Index(
-                fields=["created_at"], condition=models.Q(outcome="pending"), name="answers_exchange_pending"
-            ),
+            models.Index(fields=["created_at"], condition=models.Q(outcome="pending"), name="answers_exchange_pending"),
         ]
 
     def __str__(self) -> str:

@@ -51,7 +51,7 @@ def test_a_lost_database_connection_is_a_503_with_what_to_do_and_anything_else_a
         raise PoolTimeout("couldn't get a connection after 30.00 sec")
     except PoolTimeout:
         busy = unavailable.server_error(factory.get("/api/v1/ask"))
-    assert busy.status_code == 503 and "too busy" in busy.content.decode()
+    assert busy.status_code == 503 and "could not get a database connection in time" in busy.content.decode()
     try:
         try:
             raise shutdown()
