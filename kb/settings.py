@@ -469,6 +469,10 @@ KB_ANSWER_CACHE_TTL_S = env_int("KB_ANSWER_CACHE_TTL_S", 7 * 24 * 3600, minimum=
 KB_MAX_UPLOAD_BYTES = env_int("KB_MAX_UPLOAD_MB", 50, minimum=1) * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Larger uploads are spooled to disk while the request is read: beside the stored originals, so that the
+# final move is a rename and a full disk shows up while reading (answered 507, kb/unavailable.py).
+FILE_UPLOAD_TEMP_DIR = str(KB_DATA_DIR / "tmp")
+os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)
 DATA_UPLOAD_MAX_NUMBER_FILES = 1000
 FILE_UPLOAD_HANDLERS = [
     "ingest.uploads.SizeLimitUploadHandler",

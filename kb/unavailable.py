@@ -9,6 +9,7 @@ answers again as soon as the database is back.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -86,10 +87,25 @@ def database_unavailable_response(request, message: str = MESSAGE) -> HttpRespon
     return response
 
 
+DISK_FULL_MESSAGE = (
+    "The server's disk is full, so the upload was not stored and nothing was changed. Try again later and tell "
+    "your administrator."
+)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    return any(isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT) for link in _causes(exc))
+
+
 def server_error(request, template_name: str = defaults.ERROR_500_TEMPLATE_NAME) -> HttpResponse:
-    message = unavailability(sys.exc_info()[1])
+    exc = sys.exc_info()[1]
+    message = unavailability(exc)
     if message is not None:
         return database_unavailable_response(request, message)
+    if _disk_full(exc):  # while a large upload was being read into a temporary file
+        if request.path.startswith("/api/"):
+            return JsonResponse({"detail": DISK_FULL_MESSAGE}, status=507)
+        return HttpResponse(loader.get_template("503.html").render({"message": DISK_FULL_MESSAGE}), status=507)
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Something went wrong on our side; it has been logged. Try again."}, status=500)
     return defaults.server_error(request, template_name)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from ingest import services
 from ingest.models import Document, DocumentStatus
+from kb.accounts.services import api_token_create
 from kb.audit.models import AuditEvent
 from tests.conftest import Worker, subprocess_env
 
@@ -119,3 +120,24 @@ def test_with_the_broker_down_an_upload_is_accepted_queued_and_processed_once_it
         assert document.chunks.count() == document.chunks_total == 1
     finally:
         worker.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Django's spool file, closed on a full disk
+def test_a_full_disk_while_a_large_upload_is_read_is_a_507_that_says_so(small_disk, knowledge_admin, settings):
+    """Uploads above FILE_UPLOAD_MAX_MEMORY_SIZE are spooled to FILE_UPLOAD_TEMP_DIR while the request is read,
+    before any view runs: a full disk there is answered 507 with what to do, not a bare 500."""
+    from django.test import Client
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(small_disk)
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+    _, token = api_token_create(user=knowledge_admin)
+    client = Client(raise_request_exception=False)
+    client.force_login(knowledge_admin)
+    for path, extra in (
+        ("/api/v1/documents", {"headers": {"Authorization": f"Bearer {token}"}}),
+        (reverse("document_upload"), {}),
+    ):
+        response = client.post(path, {"files": [ContentFile(_text(400, "huge"), name="huge.txt")]}, **extra)
+        assert response.status_code == 507, (path, response.status_code)
+        assert "The server's disk is full, so the upload was not stored" in html.unescape(response.content.decode())
+    assert not Document.objects.filter(filename="huge.txt").exists()
