@@ -122,7 +122,8 @@ def test_with_the_broker_down_an_upload_is_accepted_queued_and_processed_once_it
         worker.stop()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Django's spool file, closed on a full disk
+# Django's spool file fails to flush on close when the disk is full (harmless: it is removed).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_full_disk_while_a_large_upload_is_read_is_a_507_that_says_so(small_disk, knowledge_admin, settings):
     """Uploads above FILE_UPLOAD_MAX_MEMORY_SIZE are spooled to FILE_UPLOAD_TEMP_DIR while the request is read,
     before any view runs: a full disk there is answered 507 with what to do, not a bare 500."""
