@@ -172,9 +172,44 @@ def document_upload(
 
     try:
         with transaction.atomic():
-            document = _document_store(
-                source, name, title, auto_title, sha256, size, media_type, uploaded_by, replaces, failure, access_groups
+            document = Document(
+                title=(replaces.title if replaces is not None and auto_title else title)[:300],
+                auto_title=auto_title and replaces is None,
+                filename=name,
+                sha256=sha256,
+                size=size,
+                media_type=media_type,
+                uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
             )
+            if replaces is not None:
+                _lock_lineage(replaces.lineage)
+                replaces = Document.objects.get(pk=replaces.pk)
+                document.lineage = replaces.lineage
+                document.version = (
+                    Document.objects.filter(lineage=replaces.lineage)
+                    .order_by("-version")
+                    .values_list("version", flat=True)[0]
+                    + 1
+                )
+                document.replaces = replaces
+            if failure is not None:
+                document.status = DocumentStatus.FAILED
+                document.error_code = failure.code
+                document.error_message = failure.message
+            _store_original(document, name, source)
+            try:
+                document.save()
+                if access_groups is not None:
+                    document.access_groups.set(access_groups)
+                elif replaces is not None:
+                    document.access_groups.set(replaces.access_groups.all())
+                if failure is None:
+                    transaction.on_commit(partial(enqueue_processing, document.id))
+                document_upload_audit(document=document, actor=uploaded_by)
+            except BaseException:
+                # The row is rolled back: its file must go too.
+                _remove_partial(document.original.storage, document.original.name)
+                raise
     except _NotStored as exc:
         return UploadResult("refused", exc.message)
 
@@ -196,63 +231,26 @@ class _NotStored(Exception):
         self.message = message
 
 
-def _document_store(
-    source, name, title, auto_title, sha256, size, media_type, uploaded_by, replaces, failure, access_groups
-) -> Document:
-    """The new document's row, stored original, readers and audit event (inside the caller's transaction).
-    A disk that cannot take the file raises _NotStored: the transaction rolls back and no partial file stays."""
-    document = Document(
-        title=(replaces.title if replaces is not None and auto_title else title)[:300],
-        auto_title=auto_title and replaces is None,
-        filename=name,
-        sha256=sha256,
-        size=size,
-        media_type=media_type,
-        uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
-    )
-    if replaces is not None:
-        _lock_lineage(replaces.lineage)
-        replaces = Document.objects.get(pk=replaces.pk)
-        document.lineage = replaces.lineage
-        document.version = (
-            Document.objects.filter(lineage=replaces.lineage).order_by("-version").values_list("version", flat=True)[0]
-            + 1
-        )
-        document.replaces = replaces
-    if failure is not None:
-        document.status = DocumentStatus.FAILED
-        document.error_code = failure.code
-        document.error_message = failure.message
-    source.seek(0)
-    # Content-addressed, plus a part of this upload's own: a write that fails (a full disk) removes exactly
-    # what it wrote, never the file of another upload of the same bytes.
+def _store_original(document: Document, name: str, source: File) -> None:
+    """Store the upload under its content-addressed name plus a part of its own, so that a write that fails (a
+    full disk) removes exactly what it wrote, never the file of another upload of the same bytes."""
     storage = document.original.storage
     base, ext = os.path.splitext(document.original.field.generate_filename(document, name))
     own = f"{base}-{uuid.uuid4().hex[:12]}{ext}"
+    source.seek(0)
     try:
         document.original.name = storage.save(own, source)
     except OSError as exc:
         _remove_partial(storage, own)
         logger.error("upload of %s not stored: %s", name, exc.strerror or exc)
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = (
+            "the server's disk is full"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"the server could not write it ({exc.strerror or exc})"
+        )
         raise _NotStored(
-            f"{name} was not stored: "
-            + ("the server's disk is full" if full else f"the server could not write it ({exc.strerror or exc})")
-            + ". Nothing was changed; try again later and tell your administrator."
+            f"{name} was not stored: {reason}. Nothing was changed; try again later and tell your administrator."
         ) from None
-    try:
-        document.save()
-        if access_groups is not None:
-            document.access_groups.set(access_groups)
-        elif replaces is not None:
-            document.access_groups.set(replaces.access_groups.all())
-        if failure is None:
-            transaction.on_commit(partial(enqueue_processing, document.id))
-        document_upload_audit(document=document, actor=uploaded_by)
-    except BaseException:
-        _remove_partial(storage, document.original.name)  # the row is rolled back: its file must go too
-        raise
-    return document
 
 
 def _remove_partial(storage, name: str) -> None:
