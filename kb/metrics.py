@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from kb.middleware import AroundRequest
 
 logger = logging.getLogger(__name__)
 
@@ -84,33 +85,15 @@ REGISTRY.register(AuditChainCollector())
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class RequestMetricsMiddleware:
+class RequestMetricsMiddleware(AroundRequest):
     """Counts and times requests; async-capable, so that async views and streams stay on the event loop."""
 
-    sync_capable = True
-    async_capable = True
+    def before(self, request) -> float:
+        return time.perf_counter()
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        started = time.perf_counter()
-        response = self.get_response(request)
-        self._observe(request, response, started)
-        return response
-
-    async def _acall(self, request):
-        started = time.perf_counter()
-        response = await self.get_response(request)
-        self._observe(request, response, started)
-        return response
-
-    @staticmethod
-    def _observe(request, response, started: float) -> None:
+    def after(self, request, response, started: float) -> None:
+        if response is None:
+            return
         HTTP_LATENCY.observe(time.perf_counter() - started)
         # Clients choose the method: bound the label's values so that series cannot grow without limit.
         method = request.method if request.method in KNOWN_METHODS else "other"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from kb.middleware import AroundRequest
 
 _request: ContextVar = ContextVar("kb_audit_request", default=None)
 
@@ -22,27 +22,9 @@ def request_actor():
     return user if user is not None and user.is_authenticated else None
 
 
-class AuditActorMiddleware:
-    sync_capable = True
-    async_capable = True
+class AuditActorMiddleware(AroundRequest):
+    def before(self, request):
+        return _request.set(request)
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self._acall(request)
-        token = _request.set(request)
-        try:
-            return self.get_response(request)
-        finally:
-            _request.reset(token)
-
-    async def _acall(self, request):
-        token = _request.set(request)
-        try:
-            return await self.get_response(request)
-        finally:
-            _request.reset(token)
+    def after(self, request, response, token) -> None:
+        _request.reset(token)
