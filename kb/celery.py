@@ -1,7 +1,6 @@
 """The Celery app. Broker and result backend come from settings (CELERY_* names)."""
 
 import os
-import sys
 
 from celery import Celery
 from celery.signals import worker_init
@@ -19,11 +18,7 @@ def _embedding_model_present(**kwargs) -> None:
     from kb.entry import fail_cleanly
     from kb.search.embeddings import model_ensure_available
 
-    try:
-        fail_cleanly(model_ensure_available)
-    except SystemExit:
-        sys.stderr.flush()
-        os._exit(2)  # Celery logs and ignores exceptions raised by signal handlers
+    fail_cleanly(model_ensure_available)  # SystemExit(2): Celery's signal dispatch passes it on
 
 
 @app.task(name="kb.ping")

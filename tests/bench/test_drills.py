@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from tests.bench.asking import summary
 from tests.conftest import BASE_DIR, FALLBACK, PRIMARY, AsgiServer, Worker, subprocess_env
 from tests.fake_anthropic import FakeAnthropic, quoting_responder
 
@@ -343,14 +344,6 @@ def test_drill_postgresql_restarted_during_asks_and_ingestion(kb):
 OUTAGE_S = float(os.environ.get("KB_DRILL_OUTAGE_S", "600"))
 
 
-def _summary(values: list[float]) -> dict:
-    values = sorted(values)
-    if not values:
-        return {"n": 0}
-    p50, p95 = values[len(values) // 2], values[int(len(values) * 0.95)]
-    return {"n": len(values), "p50_ms": round(p50), "p95_ms": round(p95)}
-
-
 @pytest.mark.timeout(OUTAGE_S + 900)
 def test_drill_the_model_provider_down_for_ten_minutes(kb):
     """The Anthropic endpoint stops answering (connection refused) for KB_DRILL_OUTAGE_S (600 s): every
@@ -400,11 +393,11 @@ def test_drill_the_model_provider_down_for_ten_minutes(kb):
             "outage_s": OUTAGE_S,
             "asks": len(askers.results),
             "statuses": dict(Counter(str(r["status"]) for _, r in askers.results)),
-            "before": {"models": dict(Counter(r["model"] for r in before)), **_summary([r["ms"] for r in before])},
-            "during": {"models": dict(Counter(r["model"] for r in during)), **_summary([r["ms"] for r in during])},
-            "during_first_30s": _summary([r["ms"] for t, r in askers.results if down_at <= t <= down_at + 30]),
+            "before": {"models": dict(Counter(r["model"] for r in before)), **summary([r["ms"] for r in before])},
+            "during": {"models": dict(Counter(r["model"] for r in during)), **summary([r["ms"] for r in during])},
+            "during_first_30s": summary([r["ms"] for t, r in askers.results if down_at <= t <= down_at + 30]),
             "primary_again_after_s": round(back_at - up_at, 1),
-            "after": {"models": dict(Counter(r["model"] for r in after)), **_summary([r["ms"] for r in after])},
+            "after": {"models": dict(Counter(r["model"] for r in after)), **summary([r["ms"] for r in after])},
             "exchanges": exchanges[0],
             "pending": exchanges[1],
             "audit_exchange_events": events,
