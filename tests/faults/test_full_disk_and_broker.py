@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ from ingest import services
 from ingest.models import Document, DocumentStatus
 from kb.accounts.services import api_token_create
 from kb.audit.models import AuditEvent
-from tests.conftest import Worker, subprocess_env
+from tests.conftest import BASE_DIR, Worker, subprocess_env
 
 pytestmark = pytest.mark.django_db
 
@@ -103,7 +104,8 @@ def test_with_the_broker_down_an_upload_is_accepted_queued_and_processed_once_it
         Document.objects.filter(pk=document.pk).update(created_at=timezone.now() - timedelta(hours=2))
         env = subprocess_env(test_database_url, CELERY_BROKER_URL=redis_url)
         resent = subprocess.run(
-            [".venv/bin/python", "manage.py", "reindex", "--stalled", "--stalled-for", "0"],
+            [sys.executable, "manage.py", "reindex", "--stalled", "--stalled-for", "0"],
+            cwd=BASE_DIR,
             env=env,
             capture_output=True,
             text=True,
