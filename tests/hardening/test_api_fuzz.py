@@ -11,7 +11,10 @@ no longer has; the operations are parametrized here instead and each runs its ca
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import pkgutil
 
 import pytest
 import schemathesis
@@ -36,6 +39,23 @@ from schemathesis.specs.openapi.checks import (
 from kb.accounts.roles import Role
 from kb.accounts.services import api_token_create
 from tests.factories import UserFactory
+
+
+def _import_schemathesis_now() -> None:
+    """schemathesis imports most of itself lazily, inside the first test that loads a schema. pytest rewrites
+    those modules (schemathesis registers a pytest plugin), and in Python 3.11.7 rewriting (ast.parse) can fail
+    after an unrelated RecursionError earlier in the session ("AST constructor recursion depth mismatch",
+    CPython gh-106905; seen once in a full run). Importing them at collection, before any test, avoids it."""
+    for package in ("specs.openapi", "generation", "openapi", "transport"):
+        package = f"schemathesis.{package}"
+        module = importlib.import_module(package)
+        for info in pkgutil.walk_packages(module.__path__, package + "."):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(info.name)
+
+
+_import_schemathesis_now()
+
 
 SCHEMA_URL = "/api/v1/openapi.json"
 # Per operation and mode: the whole file stays within about a minute on 2 cores. To dig deeper, run it with
