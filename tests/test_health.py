@@ -30,11 +30,11 @@ def test_readyz_is_503_and_says_why_when_the_broker_is_down(client, settings, su
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:9/0"  # discard port: nothing listens
     from kb.celery import app
 
-    app.conf.broker_url = settings.CELERY_BROKER_URL
+    previous, app.conf.broker_url = app.conf.broker_url, settings.CELERY_BROKER_URL
     try:
         response = client.get("/readyz")
     finally:
-        app.conf.broker_url = "filesystem://"
+        app.conf.broker_url = previous
     assert response.status_code == 503
     body = response.json()
     assert body["ready"] is False
@@ -65,11 +65,11 @@ def test_anonymous_readyz_gets_the_verdict_without_internal_details(client, sett
     embeddings.get_model()
     from kb.celery import app
 
-    app.conf.broker_url = "redis://127.0.0.1:9/0"
+    previous, app.conf.broker_url = app.conf.broker_url, "redis://127.0.0.1:9/0"
     try:
         response = client.get("/readyz")
     finally:
-        app.conf.broker_url = "filesystem://"
+        app.conf.broker_url = previous
     body = response.json()
     assert response.status_code == 503 and body["ready"] is False
     assert body["checks"]["broker"] == {"ok": False, "ms": body["checks"]["broker"]["ms"]}
