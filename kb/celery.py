@@ -1,24 +1,51 @@
 """The Celery app. Broker and result backend come from settings (CELERY_* names)."""
 
+import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
+
+logger = logging.getLogger("kb.worker")
 
 app = Celery("kb")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+# The pool's size, known to the worker's main process before it forks the pool's processes.
+_pool_processes = 1
+
+
 @worker_init.connect
-def _embedding_model_present(**kwargs) -> None:
+def _embedding_model_present(sender=None, **kwargs) -> None:
     """A worker without its embedding model could only fail every document: refuse to start, in one line."""
     from kb.entry import fail_cleanly
     from kb.search.embeddings import model_ensure_available
 
     fail_cleanly(model_ensure_available)  # SystemExit(2): Celery's signal dispatch passes it on
+    global _pool_processes
+    _pool_processes = getattr(sender, "concurrency", None) or 1  # --concurrency, or CELERY_WORKER_CONCURRENCY
+
+
+def worker_torch_threads(pool_processes: int) -> int:
+    """KB_WORKER_TORCH_THREADS, or the machine's cores shared out between the pool's processes."""
+    from django.conf import settings
+
+    return settings.KB_WORKER_TORCH_THREADS or max(1, (os.cpu_count() or 1) // pool_processes)
+
+
+@worker_process_init.connect
+def _warm_embedding_model(**kwargs) -> None:
+    """Each pool process loads its own model (one per process) as it starts, not on its first document."""
+    from kb.search import embeddings
+
+    threads = worker_torch_threads(_pool_processes)
+    embeddings.use_threads(threads)
+    logger.info("pool process of %d: embedding with %d torch threads", _pool_processes, threads)
+    embeddings.warm_up_in_background(always=True)
 
 
 @app.task(name="kb.ping")

@@ -146,6 +146,11 @@ if KB_DB_POOL_SIZE:
     }
     # With a pool, connections go back to it at the end of each request; the pool checks them itself.
     _db["CONN_HEALTH_CHECKS"] = False
+else:
+    # Without a pool (Celery workers: one task, one connection at a time), keep the connection between
+    # tasks: a new PostgreSQL backend per document costs its start-up and cold catalog caches on every
+    # table and index a document touches. Health checks replace a connection that died in between.
+    _db["CONN_MAX_AGE"] = env_int("KB_DB_CONN_MAX_AGE", 600, minimum=0)
 _db["TEST"] = {"NAME": env_str("KB_TEST_DATABASE_NAME", "test_kb")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -291,10 +296,18 @@ KB_EMBEDDING_MODEL = env_str("KB_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 KB_EMBEDDING_DIMENSIONS = 384
 # 256 tokens lets a ~180-word chunk count whole (GUIDE §6: 16-22 passages/s at 256 on 2 cores).
 KB_EMBEDDING_MAX_SEQ_LENGTH = env_int("KB_EMBEDDING_MAX_SEQ_LENGTH", 256, minimum=32, maximum=512)
-# Passages per forward pass. Measured on 969 SciFact passages, 2 cores: batch 32 51.8/s, 16 61.6/s (less
-# padding to the longest passage, smaller activations); per-document batches of 8 60.1/s.
-KB_EMBEDDING_BATCH_SIZE = env_int("KB_EMBEDDING_BATCH_SIZE", 16, minimum=1, maximum=512)
+# Most passages per forward pass (embed() also starts a new batch where lengths drop; see embeddings.py).
+# Measured on 969 SciFact passages in one call, 2 cores: batch 32 54/s, 16 62/s, 8 66/s, 4 64/s, 1 54/s
+# (smaller activations stay in cache; below 8 the per-batch overhead wins).
+KB_EMBEDDING_BATCH_SIZE = env_int("KB_EMBEDDING_BATCH_SIZE", 8, minimum=1, maximum=512)
 KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
+# Worker processes (Celery's pool; each holds its own model, ~750 MB) and torch threads in each. Two
+# single-threaded processes beat one with two threads on 2 cores: one process's parsing and index writes
+# then run beside the other's embedding instead of stalling it (tests/bench, 40 documents: 56 chunks/s
+# against 48). KB_WORKER_TORCH_THREADS unset: the cores shared out between the pool's processes.
+KB_WORKER_CONCURRENCY = env_int("KB_WORKER_CONCURRENCY", min(2, os.cpu_count() or 1), minimum=1, maximum=64)
+KB_WORKER_TORCH_THREADS = env_int("KB_WORKER_TORCH_THREADS", 0, minimum=0)
+CELERY_WORKER_CONCURRENCY = KB_WORKER_CONCURRENCY  # `celery worker --concurrency N` still overrides it
 # The web process embeds one short question at a time, beside database work and other requests. One thread:
 # a question in 7 ms p50 / 13 ms p95; two threads on a busy machine: 20 ms p50 / 370 ms p95 (a parallel
 # region waits for its descheduled second thread), measured on 2 cores beside a CPU-bound process.

@@ -95,9 +95,12 @@ def subprocess_env(database_url: str, **extra: str) -> dict[str, str]:
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], log: Path):
+    """A Celery worker process; tests use a pool of one process (the product's default is in settings)."""
+
+    def __init__(self, env: dict[str, str], log: Path, *, concurrency: int = 1):
         self.log = log
         self.env = env
+        self.concurrency = concurrency
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -112,7 +115,7 @@ class Worker:
                 "--loglevel",
                 "INFO",
                 "--concurrency",
-                "1",
+                str(self.concurrency),
                 "--without-mingle",
                 "--without-gossip",
                 "--hostname",

@@ -1,5 +1,7 @@
 """A task goes through a real broker to a real worker process and its result comes back."""
 
+import time
+
 import pytest
 from celery import Celery
 
@@ -25,3 +27,20 @@ def test_round_trip_through_redis(redis_url, test_database_url, tmp_path):
         worker.stop()
         client.close()
     assert "redis://127.0.0.1" in worker.output()
+
+
+def test_each_pool_process_loads_its_model_at_start_with_its_share_of_the_cores(test_database_url, tmp_path):
+    worker = Worker(
+        subprocess_env(test_database_url, KB_DB_POOL_SIZE="0", KB_WORKER_TORCH_THREADS="1"),
+        tmp_path / "worker.log",
+        concurrency=2,
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 90
+        while worker.output().count("embedding model all-MiniLM-L6-v2@256 loaded") < 2:
+            assert time.monotonic() < deadline, worker.output()[-3000:]
+            time.sleep(0.2)
+        assert worker.output().count("pool process of 2: embedding with 1 torch threads") == 2
+    finally:
+        worker.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,26 +132,58 @@ def load_error() -> str | None:
     return _load_error
 
 
+# A batch is padded to its longest text. A text shorter than this share of the batch's longest starts a new
+# batch (measured on SciFact documents of ~24 passages, batches of 8, 2 threads: per document 61.7
+# passages/s in fixed batches, 66.2 at 0.8, 66.8 at 0.7; one call over all 969 passages 63.4).
+LENGTH_TOLERANCE = 0.75
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, tolerance: float = LENGTH_TOLERANCE) -> list[list[int]]:
+    """Indexes of texts grouped into batches of similar length, longest first: at most `batch_size` each,
+    and no text shorter than `tolerance` times its batch's longest, so that little of a batch is padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        if current is None or len(current) == batch_size or lengths[i] < tolerance * lengths[current[0]]:
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches
+
+
 def embed(texts: list[str], *, batch_size: int | None = None) -> np.ndarray:
     """Unit-length float32 vectors, one row per text (cosine distance = 1 - dot product)."""
+    import numpy as np
+
     model = get_model()
+    size = batch_size or settings.KB_EMBEDDING_BATCH_SIZE
     with _encode_lock:
-        return model.encode(
-            texts,
-            batch_size=batch_size or settings.KB_EMBEDDING_BATCH_SIZE,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        if len(texts) <= 1:
+            return _encode(model, texts, size)
+        tokenized = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+        vectors = np.empty((len(texts), settings.KB_EMBEDDING_DIMENSIONS), dtype=np.float32)
+        for batch in length_batches([len(ids) for ids in tokenized], size):
+            vectors[batch] = _encode(model, [texts[i] for i in batch], len(batch))
+        return vectors
 
 
-def warm_up_in_background() -> None:
-    if not settings.KB_WARM_EMBEDDINGS:
+def _encode(model: SentenceTransformer, texts: list[str], batch_size: int) -> np.ndarray:
+    return model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
+
+
+def warm_up_in_background(*, always: bool = False) -> None:
+    """Load the model and run a first forward pass (torch allocates its buffers then) off the calling
+    thread, so that the first question or document does not pay for them. `always`: a worker process,
+    whose only work needs the model, warms up whatever KB_WARM_EMBEDDINGS says."""
+    if not (always or settings.KB_WARM_EMBEDDINGS):
         return
 
     def _warm() -> None:
         try:
-            get_model()
+            embed(["warm-up"])
         except Exception as exc:  # reported by /readyz; the web process still serves
             logger.error("embedding model not available: %s", exc)
 
