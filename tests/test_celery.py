@@ -5,6 +5,7 @@ import time
 import pytest
 from celery import Celery
 
+from kb.search import embeddings
 from tests.conftest import Worker, subprocess_env
 
 pytestmark = pytest.mark.worker
@@ -38,7 +39,7 @@ def test_each_pool_process_loads_its_model_at_start_with_its_share_of_the_cores(
     worker.start()
     try:
         deadline = time.monotonic() + 90
-        while worker.output().count("embedding model all-MiniLM-L6-v2@256 loaded") < 2:
+        while worker.output().count(f"embedding model {embeddings.model_id()} loaded") < 2:
             assert time.monotonic() < deadline, worker.output()[-3000:]
             time.sleep(0.2)
         assert worker.output().count("pool process of 2: embedding with 1 torch threads") == 2

@@ -170,7 +170,8 @@ def _pipeline(corpus: list[tuple[str, bytes]], worker: Worker) -> dict:
     warm = services.document_upload(source=ContentFile(b"# Warm\n\nWarm up.\n", name="warm.md"), filename="warm.md")
     _wait_ready([warm.document.pk], worker)
     deadline = time.monotonic() + 120
-    while worker.output().count("embedding model all-MiniLM") < worker.concurrency and time.monotonic() < deadline:
+    loaded = f"embedding model {embeddings.model_id()} loaded"
+    while worker.output().count(loaded) < worker.concurrency and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1)  # each process's first forward pass follows its loading
 
