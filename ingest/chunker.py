@@ -17,24 +17,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ingest.parsers import CODE, HEADING, LIST, TABLE, ParsedDocument
+from kb.text import split_sentences, trimmed_spans
 
 DEFAULT_TARGET_TOKENS = 220
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_OVERLAP_TOKENS = 32
 
-# Abbreviations whose period is not a sentence end even before a capital ("Dr. Smith", "Fig. 3").
-# "etc." is left out on purpose: it ends sentences more often than not.
-ABBREVIATIONS = frozenset(
-    """
-    mr mrs ms mx dr prof sr jr st mt ft vs v cf fig figs no nos nr vol vols inc ltd co corp llc plc approx
-    dept est al ca resp incl excl ref refs sec ch art para pp p op ed eds gen gov rev hon capt col lt sgt
-    jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun bzw usw ggf inkl z.b e.g i.e
-    u.s u.k a.m p.m
-    """.split()  # noqa: SIM905 - a word list reads better as text
-)
-_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"')\]\u201d\u2019]*(?=\s|$)|[\u3002\uff01\uff1f]+")
 _NON_SPACE = re.compile(r"\S+")
-_DOTTED_ABBREVIATION = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]?$")
 _LIST_ITEM_CONTINUATION = re.compile(r"^\s")
 
 
@@ -99,56 +88,6 @@ def wordpiece_span_counter(text: str) -> SpanCounter:
     return count
 
 
-# --- sentence splitting -------------------------------------------------------------------------------------
-
-
-def _is_sentence_end(text: str, match: re.Match[str]) -> bool:
-    punctuation = match.group()
-    if punctuation[0] in "\u3002\uff01\uff1f":
-        return True
-    rest = text[match.end() :].lstrip()
-    if not rest:
-        return True
-    if rest[0].islower():
-        return False
-    if not punctuation.startswith(".") or punctuation.startswith(".."):
-        return True
-    word_start = max(text.rfind(" ", 0, match.start()), text.rfind("\n", 0, match.start()), -1) + 1
-    word = text[word_start : match.start()].lstrip("(\"'\u201c\u2018[")
-    if not word:
-        return True
-    if word.lower() in ABBREVIATIONS or _DOTTED_ABBREVIATION.match(word):
-        return False
-    # an initial, as in "J. R. Smith"
-    return not (len(word) == 1 and word.isupper())
-
-
-def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-    """Spans of the sentences of text[start:end], trimmed of surrounding whitespace, covering all its non-space
-    characters. Newlines always end a sentence, so list items and table rows are never joined."""
-    end = len(text) if end is None else end
-    spans = []
-    for line in re.finditer(r"[^\n]+", text[start:end]):
-        line_start = start + line.start()
-        line_text = line.group()
-        cursor = 0
-        for match in _SENTENCE_END.finditer(line_text):
-            if _is_sentence_end(line_text, match):
-                spans.extend(_trimmed(text, line_start + cursor, line_start + match.end()))
-                cursor = match.end()
-        spans.extend(_trimmed(text, line_start + cursor, line_start + len(line_text)))
-    return spans
-
-
-def _trimmed(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    segment = text[start:end]
-    stripped = segment.strip()
-    if not stripped:
-        return []
-    lead = len(segment) - len(segment.lstrip())
-    return [(start + lead, start + lead + len(stripped))]
-
-
 # --- chunking -----------------------------------------------------------------------------------------------
 
 
@@ -200,7 +139,7 @@ class _Chunker:
         block = self.doc.blocks[index]
         start, end = self.doc.offsets[index]
         page = block.page
-        spans = _trimmed(self.text, start, end)
+        spans = trimmed_spans(self.text, start, end)
         if not spans:
             return []
         start, end = spans[0]
@@ -228,7 +167,7 @@ class _Chunker:
             if group_items and units and _LIST_ITEM_CONTINUATION.match(line.group()):
                 units[-1] = (units[-1][0], line_end)
             else:
-                units.extend(_trimmed(self.text, line_start, line_end))
+                units.extend(trimmed_spans(self.text, line_start, line_end))
         return units
 
     def _split_oversized(self, start: int, end: int) -> list[tuple[int, int]]:

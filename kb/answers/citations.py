@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ingest.chunker import split_sentences
 from kb.guard.output import answer_sentences
-from kb.llm.providers import keywords
+from kb.text import keywords, split_sentences
 
 # [1], [2, 3], [2; 3] (a run like [1][2] is two markers).
 MARKER = re.compile(r"\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")

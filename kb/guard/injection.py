@@ -18,12 +18,13 @@ from __future__ import annotations
 import functools
 import json
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kb.text import fold
 
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "injection_lr.json"
 
@@ -172,22 +173,10 @@ RULES: tuple[InjectionRule, ...] = (
     ),
 )
 
-# Invisible characters that split a keyword without changing how it reads ("ig\u200bnore").
-_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"), None)
-_SPACES = re.compile(r"[^\S\n]+")
-
-
-def normalise(text: str) -> str:
-    """Fold look-alike forms (full-width letters, ligatures, curly apostrophes) and hidden characters so that
-    the rules see what a reader sees."""
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
-    text = text.replace("\u2019", "'").replace("\u2018", "'")
-    return _SPACES.sub(" ", text)
-
 
 def first_rule(text: str) -> str | None:
     """The name of the first rule that matches `text`, or None."""
-    text = normalise(text)
+    text = fold(text)
     for rule in RULES:
         if rule.pattern.search(text):
             return rule.name

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from kb.guard import pii
 from kb.guard.base import Action, GuardError, Verdict
+from kb.text import normalise
 
 
 @dataclass
@@ -27,7 +28,6 @@ class InputContext:
     def embedding(self) -> np.ndarray:
         """The masked question's embedding, computed once and shared with the caches and retrieval."""
         if self.vector is None:
-            from kb.llm.cache import normalise
             from kb.search import embeddings
 
             self.vector = embeddings.embed([normalise(self.text)])[0]

@@ -13,11 +13,11 @@ from django.conf import settings
 
 from kb.guard import pii
 from kb.guard.base import Action, Verdict
-from kb.llm.providers import EXTRACTIVE_LABEL, keywords
+from kb.llm.providers import EXTRACTIVE_LABEL
+from kb.text import keywords, shingles, split_sentences
 
 MARKER = re.compile(r"\[(\d{1,4})\]")
 UNSUPPORTED = "[unsupported]"
-SHINGLE_WORDS = 8  # a run of 8 words in common is copying, not coincidence
 _WORD = re.compile(r"\w+")
 # Sentences too short to carry a claim, introductions ("The documents say:") and the extractive label.
 MIN_CLAIM_WORDS = 4
@@ -49,11 +49,6 @@ class OutputContext:
 def without_markers(text: str) -> str:
     """The text without its [n] markers, and without the space a marker leaves before punctuation."""
     return re.sub(r"[ \t]+([.,;:!?])", r"\1", MARKER.sub("", text))
-
-
-def shingles(text: str, size: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
-    words = [word.lower() for word in _WORD.findall(text)]
-    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
 class CitationGuard:
@@ -176,8 +171,6 @@ class GroundingGuard:
 def answer_sentences(answer: str) -> list[str]:
     """The answer cut into sentences that keep their own text and spacing (joined they give the answer back);
     a marker run just after a full stop ("fact. [1]") belongs to the sentence before it."""
-    from ingest.chunker import split_sentences
-
     pieces: list[str] = []
     cursor = 0
     for _start, end in split_sentences(answer):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from kb.guard import pii
-from kb.guard.output import shingles
+from kb.text import shingles
 
 _BOUNDARY = re.compile(r"[.!?](?:\s|$)|\n")
 MAX_HELD_CHARS = 300  # a sentence longer than this is released in pieces

@@ -23,8 +23,8 @@ from django.utils import timezone
 
 from kb import metrics
 from kb.llm.models import CachedAnswer
+from kb.text import normalise
 
-_TRAILING = re.compile(r"[\s?!.,;:。？！]+$")
 _CARDINALS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 _ORDINALS = ("zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 _OTHER_NUMBER_WORDS = ("twenty", "hundred", "thousand", "million", "billion", "half", "once", "twice", "dozen")
@@ -34,11 +34,6 @@ _NUMBER_WORDS |= {word: word for word in _OTHER_NUMBER_WORDS}
 _NEGATIONS = frozenset(("not", "no", "never", "none", "nor", "cannot", "without"))
 # Cached questions within the threshold that are checked for a compatible one, nearest first.
 SEMANTIC_CANDIDATES = 3
-
-
-def normalise(question: str) -> str:
-    """Case, spacing and closing punctuation do not change what a question asks ("  Where is X ?!" -> "where is x")."""
-    return _TRAILING.sub("", " ".join(question.casefold().split()))
 
 
 def numbers(question: str) -> frozenset[str]:

@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
+
+from kb.text import keywords, split_sentences
 
 EXTRACTIVE = "extractive"
 EXTRACTIVE_LABEL = "Extractive answer: quoted from the documents, not written by a language model."
@@ -135,108 +136,13 @@ class AnthropicProvider(Provider):
 
 # --- Extractive -------------------------------------------------------------------------------------------
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-# Words that say nothing about what a question is after.
-_STOP = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "may",
-        "me",
-        "might",
-        "my",
-        "no",
-        "not",
-        "of",
-        "on",
-        "or",
-        "our",
-        "shall",
-        "should",
-        "so",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "us",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "about",
-        "any",
-        "all",
-        "also",
-        "am",
-        "get",
-        "got",
-        "many",
-        "much",
-        "please",
-        "tell",
-        "know",
-        "need",
-        "want",
-    ]
-)
 # How many quoted sentences an extractive answer gives, and how long it may get.
 EXTRACTIVE_MAX_SENTENCES = 3
 EXTRACTIVE_MAX_CHARS = 900
-_STEM = 5  # compare words by their first letters: "reimbursed" meets "reimbursement"
-
-
-def keywords(text: str) -> set[str]:
-    return {word[:_STEM] for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOP and len(word) > 1}
 
 
 def extractive_answer(question: str, passages: list[Passage]) -> str:
     """The sentences of the passages that share the most keywords with the question, best passages first."""
-    from ingest.chunker import split_sentences
-
     if not passages:
         return ""
     wanted = keywords(question)

@@ -7,7 +7,6 @@ filtered scan when its fast path finds fewer than it was asked for).
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,15 +22,12 @@ from kb.accounts.roles import Role, has_role
 from kb.search import embeddings
 from kb.search.analyzer import analyze
 from kb.search.fusion import Fused, reciprocal_rank_fusion
+from kb.text import text_clean
 
 Mode = Literal["hybrid", "bm25", "vector"]
 MODES: tuple[Mode, ...] = ("hybrid", "bm25", "vector")
 VECTOR = "vector"
 BM25 = "bm25"
-
-# NUL cannot be stored in or sent as PostgreSQL text; other control characters only confuse the analyzer.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SPACES = re.compile(r"\s+")
 
 
 # --- permission scope -------------------------------------------------------------------------------------
@@ -241,11 +237,6 @@ def search_in_scope(
     if not result.hits and not result.message:
         result.message = "Nothing matched; try other words."
     return result
-
-
-def text_clean(text: str) -> str:
-    """The text with control characters and runs of spaces replaced by single spaces."""
-    return _SPACES.sub(" ", _CONTROL.sub(" ", text or "")).strip()
 
 
 def query_clean(query: str) -> tuple[str, bool]:

@@ -54,9 +54,9 @@ import numpy as np
 import pytest
 from django.conf import settings
 
-from kb.llm import cache
 from kb.llm.cache import same_numbers_and_negations
 from kb.search import embeddings
+from kb.text import normalise
 
 pytestmark = pytest.mark.bench
 
@@ -74,7 +74,7 @@ CACHE_THRESHOLD = settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY  # the product's thr
 SHOW_WORST = 8
 
 # The product's own matching rule (kb/llm/cache.py), measured here.
-normalize = cache.normalise
+normalize = normalise
 
 
 def _identity(question: str) -> str:

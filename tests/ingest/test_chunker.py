@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.chunker import ChunkDraft, chunk_document, split_sentences, wordpiece_counter
+from ingest.chunker import ChunkDraft, chunk_document, wordpiece_counter
 from ingest.parsers import (
     DOCX,
     HTML,
@@ -17,6 +17,7 @@ from ingest.parsers import (
     document_from_blocks,
     parse,
 )
+from kb.text import split_sentences
 from tests.ingest import fixtures_build as build
 
 
