@@ -414,7 +414,7 @@ KB_QUESTION_MAX_CHARS = env_int("KB_QUESTION_MAX_CHARS", 2000, minimum=10)
 # Earlier turns of a conversation given to the model with a follow-up.
 KB_CONVERSATION_TURNS = env_int("KB_CONVERSATION_TURNS", 3, minimum=0, maximum=20)
 # Evidence gate: refuse without calling a model when the best passage similarity plus the best keyword
-# coverage (kb/answers/gate.py, 0..2) is below this. 0.85 is the highest value that refuses at most 3% of
+# coverage (kb/answers/pipeline/evidence.py, 0..2) is below this. 0.85 is the highest value that refuses at most 3% of
 # answerable questions on SQuAD 2.0 (2.6%) and SciFact (1.4%) while refusing 87-94% of out-of-domain ones
 # (tests/bench/test_gate_calibration.py; README "Evidence gate").
 KB_EVIDENCE_MIN_SCORE = env_float("KB_EVIDENCE_MIN_SCORE", 0.85, minimum=-1.0, maximum=2.0)

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from ingest.models import Document
 from kb.accounts.access import role_required
 from kb.accounts.roles import Role, has_role, roles_of
-from kb.answers import rendering, services
+from kb.answers import reading, rendering, services
 from kb.answers.api import request_id_of
 from kb.answers.models import Conversation, Exchange, Feedback
 
@@ -133,37 +133,8 @@ def citation_panel(request, exchange_id: int, n: int):
     chunk = document.chunks.filter(pk=citation["chunk_id"]).first() if document else None
     context = {"exchange": exchange, "citation": citation, "document": document, "chunk": chunk}
     if chunk is not None:
-        context["before"], context["quote"], context["after"] = _highlight(chunk.text, citation["quote"])
+        context["before"], context["quote"], context["after"] = reading.highlight(chunk.text, citation["quote"])
     return render(request, "answers/citation_panel.html", context)
-
-
-def _highlight(text: str, quote: str) -> tuple[str, str, str]:
-    """The passage split around the quoted sentence (compared with spacing normalised)."""
-    quote = quote.rstrip("…")
-    start = text.find(quote)
-    if start < 0:
-        # The quote was taken with runs of spaces collapsed: find it word by word.
-        words = quote.split()
-        if words:
-            start = text.find(words[0])
-            while start >= 0:
-                end = _match_words(text, start, words)
-                if end is not None:
-                    return text[:start], text[start:end], text[end:]
-                start = text.find(words[0], start + 1)
-        return text, "", ""
-    return text[:start], text[start : start + len(quote)], text[start + len(quote) :]
-
-
-def _match_words(text: str, start: int, words: list[str]) -> int | None:
-    position = start
-    for word in words:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if not text.startswith(word, position):
-            return None
-        position += len(word)
-    return position
 
 
 @_asker
@@ -203,24 +174,6 @@ def document_read(request, document_id: int):
     chunks = document.chunks.order_by("ordinal").only(
         "id", "ordinal", "text", "heading_path", "page_start", "page_end", "char_start", "char_end"
     )
-    return render(request, "answers/document_read.html", {"document": document, "passages": reading_passages(chunks)})
-
-
-def reading_passages(chunks) -> list[dict]:
-    """The chunks as continuous text: the overlap a chunk repeats from the one before is not shown twice, and
-    a heading is shown where the section changes."""
-    passages = []
-    previous_end = 0
-    previous_path: list[str] | None = None
-    for chunk in chunks:
-        skip = max(0, min(previous_end - chunk.char_start, len(chunk.text)))
-        passages.append(
-            {
-                "chunk": chunk,
-                "text": chunk.text[skip:].lstrip() if skip < len(chunk.text) else "",
-                "heading": chunk.heading_path if chunk.heading_path != previous_path else None,
-            }
-        )
-        previous_end = max(previous_end, chunk.char_end)
-        previous_path = chunk.heading_path
-    return passages
+    return render(
+        request, "answers/document_read.html", {"document": document, "passages": reading.reading_passages(chunks)}
+    )

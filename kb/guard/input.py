@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ class InputContext:
     text: str  # the question as it will be used: masked once the PII guard has run
     placeholders: dict[str, str] = field(default_factory=dict)
     vector: np.ndarray | None = None
+    recent_asks: Sequence[datetime] = ()  # the user's ask times in the rate window, for the rate limit
 
     def embedding(self) -> np.ndarray:
         """The masked question's embedding, computed once and shared with the caches and retrieval."""
@@ -50,28 +52,25 @@ class LengthGuard:
         return Verdict(self.name, Action.ALLOW, score=length / limit)
 
 
+RATE_WINDOW = timedelta(seconds=60)
+
+
 class RateLimitGuard:
-    """At most KB_RATE_LIMIT_PER_MINUTE questions per user in any 60 seconds (429, saying when to retry)."""
+    """At most KB_RATE_LIMIT_PER_MINUTE questions per user in any 60 seconds (429, saying when to retry).
+    The caller passes the user's recent ask times (`InputContext.recent_asks`, newest first)."""
 
     name = "rate_limit"
     before_record = True
-    window = timedelta(seconds=60)
 
     def scan(self, context: InputContext) -> Verdict:
-        from kb.answers.models import Exchange
-
         limit = settings.KB_RATE_LIMIT_PER_MINUTE
         if not limit:
             return Verdict(self.name, Action.ALLOW)
-        since = timezone.now() - self.window
-        recent = list(
-            Exchange.objects.filter(user=context.user, created_at__gte=since)
-            .order_by("-created_at")
-            .values_list("created_at", flat=True)[:limit]
-        )
+        now = timezone.now()
+        recent = [moment for moment in context.recent_asks if moment >= now - RATE_WINDOW][:limit]
         if len(recent) < limit:
             return Verdict(self.name, Action.ALLOW, score=len(recent) / limit)
-        retry = max(1, math.ceil((recent[-1] + self.window - timezone.now()).total_seconds()))
+        retry = max(1, math.ceil((min(recent) + RATE_WINDOW - now).total_seconds()))
         raise GuardError(
             f"You have asked {limit} questions in the last minute, the most kb takes. Try again in {retry} s.",
             status=429,

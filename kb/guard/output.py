@@ -6,6 +6,7 @@ sentence on the way out."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,13 +30,17 @@ class Source:
     chunk_id: int
     document_id: int
     text: str
+    vector: np.ndarray | None = None  # the passage's stored embedding; embedded here when missing
+
+
+# Passages of documents the asker may not read that share words with a text: (document id, passage text).
+UnreadableSearch = Callable[[str], list[tuple[int, str]]]
 
 
 @dataclass
 class OutputContext:
     answer: str
     question: str  # masked
-    user: object
     sources: dict[int, Source]
     system_prompt: str
     cited: list[int]
@@ -44,6 +49,8 @@ class OutputContext:
     model: str
     placeholders: dict[str, str] = field(default_factory=dict)
     grounding: list[dict] = field(default_factory=list)
+    # None when the asker may read every document (nothing to leak); given by the ask path otherwise.
+    unreadable_search: UnreadableSearch | None = None
 
 
 def without_markers(text: str) -> str:
@@ -106,20 +113,12 @@ class LeakGuard:
 
 
 def _unreadable_overlap(context: OutputContext, answer_shingles: set) -> dict | None:
-    from ingest.models import Document
-    from kb.search.retrieval import ReadScope, search_in_scope
-
-    scope = ReadScope.for_user(context.user)
-    if scope.everything or not answer_shingles:
+    if context.unreadable_search is None or not answer_shingles:
         return None
-    result = search_in_scope(context.answer, ReadScope.all_documents(), k=5, mode="bm25")
-    outside = {hit.document_id for hit in result.hits}
-    outside -= set(Document.objects.readable_by(context.user).filter(pk__in=outside).values_list("pk", flat=True))
-    for hit in result.hits:
-        if hit.document_id in outside:
-            shared = len(answer_shingles & shingles(hit.text))
-            if shared >= 2:
-                return {"document_id": hit.document_id, "shared": shared}
+    for document_id, text in context.unreadable_search(context.answer):
+        shared = len(answer_shingles & shingles(text))
+        if shared >= 2:
+            return {"document_id": document_id, "shared": shared}
     return None
 
 
@@ -209,15 +208,12 @@ def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tu
     if not needed:
         return [(0.0, []) for _ in sentences]
     texts = [MARKER.sub("", s).strip() for s in sentences]
-    # A passage's vector is stored with its chunk (of its text with title and section): no need to embed it
-    # again. Passages without a stored chunk are embedded here.
-    from ingest.models import Chunk
-
-    stored = dict(Chunk.objects.filter(pk__in=[sources[n].chunk_id for n in needed]).values_list("pk", "embedding"))
-    missing = [n for n in needed if sources[n].chunk_id not in stored]
+    # A passage's vector is stored with its chunk (of its text with title and section) and given with it;
+    # passages without one are embedded here.
+    missing = [n for n in needed if sources[n].vector is None]
     vectors = embeddings.embed(texts + [sources[n].text for n in missing])
     sentence_vectors = vectors[: len(texts)]
-    passage_vectors = {n: np.asarray(stored[sources[n].chunk_id], dtype=np.float32) for n in needed if n not in missing}
+    passage_vectors = {n: np.asarray(sources[n].vector, dtype=np.float32) for n in needed if n not in missing}
     passage_vectors.update(zip(missing, vectors[len(texts) :], strict=True))
     results = []
     for text, vector, cited in zip(texts, sentence_vectors, cited_per_sentence, strict=True):

@@ -17,9 +17,9 @@ from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
 from django.db.models import F
 from django.utils import timezone
+from pgvector.django import CosineDistance
 
 from kb import metrics
 from kb.llm.models import CachedAnswer
@@ -97,16 +97,15 @@ def lookup_semantic(ns: str, question: str, vector: np.ndarray) -> tuple[Hit | N
     if settings.KB_ANSWER_CACHE_TTL_S <= 0 or settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY >= 1.0:
         metrics.ANSWER_CACHE.labels("miss").inc()
         return None, None
-    from kb.search.retrieval import vector_literal
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, 1 - (embedding <=> %(v)s::vector), question FROM llm_cachedanswer "
-            "WHERE namespace = %(ns)s AND created_at >= %(since)s "
-            "ORDER BY embedding <=> %(v)s::vector, id LIMIT %(n)s",
-            {"v": vector_literal(vector), "ns": ns, "since": _fresh_since(), "n": SEMANTIC_CANDIDATES},
+    rows = [
+        (entry_id, 1.0 - float(distance), cached_question)
+        for entry_id, distance, cached_question in CachedAnswer.objects.filter(
+            namespace=ns, created_at__gte=_fresh_since()
         )
-        rows = cursor.fetchall()
+        .annotate(distance=CosineDistance("embedding", vector))
+        .order_by("distance", "id")
+        .values_list("id", "distance", "question")[:SEMANTIC_CANDIDATES]
+    ]
     nearest = float(rows[0][1]) if rows else None
     for entry_id, similarity, cached_question in rows:
         if float(similarity) < settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY:

@@ -12,14 +12,20 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kb.llm.providers import Passage
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 LOCK_FILE = PROMPTS_DIR / "versions.lock"
 USER_SEPARATOR = "\n--- user ---\n"
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+HISTORY_ANSWER_CHARS = 600  # of each earlier answer given to the model with a follow-up
 
 
 class PromptError(LookupError):
@@ -66,3 +72,41 @@ def get(prompt_id: str) -> Prompt:
         raise PromptError(f"prompt {prompt_id} has no '--- user ---' line between system and user parts")
     system, user = text.split(USER_SEPARATOR, 1)
     return Prompt(id=prompt_id, sha256=file_sha256(path), system=system.strip(), user_template=Template(user))
+
+
+# --- rendering what goes into a prompt's $passages, $history and $question ------------------------------------
+
+
+def quoted(text: str) -> str:
+    """The question and passages sit inside XML-like delimiters: text must not be able to close them."""
+    return text.replace("<", "\u2039").replace(">", "\u203a")
+
+
+def _attribute(value: str) -> str:
+    return quoted(value).replace('"', "'")
+
+
+def render_passages(passages: Sequence[Passage]) -> str:
+    blocks = []
+    for p in passages:
+        attributes = f'n="{p.n}" document="{_attribute(p.title)}"'
+        if p.heading:
+            attributes += f' section="{_attribute(p.heading)}"'
+        if p.page:
+            attributes += f' page="{_attribute(p.page)}"'
+        if p.untrusted:
+            attributes += ' untrusted="true"'
+        blocks.append(f"<passage {attributes}>\n{quoted(p.text)}\n</passage>")
+    return "\n".join(blocks)
+
+
+def render_history(turns: Iterable[tuple[str, str]]) -> str:
+    """Earlier (question, answer) turns of the conversation, oldest first; long answers are cut."""
+    rendered = []
+    for question, answer in turns:
+        if len(answer) > HISTORY_ANSWER_CHARS:
+            answer = answer[:HISTORY_ANSWER_CHARS] + "\u2026"
+        rendered.append(f"<turn>\n<asked>{quoted(question)}</asked>\n<answered>{quoted(answer)}</answered>\n</turn>")
+    if not rendered:
+        return ""
+    return "<conversation_so_far>\n" + "\n".join(rendered) + "\n</conversation_so_far>\n\n"

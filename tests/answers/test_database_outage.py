@@ -14,8 +14,10 @@ from psycopg_pool import PoolTimeout
 
 from kb import unavailable
 from kb.accounts.services import api_token_create
-from kb.answers import services
+from kb.answers import pipeline, services
 from kb.answers.models import Exchange, Outcome
+from kb.answers.pipeline import record
+from kb.answers.pipeline.types import AskRequest
 from kb.audit.models import AuditEvent
 from tests.answers.test_ask import _events
 
@@ -72,7 +74,7 @@ def test_without_a_database_an_ask_starts_nothing_and_says_so(fake_anthropic, co
     def database_gone(*args, **kwargs):
         raise shutdown()
 
-    monkeypatch.setattr(services, "_begin", database_gone)
+    monkeypatch.setattr(pipeline, "begin", database_gone)
     events = _events("What is the hotel limit per night in Amsterdam?", employee)
     assert [event["type"] for event in events] == ["error"]
     assert events[0]["status"] == 503 and "not reachable" in events[0]["message"]
@@ -94,7 +96,7 @@ def test_a_written_answer_waits_for_the_database_to_come_back_to_be_recorded(
     fake_anthropic, corpus, employee, monkeypatch, settings
 ):
     settings.KB_RECORD_RETRY_S = 5
-    real_finish = services._finish
+    real_finish = record.finish
     failures = []
 
     def finish_after_two_failures(*args, **kwargs):
@@ -103,7 +105,7 @@ def test_a_written_answer_waits_for_the_database_to_come_back_to_be_recorded(
             raise shutdown()
         return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(services, "_finish", finish_after_two_failures)
+    monkeypatch.setattr(record, "finish", finish_after_two_failures)
     events = _events("What is the hotel limit per night in Amsterdam?", employee)
     assert events[-1]["type"] == "done" and len(failures) == 2
     exchange = Exchange.objects.get(pk=events[-1]["result"]["exchange_id"])
@@ -120,7 +122,7 @@ def test_recording_gives_up_after_its_deadline_leaving_the_exchange_pending(
     def never(*args, **kwargs):
         raise shutdown()
 
-    monkeypatch.setattr(services, "_finish", never)
+    monkeypatch.setattr(record, "finish", never)
     with pytest.raises(OperationalError):
         _events("What is the hotel limit per night in Amsterdam?", employee)
     assert Exchange.objects.get().outcome == Outcome.PENDING  # started, never finished: visible as such
@@ -132,8 +134,8 @@ def test_an_exchange_its_process_never_finished_is_closed_as_failed_with_its_aud
 
     from django.utils import timezone
 
-    abandoned = services._begin(employee, "What is the hotel limit per night in Amsterdam?", None, "r1")
-    recent = services._begin(employee, "How long must a password be?", None, "r2")
+    abandoned = pipeline.begin(AskRequest(employee, "What is the hotel limit per night in Amsterdam?")).opened
+    recent = pipeline.begin(AskRequest(employee, "How long must a password be?")).opened
     Exchange.objects.filter(pk=abandoned.exchange_id).update(created_at=timezone.now() - timedelta(hours=1))
     assert services.exchanges_close_abandoned() == 1
     closed = Exchange.objects.get(pk=abandoned.exchange_id)
@@ -151,7 +153,7 @@ def test_a_record_retried_after_a_commit_it_did_not_hear_of_is_written_once(
     """The database commits the finished exchange, then the connection drops before the acknowledgement:
     the retry must not record it (or its audit event) a second time."""
     settings.KB_RECORD_RETRY_S = 5
-    real_finish = services._finish
+    real_finish = record.finish
     calls = []
 
     def commit_then_lose_the_connection(*args, **kwargs):
@@ -161,7 +163,7 @@ def test_a_record_retried_after_a_commit_it_did_not_hear_of_is_written_once(
             raise shutdown()
         return result
 
-    monkeypatch.setattr(services, "_finish", commit_then_lose_the_connection)
+    monkeypatch.setattr(record, "finish", commit_then_lose_the_connection)
     events = _events("What is the hotel limit per night in Amsterdam?", employee)
     assert events[-1]["type"] == "done" and len(calls) == 2
     assert Exchange.objects.get().outcome == Outcome.ANSWERED

@@ -48,7 +48,7 @@ with the highest refusal recall there. Stability: the threshold at which each co
 TARGET_FALSE_REFUSAL of its answerable questions; a general feature gives close values on both (the two
 indexes differ 15-fold in size, so this is also the check on corpus-size dependence).
 
-Results go to var/bench/gate_calibration.json. The product's gate (`kb.answers.gate.evidence_score` and
+Results go to var/bench/gate_calibration.json. The product's gate (`kb.answers.pipeline.evidence.evidence_score` and
 `is_covered`, with its configured threshold) is run on every question too; the test fails when it refuses
 more than MAX_FALSE_REFUSAL of either corpus' answerable questions or less than MIN_OUT_OF_DOMAIN_REFUSAL
 of either out-of-domain set, or when the candidate features cost more than FEATURE_BUDGET_MS at p95.
@@ -71,7 +71,7 @@ import pytest
 from django.conf import settings
 
 from ingest.models import Chunk, Document
-from kb.answers import gate
+from kb.answers.pipeline import evidence as gate
 from kb.search import beir, embeddings
 from kb.search.models import IndexState
 from kb.search.retrieval import ReadScope, SearchResult, query_clean, search_in_scope
@@ -167,7 +167,7 @@ def question_sets() -> list[QuestionSet]:
 # --- features ---------------------------------------------------------------------------------------------
 
 # Per query term: its df and which of the hits contain it; the posting lookups use the (term_id, chunk_id) key.
-# The product's own features (kb/answers/gate.py), measured here.
+# The product's own features (kb/answers/pipeline/evidence.py), measured here.
 idf = gate.idf
 keyword_coverages = gate.keyword_coverages
 
@@ -385,7 +385,7 @@ def test_evidence_gate_calibration(capsys):
     log("the combination's weight:\n" + table(weights, sets))
     log(f"recommended: {chosen} at other false-refusal targets:\n" + table(chosen_targets, sets))
     log(f"recommended: {chosen} >= {points[chosen]['threshold']:.2f}")
-    log("product gate (kb.answers.gate) refusal rates: " + json.dumps(product))
+    log("product gate (kb.answers.pipeline.evidence) refusal rates: " + json.dumps(product))
     log(f"features cost p50 {feature_cost['p50']} ms, p95 {feature_cost['p95']} ms per question")
     log(f"runtime {report['runtime_s']:.0f} s; results in {OUT}")
 

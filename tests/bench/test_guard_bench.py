@@ -110,7 +110,7 @@ def _grounding_separation() -> dict:
         other = passages[rng.choice(others)]["text"]
         for source_text, bucket in ((text, supported), (other, unsupported)):
             context = OutputContext(
-                answer=f"{sentence.strip().rstrip('.')} [1].", question=row["question"], user=None,
+                answer=f"{sentence.strip().rstrip('.')} [1].", question=row["question"],
                 sources={1: Source(1, 0, 0, source_text)}, system_prompt="", cited=[1], invalid=[], refused=False,
                 model="x",
             )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kb.answers.pipeline.output_guard import unreadable_search_for
 from kb.guard.base import Action
 from kb.guard.output import (
     UNSUPPORTED,
@@ -25,8 +26,8 @@ SYSTEM = prompts.get("answer-v1").system
 
 def context(answer: str, user=None, **overrides) -> OutputContext:
     values = dict(
-        answer=answer, question="q", user=user, sources=SOURCES, system_prompt=SYSTEM, cited=[1], invalid=[],
-        refused=False, model="anthropic:x",
+        answer=answer, question="q", sources=SOURCES, system_prompt=SYSTEM, cited=[1], invalid=[],
+        refused=False, model="anthropic:x", unreadable_search=unreadable_search_for(user) if user else None,
     )  # fmt: skip
     values.update(overrides)
     return OutputContext(**values)

@@ -1,0 +1,58 @@
+"""Stage 2, input guard: limits that refuse a question before anything is recorded (length, rate), then the
+guards that run on every recorded question (personal data masked before it leaves the machine, prompt
+injection). A blocking verdict is an answer too: the exchange is recorded with the reason."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from kb.answers.models import Exchange, Outcome
+from kb.answers.pipeline.types import AskRequest, Ending, Guarded, Stop, Trace
+from kb.guard.base import input_guards
+from kb.guard.input import BLOCKED_ANSWER, RATE_WINDOW, InputContext
+
+
+def recent_asks(user, *, now: datetime | None = None) -> list[datetime]:
+    """When the user asked within the rate-limit window, newest first (as many as the limit needs)."""
+    limit = settings.KB_RATE_LIMIT_PER_MINUTE
+    if not limit:
+        return []
+    since = (now or timezone.now()) - RATE_WINDOW
+    return list(
+        Exchange.objects.filter(user=user, created_at__gte=since)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:limit]
+    )
+
+
+def check_before_record(user, question: str) -> None:
+    """Run the guards that refuse a request before it is recorded; GuardError says why."""
+    context = InputContext(user=user, text=question, recent_asks=recent_asks(user))
+    for guard in input_guards():
+        if getattr(guard, "before_record", False):
+            guard.scan(context)
+
+
+def input_guard(request: AskRequest, trace: Trace) -> Guarded:
+    context = InputContext(user=request.user, text=request.question)
+    block = None
+    with trace.timed("guards_ms"):
+        for guard in input_guards():
+            if getattr(guard, "before_record", False):
+                continue  # checked before the exchange (check_before_record)
+            verdict = guard.scan(context)
+            trace.verdicts.append(verdict.as_dict())
+            if verdict.blocked:
+                block = Stop(
+                    Ending(
+                        outcome=Outcome.BLOCKED,
+                        answer=BLOCKED_ANSWER.format(reason=verdict.reason),
+                        refused=True,
+                        refusal_reason=f"blocked_{verdict.guard}",
+                    )
+                )
+                break
+    return Guarded(question=context.text, placeholders=dict(context.placeholders), vector=context.vector, block=block)

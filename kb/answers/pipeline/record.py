@@ -1,0 +1,145 @@
+"""Stage 9, record: the exchange row is opened (pending) before anything slow happens, and finished with its
+one hash-chained audit event, whatever happened - answered, cached, refused, blocked, failed or cancelled."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from ingest.models import Document
+from kb import metrics
+from kb.answers.models import Conversation, Exchange, Outcome
+from kb.answers.pipeline.types import AskRequest, Begun, Ending, Guarded, Opened, Retrieved, Scope, Trace, Turn
+from kb.audit.services import exchange_audit
+from kb.llm import cache
+
+# What a cache entry keeps of a result; the rest belongs to the exchange that answers from it.
+CACHEABLE = ("answer", "citations", "refused", "refusal_reason", "model", "fallback_used", "prompt_version")
+
+
+def _history(conversation_id: int, turns: int) -> tuple[Turn, ...]:
+    if not turns:
+        return ()
+    latest = (
+        Exchange.objects.filter(conversation_id=conversation_id, outcome__in=[Outcome.ANSWERED, Outcome.CACHED])
+        .order_by("-created_at")
+        .only("question", "answer", "search_query")[:turns]
+    )
+    return tuple(Turn(e.question, e.answer, e.search_query) for e in reversed(latest))
+
+
+def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Trace) -> Opened:
+    """The pending exchange (and a new conversation, or the asker's own one touched), in one transaction."""
+    question = guarded.question
+    with transaction.atomic():
+        if request.conversation_id is None:
+            conversation = Conversation.objects.create(user=request.user, title=question[:200])
+        else:
+            conversation = Conversation.objects.get(pk=request.conversation_id, user=request.user)
+            conversation.save(update_fields=["updated_at"])
+        history = _history(conversation.pk, settings.KB_CONVERSATION_TURNS)
+        exchange = Exchange.objects.create(
+            user=request.user,
+            conversation=conversation,
+            request_id=request.request_id[:64],
+            question=question,
+            chain=list(scope.chain),
+            prompt_version=scope.prompt.version,
+            guard_verdicts=trace.verdicts,
+        )
+    return Opened(exchange_id=exchange.pk, conversation_id=conversation.pk, history=history)
+
+
+def _passages_record(retrieved: Retrieved | None) -> list[dict]:
+    if retrieved is None:
+        return []
+    hits = retrieved.result.hits
+    versions = dict(Document.objects.filter(pk__in={hit.document_id for hit in hits}).values_list("pk", "version"))
+    return [
+        {
+            "n": n,
+            "chunk_id": hit.chunk_id,
+            "document_id": hit.document_id,
+            "document_version": versions.get(hit.document_id),
+            "vector_rank": hit.vector_rank,
+            "bm25_rank": hit.bm25_rank,
+            "fused_score": round(hit.fused_score, 6),
+            "similarity": None if hit.vector_similarity is None else round(hit.vector_similarity, 4),
+            "bm25_score": None if hit.bm25_score is None else round(hit.bm25_score, 4),
+        }
+        for n, hit in enumerate(hits, 1)
+    ]
+
+
+def result_of(begun: Begun, ending: Ending, total_ms: float) -> dict:
+    """The answer in the contract's shape (GUIDE §5) and what the page shows beside it."""
+    trace = begun.trace
+    return {
+        "answer": ending.answer,
+        "citations": ending.citations,
+        "refused": ending.refused,
+        "refusal_reason": ending.refusal_reason,
+        "model": ending.model,
+        "cached": ending.cached,
+        "fallback_used": ending.fallback_used,
+        "exchange_id": begun.opened.exchange_id,
+        "conversation_id": begun.opened.conversation_id,
+        "latency_ms": total_ms,
+        "usage": {**ending.usage.as_dict(), "cost_usd": ending.cost_usd},
+        "outcome": ending.outcome,
+        "prompt_version": begun.scope.prompt.version,
+        "notices": trace.notices,
+        "nearest_documents": ending.nearest,
+        "cache": trace.cache,
+        "guards": trace.verdicts,
+        "grounding": ending.grounding,
+    }
+
+
+@transaction.atomic  # the finished exchange and its audit event are written together
+def finish(begun: Begun, ending: Ending) -> dict:
+    trace = begun.trace
+    total_ms = trace.elapsed_ms()
+    result = result_of(begun, ending, total_ms)
+    retrieved = begun.retrieved
+    # Only a pending exchange is finished: a retry after a commit whose acknowledgement was lost finds it done
+    # and must not write a second audit event or cache entry.
+    finished = Exchange.objects.filter(pk=begun.opened.exchange_id, outcome=Outcome.PENDING).update(
+        outcome=ending.outcome,
+        answer=ending.answer,
+        citations=ending.citations,
+        refused=ending.refused,
+        refusal_reason=ending.refusal_reason,
+        model=ending.model,
+        fallback_used=ending.fallback_used,
+        attempts=ending.attempts,
+        notices=trace.notices,
+        cache=trace.cache,
+        passages=_passages_record(retrieved),
+        search_query=retrieved.result.query if retrieved else "",
+        evidence_score=begun.evidence_score,
+        guard_verdicts=trace.verdicts,
+        grounding=ending.grounding,
+        usage=result["usage"],
+        cost_usd=ending.cost_usd,
+        latency={**trace.latency, "total_ms": total_ms},
+        latency_ms=total_ms,
+        error=ending.error,
+        finished_at=timezone.now(),
+    )
+    if not finished:
+        return result
+    exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=begun.opened.exchange_id))
+    answered = ending.outcome == Outcome.ANSWERED and not ending.refused and not ending.fallback_used
+    if begun.opened.use_cache and answered and retrieved is not None:
+        cache.store(
+            begun.scope.namespace,
+            question=begun.guarded.question,
+            vector=retrieved.query.vector,
+            index_version=begun.scope.index_version,
+            result={key: result[key] for key in CACHEABLE},
+            exchange_id=begun.opened.exchange_id,
+        )
+    metrics.ASK_OUTCOMES.labels(ending.outcome).inc()
+    return result

@@ -1,0 +1,51 @@
+"""Stage 1, scope: the documents the asker may read, the index and prompt versions, and the model chain that
+today's budget allows. Everything later is keyed by it (the caches by its namespace)."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from kb.answers.models import Exchange
+from kb.answers.pipeline.types import AskRequest, Scope, Trace
+from kb.llm import cache, prompts
+from kb.llm.cost import budget_links
+from kb.search.models import IndexState
+from kb.search.retrieval import ReadScope
+
+GLOBAL_SPENT_TTL_S = 5.0  # summing the whole day's spending once per question would cost more than it tells
+_global_spent: tuple[float, float] = (0.0, 0.0)  # (monotonic time read, USD)
+
+
+def _global_spent_today() -> float:
+    global _global_spent
+    if not settings.KB_DAILY_BUDGET_USD:
+        return 0.0
+    read_at, value = _global_spent
+    if time.monotonic() - read_at > GLOBAL_SPENT_TTL_S:
+        value = Exchange.objects.today().spent_usd()
+        _global_spent = (time.monotonic(), value)
+    return value
+
+
+def scope(request: AskRequest, trace: Trace) -> Scope:
+    read = ReadScope.for_user(request.user)
+    state = IndexState.objects.filter(pk=1).only("version").first()
+    index_version = state.version if state else 0
+    prompt = prompts.get(settings.KB_PROMPT_VERSION)
+    user_spent = (
+        Exchange.objects.today().of_user(request.user).spent_usd() if settings.KB_USER_DAILY_BUDGET_USD else 0.0
+    )
+    decision = budget_links(list(settings.KB_MODELS), user_spent=user_spent, global_spent=_global_spent_today())
+    if decision.notice:
+        trace.notices.append(decision.notice)
+    return Scope(
+        read=read,
+        index_version=index_version,
+        prompt=prompt,
+        chain=tuple(decision.links),
+        namespace=cache.namespace(
+            scope_key=read.key, index_version=index_version, prompt_version=prompt.version, chain=decision.links
+        ),
+    )
