@@ -19,10 +19,10 @@ import pytest
 from django.conf import settings
 
 from ingest.chunker import split_sentences
+from kb.evaluation import beir
 from kb.guard.base import input_guards
 from kb.guard.input import InputContext
 from kb.guard.output import GroundingGuard, OutputContext, Source
-from kb.search import beir
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db]

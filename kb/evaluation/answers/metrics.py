@@ -58,7 +58,7 @@ def leaks_prompt(answer: str, system_prompt: str, *, meant_to_repeat: Sequence[s
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile (as `kb.search.beir.percentile`); None without values."""
+    """Nearest-rank percentile (as `kb.evaluation.beir.percentile`); None without values."""
     if not values:
         return None
     ordered = sorted(values)
