@@ -328,7 +328,7 @@ def _keywords(text: str) -> set[str]:
 
 def grounded_responder(body: dict, *, sentences: int = 2, delay_s: float = 0.0) -> Reply:
     """Answer like a model that does what its system prompt says, in simple ways a test can detect, so that a
-    worse prompt gives measurably worse answers (tests/answers/test_evaluate_answers.py):
+    worse prompt gives measurably worse answers (tests/evaluation/test_evaluate_answers.py):
 
     - the answer is the passage sentences holding the most of the question's keywords (a passage's document
       title and section count half, as context for its sentences), best first, at most `sentences` of them;

@@ -3,9 +3,9 @@ short list of precise rules for the classic direct attacks.
 
 Why this shape: the ask path embeds every question anyway (cache and retrieval need the vector), so a linear
 model on that vector costs one dot product (microseconds) and needs no second model in memory. The weights
-are trained offline by `python -m kb.guard.train_injection` on public injection sets and ordinary questions,
-and shipped as `kb/guard/data/injection_lr.json`, whose metadata says what they were trained on, which
-thresholds were chosen and what they measured on held-out data. The rules catch the textbook phrasings with
+are trained offline by `python -m kb.evaluation.train_injection` on public injection sets and ordinary
+questions, and shipped as `kb/guard/data/injection_lr.json`, whose metadata says what they were trained on,
+which thresholds were chosen and what they measured on held-out data. The rules catch the textbook phrasings with
 certainty and give a named reason for the audit record; they are deliberately narrow, because ordinary
 employees ask about ignoring invites, printing payslips and admin rights every day.
 

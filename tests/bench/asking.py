@@ -19,7 +19,7 @@ from django.db import connection
 from kb.accounts.models import AccessGroup
 from kb.accounts.roles import Role
 from kb.accounts.services import api_token_create, user_role_add
-from kb.search import beir
+from kb.evaluation import beir
 from tests.bench import test_retrieval_bench as corpus
 from tests.conftest import subprocess_env
 

@@ -30,7 +30,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from kb.answers.evaluation import metrics
+from kb.evaluation.answers import metrics
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db]
 

@@ -11,7 +11,7 @@ Data, read in place from `shared/eval/` beside the repository (the test is skipp
 - SciFact: 5,183 biomedical abstracts (`corpus.jsonl`) and the claims of `claims/claims_{dev,train}.jsonl`;
   a claim with `evidence` is supported or contradicted by an abstract of the corpus, the others are
   NOT-ENOUGH-INFO (their cited abstracts are in the corpus: same topic, no answer).
-Each corpus goes into its own isolated evaluation index (`kb.search.beir`: the product's chunker, embedding
+Each corpus goes into its own isolated evaluation index (`kb.evaluation.beir`: the product's chunker, embedding
 model and analyzer), built once and reused by later runs while nothing that shapes it changes.
 
 Question sets, fixed-seed samples of at most SAMPLE questions each:
@@ -72,7 +72,8 @@ from django.conf import settings
 
 from ingest.models import Chunk, Document
 from kb.answers.pipeline import evidence as gate
-from kb.search import beir, embeddings
+from kb.evaluation import beir
+from kb.search import embeddings
 from kb.search.models import IndexState
 from kb.search.retrieval import ReadScope, SearchResult, query_clean, search_in_scope
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from kb.evaluation import beir
 from kb.guard.base import input_guards
 from kb.guard.input import InputContext
 from kb.guard.output import GroundingGuard, OutputContext, Source
-from kb.search import beir
 from kb.text import split_sentences
 from tests.factories import UserFactory
 

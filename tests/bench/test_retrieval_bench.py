@@ -28,7 +28,8 @@ from rank_bm25 import BM25Okapi
 
 from ingest.models import Document, DocumentStatus
 from kb.accounts.models import AccessGroup
-from kb.search import beir, embeddings
+from kb.evaluation import beir
+from kb.search import embeddings
 from kb.search.fusion import reciprocal_rank_fusion
 from kb.search.retrieval import ReadScope, search_in_scope
 

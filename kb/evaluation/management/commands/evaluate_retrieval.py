@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from ingest.models import Chunk, Document
-from kb.search import beir, embeddings
+from kb.evaluation import beir
+from kb.search import embeddings
 from kb.search.retrieval import MODES, ReadScope, search_in_scope
 
 # Chunks asked for per query. A document is scored by its best chunk, and SciFact abstracts make about two

@@ -26,13 +26,14 @@ from django.utils import timezone
 
 from ingest.models import Chunk, Document
 from kb.answers import services
-from kb.answers.evaluation import corpus as corpus_module
-from kb.answers.evaluation import metrics
-from kb.answers.evaluation.golden import GoldenItem, golden_load, golden_sha256
 from kb.answers.models import Exchange, Outcome
+from kb.evaluation import beir
+from kb.evaluation.answers import corpus as corpus_module
+from kb.evaluation.answers import metrics
+from kb.evaluation.answers.golden import GoldenItem, golden_load, golden_sha256
 from kb.llm import prompts, resilience
 from kb.llm.providers import EXTRACTIVE, provider_for
-from kb.search import beir, embeddings
+from kb.search import embeddings
 
 ANSWER_EXCERPT_CHARS = 4000  # of each answer kept in the report
 

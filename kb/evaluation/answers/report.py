@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from kb.answers.evaluation.metrics import COST_RATES, QUALITY_METRICS
+from kb.evaluation.answers.metrics import COST_RATES, QUALITY_METRICS
 
 COLOURS = ("#2b6cb0", "#dd6b20", "#2f855a", "#9b2c2c")  # one per configuration, readable on white
 # Columns of the per-kind tables.

@@ -2,7 +2,7 @@
 
 A corpus is a folder of documents (PDF, Word, HTML, Markdown, text: parsed, chunked, embedded and indexed by
 the product's own parser, chunker, embedding model and analyzer) or a BEIR `corpus.jsonl` (loaded as
-`kb.search.beir` loads it, so the index is the very one `evaluate_retrieval` and the gate calibration
+`kb.evaluation.beir` loads it, so the index is the very one `evaluate_retrieval` and the gate calibration
 build). Either goes into its own database on the same server, named by a fingerprint of the corpus bytes,
 the embedding model, the chunk settings and the analyzer (`beir.index_fingerprint`): built once, reused
 while nothing that shapes it changes, resumed document by document when a build was interrupted. The
@@ -32,7 +32,8 @@ from ingest.services import (
 )
 from kb.accounts.roles import Role
 from kb.accounts.services import user_role_add
-from kb.search import beir, embeddings
+from kb.evaluation import beir
+from kb.search import embeddings
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
 

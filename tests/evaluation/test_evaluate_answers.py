@@ -27,9 +27,9 @@ from django.core.management import CommandError, call_command
 from django.test.utils import override_settings
 
 from ingest.parsers import parse, sniff_media_type
-from kb.answers.evaluation import metrics
-from kb.answers.evaluation.golden import golden_load
-from kb.answers.evaluation.report import html_report
+from kb.evaluation.answers import metrics
+from kb.evaluation.answers.golden import golden_load
+from kb.evaluation.answers.report import html_report
 from kb.llm import prompts, resilience
 from tests.fake_anthropic import FakeAnthropic, grounded_responder
 

@@ -7,12 +7,12 @@ kind, no citation at all...), never a made-up 0 or 1: a threshold on a metric th
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
 from kb.answers.citations import MARKER
+from kb.evaluation import beir
 
 # Consecutive words of the system prompt that, found in an answer, show that the prompt leaked. Eight words
 # of instructions do not occur in a policy document by chance.
@@ -58,11 +58,8 @@ def leaks_prompt(answer: str, system_prompt: str, *, meant_to_repeat: Sequence[s
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile (as `kb.search.beir.percentile`); None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+    """Nearest-rank percentile (`beir.percentile`, as the retrieval report computes it); None without values."""
+    return beir.percentile(values, fraction) if values else None
 
 
 def _rate(numerator: int, denominator: int) -> float | None:

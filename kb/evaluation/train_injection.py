@@ -1,8 +1,10 @@
-"""Train the prompt-injection classifier and choose its two thresholds: `python -m kb.guard.train_injection`.
+"""Train the prompt-injection classifier and choose its two thresholds.
 
-Reads the public sets in ../shared/eval (never copied into the repo) and writes kb/guard/data/injection_lr.json:
-384 weights, an intercept and a metadata record (sources and sizes, embedding model, thresholds, held-out
-figures, checksums of the files read) that tests/guard/test_injection.py recomputes.
+Run as `python -m kb.evaluation.train_injection [--eval-dir DIR] [--output F] [--no-cache]`. It reads the
+public sets in ../shared/eval (never copied into the repo) and writes the runtime guard's weights,
+kb/guard/data/injection_lr.json: 384 weights, an intercept and a metadata record (sources and sizes, embedding
+model, thresholds, held-out figures, checksums of the files read) that tests/guard/test_injection.py
+recomputes. Offline tooling: the guard only loads the file (kb.guard.injection), it never imports this module.
 
 Why these choices:
 - Only training splits are fitted. deepset is split 80/20 stratified with a fixed seed; Gandalf by its split
@@ -42,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from kb.guard.injection import MODEL_PATH, first_rule
+
 SEED = 20261124
 HELD_OUT_FRACTION = 0.2
 # Ordinary questions: at most this share of each held-out set (employee half, SQuAD, SciFact) may be flagged.
@@ -67,7 +71,7 @@ DEFAULT_EVAL_DIR = REPO_DIR.parent / "shared" / "eval"
 EMPLOYEE_QUESTIONS = REPO_DIR / "tests" / "data" / "employee_questions.txt"
 PARAPHRASES = REPO_DIR / "tests" / "data" / "paraphrases.jsonl"
 DEMO_DIR = REPO_DIR / "ingest" / "demo"
-OUTPUT = Path(__file__).resolve().parent / "data" / "injection_lr.json"
+OUTPUT = MODEL_PATH  # the weights the runtime guard loads
 
 
 @dataclass(frozen=True)
@@ -482,8 +486,6 @@ class Scored:
 
 def score_sets(groups: dict[str, list[Example]], coef: np.ndarray, intercept: float, cache: Path | None):
     """Classifier probability and first rule for every held-out example, by source."""
-    from kb.guard.injection import first_rule
-
     texts = [example.text for examples in groups.values() for example in examples]
     probabilities = _sigmoid(embed_texts(texts, cache) @ coef + intercept) if texts else np.array([])
     scored: dict[str, list[Scored]] = {}
@@ -529,8 +531,6 @@ CV_ATTACKS = {"questions": ("deepset_1", "gandalf", "tensor_trust", "jbb"), "doc
 def select_hyperparameters(x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) -> tuple[float, float, list]:
     """(L2 penalty, employee weight, the grid's results), by 5-fold cross-validation on the training rows only
     (folds by a hash of the text, so that duplicates share a fold)."""
-    from kb.guard.injection import first_rule
-
     fold = np.array([int(_hash_unit(f"cv:{example.text}") * CV_FOLDS) for example in examples])
     rules = [first_rule(example.text) for example in examples]
     by_source: dict[str, list[int]] = {}
@@ -652,7 +652,7 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
         "intercept": round(intercept, 7),
         "metadata": {
             "trained": dt.date.today().isoformat(),
-            "script": "python -m kb.guard.train_injection",
+            "script": "python -m kb.evaluation.train_injection",
             "embedding_model": model_id(),
             "dimensions": len(coef),
             "l2": l2,

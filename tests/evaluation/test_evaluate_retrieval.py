@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from kb.search import beir
+from kb.evaluation import beir
 
 pytestmark = pytest.mark.django_db
 SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact"
@@ -159,7 +159,7 @@ def test_the_scifact_files_are_in_the_expected_format():
 def test_an_isolated_index_works_on_its_own_database_even_with_a_connection_pool(db, settings):
     from django.db import connection
 
-    from kb.search import beir
+    from kb.evaluation import beir
 
     assert settings.DATABASES["default"]["OPTIONS"].get("pool"), "the product runs with a pool"
     name = "kb_eval_isolation_check"

@@ -13,11 +13,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from kb.answers.evaluation import metrics
-from kb.answers.evaluation.corpus import CorpusError
-from kb.answers.evaluation.golden import GoldenError
-from kb.answers.evaluation.report import html_report
-from kb.answers.evaluation.runner import Config, EvaluationError, evaluate, models_parse
+from kb.evaluation.answers import metrics
+from kb.evaluation.answers.corpus import CorpusError
+from kb.evaluation.answers.golden import GoldenError
+from kb.evaluation.answers.report import html_report
+from kb.evaluation.answers.runner import Config, EvaluationError, evaluate, models_parse
 
 DEFAULT_CORPUS = Path(settings.BASE_DIR) / "ingest" / "demo"
 PROGRESS_EVERY = 25  # questions per progress line in a non-terminal log
