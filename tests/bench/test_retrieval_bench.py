@@ -111,8 +111,8 @@ def _build(log) -> float:
         cursor.execute(
             f"""
             INSERT INTO ingest_chunk (document_id, ordinal, text, heading_path, char_start, char_end, token_count,
-                                      embedding)
-            SELECT d.id, o.n, 'Synthetic passage ' || d.id || '.' || o.n, '["Synthetic"]'::jsonb, 0, 0, 0,
+                                      untrusted, embedding)
+            SELECT d.id, o.n, 'Synthetic passage ' || d.id || '.' || o.n, '["Synthetic"]'::jsonb, 0, 0, 0, false,
                    (SELECT l2_normalize(array_agg(random() - 0.5)::real[]::vector)
                     FROM generate_series(1, {settings.KB_EMBEDDING_DIMENSIONS}) WHERE o.n >= 0 AND d.id > 0)
             FROM ingest_document d CROSS JOIN generate_series(0, {CHUNKS_PER_DOCUMENT - 1}) AS o(n)
