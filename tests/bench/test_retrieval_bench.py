@@ -107,7 +107,7 @@ def _build(log) -> float:
         )
         log("documents written; writing chunks with random unit vectors")
         # The index is built once at the end: far faster than maintaining it row by row.
-        cursor.execute("DROP INDEX chunk_embedding_hnsw")
+        cursor.execute("DROP INDEX IF EXISTS chunk_embedding_hnsw")  # also after a build that broke off
         cursor.execute(
             f"""
             INSERT INTO ingest_chunk (document_id, ordinal, text, heading_path, char_start, char_end, token_count,
