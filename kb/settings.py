@@ -431,6 +431,7 @@ KB_INPUT_GUARDS = env_list(
     [
         "kb.guard.input.LengthGuard",
         "kb.guard.input.RateLimitGuard",
+        "kb.guard.input.InFlightGuard",
         "kb.guard.input.PiiGuard",
         "kb.guard.input.InjectionGuard",
     ],
@@ -441,6 +442,10 @@ KB_OUTPUT_GUARDS = env_list(
 )
 # Questions per user in any 60 seconds (0: no limit); beyond it a 429 says when to retry.
 KB_RATE_LIMIT_PER_MINUTE = env_int("KB_RATE_LIMIT_PER_MINUTE", 20, minimum=0)
+# Questions one user may have being answered at once (0: no cap). A person reads one answer at a time; 3 leaves
+# room for a second tab and a retry, while 50 parallel asks from one account (a script) can no longer hold the
+# database pool for everyone else (issue 17: 27 of 50 got a pool time-out and another user waited 30 s).
+KB_USER_ASKS_IN_FLIGHT = env_int("KB_USER_ASKS_IN_FLIGHT", 3, minimum=0)
 # Injection classifier thresholds (kb/guard/data/injection_lr.json records the held-out figures). Questions:
 # the lowest threshold keeping each ordinary set (employee questions, SQuAD, SciFact) at <= 1% false positives;
 # held-out recall 98% Gandalf, 93% Tensor Trust, 91% JailbreakBench, 61% deepset. Passages at ingest: the
