@@ -15,7 +15,7 @@ from tests.audit.conftest import record_some, tamper
 COMPLIANCE_PAGES = [
     ("get", "audit_home", ()),
     ("get", "audit_detail", (1,)),
-    ("get", "audit_export", ()),
+    ("post", "audit_export", ()),
     ("post", "audit_verify", ()),
     ("post", "audit_legal_hold", ()),
 ]
@@ -69,7 +69,10 @@ def test_the_log_page_lists_searches_and_pages_back(empty_log, client, complianc
 
     found = client.get(reverse("audit_home"), {"q": "number 3"}).content.decode()
     assert "Question number 3?" in found and "Question number 4?" not in found
-    assert 'href="/audit/export?format=csv&amp;q=number+3"' in found  # the export takes the same filters
+    # The export takes the same filters, posted by a form (an export is recorded: never a GET).
+    assert '<form method="post" action="/audit/export"' in found
+    assert '<input type="hidden" name="q" value="number 3">' in found
+    assert '<button type="submit" name="format" value="csv">' in found
 
 
 def test_the_search_form_swaps_only_the_results(empty_log, client, compliance):
@@ -88,9 +91,34 @@ def test_bad_filters_are_explained_and_not_applied(empty_log, client, compliance
     client.force_login(compliance)
     body = client.get(reverse("audit_home"), {"since": "last week"}).content.decode()
     assert "Enter a valid date." in body and "The filters were not applied" in body
-    response = client.get(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
+    response = client.post(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
     assert "since: Enter a valid date." in response.content.decode()
+    assert response.redirect_chain[-1][0] == reverse("audit_home") + "?since=last+week"
     assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+
+def test_an_export_is_posted_with_the_csrf_token_never_started_by_a_link(empty_log, compliance):
+    # A cross-site page could make a signed-in officer's browser follow a link (SameSite=Lax cookies travel
+    # with top-level GETs) and so write an export event in their name: exports are POSTs, CSRF-checked.
+    from django.test import Client
+
+    record_some(2)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(compliance)
+    assert browser.get(reverse("audit_export"), {"format": "csv"}).status_code == 405
+    assert browser.post(reverse("audit_export"), {"format": "csv"}).status_code == 403  # no CSRF token
+    assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+    page = browser.get(reverse("audit_home"), {"kind": "feedback"})
+    token = page.context["csrf_token"]
+    response = browser.post(
+        reverse("audit_export"), {"format": "jsonl", "kind": "feedback", "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 200 and response["Content-Disposition"].startswith("attachment;")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert len(lines) == 3  # the two feedback events and the manifest
+    (export,) = AuditEvent.objects.filter(kind=AuditKind.EXPORT)
+    assert export.data["filters"] == {"kind": "feedback"} and export.actor_id == compliance.pk
 
 
 def test_the_page_shows_a_broken_chain(empty_log, client, compliance):
