@@ -518,6 +518,9 @@ KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minim
 
 # --- Operations -----------------------------------------------------------------------------------
 KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum=30.0)
+# /metrics answers callers on this machine; a scraper elsewhere sends this as a bearer token. Empty (the
+# default): no remote scraping, since metrics name routes, models and failure counts.
+KB_METRICS_TOKEN = env_str("KB_METRICS_TOKEN", "")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise EnvError(f"LOG_LEVEL={LOG_LEVEL!r} is not a level: use DEBUG, INFO, WARNING, ERROR or CRITICAL")

@@ -54,6 +54,31 @@ def test_metrics_are_prometheus_text(client):
     assert "kb_http_request_duration_seconds_bucket" in text
 
 
+@pytest.mark.django_db
+def test_metrics_are_refused_to_callers_from_elsewhere(client, settings):
+    settings.KB_METRICS_TOKEN = ""
+    for headers, remote in (({}, "203.0.113.7"), ({"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1")):
+        # From another machine, or through a proxy on this one: refused in one line that says what to do.
+        response = client.get("/metrics", headers=headers, REMOTE_ADDR=remote)
+        assert response.status_code == 403
+        assert (
+            "KB_METRICS_TOKEN" in response.content.decode()
+            and "kb_http_requests_total" not in response.content.decode()
+        )
+    assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_scraper_with_the_metrics_token_reads_them_from_anywhere(client, settings):
+    settings.KB_METRICS_TOKEN = "s3cret-scraper-token"
+    remote = {"REMOTE_ADDR": "203.0.113.7"}
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer guess"}, **remote)
+    assert wrong.status_code == 401 and wrong["WWW-Authenticate"] == "Bearer"
+    assert client.get("/metrics", **remote).status_code == 401
+    response = client.get("/metrics", headers={"Authorization": "Bearer s3cret-scraper-token"}, **remote)
+    assert response.status_code == 200 and "kb_http_requests_total" in response.content.decode()
+
+
 def test_missing_embedding_model_is_named(settings, tmp_path):
     settings.KB_EMBEDDING_MODEL = str(tmp_path / "no-model")
     with pytest.raises(embeddings.EmbeddingModelMissing, match="no sentence-transformers model"):
