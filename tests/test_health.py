@@ -100,3 +100,27 @@ def test_anonymous_readyz_gets_the_verdict_without_internal_details(client, sett
     assert body["checks"]["broker"] == {"ok": False, "ms": body["checks"]["broker"]["ms"]}
     assert "error" not in body["checks"]["database"] and "pgvector" not in body["checks"]["database"]
     assert any("readiness check broker failing" in record.getMessage() for record in caplog.records)
+
+
+def test_the_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert b"".join(response.streaming_content).startswith(b"\x00\x00\x01\x00")  # an ICO header
+
+
+@pytest.mark.django_db
+def test_a_refused_request_is_one_log_line_not_a_traceback(client, employee):
+    import io
+    import logging
+
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        client.force_login(employee)
+        assert client.get("/audit/").status_code == 403
+    finally:
+        logger.removeHandler(handler)
+    assert written.getvalue().splitlines() == ["WARNING django.request Forbidden (Permission denied): /audit/"]

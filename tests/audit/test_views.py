@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from django.urls import reverse
@@ -275,3 +276,42 @@ def test_garbage_in_the_address_is_ignored_not_an_error(empty_log, client, compl
         assert client.get(reverse("audit_analytics"), {"days": days}).status_code == 200, days
     page = client.get(reverse("audit_home"), {"until": "9999-12-31", "since": "0001-01-01"}).content.decode()
     assert "Exchange 1001: up" in page
+
+
+def _visible_text(page: str) -> str:
+    # Times show microseconds on purpose; hashes are hex: neither is a score.
+    page = re.sub(r"<time[^>]*>.*?</time>|<code>.*?</code>|<pre[^>]*>.*?</pre>", "", page, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", page)
+
+
+def test_an_exchange_record_shows_scores_rounded_and_never_none(client, corpus, compliance, employee, settings):
+    from kb.answers import services as answers
+
+    settings.KB_MODELS = ["extractive"]
+    answers.ask("What is the hotel limit per night in Amsterdam?", employee)
+    real = AuditEvent.objects.filter(kind=AuditKind.EXCHANGE).latest("seq")
+    made_up = services.audit_record(
+        kind=AuditKind.EXCHANGE,
+        actor=employee,
+        data={
+            "exchange_id": 77,
+            "question": "Parking?",
+            "outcome": "answered",
+            "guard": [{"guard": "injection", "action": "allow", "score": 0.123456789, "details": {"top": None}}],
+            "grounding": [{"sentence": "Yes [1].", "cited": [1], "score": 0.98765432, "supported": True}],
+            "passages": [{"n": 1, "chunk_id": 3, "document_id": 1, "fused_score": 0.0327868852, "similarity": None}],
+            "attempts": [{"link": "extractive", "attempt": 1, "outcome": "ok", "status": None, "ms": None}],
+            "cache": {"kind": "miss", "similarity": None, "nearest_similarity": 0.912345678},
+            "usage": {"input_tokens": None},
+            "latency": {"total_ms": 12.345678},
+            "prompt_version": None,
+            "evidence_score": None,
+        },
+    )
+    client.force_login(compliance)
+    for event in (real, made_up):
+        text = _visible_text(client.get(reverse("audit_detail", args=[event.seq])).content.decode())
+        assert "None" not in text, event.data
+        # A long fraction that is not a time of day (12:00:41.989579) nor the cost in dollars.
+        assert not re.findall(r"(?<![\d:.$])\d+\.\d{5,}", text), re.findall(r".{40}\d\.\d{5,}\S*", text)
+    assert all(shown in text for shown in ("0.123", "0.988", "0.0328", "0.912", "12.3 ms"))
