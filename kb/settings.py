@@ -152,6 +152,12 @@ else:
     # table and index a document touches. Health checks replace a connection that died in between.
     _db["CONN_MAX_AGE"] = env_int("KB_DB_CONN_MAX_AGE", 600, minimum=0)
 _db["TEST"] = {"NAME": env_str("KB_TEST_DATABASE_NAME", "test_kb")}
+# The role that owns the tables, for what the application's role may not do: the retention purge
+# (manage.py audit_purge and the worker's daily run). `make run` sets it for the embedded server; give it to the
+# worker and the operator's shell only, never to the web process. Unset: DATABASE_URL's role does everything.
+KB_DATABASE_OWNER_URL = env_url(
+    "KB_DATABASE_OWNER_URL", schemes=("postgres", "postgresql"), example="postgresql://OWNER:PASSWORD@HOST:5432/NAME"
+)
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
