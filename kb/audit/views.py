@@ -76,6 +76,7 @@ def audit_home(request):
         "paged": before is not None,
         "query": urlencode(query),
         "filtered": bool(query),
+        "export_filters": sorted(query.items()),
         "formats": EXPORT_FORMATS,
     }
     if request.htmx and request.htmx.target == "audit-results":  # the search form swaps the results only
@@ -126,12 +127,14 @@ def audit_detail(request, seq: int):
 
 
 @compliance_required
+@require_POST  # an export is recorded in the officer's name: a link from another site must not start one
 def audit_export(request):
-    form, _ = _filters(request)
-    format = request.GET.get("format", "csv")
+    form = AuditFilterForm(request.POST)
+    format = request.POST.get("format", "csv")
     if not form.is_valid() or format not in EXPORT_FORMATS:
         messages.error(request, form.error_text() or f"Choose an export format: {', '.join(EXPORT_FORMATS)}.")
-        return redirect(reverse("audit_home") + "?" + request.GET.urlencode())
+        filters = {name: value for name, value in request.POST.items() if name in form.fields and value}
+        return redirect(reverse("audit_home") + "?" + urlencode(filters))
     stream = services.audit_export_begin(
         filters=form.filters(), format=format, actor=request.user, via="audit page", trailer=True
     )

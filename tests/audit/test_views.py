@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from django.urls import reverse
@@ -15,7 +16,7 @@ from tests.audit.conftest import record_some, tamper
 COMPLIANCE_PAGES = [
     ("get", "audit_home", ()),
     ("get", "audit_detail", (1,)),
-    ("get", "audit_export", ()),
+    ("post", "audit_export", ()),
     ("post", "audit_verify", ()),
     ("post", "audit_legal_hold", ()),
 ]
@@ -69,7 +70,10 @@ def test_the_log_page_lists_searches_and_pages_back(empty_log, client, complianc
 
     found = client.get(reverse("audit_home"), {"q": "number 3"}).content.decode()
     assert "Question number 3?" in found and "Question number 4?" not in found
-    assert 'href="/audit/export?format=csv&amp;q=number+3"' in found  # the export takes the same filters
+    # The export takes the same filters, posted by a form (an export is recorded: never a GET).
+    assert '<form method="post" action="/audit/export"' in found
+    assert '<input type="hidden" name="q" value="number 3">' in found
+    assert '<button type="submit" name="format" value="csv">' in found
 
 
 def test_the_search_form_swaps_only_the_results(empty_log, client, compliance):
@@ -88,9 +92,34 @@ def test_bad_filters_are_explained_and_not_applied(empty_log, client, compliance
     client.force_login(compliance)
     body = client.get(reverse("audit_home"), {"since": "last week"}).content.decode()
     assert "Enter a valid date." in body and "The filters were not applied" in body
-    response = client.get(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
+    response = client.post(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
     assert "since: Enter a valid date." in response.content.decode()
+    assert response.redirect_chain[-1][0] == reverse("audit_home") + "?since=last+week"
     assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+
+def test_an_export_is_posted_with_the_csrf_token_never_started_by_a_link(empty_log, compliance):
+    # A cross-site page could make a signed-in officer's browser follow a link (SameSite=Lax cookies travel
+    # with top-level GETs) and so write an export event in their name: exports are POSTs, CSRF-checked.
+    from django.test import Client
+
+    record_some(2)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(compliance)
+    assert browser.get(reverse("audit_export"), {"format": "csv"}).status_code == 405
+    assert browser.post(reverse("audit_export"), {"format": "csv"}).status_code == 403  # no CSRF token
+    assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+    page = browser.get(reverse("audit_home"), {"kind": "feedback"})
+    token = page.context["csrf_token"]
+    response = browser.post(
+        reverse("audit_export"), {"format": "jsonl", "kind": "feedback", "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 200 and response["Content-Disposition"].startswith("attachment;")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert len(lines) == 3  # the two feedback events and the manifest
+    (export,) = AuditEvent.objects.filter(kind=AuditKind.EXPORT)
+    assert export.data["filters"] == {"kind": "feedback"} and export.actor_id == compliance.pk
 
 
 def test_the_page_shows_a_broken_chain(empty_log, client, compliance):
@@ -247,3 +276,42 @@ def test_garbage_in_the_address_is_ignored_not_an_error(empty_log, client, compl
         assert client.get(reverse("audit_analytics"), {"days": days}).status_code == 200, days
     page = client.get(reverse("audit_home"), {"until": "9999-12-31", "since": "0001-01-01"}).content.decode()
     assert "Exchange 1001: up" in page
+
+
+def _visible_text(page: str) -> str:
+    # Times show microseconds on purpose; hashes are hex: neither is a score.
+    page = re.sub(r"<time[^>]*>.*?</time>|<code>.*?</code>|<pre[^>]*>.*?</pre>", "", page, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", page)
+
+
+def test_an_exchange_record_shows_scores_rounded_and_never_none(client, corpus, compliance, employee, settings):
+    from kb.answers import services as answers
+
+    settings.KB_MODELS = ["extractive"]
+    answers.ask("What is the hotel limit per night in Amsterdam?", employee)
+    real = AuditEvent.objects.filter(kind=AuditKind.EXCHANGE).latest("seq")
+    made_up = services.audit_record(
+        kind=AuditKind.EXCHANGE,
+        actor=employee,
+        data={
+            "exchange_id": 77,
+            "question": "Parking?",
+            "outcome": "answered",
+            "guard": [{"guard": "injection", "action": "allow", "score": 0.123456789, "details": {"top": None}}],
+            "grounding": [{"sentence": "Yes [1].", "cited": [1], "score": 0.98765432, "supported": True}],
+            "passages": [{"n": 1, "chunk_id": 3, "document_id": 1, "fused_score": 0.0327868852, "similarity": None}],
+            "attempts": [{"link": "extractive", "attempt": 1, "outcome": "ok", "status": None, "ms": None}],
+            "cache": {"kind": "miss", "similarity": None, "nearest_similarity": 0.912345678},
+            "usage": {"input_tokens": None},
+            "latency": {"total_ms": 12.345678},
+            "prompt_version": None,
+            "evidence_score": None,
+        },
+    )
+    client.force_login(compliance)
+    for event in (real, made_up):
+        text = _visible_text(client.get(reverse("audit_detail", args=[event.seq])).content.decode())
+        assert "None" not in text, event.data
+        # A long fraction that is not a time of day (12:00:41.989579) nor the cost in dollars.
+        assert not re.findall(r"(?<![\d:.$])\d+\.\d{5,}", text), re.findall(r".{40}\d\.\d{5,}\S*", text)
+    assert all(shown in text for shown in ("0.123", "0.988", "0.0328", "0.912", "12.3 ms"))
