@@ -34,9 +34,18 @@ def prepare() -> dict[str, str]:
     from django.core.management import call_command
 
     from kb.accounts.services import first_admin_ensure
+    from kb.audit.signing import SigningKeyError, signing_key_ensure
     from kb.db import DatabaseUnreachable, PgvectorMissing, pgvector_ensure_available
     from kb.search.embeddings import model_ensure_available
 
+    try:
+        key, created = signing_key_ensure()
+    except SigningKeyError as exc:
+        raise EnvError(str(exc)) from None
+    _say(
+        f"{'created the' if created else 'the'} audit signing key {key.path} (0600, outside the database; back it "
+        f"up); public key for compliance: {key.public_b64} (id {key.key_id})"
+    )
     model_ensure_available()
     try:
         pgvector_ensure_available()

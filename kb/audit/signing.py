@@ -101,12 +101,12 @@ def signing_key_ensure(path: Path | None = None) -> tuple[SigningKey, bool]:
                 f"Cannot create the audit signing key {path} ({error.strerror}): make its folder writable, or "
                 "set KB_AUDIT_SIGNING_KEY to a writable path."
             ) from None
-    key = _load(path, path.stat().st_mtime_ns)
-    if created:
-        logger.warning("created a new audit signing key %s (public key %s, id %s)", path, key.public_b64, key.key_id)
-    return key, created
+    return _load(path, path.stat().st_mtime_ns), created
 
 
 def signing_key() -> SigningKey:
     """The configured key; created on first use like SECRET_KEY (`make run` creates it at start and prints it)."""
-    return signing_key_ensure()[0]
+    key, created = signing_key_ensure()
+    if created:
+        logger.warning("created the audit signing key %s (public key %s, id %s)", key.path, key.public_b64, key.key_id)
+    return key
