@@ -80,13 +80,32 @@ def audit_home(request):
     }
     if request.htmx and request.htmx.target == "audit-results":  # the search form swaps the results only
         return render(request, "audit/home.html#results", context)
+    if request.htmx and request.htmx.target == "audit-verification":  # "Verify now" polls for its result
+        after = _whole_number(request.GET.get("verification_after", "")) or 0
+        return render(request, "audit/home.html#verification", _verification_context(after=after))
     context.update(
-        check=ChainCheck.objects.order_by("-finished_at", "-id").first(),
+        _verification_context(),
         hold=services.legal_hold_status(),
         retention_days=settings.KB_AUDIT_RETENTION_DAYS,
-        verify_every_h=settings.KB_AUDIT_VERIFY_INTERVAL_S / 3600,
     )
     return render(request, "audit/home.html", context)
+
+
+def _verification_context(*, after: int | None = None, error: str = "") -> dict:
+    """The verification panel: the last check and the newest checkpoint; `after`: a check was started when the
+    newest was this id, so it is pending until a newer one exists."""
+    check = ChainCheck.objects.order_by("-finished_at", "-id").first()
+    pending = after is not None and not error and not ChainCheck.objects.filter(pk__gt=after).exists()
+    return {
+        "check": check,
+        "pending": pending,
+        "after": after or 0,
+        "verify_error": error,
+        "checkpoint": services.checkpoint_status(),
+        "verify_every_h": settings.KB_AUDIT_VERIFY_INTERVAL_S / 3600,
+        "checkpoint_every_events": settings.KB_AUDIT_CHECKPOINT_EVERY_EVENTS,
+        "checkpoint_every_min": settings.KB_AUDIT_CHECKPOINT_EVERY_S / 60,
+    }
 
 
 @compliance_required
@@ -141,15 +160,20 @@ def audit_export(request):
 @compliance_required
 @require_POST
 def audit_verify(request):
+    newest = ChainCheck.objects.order_by("-id").values_list("pk", flat=True).first() or 0
     try:
         tasks.chain_verify.delay("page")
     except Exception:  # the broker is down: say so; beat verifies on its schedule anyway
-        messages.error(
-            request,
+        error = (
             "Verification could not be started: the job queue is not reachable. Run manage.py audit_verify on the "
-            "server, or try again later.",
+            "server, or try again later."
         )
+        if request.htmx:
+            return render(request, "audit/home.html#verification", _verification_context(error=error))
+        messages.error(request, error)
     else:
+        if request.htmx:  # the panel polls until the check is recorded, then shows its result
+            return render(request, "audit/home.html#verification", _verification_context(after=newest))
         messages.info(
             request, "Verification started: it reads every event, and the result appears here when it is done."
         )
