@@ -52,6 +52,11 @@ def prepare() -> dict[str, str]:
     except (PgvectorMissing, DatabaseUnreachable) as exc:
         raise EnvError(str(exc)) from None
     call_command("migrate", interactive=False, verbosity=0)
+    from kb.audit.services import checkpoint_adopt
+
+    adopted = checkpoint_adopt()
+    if adopted is not None:
+        _say(f"signed the first audit checkpoint, of the existing log (#{adopted.first_seq}–#{adopted.last_seq})")
     call_command("collectstatic", interactive=False, verbosity=0)
     password_file = settings.KB_DATA_DIR / "admin-password.txt"
     if first_admin_ensure(password_file=password_file):

@@ -201,6 +201,7 @@ class CheckpointReason(models.TextChoices):
     EXPORT = "export", "Export"
     PURGE = "purge", "Purge"
     VERIFY = "verify", "Verification"
+    START = "start", "First start with signing"
 
 
 class Checkpoint(models.Model):

@@ -281,6 +281,14 @@ def checkpoint_make(*, reason: str, head: tuple[int, int, str] | None = None) ->
     return checkpoint
 
 
+def checkpoint_adopt() -> Checkpoint | None:
+    """At start: a log written before kb signed checkpoints gets its first one now (nothing when the log is
+    empty or already has one). Its events, unsigned purges included, are vouched for by the hash chain alone."""
+    if Checkpoint.objects.exists() or not AuditEvent.objects.exists():
+        return None
+    return checkpoint_make(reason=CheckpointReason.START)
+
+
 def _witness(checkpoint: Checkpoint) -> bool:
     try:
         witness_append(checkpoint.payload(), checkpoint.signature)
@@ -421,14 +429,14 @@ def _checkpoints(report: ChainReport, key: SigningKey, witness: Path | None) -> 
     return authentic, unwitnessed
 
 
-def _anchors(report: ChainReport, key: SigningKey, oldest_checkpoint: dict | None) -> set[tuple[int, str]]:
+def _anchors(report: ChainReport, key: SigningKey, adopted: dict | None) -> set[tuple[int, str]]:
     """Where signed purges cut the chain: (first kept seq, hash of the last deleted event). An unsigned purge
-    is reported, unless it lies inside the oldest signed checkpoint (a purge from before signing existed,
-    whose place in the chain that checkpoint's hash fixes)."""
+    is reported, unless the checkpoint signed at the first start with signing (`adopted`) covers it: a purge
+    from before signing existed, whose place in the chain that checkpoint's hash fixes."""
     anchors = set()
     for seq, data in AuditEvent.objects.filter(kind=AuditKind.PURGE).values_list("seq", "data"):
         signature = data.get("signature")
-        legacy = signature is None and oldest_checkpoint is not None and seq <= oldest_checkpoint["last_seq"]
+        legacy = signature is None and adopted is not None and seq <= adopted["last_seq"]
         if legacy or (isinstance(signature, str) and key.verifies(_purge_claim(data), signature)):
             anchors.add((data.get("first_kept_seq"), data.get("anchor_hash")))
         else:
@@ -495,7 +503,8 @@ def _walk(report: ChainReport, anchors: set[tuple[int, str]], pinned: dict[int, 
 def _verify(key: SigningKey, witness: Path | None) -> tuple[ChainReport, list[Checkpoint]]:
     report = ChainReport(ok=True)
     authentic, unwitnessed = _checkpoints(report, key, witness)
-    anchors = _anchors(report, key, authentic[0] if authentic else None)
+    adopted = next((c for c in authentic if c.get("reason") == CheckpointReason.START), None)
+    anchors = _anchors(report, key, adopted)
     _walk(report, anchors, {c["last_seq"]: c for c in authentic})
     if authentic:
         newest = report.checkpoint = authentic[-1]

@@ -31,43 +31,46 @@ def drill_log(empty_log, employee):
     return employee
 
 
-def update_a_middle_event():
-    tamper("""UPDATE audit_auditevent SET data = data || '{"rating": "down"}' WHERE seq = 15""")
+# Each tampering takes the event numbers it works on (the bench drill runs them on a longer log).
 
 
-def delete_a_middle_event():
-    tamper("DELETE FROM audit_auditevent WHERE seq = 15")
+def update_a_middle_event(seq: int = 15):
+    tamper("""UPDATE audit_auditevent SET data = data || '{"rating": "down"}' WHERE seq = %s""", [seq])
 
 
-def truncate_the_last_events():
+def delete_a_middle_event(seq: int = 15):
+    tamper("DELETE FROM audit_auditevent WHERE seq = %s", [seq])
+
+
+def truncate_the_last_events(from_seq: int = 26):
     # As in the outside test: the purge switch, which any session of the owner role can set.
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL kb.audit_purge = 'on'")
-        cursor.execute("DELETE FROM audit_auditevent WHERE seq >= 26")
+        cursor.execute("DELETE FROM audit_auditevent WHERE seq >= %s", [from_seq])
         cursor.execute("SET LOCAL kb.audit_purge = 'off'")
 
 
-def delete_the_check_rows_too():
+def delete_the_check_rows_too(from_seq: int = 28):
     """Remove the end of the log and every trace of the checks that had covered it."""
-    tamper("DELETE FROM audit_auditevent WHERE seq >= 28")
+    tamper("DELETE FROM audit_auditevent WHERE seq >= %s", [from_seq])
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM audit_chaincheck")
         cursor.execute("DELETE FROM audit_checkpoint")
 
 
-def forge_a_purge():
+def forge_a_purge(through: int = 10):
     """Delete #1-#10 and append a purge event with the right anchor: the chain itself holds no secret."""
-    anchor = AuditEvent.objects.get(seq=11).prev_hash
-    tamper("DELETE FROM audit_auditevent WHERE seq <= 10")
+    anchor = AuditEvent.objects.get(seq=through + 1).prev_hash
+    tamper("DELETE FROM audit_auditevent WHERE seq <= %s", [through])
     services.audit_record(
         kind=AuditKind.PURGE,
         data={
             "cutoff": "2020-01-01T00:00:00+00:00",
             "retention_days": 400,
-            "deleted": 10,
+            "deleted": through,
             "first_deleted_seq": 1,
-            "last_deleted_seq": 10,
-            "first_kept_seq": 11,
+            "last_deleted_seq": through,
+            "first_kept_seq": through + 1,
             "anchor_hash": anchor,
             "key_id": "0123456789abcdef",
             "signature": base64.b64encode(b"\x01" * 64).decode(),
@@ -75,19 +78,19 @@ def forge_a_purge():
     )
 
 
-def replace_the_table_with_a_rehashed_copy():
+def replace_the_table_with_a_rehashed_copy(seq: int = 15):
     """Change #15, then recompute every hash from the genesis value on: every link holds again."""
     rows = list(AuditEvent.objects.order_by("seq"))
     prev = chain.GENESIS
     for row in rows:
-        if row.seq == 15:
+        if row.seq == seq:
             row.data = {**row.data, "rating": "down"}
         row.prev_hash, row.hash = prev, chain.event_hash(prev, row.content())
         prev = row.hash
     with connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE audit_auditevent DISABLE TRIGGER {TRIGGER}")
         cursor.execute("DELETE FROM audit_auditevent")
-        AuditEvent.objects.bulk_create(rows)
+        AuditEvent.objects.bulk_create(rows, batch_size=2000)
         cursor.execute(f"ALTER TABLE audit_auditevent ENABLE TRIGGER {TRIGGER}")
 
 
@@ -266,3 +269,32 @@ def test_the_time_cadence_is_scheduled_by_beat(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
     assert entry == {"task": "audit.checkpoint", "schedule": float(settings.KB_AUDIT_CHECKPOINT_EVERY_S)}
     assert tasks.checkpoint_sign.name == "audit.checkpoint"
+
+
+def test_a_purge_from_before_signing_is_vouched_for_by_the_first_start_checkpoint(empty_log):
+    """Upgrading: a log with an unsigned purge (all purges were, before signing) gets its first checkpoint at
+    start, which fixes that purge's place in the chain; an unsigned purge written after it is still a forgery."""
+    assert services.checkpoint_adopt() is None  # an empty log: nothing to adopt
+    record_some(5)
+    anchor = AuditEvent.objects.get(seq=4).prev_hash
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL kb.audit_purge = 'on'")
+        cursor.execute("DELETE FROM audit_auditevent WHERE seq <= 3")
+        cursor.execute("SET LOCAL kb.audit_purge = 'off'")
+    services.audit_record(
+        kind=AuditKind.PURGE,
+        data={"first_deleted_seq": 1, "last_deleted_seq": 3, "first_kept_seq": 4, "anchor_hash": anchor, "deleted": 3},
+    )
+    adopted = services.checkpoint_adopt()
+    assert (adopted.reason, adopted.first_seq, adopted.last_seq) == ("start", 4, 6)
+    assert services.checkpoint_adopt() is None  # once only
+    assert services.chain_verify().ok
+
+    record_some(2)
+    services.audit_record(kind=AuditKind.PURGE, data={"first_deleted_seq": 4, "last_deleted_seq": 5})
+    report = services.chain_verify()
+    assert (
+        not report.ok
+        and report.broken_seq == 9
+        and "purge event #9 (events #4–#5) carries no signature" in report.reason
+    )
