@@ -562,7 +562,7 @@ def chain_verify(*, triggered_by: str = "", witness: Path | None = None) -> Chai
     )
     if report.ok:
         logger.info("audit chain verified: %s", report.message())
-        if report.rows and witness is None:
+        if report.first_seq is not None and report.last_seq is not None and witness is None:
             checkpoint_make(reason=CheckpointReason.VERIFY, head=(report.first_seq, report.last_seq, report.last_hash))
     else:
         logger.error("AUDIT CHAIN BROKEN: %s", report.message())

@@ -85,6 +85,7 @@ def _syslog(url: str) -> logging.Logger:
         facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV,
         socktype=socktype,
     )
+    handler.append_nul = False  # the line stays exactly the JSON that was signed
     sender = logging.getLogger("kb.audit.witness.syslog")
     sender.propagate = False
     sender.setLevel(logging.INFO)
@@ -115,7 +116,7 @@ def _parse(source: str, raw: str) -> list[WitnessLine]:
     if start < 0:
         return [] if not raw.strip() or SYSLOG_TAG.strip() not in raw else [WitnessLine(source, None, error="no JSON")]
     try:
-        record = json.loads(raw[start:])
+        record = json.loads(raw[start:].rstrip("\x00\r\n "))
         checkpoint, signature = record["checkpoint"], record["signature"]
         if not isinstance(checkpoint, dict) or not isinstance(signature, str):
             raise TypeError
