@@ -25,6 +25,10 @@ from kb.audit.filters import EXPORT_FORMATS, AuditFilterForm, AuditFilters
 from kb.audit.models import AuditEvent, AuditKind, ChainCheck
 
 PAGE_SIZE = 50
+# "Verify now" polls once a second for the result, for at most this many seconds: verifying a million events
+# takes 1.5-3 minutes of a worker (KB_AUDIT_VERIFY_INTERVAL_S), so 10 minutes also covers a worker that first
+# finishes a document; after that the panel stops asking and says where the result will appear.
+VERIFY_POLL_S = 600
 ANALYTICS_PERIODS = (7, 30, 90, 365)  # days the analytics page offers
 ANALYTICS_DEFAULT_DAYS = 30
 
@@ -82,7 +86,8 @@ def audit_home(request):
         return render(request, "audit/home.html#results", context)
     if request.htmx and request.htmx.target == "audit-verification":  # "Verify now" polls for its result
         after = _whole_number(request.GET.get("verification_after", "")) or 0
-        return render(request, "audit/home.html#verification", _verification_context(after=after))
+        polls = _whole_number(request.GET.get("polls", "")) or 0
+        return render(request, "audit/home.html#verification", _verification_context(after=after, polls=polls))
     context.update(
         _verification_context(),
         hold=services.legal_hold_status(),
@@ -91,15 +96,22 @@ def audit_home(request):
     return render(request, "audit/home.html", context)
 
 
-def _verification_context(*, after: int | None = None, error: str = "") -> dict:
+def _verification_context(*, after: int | None = None, polls: int = 0, error: str = "") -> dict:
     """The verification panel: the last check and the newest checkpoint; `after`: a check was started when the
-    newest was this id, so it is pending until a newer one exists."""
+    newest was this id, so it is pending until a newer one exists (`polls`: how often the panel has asked)."""
     check = ChainCheck.objects.order_by("-finished_at", "-id").first()
     pending = after is not None and not error and not ChainCheck.objects.filter(pk__gt=after).exists()
+    if pending and polls >= VERIFY_POLL_S:
+        pending = False
+        error = (
+            f"Verification has not finished after {VERIFY_POLL_S // 60} minutes: the worker may be busy or stopped. "
+            "Its result will show here when you reload the page; manage.py audit_verify gives it at once."
+        )
     return {
         "check": check,
         "pending": pending,
         "after": after or 0,
+        "next_poll": polls + 1,
         "verify_error": error,
         "checkpoint": services.checkpoint_status(),
         "verify_every_h": settings.KB_AUDIT_VERIFY_INTERVAL_S / 3600,

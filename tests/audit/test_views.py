@@ -261,10 +261,14 @@ def test_verify_now_shows_the_result_in_place_when_it_is_done(empty_log, client,
     panel = client.post(reverse("audit_verify"), headers=htmx).content.decode()
     assert started == [("page",)]
     assert panel.lstrip().startswith('<div class="audit-status-item" id="audit-verification"') and "<html" not in panel
-    assert "Verifying" in panel and 'hx-trigger="every 1s"' in panel and "?verification_after=0" in panel
+    assert "Verifying" in panel and 'hx-trigger="every 1s"' in panel and "?verification_after=0&amp;polls=1" in panel
     # Until the worker has recorded a check, the panel keeps polling.
     polled = client.get(reverse("audit_home"), {"verification_after": 0}, headers=htmx).content.decode()
     assert "Verifying" in polled and "hx-trigger" in polled.split(">")[0]
+
+    # A worker that never answers: after VERIFY_POLL_S polls the panel stops asking and says what to do.
+    gave_up = client.get(reverse("audit_home"), {"verification_after": 0, "polls": 600}, headers=htmx).content.decode()
+    assert "hx-trigger" not in gave_up.split(">")[0] and "has not finished after 10 minutes" in gave_up
 
     tasks.chain_verify("page")  # what the worker runs
     done = client.get(reverse("audit_home"), {"verification_after": 0}, headers=htmx).content.decode()
