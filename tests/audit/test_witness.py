@@ -9,6 +9,7 @@ import socket
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from kb.audit import chain, services
 from kb.audit.signing import SigningKeyError, signing_key, signing_key_ensure
@@ -80,3 +81,13 @@ def test_a_key_file_that_is_not_an_ed25519_key_is_refused_with_what_to_do(settin
         SigningKeyError, match=r"cannot be read .*restore it from backup, or point KB_AUDIT_SIGNING_KEY"
     ):
         signing_key()
+
+
+def test_the_commands_say_when_the_key_cannot_be_read(empty_log, settings):
+    settings.KB_AUDIT_SIGNING_KEY.parent.mkdir(parents=True, exist_ok=True)
+    settings.KB_AUDIT_SIGNING_KEY.write_text("not a key")
+    # verify: 2, a configuration error (1 means a broken log); purge: 1, like every refused purge.
+    for command, code in (("audit_verify", 2), ("audit_purge", 1)):
+        with pytest.raises(CommandError, match=r"The audit signing key .* cannot be read") as refused:
+            call_command(command)
+        assert refused.value.returncode == code, command

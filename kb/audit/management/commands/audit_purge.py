@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from kb.audit import services
+from kb.audit.signing import SigningKeyError
 
 
 class Command(BaseCommand):
@@ -16,6 +17,6 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             result = services.audit_purge()
-        except services.AuditError as error:
+        except (services.AuditError, SigningKeyError) as error:
             raise CommandError(str(error), returncode=1) from None
         self.stdout.write(result.message())

@@ -8,6 +8,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from kb.audit import services
+from kb.audit.signing import SigningKeyError
 
 
 class Command(BaseCommand):
@@ -28,7 +29,10 @@ class Command(BaseCommand):
         witness = Path(options["witness"]) if options.get("witness") else None
         if witness is not None and not witness.exists():
             raise CommandError(f"{witness} does not exist: give the witness file or folder to check against")
-        report = services.chain_verify(triggered_by="command", witness=witness)
+        try:
+            report = services.chain_verify(triggered_by="command", witness=witness)
+        except SigningKeyError as error:
+            raise CommandError(str(error), returncode=2) from None
         if not report.ok:
             raise CommandError(report.message(), returncode=1)
         self.stdout.write(self.style.SUCCESS(report.message()))
