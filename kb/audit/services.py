@@ -313,7 +313,8 @@ def _checkpoint_soon() -> None:
     from kb.audit.tasks import checkpoint_sign
 
     try:
-        checkpoint_sign.delay(CheckpointReason.EVENTS)
+        # No publish retries: with the broker down an answer must not wait for it (beat catches up).
+        checkpoint_sign.apply_async((CheckpointReason.EVENTS,), retry=False)
     except Exception:  # the broker is down: beat's time cadence signs the head later
         logger.warning(
             "could not queue an audit checkpoint; beat signs one within %ss", settings.KB_AUDIT_CHECKPOINT_EVERY_S

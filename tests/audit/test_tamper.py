@@ -256,11 +256,11 @@ def test_the_every_n_events_checkpoint_is_queued_after_commit(
 ):
     settings.KB_AUDIT_CHECKPOINT_EVERY_EVENTS = 4
     queued = []
-    monkeypatch.setattr("kb.audit.tasks.checkpoint_sign.delay", lambda reason: queued.append(reason))
+    monkeypatch.setattr("kb.audit.tasks.checkpoint_sign.apply_async", lambda args, retry: queued.append((*args, retry)))
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         record_some(9)
-    assert queued == ["events", "events"] and len(callbacks) == 2  # after #4 and #8
-    tasks.checkpoint_sign(queued[0])  # what the worker runs
+    assert queued == [("events", False), ("events", False)] and len(callbacks) == 2  # after #4 and #8
+    tasks.checkpoint_sign("events")  # what the worker runs
     assert Checkpoint.objects.get().last_seq == 9
     assert tasks.checkpoint_sign("time") is None  # nothing new to sign
 
@@ -298,3 +298,17 @@ def test_a_purge_from_before_signing_is_vouched_for_by_the_first_start_checkpoin
         and report.broken_seq == 9
         and "purge event #9 (events #4–#5) carries no signature" in report.reason
     )
+
+
+def test_a_broker_outage_never_fails_the_event_that_asked_for_a_checkpoint(
+    empty_log, settings, monkeypatch, django_capture_on_commit_callbacks, caplog
+):
+    def broker_down(args, retry):
+        raise ConnectionError("broker down")
+
+    settings.KB_AUDIT_CHECKPOINT_EVERY_EVENTS = 2
+    monkeypatch.setattr("kb.audit.tasks.checkpoint_sign.apply_async", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        record_some(2)
+    assert AuditEvent.objects.count() == 2
+    assert "could not queue an audit checkpoint; beat signs one within 300s" in caplog.text
