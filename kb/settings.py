@@ -255,7 +255,7 @@ KB_AUDIT_WITNESS_SYSLOG = env_url(
 )
 # A checkpoint is signed after every N events and every M seconds (if the log grew), besides one at each export,
 # purge and good verification. Events after the newest checkpoint are the only ones that can be cut off the end
-# unseen, so these bound that window. Each costs a worker 8-12 ms (median; 31 ms at most, on 2 busy cores), one
+# unseen, so these bound that window. Each costs a worker 4-12 ms (median; 31 ms at most, on 2 busy cores), one
 # database row and one ~400-byte line, and the ask path 0.4-0.7 ms for the queue message every N events
 # (tests/bench/test_audit_tamper_drill.py): 100 events / 5 minutes keep the window small at well under 1% of
 # the events' own cost, and the witness under ~300 lines a day plus one per 100 events.
