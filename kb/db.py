@@ -51,7 +51,7 @@ def pgvector_ensure_available() -> None:
 APP_ROLE = "kb_app"
 # Tables the application appends to and never changes: no UPDATE, DELETE or TRUNCATE for its role, and, not
 # owning them, it cannot disable their triggers either. Their removal (retention) runs as the owner.
-APPEND_ONLY_MODELS = ("audit.AuditEvent", "audit.ChainCheck")
+APPEND_ONLY_MODELS = ("audit.AuditEvent", "audit.ChainCheck", "audit.Checkpoint")
 
 
 def app_role_sql(role: str, database: str, *, create: bool = True) -> list[str]:

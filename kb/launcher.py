@@ -35,6 +35,7 @@ def prepare() -> dict[str, str]:
     from django.db import connection
 
     from kb.accounts.services import first_admin_ensure
+    from kb.audit.signing import SigningKeyError, signing_key_ensure
     from kb.db import (
         APP_ROLE,
         DatabaseUnreachable,
@@ -46,6 +47,14 @@ def prepare() -> dict[str, str]:
     )
     from kb.search.embeddings import model_ensure_available
 
+    try:
+        key, created = signing_key_ensure()
+    except SigningKeyError as exc:
+        raise EnvError(str(exc)) from None
+    _say(
+        f"{'created the' if created else 'the'} audit signing key {key.path} (0600, outside the database; back it "
+        f"up); public key for compliance: {key.public_b64} (id {key.key_id})"
+    )
     model_ensure_available()
     try:
         pgvector_ensure_available()
@@ -60,6 +69,11 @@ def prepare() -> dict[str, str]:
             app_role_ensure(APP_ROLE)
         elif settings.KB_DATABASE_OWNER_URL and connection.settings_dict["USER"] != app_user:
             app_role_ensure(app_user, create=False)  # an external server: its administrator created the role
+        from kb.audit.services import checkpoint_adopt
+
+        adopted = checkpoint_adopt()
+    if adopted is not None:
+        _say(f"signed the first audit checkpoint, of the existing log (#{adopted.first_seq}–#{adopted.last_seq})")
     call_command("collectstatic", interactive=False, verbosity=0)
     password_file = settings.KB_DATA_DIR / "admin-password.txt"
     if first_admin_ensure(password_file=password_file):

@@ -248,6 +248,28 @@ KB_AUDIT_LEGAL_HOLD = env_bool("KB_AUDIT_LEGAL_HOLD", False)
 # work; tests/bench/test_audit_export_bench.py): a million events take 1.5-3 minutes of a worker, so every 6 hours
 # keeps the worker free for ingestion while a change is still found the same day. Lower it for small logs.
 KB_AUDIT_VERIFY_INTERVAL_S = env_int("KB_AUDIT_VERIFY_INTERVAL_S", 6 * 3600, minimum=60)
+# The Ed25519 key that signs checkpoints and purges (kb/audit/signing.py). A file outside the database, created
+# 0600 by `make run` (which prints its public key for compliance); back it up with the data folder's secrets.
+KB_AUDIT_SIGNING_KEY = Path(env_str("KB_AUDIT_SIGNING_KEY", str(KB_DATA_DIR / "audit-signing-key.pem")))
+if not KB_AUDIT_SIGNING_KEY.is_absolute():
+    KB_AUDIT_SIGNING_KEY = BASE_DIR / KB_AUDIT_SIGNING_KEY
+if KB_AUDIT_SIGNING_KEY.is_dir():
+    raise EnvError(f"KB_AUDIT_SIGNING_KEY={str(KB_AUDIT_SIGNING_KEY)!r} is a directory: use the path of the key file")
+# Where each signed checkpoint is appended, one JSON line each (kb/audit/witness.py): a folder outside the
+# database; mount WORM storage here, or forward the files, to keep a copy this machine cannot take back (README).
+KB_AUDIT_WITNESS_DIR = env_path("KB_AUDIT_WITNESS_DIR", KB_DATA_DIR / "audit-witness", base=BASE_DIR)
+# Optional: also send each witness line to a syslog host (udp://HOST:514 or tcp://HOST:514).
+KB_AUDIT_WITNESS_SYSLOG = env_url(
+    "KB_AUDIT_WITNESS_SYSLOG", schemes=("udp", "tcp"), example="udp://syslog.internal:514"
+)
+# A checkpoint is signed after every N events and every M seconds (if the log grew), besides one at each export,
+# purge and good verification. Events after the newest checkpoint are the only ones that can be cut off the end
+# unseen, so these bound that window. Each costs a worker 4-12 ms (median; 31 ms at most, on 2 busy cores), one
+# database row and one ~400-byte line, and the ask path 0.4-0.7 ms for the queue message every N events
+# (tests/bench/test_audit_tamper_drill.py): 100 events / 5 minutes keep the window small at well under 1% of
+# the events' own cost, and the witness under ~300 lines a day plus one per 100 events.
+KB_AUDIT_CHECKPOINT_EVERY_EVENTS = env_int("KB_AUDIT_CHECKPOINT_EVERY_EVENTS", 100, minimum=1)
+KB_AUDIT_CHECKPOINT_EVERY_S = env_int("KB_AUDIT_CHECKPOINT_EVERY_S", 300, minimum=10)
 
 # --- Celery ---------------------------------------------------------------------------------------
 _broker_url = env_url(
@@ -298,6 +320,8 @@ CELERY_BEAT_SCHEDULE = {
     "audit-verify": {"task": "audit.verify", "schedule": float(KB_AUDIT_VERIFY_INTERVAL_S)},
     # Delete audit events past KB_AUDIT_RETENTION_DAYS (not while a legal hold is on).
     "audit-purge": {"task": "audit.purge", "schedule": 24 * 3600.0},
+    # Sign a checkpoint of the log's head when it has grown (the every-N-events ones are queued on commit).
+    "audit-checkpoint": {"task": "audit.checkpoint", "schedule": float(KB_AUDIT_CHECKPOINT_EVERY_S)},
 }
 
 # --- Embeddings -----------------------------------------------------------------------------------

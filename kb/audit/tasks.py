@@ -32,3 +32,10 @@ def audit_purge() -> int:
         return 0
     logger.info("audit purge: %s", result.message())
     return result.deleted
+
+
+@shared_task(name="audit.checkpoint", ignore_result=True)
+def checkpoint_sign(reason: str = "time") -> int | None:
+    """Sign the log's head if it grew since the last checkpoint (beat's time cadence; every N events on commit)."""
+    checkpoint = services.checkpoint_make(reason=reason)
+    return checkpoint.last_seq if checkpoint is not None else None

@@ -239,13 +239,16 @@ def test_the_command_refuses_malformed_filters(empty_log, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_export_streams_under_uvicorn(asgi_server):
+def test_the_export_streams_under_uvicorn(asgi_server, settings):
     compliance = UserFactory(roles=["Compliance"])
     _, token = api_token_create(user=compliance)
     before = AuditEvent.objects.count()
     for n in range(300):  # ~200 KB: several chunks
         services.audit_record(kind=AuditKind.EXPORT, data={"n": n, "padding": "é" * 500})
-    server = asgi_server()
+    # The server signs its export checkpoint with this test's key, into this test's witness.
+    server = asgi_server(
+        KB_AUDIT_SIGNING_KEY=str(settings.KB_AUDIT_SIGNING_KEY), KB_AUDIT_WITNESS_DIR=str(settings.KB_AUDIT_WITNESS_DIR)
+    )
     import httpx
 
     chunks = []
@@ -261,4 +264,5 @@ def test_the_export_streams_under_uvicorn(asgi_server):
     assert hashlib.sha256(body[: manifest["bytes"]]).hexdigest() == manifest["sha256"]
     (export,) = AuditEvent.objects.filter(kind=AuditKind.EXPORT, actor_id=compliance.pk)
     assert export.data["via"] == "api" and manifest["export_seq"] == export.seq
-    assert services.chain_verify().ok
+    report = services.chain_verify()
+    assert report.ok and report.checkpoint["last_seq"] == export.seq and report.checkpoint["reason"] == "export"

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 
 from ingest.models import Document, DocumentStatus
@@ -315,3 +316,60 @@ def test_an_exchange_record_shows_scores_rounded_and_never_none(client, corpus, 
         # A long fraction that is not a time of day (12:00:41.989579) nor the cost in dollars.
         assert not re.findall(r"(?<![\d:.$])\d+\.\d{5,}", text), re.findall(r".{40}\d\.\d{5,}\S*", text)
     assert all(shown in text for shown in ("0.123", "0.988", "0.0328", "0.912", "12.3 ms"))
+
+
+def test_verify_now_shows_the_result_in_place_when_it_is_done(empty_log, client, compliance, monkeypatch):
+    from kb.audit import tasks
+
+    record_some(3)
+    started = []
+    monkeypatch.setattr("kb.audit.tasks.chain_verify.delay", lambda *args: started.append(args))
+    client.force_login(compliance)
+    htmx = {"HX-Request": "true", "HX-Target": "audit-verification"}
+    panel = client.post(reverse("audit_verify"), headers=htmx).content.decode()
+    assert started == [("page",)]
+    assert panel.lstrip().startswith('<div class="audit-status-item" id="audit-verification"') and "<html" not in panel
+    assert "Verifying" in panel and 'hx-trigger="every 1s"' in panel and "?verification_after=0&amp;polls=1" in panel
+    # Until the worker has recorded a check, the panel keeps polling.
+    polled = client.get(reverse("audit_home"), {"verification_after": 0}, headers=htmx).content.decode()
+    assert "Verifying" in polled and "hx-trigger" in polled.split(">")[0]
+
+    # A worker that never answers: after VERIFY_POLL_S polls the panel stops asking and says what to do.
+    gave_up = client.get(reverse("audit_home"), {"verification_after": 0, "polls": 600}, headers=htmx).content.decode()
+    assert "hx-trigger" not in gave_up.split(">")[0] and "has not finished after 10 minutes" in gave_up
+
+    tasks.chain_verify("page")  # what the worker runs
+    done = client.get(reverse("audit_home"), {"verification_after": 0}, headers=htmx).content.decode()
+    assert "Verifying" not in done and "hx-trigger" not in done.split(">")[0]
+    assert "Intact" in done and "3 events" in done and "(#1–#3) verified" in done
+    # The verification signed a checkpoint of what it read: the panel shows it, its signature and its witness line.
+    assert "Covers events #1–#3 (3 events)" in done and "(verification)" in done
+    assert "Signature valid" in done and "In the witness" in done
+
+
+def test_verify_now_says_when_the_queue_is_down_in_place(empty_log, client, compliance, monkeypatch):
+    def broker_down(*args):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr("kb.audit.tasks.chain_verify.delay", broker_down)
+    client.force_login(compliance)
+    panel = client.post(reverse("audit_verify"), headers={"HX-Request": "true"}).content.decode()
+    assert "job queue is not reachable" in panel and "Run manage.py audit_verify" in panel
+    assert "hx-trigger" not in panel.split(">")[0]
+
+
+def test_the_page_shows_the_newest_checkpoint_and_whether_it_holds(empty_log, client, compliance, settings):
+    client.force_login(compliance)
+    assert "None yet: one is signed after every 100 events" in client.get(reverse("audit_home")).content.decode()
+    record_some(4)
+    checkpoint = services.checkpoint_make(reason="time")
+    page = client.get(reverse("audit_home")).content.decode()
+    assert "Covers events #1–#4 (4 events)" in page and f"with key <code>{checkpoint.key_id}</code>" in page
+    assert "Signature valid" in page and "In the witness" in page
+    # A witness that lost the line, and a row whose signature was altered, show as such.
+    for path in settings.KB_AUDIT_WITNESS_DIR.iterdir():
+        path.write_text("")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_checkpoint SET last_seq = 3 WHERE id = %s", [checkpoint.pk])
+    page = client.get(reverse("audit_home")).content.decode()
+    assert "Signature invalid" in page and "Missing from the witness" in page

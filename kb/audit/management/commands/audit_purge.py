@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from kb.audit import services
+from kb.audit.signing import SigningKeyError
 from kb.db import connected_as
 
 
@@ -20,6 +21,6 @@ class Command(BaseCommand):
         try:
             with connected_as(settings.KB_DATABASE_OWNER_URL):
                 result = services.audit_purge()
-        except services.AuditError as error:
+        except (services.AuditError, SigningKeyError) as error:
             raise CommandError(str(error), returncode=1) from None
         self.stdout.write(result.message())
