@@ -33,7 +33,7 @@ from kb.answers.pipeline.types import AskRequest, Begun, Ending, Stop
 from kb.audit.services import audit_record, exchange_audit
 from kb.guard import pii
 from kb.guard.base import GuardError
-from kb.text import text_clean
+from kb.text import has_lone_surrogates, text_clean
 from kb.unavailable import RETRY_AFTER_S, unavailability
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ INVALID_TEXT = (
     "The {what} contains a broken character (a lone UTF-16 surrogate, which is not text and cannot be stored): "
     "retype it or paste it as plain text."
 )
-
-
-def has_lone_surrogates(text: str) -> bool:
-    return any("\ud800" <= character <= "\udfff" for character in text)
 
 
 def question_clean(question: str) -> str:

@@ -14,6 +14,7 @@ from kb.answers.pipeline.input_guard import check_before_record
 from kb.answers.pipeline.types import AskRequest, Begun, Ending, Guarded, Opened, Retrieved, Scope, Trace, Turn
 from kb.audit.services import exchange_audit
 from kb.llm import cache
+from kb.text import has_lone_surrogates
 
 ASK_LOCK = 7301  # advisory lock class of "a user's asks being opened" (the second key is the user's id)
 
@@ -157,7 +158,7 @@ def finish(begun: Begun, ending: Ending) -> dict:
 def record_rejected(*, user, question: str, reason: str) -> int:
     """A question refused before it could be asked (it is not valid text): on record, finished at once, with its
     audit event. Characters that cannot be stored are kept as U+FFFD."""
-    storable = "".join("\ufffd" if "\ud800" <= character <= "\udfff" else character for character in question)
+    storable = "".join("\ufffd" if has_lone_surrogates(character) else character for character in question)
     exchange = Exchange.objects.create(
         user=user,
         question=storable,
