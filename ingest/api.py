@@ -92,8 +92,8 @@ def get_document(request, document_id: int):
 
 @router.post(
     "",
-    response=responses({200: list[UploadOut]}, 400),
-    summary="Upload one or more files",
+    response=responses({200: list[UploadOut]}, 400, 413),
+    summary="Upload one or more files (each up to KB_MAX_UPLOAD_MB; 413 when every file is over it)",
     auth=for_roles(Role.KNOWLEDGE_ADMIN),
 )
 def upload_documents(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI, Schema
+from ninja.errors import ValidationError
 
+from ingest.services import too_large_message
 from kb.accounts.api_auth import signed_in
 from kb.accounts.roles import roles_of
 from kb.api_common import ErrorOut
@@ -30,6 +32,16 @@ def unreadable_body(request, exc):
         {"detail": f"The request body could not be read ({exc}); check its encoding and size, and send it again."},
         status=400,
     )
+
+
+@api.exception_handler(ValidationError)
+def invalid_or_too_large(request, exc):
+    """The schema's 422, except when the upload handler dropped every file for its size (ingest/uploads.py):
+    the form then arrives without `files`, and the caller needs to hear about the limit, not the field."""
+    refused = getattr(request, "kb_oversized_files", None)
+    if refused:
+        return api.create_response(request, {"detail": " ".join(map(too_large_message, refused))}, status=413)
+    return api.create_response(request, {"detail": exc.errors}, status=422)
 
 
 from ingest.api import router as documents_router  # noqa: E402 - the api object must exist first

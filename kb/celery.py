@@ -38,6 +38,15 @@ def worker_torch_threads(pool_processes: int) -> int:
 
 
 @worker_process_init.connect
+def _own_process_group(**kwargs) -> None:
+    """Leave the main process's process group. honcho (`make run`) stops a process by signalling its whole
+    group: the pool processes then died of SIGTERM mid-shutdown (logged as ERROR), the pool forked new ones,
+    and the worker was SIGKILLed. Now only the main process gets the signal and shuts its pool down itself;
+    a pool process still dies with the main process (Celery sets PDEATHSIG SIGKILL in each one)."""
+    os.setpgid(0, 0)
+
+
+@worker_process_init.connect
 def _warm_embedding_model(**kwargs) -> None:
     """Each pool process loads its own model (one per process) as it starts, not on its first document."""
     from kb.search import embeddings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,8 +100,42 @@ def readyz(request):
     return JsonResponse({"ready": ready, "checks": results}, status=200 if ready else 503)
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+# A request a proxy passed on: its REMOTE_ADDR is the proxy's (often loopback), not the caller's.
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+def _metrics_refusal(request) -> HttpResponse | None:
+    """Metrics name routes, models and failure counts: they are for the operator's scraper. Callers on this
+    machine (not through a proxy) may read them; others need `Authorization: Bearer <KB_METRICS_TOKEN>`."""
+    local = request.META.get("REMOTE_ADDR") in LOOPBACK and not any(h in request.META for h in FORWARDING_HEADERS)
+    if local:
+        return None
+    token = settings.KB_METRICS_TOKEN
+    if not token:
+        return HttpResponse(
+            "Metrics are served to this machine only: set KB_METRICS_TOKEN and scrape with "
+            "'Authorization: Bearer <token>' from elsewhere.\n",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    response = HttpResponse(
+        "Metrics need 'Authorization: Bearer <KB_METRICS_TOKEN>'.\n",
+        status=401,
+        content_type="text/plain; charset=utf-8",
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 @require_GET
 @never_cache
 def metrics_view(request):
+    refused = _metrics_refusal(request)
+    if refused is not None:
+        return refused
     body, content_type = metrics.render()
     return HttpResponse(body, content_type=content_type)

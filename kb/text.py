@@ -184,6 +184,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"\s+")
 
 
+def has_lone_surrogates(text: str) -> bool:
+    """A UTF-16 surrogate on its own (a JSON "\\ud800" escape) is not text: it cannot be encoded or stored."""
+    return any("\ud800" <= character <= "\udfff" for character in text)
+
+
 def text_clean(text: str) -> str:
     """The text with control characters and runs of spaces replaced by single spaces."""
     return _SPACES.sub(" ", _CONTROL.sub(" ", text or "")).strip()

@@ -71,9 +71,15 @@ def test_database_url(django_db_setup, django_db_blocker) -> str:
     """A URL for the test database, for processes the tests start (workers, commands)."""
     from django.db import connection
 
+    return database_url_for(connection.settings_dict["NAME"])
+
+
+def database_url_for(name: str) -> str:
+    """A URL for database `name` on the test database's server, with the test database's credentials."""
+    from django.db import connection
+
     params = connection.settings_dict
     host = params["HOST"]
-    name = params["NAME"]
     user = params["USER"] or "postgres"
     if host.startswith("/"):
         return f"postgresql://{user}@/{name}?host={host}"

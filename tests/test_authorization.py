@@ -54,7 +54,7 @@ ROUTES = [
     ("GET", "/audit/", AUDITORS),
     ("GET", "/audit/{seq}/", AUDITORS),
     ("GET", "/audit/analytics/", ADMINS | AUDITORS),
-    ("GET", "/audit/export?format=csv", AUDITORS),
+    ("POST", "/audit/export?format=csv", AUDITORS),
     ("POST", "/audit/verify", AUDITORS),
     ("POST", "/audit/legal-hold", AUDITORS),
     ("GET", "/search/?q=hotel", ADMINS),

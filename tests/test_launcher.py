@@ -1,5 +1,6 @@
 """`make run`'s start-up refuses what it cannot run on, in one line."""
 
+import base64
 import os
 import shutil
 import subprocess
@@ -128,3 +129,20 @@ def test_a_missing_embedding_model_stops_every_entry_point_in_one_line(tmp_path,
     argv = [sys.executable, "-m", "uvicorn", "kb.asgi:application", "--workers", "2", "--port", port]
     result = subprocess.run(argv, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
     assert expected in result.stderr and "failed to start, stopping the parent process" in result.stderr
+
+
+def test_the_audit_signing_key_is_created_private_and_its_public_key_printed(tmp_path):
+    """The key exists before anything is recorded (here the database is unreachable, so start-up stops just
+    after), is readable by this account only, and survives restarts."""
+    unreachable = f"postgresql://kb:secret@127.0.0.1:{free_port()}/kb"
+    first = _launch(tmp_path, DATABASE_URL=unreachable)
+    key_file = tmp_path / "audit-signing-key.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert "BEGIN PRIVATE KEY" in key_file.read_text()
+    (line,) = [line for line in first.stdout.splitlines() if "audit signing key" in line]
+    assert line.startswith(f"kb: created the audit signing key {key_file} (0600")
+    public = line.split("public key for compliance: ")[1].split()[0]
+    assert len(base64.b64decode(public)) == 32  # an Ed25519 public key
+
+    again = _launch(tmp_path, DATABASE_URL=unreachable)
+    assert f"kb: the audit signing key {key_file}" in again.stdout and public in again.stdout

@@ -9,6 +9,7 @@ import pgvector.django.indexes
 import pgvector.django.vector
 from django.conf import settings
 from django.db import migrations, models
+from pgvector.django import VectorExtension
 
 import ingest.models
 
@@ -22,6 +23,10 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # pgvector before the first vector column. Every migration that uses the vector type depends on this one
+        # (directly or through its app's earlier migrations), so that migrating any one app on an empty database
+        # works.
+        VectorExtension(),
         migrations.CreateModel(
             name="Document",
             fields=[

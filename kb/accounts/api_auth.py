@@ -50,6 +50,24 @@ class SessionAuth(APIKeyCookie):
         return _require(user, self.roles, self.message)
 
 
+class SessionRefused(APIKeyCookie):
+    """For a GET that writes (an audit export is recorded): the session cookie travels with a link followed
+    from another site (SameSite=Lax), so such a route takes a bearer token only, and a signed-in browser is
+    told, with `message`, where to go instead."""
+
+    param_name = "sessionid"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(csrf=False)
+        self.message = message
+
+    def authenticate(self, request, key):
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            raise HttpError(401, self.message)
+        return None
+
+
 def signed_in() -> list:
     return [BearerToken(), SessionAuth(csrf=True)]
 

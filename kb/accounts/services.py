@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from datetime import timedelta
 from pathlib import Path
 
@@ -80,6 +81,12 @@ def first_admin_ensure(*, password_file: Path, username: str = "admin") -> bool:
 # --- sign-in throttling -----------------------------------------------------------------------------------
 
 
+def sign_in_key(username: str) -> str:
+    """The name failures are counted under: the name as Django's sign-in form reads it (NFKC, so that
+    full-width "ｅｖｅ" is "eve"), without surrounding space or case."""
+    return unicodedata.normalize("NFKC", username).strip().lower()[:150]
+
+
 def sign_in_wait_s(*, username: str, ip: str | None) -> int:
     """Seconds before this account name (or this address) may try to sign in again; 0 when it may now."""
     from datetime import timedelta
@@ -94,7 +101,7 @@ def sign_in_wait_s(*, username: str, ip: str | None) -> int:
     recent = SignInFailure.objects.filter(at__gte=now - window)
     waits = []
     for failures, limit in (
-        (recent.filter(username=username.strip().lower()), settings.KB_LOGIN_MAX_FAILURES),
+        (recent.filter(username=sign_in_key(username)), settings.KB_LOGIN_MAX_FAILURES),
         (recent.filter(ip=ip) if ip else recent.none(), settings.KB_LOGIN_MAX_FAILURES_PER_IP),
     ):
         if limit and failures.count() >= limit:
@@ -113,11 +120,11 @@ def sign_in_failed(*, username: str, ip: str | None) -> None:
 
     from kb.accounts.models import SignInFailure
 
-    SignInFailure.objects.create(username=username.strip().lower()[:150], ip=ip or None)
+    SignInFailure.objects.create(username=sign_in_key(username), ip=ip or None)
     SignInFailure.objects.filter(at__lt=timezone.now() - timedelta(seconds=settings.KB_LOGIN_LOCKOUT_S)).delete()
 
 
 def sign_in_succeeded(*, username: str) -> None:
     from kb.accounts.models import SignInFailure
 
-    SignInFailure.objects.filter(username=username.strip().lower()).delete()
+    SignInFailure.objects.filter(username=sign_in_key(username)).delete()

@@ -33,7 +33,7 @@ from kb.answers.pipeline.types import AskRequest, Begun, Ending, Stop
 from kb.audit.services import audit_record, exchange_audit
 from kb.guard import pii
 from kb.guard.base import GuardError
-from kb.text import text_clean
+from kb.text import has_lone_surrogates, text_clean
 from kb.unavailable import RETRY_AFTER_S, unavailability
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,12 @@ class AskError(Exception):
 # --- checks a view makes before it starts a stream ----------------------------------------------------------
 
 
+INVALID_TEXT = (
+    "The {what} contains a broken character (a lone UTF-16 surrogate, which is not text and cannot be stored): "
+    "retype it or paste it as plain text."
+)
+
+
 def question_clean(question: str) -> str:
     if not isinstance(question, str) or not question.strip():
         raise AskError("Type a question.")
@@ -68,6 +74,10 @@ def ask_check(user, question: str, conversation_id: int | None) -> str:
     if not has_role(user, Role.EMPLOYEE):
         raise AskError("Asking questions is for the Employee role.", status=403)
     cleaned = question_clean(question)
+    if has_lone_surrogates(cleaned):
+        # Refused, and on record like every refusal (with the broken characters shown as U+FFFD).
+        record.record_rejected(user=user, question=cleaned, reason="invalid_text")
+        raise AskError(INVALID_TEXT.format(what="question"))
     try:
         check_before_record(user, question.strip())
     except GuardError as error:
@@ -109,6 +119,9 @@ async def ask_stream(
     request = AskRequest(user=user, question=question, conversation_id=conversation_id, request_id=request_id)
     try:
         begun: Begun = await run_phase(pipeline.begin, request)
+    except GuardError as error:  # a limit met as the exchange was opened (another ask of the user's won)
+        yield {"type": "error", "status": error.status, "retry_after_s": error.retry_after_s, "message": str(error)}
+        return
     except Exception as exc:
         message = unavailability(exc)
         if message is None:
@@ -205,6 +218,10 @@ def feedback_give(*, exchange: Exchange, user, rating: str, reason: str = "", co
     comment = (comment or "").strip()
     if len(comment) > FEEDBACK_COMMENT_MAX_CHARS:
         raise AskError(f"Keep the comment under {FEEDBACK_COMMENT_MAX_CHARS:,} characters.")
+    if has_lone_surrogates(comment):
+        raise AskError(INVALID_TEXT.format(what="comment"))
+    # Stored, audited and exported: personal data and secrets in it are masked as in a question.
+    comment = pii.mask(comment).text
     with transaction.atomic():
         feedback, _ = Feedback.objects.update_or_create(
             exchange=exchange,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ninja import Query, Router, Schema
 from ninja.errors import HttpError
 
-from kb.accounts.api_auth import for_roles
+from kb.accounts.api_auth import BearerToken, SessionRefused
 from kb.accounts.roles import Role, has_role
 from kb.api_common import responses
 from kb.audit import services
@@ -32,14 +32,23 @@ class ExportQuery(Schema):
 
 @router.get(
     "/export",
-    summary="Stream the audit log as CSV or JSON Lines; the last line is the manifest. The export is audited.",
+    summary="Stream the audit log as CSV or JSON Lines; the last line is the manifest. The export is audited. "
+    "Bearer token only: in a browser, export from the audit page.",
     response=responses({200: None}),
     openapi_extra={
         "responses": {
             200: {"content": {kind.split(";")[0]: {"schema": {"type": "string"}} for kind in CONTENT_TYPES.values()}}
         }
     },
-    auth=for_roles(Role.COMPLIANCE, message="Exporting the audit log needs the Compliance role."),
+    # A token, never the session: the export writes an audit event, and a GET with the session cookie can be
+    # started by a link on another site.
+    auth=[
+        BearerToken((Role.COMPLIANCE,), "Exporting the audit log needs the Compliance role."),
+        SessionRefused(
+            "The export API takes a bearer token (manage.py create_api_token), not the browser session: "
+            "in a browser, use the export buttons on /audit/."
+        ),
+    ],
 )
 def export(request, params: Query[ExportQuery]):
     if not has_role(request.auth, Role.COMPLIANCE):

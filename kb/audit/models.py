@@ -184,12 +184,64 @@ class ChainCheck(models.Model):
     broken_seq = models.BigIntegerField(null=True, help_text="The first event that does not verify")
     message = models.TextField(blank=True)
     triggered_by = models.CharField(max_length=32, blank=True)
+    # The newest witnessed checkpoint the log was checked against (none before the first one is signed).
+    checkpoint_seq = models.BigIntegerField(null=True)
+    checkpoint_signed_at = models.DateTimeField(null=True)
 
     class Meta:
         indexes = [models.Index(fields=["-finished_at"], name="audit_check_recent")]
 
     def __str__(self) -> str:
         return f"{self.finished_at:%Y-%m-%d %H:%M} {'ok' if self.ok else 'broken'}"
+
+
+class CheckpointReason(models.TextChoices):
+    EVENTS = "events", "Every N events"
+    TIME = "time", "Every M minutes"
+    EXPORT = "export", "Export"
+    PURGE = "purge", "Purge"
+    VERIFY = "verify", "Verification"
+    START = "start", "First start with signing"
+
+
+class Checkpoint(models.Model):
+    """A signed statement of the log's head: (first and last seq, last hash, event count, time).
+
+    The signature (kb/audit/signing.py) is over `payload()` as canonical JSON; the same line is appended to
+    the witness outside the database (kb/audit/witness.py), which verification takes as the reference.
+    """
+
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    events = models.BigIntegerField(help_text="Events in the log when signed (last_seq - first_seq + 1)")
+    signed_at = models.DateTimeField()
+    reason = models.CharField(max_length=16, choices=CheckpointReason.choices)
+    key_id = models.CharField(max_length=16)
+    signature = models.CharField(max_length=100, unique=True)
+
+    class Meta:
+        ordering = ["-last_seq", "-signed_at"]
+        indexes = [models.Index(fields=["-last_seq", "-signed_at"], name="audit_checkpoint_newest")]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.first_seq}–#{self.last_seq} {self.signed_at:%Y-%m-%d %H:%M}"
+
+    def payload(self) -> dict:
+        return checkpoint_payload(
+            first_seq=self.first_seq,
+            last_seq=self.last_seq,
+            last_hash=self.last_hash,
+            events=self.events,
+            signed_at=chain.timestamp(self.signed_at),
+            reason=self.reason,
+            key_id=self.key_id,
+        )
+
+
+def checkpoint_payload(**fields) -> dict:
+    """What a checkpoint signs; `signed_at` is ISO 8601 UTC text, as in chain.timestamp()."""
+    return {"v": 1, **fields}
 
 
 class LegalHold(models.Model):

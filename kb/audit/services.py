@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -23,7 +24,9 @@ from kb.audit import chain
 from kb.audit.export import ExportStream
 from kb.audit.filters import EXPORT_FORMATS, AuditFilters
 from kb.audit.middleware import request_actor
-from kb.audit.models import AuditEvent, AuditKind, ChainCheck, LegalHold
+from kb.audit.models import AuditEvent, AuditKind, ChainCheck, Checkpoint, CheckpointReason, LegalHold
+from kb.audit.signing import SigningKey, signing_key
+from kb.audit.witness import witness_append, witness_holds, witness_read
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ VERIFY_FETCH_ROWS = 2000
 # Events deleted per purge transaction. Appends wait while a batch is checked and deleted (about 0.1 s per
 # thousand events); a first purge of a long backlog is cut into many short pauses, one purge event each.
 PURGE_BATCH_ROWS = 5000
+# What a purge event's signature covers (with the key id): its range and the anchor it leaves.
+PURGE_SIGNED_FIELDS = ("first_deleted_seq", "last_deleted_seq", "first_kept_seq", "anchor_hash", "deleted")
 
 
 class AuditError(Exception):
@@ -120,6 +125,8 @@ def _append(
         )
         event.hash = event.computed_hash()
         event.save(force_insert=True)
+        if event.seq % settings.KB_AUDIT_CHECKPOINT_EVERY_EVENTS == 0:  # one modulo: nothing on the ask path
+            transaction.on_commit(_checkpoint_soon)
     return event
 
 
@@ -224,7 +231,114 @@ def access_groups_audit(*, document, before: Iterable[str], after: Iterable[str]
     )
 
 
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+# The head as one snapshot: the database's clock, the oldest event, the newest and its hash.
+_SPAN = """
+SELECT clock_timestamp(), (SELECT min(seq) FROM audit_auditevent), head.seq, head.hash
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (SELECT seq, hash FROM audit_auditevent ORDER BY seq DESC LIMIT 1) AS head ON true
+"""
+
+
+def _signed_text(value: Mapping[str, Any]) -> bytes:
+    return chain.canonical_json(value).encode("utf-8")
+
+
+def checkpoint_make(*, reason: str, head: tuple[int, int, str] | None = None) -> Checkpoint | None:
+    """Sign the log's head (first seq, last seq, last hash, event count, time), store it, append it to the witness.
+
+    `head`: the (first_seq, last_seq, last_hash) to sign (what a verification just read); by default the
+    committed head now. Periodic reasons (events, time, verify) sign nothing when the newest checkpoint already
+    covers the head; export and purge always sign. Call it outside a transaction: the witness line is written
+    after the row is saved, and a rollback afterwards would leave a witness line with no row (reported).
+    """
+    key = signing_key()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_SPAN)
+        now, oldest, newest, newest_hash = cursor.fetchone()
+        if head is None:
+            if newest is None:
+                return None
+            head = (oldest, newest, newest_hash)
+        first_seq, last_seq, last_hash = head
+        if reason in (CheckpointReason.EVENTS, CheckpointReason.TIME, CheckpointReason.VERIFY):
+            latest = Checkpoint.objects.order_by("-last_seq", "-signed_at").first()
+            if latest is not None and (latest.first_seq, latest.last_seq) == (first_seq, last_seq):
+                return None
+        checkpoint = Checkpoint(
+            first_seq=first_seq,
+            last_seq=last_seq,
+            last_hash=last_hash,
+            events=last_seq - first_seq + 1,  # the chain is gapless (verification checks it)
+            signed_at=now,
+            reason=reason,
+            key_id=key.key_id,
+        )
+        checkpoint.signature = key.sign(_signed_text(checkpoint.payload()))
+        checkpoint.save(force_insert=True)
+    _witness(checkpoint)
+    return checkpoint
+
+
+def checkpoint_adopt() -> Checkpoint | None:
+    """At start: a log written before kb signed checkpoints gets its first one now (nothing when the log is
+    empty or already has one). Its events, unsigned purges included, are vouched for by the hash chain alone."""
+    if Checkpoint.objects.exists() or not AuditEvent.objects.exists():
+        return None
+    return checkpoint_make(reason=CheckpointReason.START)
+
+
+def _witness(checkpoint: Checkpoint) -> bool:
+    try:
+        witness_append(checkpoint.payload(), checkpoint.signature)
+    except OSError as error:
+        # The row is signed and kept; the next verification appends what the witness is missing.
+        logger.error(
+            "could not append checkpoint #%s to the audit witness %s (%s): verification will add it once the "
+            "folder is writable",
+            checkpoint.last_seq,
+            settings.KB_AUDIT_WITNESS_DIR,
+            error,
+        )
+        return False
+    return True
+
+
+def _checkpoint_soon() -> None:
+    """After the commit of every KB_AUDIT_CHECKPOINT_EVERY_EVENTS-th event: a worker signs the head.
+
+    Queued, not signed here, because the event may be an exchange: the ask path pays one broker message
+    every N events instead of a signature, a row and an fsync."""
+    from kb.audit.tasks import checkpoint_sign
+
+    try:
+        # No publish retries: with the broker down an answer must not wait for it (beat catches up).
+        checkpoint_sign.apply_async((CheckpointReason.EVENTS,), retry=False)
+    except Exception:  # the broker is down: beat's time cadence signs the head later
+        logger.warning(
+            "could not queue an audit checkpoint; beat signs one within %ss", settings.KB_AUDIT_CHECKPOINT_EVERY_S
+        )
+
+
+def _purge_claim(data: Mapping[str, Any]) -> bytes:
+    """What a purge event's signature covers: the range it removed, the anchor it left, and the key."""
+    claim = {name: data.get(name) for name in PURGE_SIGNED_FIELDS}
+    return _signed_text({"purge": claim, "key_id": data.get("key_id")})
+
+
 # --- verification -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """Something verification found: where (an event number, when there is one) and what."""
+
+    seq: int | None
+    text: str
+
+    def line(self) -> str:
+        return f"at event #{self.seq}: {self.text}" if self.seq is not None else self.text
 
 
 @dataclass
@@ -236,27 +350,115 @@ class ChainReport:
     last_hash: str = ""
     broken_seq: int | None = None
     reason: str = ""
+    problems: list[Problem] = field(default_factory=list)
+    checkpoint: dict | None = None  # the newest signed checkpoint the log was checked against
+    notes: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         if self.ok:
             if not self.rows:
                 return "OK: the audit log is empty."
-            return f"OK: {self.rows:,} events verified (#{self.first_seq}–#{self.last_seq}); last hash {self.last_hash}"
-        return f"BROKEN at event #{self.broken_seq}: {self.reason}"
+            text = f"OK: {self.rows:,} events verified (#{self.first_seq}–#{self.last_seq}); last hash {self.last_hash}"
+            if self.checkpoint:
+                text += (
+                    f"; agrees with the signed checkpoint of #{self.checkpoint['first_seq']}–"
+                    f"#{self.checkpoint['last_seq']} ({self.checkpoint['signed_at'][:19].replace('T', ' ')} UTC)"
+                )
+            else:
+                text += "; no signed checkpoint yet"
+            return text + "".join(f"\nNote: {note}" for note in self.notes)
+        where = f"at event #{self.broken_seq}" if self.broken_seq is not None else "in the witness"
+        lines = [f"BROKEN {where}: {self.reason}"]
+        lines += [f"- {problem.line()}" for problem in self.problems[1:]]
+        return "\n".join(lines)
+
+    def add(self, seq: int | None, text: str) -> None:
+        self.problems.append(Problem(seq, text))
+
+    def conclude(self) -> ChainReport:
+        """Order the problems by event (unplaced ones last); the first is the one named in the headline."""
+        self.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
+        if self.problems:
+            self.ok, self.broken_seq, self.reason = False, self.problems[0].seq, self.problems[0].text
+        return self
 
 
-def _walk() -> ChainReport:
-    """Recompute every hash and link in seq order; stops at the first event that does not verify.
+def _when(checkpoint: Mapping[str, Any]) -> str:
+    return f"signed {checkpoint['signed_at'][:19].replace('T', ' ')} UTC"
 
-    The oldest event links to the genesis value (seq 1) or to the anchor a purge event recorded when it
+
+def _checkpoints(report: ChainReport, key: SigningKey, witness: Path | None) -> tuple[list[dict], list[Checkpoint]]:
+    """The authentic checkpoints (good signature, from the witness or the database), and the database's good
+    ones that the witness lacks. Bad signatures, unreadable witness lines and witnessed checkpoints missing
+    from the database are reported."""
+    witnessed: dict[str, dict] = {}
+    for line in witness_read(witness):
+        if line.checkpoint is None:
+            report.add(None, f"witness line {line.source} cannot be read: {line.error}")
+        elif not key.verifies(_signed_text(line.checkpoint), line.signature):
+            report.add(
+                line.checkpoint.get("last_seq"),
+                f"witness line {line.source} (checkpoint of #{line.checkpoint.get('last_seq')}, "
+                f"{_when(line.checkpoint)}) has a signature that does not verify with audit key {key.key_id}: "
+                "the line was altered, or written with another key",
+            )
+        else:
+            witnessed[line.signature] = line.checkpoint
+    authentic = list(witnessed.values())
+    unwitnessed = []
+    stored = set()
+    for checkpoint in Checkpoint.objects.order_by("last_seq", "signed_at"):
+        stored.add(checkpoint.signature)
+        payload = checkpoint.payload()
+        if not key.verifies(_signed_text(payload), checkpoint.signature):
+            report.add(
+                checkpoint.last_seq,
+                f"checkpoint {checkpoint.pk} in the database (#{checkpoint.first_seq}–#{checkpoint.last_seq}) is "
+                f"not signed by audit key {key.key_id}: it was forged or altered",
+            )
+        elif checkpoint.signature not in witnessed:
+            unwitnessed.append(checkpoint)
+            authentic.append(payload)
+    for signature, payload in witnessed.items():
+        if signature not in stored:
+            report.add(
+                payload["last_seq"],
+                f"the checkpoint of #{payload['first_seq']}–#{payload['last_seq']} ({_when(payload)}) is in the "
+                "witness but missing from the database: checkpoint rows were deleted",
+            )
+    authentic.sort(key=lambda c: (c["last_seq"], c["signed_at"]))
+    return authentic, unwitnessed
+
+
+def _anchors(report: ChainReport, key: SigningKey, adopted: dict | None) -> set[tuple[int, str]]:
+    """Where signed purges cut the chain: (first kept seq, hash of the last deleted event). An unsigned purge
+    is reported, unless the checkpoint signed at the first start with signing (`adopted`) covers it: a purge
+    from before signing existed, whose place in the chain that checkpoint's hash fixes."""
+    anchors = set()
+    for seq, data in AuditEvent.objects.filter(kind=AuditKind.PURGE).values_list("seq", "data"):
+        signature = data.get("signature")
+        legacy = signature is None and adopted is not None and seq <= adopted["last_seq"]
+        if legacy or (isinstance(signature, str) and key.verifies(_purge_claim(data), signature)):
+            anchors.add((data.get("first_kept_seq"), data.get("anchor_hash")))
+        else:
+            report.add(
+                seq,
+                f"purge event #{seq} (events #{data.get('first_deleted_seq')}–#{data.get('last_deleted_seq')}) "
+                f"{'carries no signature' if signature is None else 'has a signature that does not verify'}: "
+                "a purge written without the purge key is a forgery",
+            )
+    return anchors
+
+
+def _walk(report: ChainReport, anchors: set[tuple[int, str]], pinned: dict[int, dict]) -> None:
+    """Recompute every hash and link in seq order, and compare each event a signed checkpoint ends at with the
+    hash it signed. Stops at the first event that does not verify.
+
+    The oldest event links to the genesis value (seq 1) or to the anchor a signed purge recorded when it
     removed the events before it.
     """
-    anchors = {
-        (data.get("first_kept_seq"), data.get("anchor_hash"))
-        for data in AuditEvent.objects.filter(kind=AuditKind.PURGE).values_list("data", flat=True)
-    }
-    report = ChainReport(ok=True)
     expected_prev = ""
+    matched: int | None = None  # the newest checkpointed event that still matches
     rows = AuditEvent.objects.order_by("seq").values_list(*chain.ROW_FIELDS)
     for row in rows.iterator(chunk_size=VERIFY_FETCH_ROWS):
         seq, prev_hash, hash_ = row[0], row[-2], row[-1]
@@ -267,61 +469,84 @@ def _walk() -> ChainReport:
             elif (seq, prev_hash) in anchors:
                 expected_prev = prev_hash
             else:
-                return _broken(
-                    report, seq - 1, f"event #{seq - 1} and any before it were removed without a purge record"
+                report.add(
+                    seq - 1,
+                    f"event #{seq - 1} and any before it were removed without a purge record signed by the purge key",
                 )
+                return
         elif seq != report.last_seq + 1:  # type: ignore[operator]
             missing = report.last_seq + 1  # type: ignore[operator]
             gap = f"#{missing}" if seq == missing + 1 else f"#{missing}–#{seq - 1}"
-            return _broken(report, missing, f"event {gap} is missing")
+            report.add(missing, f"event {gap} is missing")
+            return
         if prev_hash != expected_prev:
-            return _broken(report, seq, "its prev_hash is not the hash of the event before it")
+            report.add(seq, "its prev_hash is not the hash of the event before it")
+            return
         if chain.row_hash(row) != hash_:
-            return _broken(report, seq, "its content does not match its hash: the event was changed")
+            report.add(seq, "its content does not match its hash: the event was changed")
+            return
+        signed = pinned.get(seq)
+        if signed is not None:
+            if signed["last_hash"] != hash_:
+                since = f"after #{matched}, the last signed event that still matches" if matched else "from the start"
+                report.add(
+                    seq,
+                    f"its hash differs from the one in the checkpoint {_when(signed)}: the chain was rewritten "
+                    f"({since}) and re-hashed to look whole",
+                )
+                return
+            matched = seq
         expected_prev = hash_
         report.rows += 1
         report.last_seq, report.last_hash = seq, hash_
-    return report
 
 
-def _broken(report: ChainReport, seq: int, reason: str) -> ChainReport:
-    report.ok, report.broken_seq, report.reason = False, seq, reason
-    return report
+def _verify(key: SigningKey, witness: Path | None) -> tuple[ChainReport, list[Checkpoint]]:
+    report = ChainReport(ok=True)
+    authentic, unwitnessed = _checkpoints(report, key, witness)
+    adopted = next((c for c in authentic if c.get("reason") == CheckpointReason.START), None)
+    anchors = _anchors(report, key, adopted)
+    _walk(report, anchors, {c["last_seq"]: c for c in authentic})
+    if authentic:
+        newest = report.checkpoint = authentic[-1]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT max(seq) FROM audit_auditevent")
+            (head,) = cursor.fetchone()
+        if head is None or head < newest["last_seq"]:
+            gone = (head or newest["first_seq"] - 1) + 1
+            ends = f"ends at #{head}" if head is not None else "is empty"
+            span = f"#{gone}" if gone == newest["last_seq"] else f"#{gone}–#{newest['last_seq']}"
+            report.add(
+                gone,
+                f"the log {ends}, but the checkpoint {_when(newest)} covers #{newest['first_seq']}–"
+                f"#{newest['last_seq']}: events {span} were removed from the end",
+            )
+    return report.conclude(), unwitnessed
 
 
-def _compare_with_last_check(report: ChainReport, last: ChainCheck | None) -> ChainReport:
-    """Removing events from the end, or rewriting the chain with fresh hashes, leaves a chain that verifies:
-    compare the head that the last good check saw with what is there now."""
-    if not report.ok or last is None or last.last_seq is None:
-        return report
-    if report.first_seq is not None and last.last_seq < report.first_seq:
-        return report  # purged since
-    when = timezone.localtime(last.finished_at).strftime("%Y-%m-%d %H:%M")
-    if report.last_seq is None or report.last_seq < last.last_seq:
-        return _broken(
-            report,
-            last.last_seq,
-            f"the log now ends before event #{last.last_seq}, verified on {when}: events were removed",
-        )
-    now_hash = AuditEvent.objects.filter(seq=last.last_seq).values_list("hash", flat=True).first()
-    if now_hash != last.last_hash:
-        return _broken(
-            report, last.last_seq, f"its hash differs from the one verified on {when}: the chain was rewritten"
-        )
-    return report
+def chain_verify(*, triggered_by: str = "", witness: Path | None = None) -> ChainReport:
+    """Verify the whole chain against the signed checkpoints, record the result (audit page, /metrics), log an
+    error when it is broken, and sign the verified head when it is whole.
 
-
-def chain_verify(*, triggered_by: str = "") -> ChainReport:
-    """Verify the whole chain, record the result (audit page, /metrics) and log an error when it is broken."""
+    `witness`: a copy of the witness to check against (a file or folder) instead of KB_AUDIT_WITNESS_DIR.
+    """
     started = timezone.now()
-    last = ChainCheck.objects.filter(ok=True).order_by("-finished_at", "-id").first()
+    key = signing_key()
     outermost = not connection.in_atomic_block
     with transaction.atomic():
         if outermost:
-            # One snapshot for the purge anchors, the walk and the head comparison.
+            # One snapshot for the checkpoints, the purge anchors, the walk and the head.
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        report = _compare_with_last_check(_walk(), last)
+        report, unwitnessed = _verify(key, witness)
+    if witness is None:
+        for checkpoint in unwitnessed:  # signed by kb, but the witness write had failed
+            if _witness(checkpoint):
+                report.notes.append(
+                    f"the checkpoint of #{checkpoint.last_seq} ({checkpoint.signed_at:%Y-%m-%d %H:%M} UTC) was "
+                    "missing from the witness and has been appended"
+                )
+    newest = report.checkpoint
     ChainCheck.objects.create(
         started_at=started,
         finished_at=timezone.now(),
@@ -333,12 +558,40 @@ def chain_verify(*, triggered_by: str = "") -> ChainReport:
         broken_seq=report.broken_seq,
         message=report.message(),
         triggered_by=triggered_by[:32],
+        checkpoint_seq=newest["last_seq"] if newest else None,
+        checkpoint_signed_at=dt.datetime.fromisoformat(newest["signed_at"]) if newest else None,
     )
     if report.ok:
         logger.info("audit chain verified: %s", report.message())
+        if report.first_seq is not None and report.last_seq is not None and witness is None:
+            checkpoint_make(reason=CheckpointReason.VERIFY, head=(report.first_seq, report.last_seq, report.last_hash))
     else:
         logger.error("AUDIT CHAIN BROKEN: %s", report.message())
     return report
+
+
+@dataclass
+class CheckpointStatus:
+    """The newest checkpoint for the audit page: what it covers, and whether its signature and witness hold."""
+
+    checkpoint: Checkpoint
+    signature_ok: bool
+    witnessed: bool
+    key_id: str
+
+
+def checkpoint_status() -> CheckpointStatus | None:
+    checkpoint = Checkpoint.objects.order_by("-last_seq", "-signed_at").first()
+    if checkpoint is None:
+        return None
+    key = signing_key()
+    payload = checkpoint.payload()
+    return CheckpointStatus(
+        checkpoint=checkpoint,
+        signature_ok=key.verifies(_signed_text(payload), checkpoint.signature),
+        witnessed=witness_holds(payload, checkpoint.signature),
+        key_id=key.key_id,
+    )
 
 
 # --- retention --------------------------------------------------------------------------------------------
@@ -443,6 +696,7 @@ def audit_purge(*, now: dt.datetime | None = None, actor=None) -> PurgeResult:
     that hash as its predecessor, so verification starts from the anchor. `now`: purge as of this moment.
     """
     cutoff = (now or timezone.now()) - dt.timedelta(days=settings.KB_AUDIT_RETENTION_DAYS)
+    key = signing_key()  # the purge signs what it cut: without the key file there is no purge
     result = PurgeResult(cutoff=cutoff)
     ceiling: int | None = None  # the newest event when the purge started: never delete its own records
     while True:
@@ -470,19 +724,20 @@ def audit_purge(*, now: dt.datetime | None = None, actor=None) -> PurgeResult:
                 cursor.execute("DELETE FROM audit_auditevent WHERE seq <= %s", [end])
                 deleted = cursor.rowcount
                 cursor.execute("SELECT set_config('kb.audit_purge', 'off', true)")
+            record = {
+                "cutoff": cutoff,
+                "retention_days": settings.KB_AUDIT_RETENTION_DAYS,
+                "deleted": deleted,
+                "first_deleted_seq": oldest,
+                "last_deleted_seq": end,
+                "first_kept_seq": end + 1,
+                "anchor_hash": anchor,
+                "key_id": key.key_id,
+            }
+            record["signature"] = key.sign(_purge_claim(record))
             event = _append(
                 kind=AuditKind.PURGE,
-                content=chain.plain(
-                    {
-                        "cutoff": cutoff,
-                        "retention_days": settings.KB_AUDIT_RETENTION_DAYS,
-                        "deleted": deleted,
-                        "first_deleted_seq": oldest,
-                        "last_deleted_seq": end,
-                        "first_kept_seq": end + 1,
-                        "anchor_hash": anchor,
-                    }
-                ),
+                content=chain.plain(record),
                 user=_user_or_none(actor) or request_actor(),
                 exchange_id=None,
                 document_ids=[],
@@ -492,6 +747,8 @@ def audit_purge(*, now: dt.datetime | None = None, actor=None) -> PurgeResult:
         result.purge_events.append(event.seq)
     # Verification results older than the retention period go too, except failures: they stay as evidence.
     ChainCheck.objects.filter(ok=True, finished_at__lt=cutoff).delete()
+    if result.deleted:
+        checkpoint_make(reason=CheckpointReason.PURGE)
     return result
 
 
@@ -509,4 +766,5 @@ def audit_export_begin(*, filters: AuditFilters, format: str, actor=None, via: s
         event = audit_record(
             kind=AuditKind.EXPORT, actor=actor, data={"format": format, "filters": filters.as_dict(), "via": via}
         )
+    checkpoint_make(reason=CheckpointReason.EXPORT)  # the log as it stood when the export was recorded
     return ExportStream(filters=filters, format=format, export_seq=event.seq, trailer=trailer)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 from kb.audit import services
+from kb.db import connected_as
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +22,8 @@ def chain_verify(triggered_by: str = "beat") -> bool:
 @shared_task(name="audit.purge", ignore_result=True)
 def audit_purge() -> int:
     try:
-        result = services.audit_purge()
+        with connected_as(settings.KB_DATABASE_OWNER_URL):  # the application's role may not delete events
+            result = services.audit_purge()
     except services.LegalHoldActive as hold:
         logger.info("audit purge skipped: %s", hold)
         return 0
@@ -29,3 +32,10 @@ def audit_purge() -> int:
         return 0
     logger.info("audit purge: %s", result.message())
     return result.deleted
+
+
+@shared_task(name="audit.checkpoint", ignore_result=True)
+def checkpoint_sign(reason: str = "time") -> int | None:
+    """Sign the log's head if it grew since the last checkpoint (beat's time cadence; every N events on commit)."""
+    checkpoint = services.checkpoint_make(reason=reason)
+    return checkpoint.last_seq if checkpoint is not None else None

@@ -25,6 +25,10 @@ from kb.audit.filters import EXPORT_FORMATS, AuditFilterForm, AuditFilters
 from kb.audit.models import AuditEvent, AuditKind, ChainCheck
 
 PAGE_SIZE = 50
+# "Verify now" polls once a second for the result, for at most this many seconds: verifying a million events
+# takes 1.5-3 minutes of a worker (KB_AUDIT_VERIFY_INTERVAL_S), so 10 minutes also covers a worker that first
+# finishes a document; after that the panel stops asking and says where the result will appear.
+VERIFY_POLL_S = 600
 ANALYTICS_PERIODS = (7, 30, 90, 365)  # days the analytics page offers
 ANALYTICS_DEFAULT_DAYS = 30
 
@@ -76,17 +80,45 @@ def audit_home(request):
         "paged": before is not None,
         "query": urlencode(query),
         "filtered": bool(query),
+        "export_filters": sorted(query.items()),
         "formats": EXPORT_FORMATS,
     }
     if request.htmx and request.htmx.target == "audit-results":  # the search form swaps the results only
         return render(request, "audit/home.html#results", context)
+    if request.htmx and request.htmx.target == "audit-verification":  # "Verify now" polls for its result
+        after = _whole_number(request.GET.get("verification_after", "")) or 0
+        polls = _whole_number(request.GET.get("polls", "")) or 0
+        return render(request, "audit/home.html#verification", _verification_context(after=after, polls=polls))
     context.update(
-        check=ChainCheck.objects.order_by("-finished_at", "-id").first(),
+        _verification_context(),
         hold=services.legal_hold_status(),
         retention_days=settings.KB_AUDIT_RETENTION_DAYS,
-        verify_every_h=settings.KB_AUDIT_VERIFY_INTERVAL_S / 3600,
     )
     return render(request, "audit/home.html", context)
+
+
+def _verification_context(*, after: int | None = None, polls: int = 0, error: str = "") -> dict:
+    """The verification panel: the last check and the newest checkpoint; `after`: a check was started when the
+    newest was this id, so it is pending until a newer one exists (`polls`: how often the panel has asked)."""
+    check = ChainCheck.objects.order_by("-finished_at", "-id").first()
+    pending = after is not None and not error and not ChainCheck.objects.filter(pk__gt=after).exists()
+    if pending and polls >= VERIFY_POLL_S:
+        pending = False
+        error = (
+            f"Verification has not finished after {VERIFY_POLL_S // 60} minutes: the worker may be busy or stopped. "
+            "Its result will show here when you reload the page; manage.py audit_verify gives it at once."
+        )
+    return {
+        "check": check,
+        "pending": pending,
+        "after": after or 0,
+        "next_poll": polls + 1,
+        "verify_error": error,
+        "checkpoint": services.checkpoint_status(),
+        "verify_every_h": settings.KB_AUDIT_VERIFY_INTERVAL_S / 3600,
+        "checkpoint_every_events": settings.KB_AUDIT_CHECKPOINT_EVERY_EVENTS,
+        "checkpoint_every_min": settings.KB_AUDIT_CHECKPOINT_EVERY_S / 60,
+    }
 
 
 @compliance_required
@@ -126,12 +158,14 @@ def audit_detail(request, seq: int):
 
 
 @compliance_required
+@require_POST  # an export is recorded in the officer's name: a link from another site must not start one
 def audit_export(request):
-    form, _ = _filters(request)
-    format = request.GET.get("format", "csv")
+    form = AuditFilterForm(request.POST)
+    format = request.POST.get("format", "csv")
     if not form.is_valid() or format not in EXPORT_FORMATS:
         messages.error(request, form.error_text() or f"Choose an export format: {', '.join(EXPORT_FORMATS)}.")
-        return redirect(reverse("audit_home") + "?" + request.GET.urlencode())
+        filters = {name: value for name, value in request.POST.items() if name in form.fields and value}
+        return redirect(reverse("audit_home") + "?" + urlencode(filters))
     stream = services.audit_export_begin(
         filters=form.filters(), format=format, actor=request.user, via="audit page", trailer=True
     )
@@ -141,15 +175,20 @@ def audit_export(request):
 @compliance_required
 @require_POST
 def audit_verify(request):
+    newest = ChainCheck.objects.order_by("-id").values_list("pk", flat=True).first() or 0
     try:
         tasks.chain_verify.delay("page")
     except Exception:  # the broker is down: say so; beat verifies on its schedule anyway
-        messages.error(
-            request,
+        error = (
             "Verification could not be started: the job queue is not reachable. Run manage.py audit_verify on the "
-            "server, or try again later.",
+            "server, or try again later."
         )
+        if request.htmx:
+            return render(request, "audit/home.html#verification", _verification_context(error=error))
+        messages.error(request, error)
     else:
+        if request.htmx:  # the panel polls until the check is recorded, then shows its result
+            return render(request, "audit/home.html#verification", _verification_context(after=newest))
         messages.info(
             request, "Verification started: it reads every event, and the result appears here when it is done."
         )

@@ -26,6 +26,7 @@ class InputContext:
     placeholders: dict[str, str] = field(default_factory=dict)
     vector: np.ndarray | None = None
     recent_asks: Sequence[datetime] = ()  # the user's ask times in the rate window, for the rate limit
+    in_flight: int = 0  # the user's questions being answered right now
 
     def embedding(self) -> np.ndarray:
         """The masked question's embedding, computed once and shared with the caches and retrieval."""
@@ -76,6 +77,30 @@ class RateLimitGuard:
             status=429,
             retry_after_s=retry,
         )
+
+
+class InFlightGuard:
+    """At most KB_USER_ASKS_IN_FLIGHT questions per user being answered at once (429): one account's script
+    cannot hold the database pool and the model for everyone else."""
+
+    name = "in_flight"
+    before_record = True
+
+    def scan(self, context: InputContext) -> Verdict:
+        cap = settings.KB_USER_ASKS_IN_FLIGHT
+        if not cap:
+            return Verdict(self.name, Action.ALLOW)
+        if context.in_flight < cap:
+            return Verdict(self.name, Action.ALLOW, score=context.in_flight / cap)
+        raise GuardError(
+            f"You have {context.in_flight} questions being answered already, the most kb takes at once. Wait for "
+            "one to finish, then ask again.",
+            status=429,
+            retry_after_s=IN_FLIGHT_RETRY_S,
+        )
+
+
+IN_FLIGHT_RETRY_S = 5  # a typical answer streams within a few seconds
 
 
 class PiiGuard:

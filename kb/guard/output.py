@@ -96,7 +96,9 @@ class LeakGuard:
                 Action.BLOCK,
                 score=float(unreadable["shared"]),
                 reason="the answer contains text of a document you may not read",
-                details={"document_id": unreadable["document_id"]},
+                # Not which document: the verdict is stored with the exchange and shown to the asker, who may
+                # not learn that it exists.
+                details={"shared_runs": unreadable["shared"]},
             )
         allowed = " ".join(source.text for source in context.sources.values())
         masked = pii.mask(context.answer, keep=lambda finding: finding.value in allowed)
@@ -115,10 +117,10 @@ class LeakGuard:
 def _unreadable_overlap(context: OutputContext, answer_shingles: set) -> dict | None:
     if context.unreadable_search is None or not answer_shingles:
         return None
-    for document_id, text in context.unreadable_search(context.answer):
+    for _document_id, text in context.unreadable_search(context.answer):
         shared = len(answer_shingles & shingles(text))
         if shared >= 2:
-            return {"document_id": document_id, "shared": shared}
+            return {"shared": shared}
     return None
 
 

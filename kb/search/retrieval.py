@@ -17,8 +17,8 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 
-from ingest.models import Chunk, Document, heading_label, page_label
-from kb.accounts.roles import Role, has_role
+# ReadScope is defined with Document.objects.readable_by: one read-permission rule for search and every other read.
+from ingest.models import Chunk, ReadScope, heading_label, page_label
 from kb.search import embeddings
 from kb.search.analyzer import analyze
 from kb.search.fusion import Fused, reciprocal_rank_fusion
@@ -28,63 +28,6 @@ Mode = Literal["hybrid", "bm25", "vector"]
 MODES: tuple[Mode, ...] = ("hybrid", "bm25", "vector")
 VECTOR = "vector"
 BM25 = "bm25"
-
-
-# --- permission scope -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReadScope:
-    """Which documents a search may return: all, or those with no access group or one of `group_ids`.
-
-    The same semantics as `Document.objects.readable_by(user)`, in a form the legs' SQL can use and that
-    can key a cache.
-    """
-
-    everything: bool = False
-    group_ids: tuple[int, ...] = ()
-    nothing: bool = False
-
-    @classmethod
-    def for_user(cls, user) -> ReadScope:
-        if not (user and user.is_authenticated and user.is_active):
-            return cls(nothing=True)
-        if user.is_superuser or has_role(user, Role.KNOWLEDGE_ADMIN):
-            return cls(everything=True)
-        if not has_role(user, Role.EMPLOYEE):
-            return cls(nothing=True)
-        return cls(group_ids=tuple(sorted(user.access_groups.values_list("id", flat=True))))
-
-    @classmethod
-    def all_documents(cls) -> ReadScope:
-        """For offline evaluation in an isolated index; never for a request."""
-        return cls(everything=True)
-
-    @property
-    def key(self) -> str:
-        if self.nothing:
-            return "none"
-        if self.everything:
-            return "all"
-        return "groups:" + ",".join(map(str, self.group_ids))
-
-    def sql(self) -> tuple[str, dict]:
-        """A condition on `d` (ingest_document) that admits exactly the searchable documents in scope,
-        with its named parameters."""
-        if self.nothing:
-            return "false", {}
-        if self.everything:
-            return "d.searchable", {}
-        through_model = Document.access_groups.through
-        through = through_model._meta.db_table
-        document_column = through_model._meta.get_field("document").column
-        group_column = through_model._meta.get_field("accessgroup").column
-        return (
-            f"d.searchable AND (NOT EXISTS (SELECT 1 FROM {through} g WHERE g.{document_column} = d.id) "
-            f"OR EXISTS (SELECT 1 FROM {through} g WHERE g.{document_column} = d.id "
-            f"AND g.{group_column} = ANY(%(scope_groups)s::bigint[])))",
-            {"scope_groups": list(self.group_ids)},
-        )
 
 
 # --- results ----------------------------------------------------------------------------------------------
@@ -258,7 +201,7 @@ def query_clean(query: str) -> tuple[str, bool]:
 _VECTOR_SQL = """
 WITH hits AS MATERIALIZED (
     SELECT c.id, c.embedding <=> %(vector)s::vector AS distance
-    FROM ingest_chunk c JOIN ingest_document d ON d.id = c.document_id
+    FROM ingest_chunk c JOIN ingest_document ON ingest_document.id = c.document_id
     WHERE {allowed}
     ORDER BY {order}
     LIMIT %(limit)s
@@ -318,7 +261,7 @@ pool AS (
 SELECT pool.chunk_id, pool.score
 FROM pool
 JOIN ingest_chunk c ON c.id = pool.chunk_id
-JOIN ingest_document d ON d.id = c.document_id
+JOIN ingest_document ON ingest_document.id = c.document_id
 WHERE {allowed}
 ORDER BY pool.score DESC, pool.chunk_id
 LIMIT %(limit)s

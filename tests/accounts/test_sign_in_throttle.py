@@ -5,7 +5,8 @@ import time
 import pytest
 
 from kb.accounts.models import SignInFailure
-from tests.factories import PASSWORD
+from kb.accounts.roles import Role
+from tests.factories import PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -51,3 +52,16 @@ def test_account_names_are_compared_without_case(client, employee, settings):
     sign_in(client, employee.username.upper(), "wrong")
     sign_in(client, employee.username, "wrong")
     assert sign_in(client, employee.username, PASSWORD).status_code == 429
+
+
+def test_names_are_compared_as_sign_in_reads_them(client, settings):
+    # Django's sign-in form reads the name NFKC-normalised, so full-width "ｅｖｅ" signs in as "eve": its
+    # failures count against "eve", and "eve"'s lockout holds it too.
+    settings.KB_LOGIN_MAX_FAILURES = 5
+    eve = UserFactory(username="eve", roles=[Role.EMPLOYEE])
+    for n in range(5):
+        sign_in(client, "ｅｖｅ" if n % 2 else "eve", "wrong")
+    locked = sign_in(client, "ｅｖｅ", PASSWORD)
+    assert locked.status_code == 429 and "_auth_user_id" not in client.session
+    assert SignInFailure.objects.filter(username=eve.username).count() == 5
+    assert sign_in(client, "ＥＶＥ", PASSWORD).status_code == 429

@@ -111,8 +111,8 @@ def test_jsonl_lines_verify_on_their_own_and_link_into_the_chain(tricky_log, tmp
 def test_every_export_is_audited_and_leaves_itself_out(tricky_log, tmp_path, client, compliance):
     call_command("audit_export", format="jsonl", out=str(tmp_path / "a.jsonl"), outcome="answered")
     client.force_login(compliance)
-    api = client.get("/api/v1/audit/export?format=csv&user=" + tricky_log[0].actor_username)
-    page = client.get(reverse("audit_export") + "?format=jsonl&kind=document_delete")
+    api = client.get("/api/v1/audit/export?format=csv&user=" + tricky_log[0].actor_username, headers=bearer(compliance))
+    page = client.post(reverse("audit_export"), {"format": "jsonl", "kind": "document_delete"})
     api_body, page_body = b"".join(api.streaming_content), b"".join(page.streaming_content)
     exports = list(AuditEvent.objects.filter(kind=AuditKind.EXPORT).order_by("seq"))
     assert [(e.actor_username, e.data["via"].split(" (")[0], e.data["format"]) for e in exports] == [
@@ -133,9 +133,12 @@ def test_every_export_is_audited_and_leaves_itself_out(tricky_log, tmp_path, cli
     assert str(exports[1].seq) not in [row["seq"] for row in csv_rows(api_body.decode())]
 
 
+def bearer(user) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_token_create(user=user)[1]}"}
+
+
 def test_the_http_export_ends_with_its_manifest(tricky_log, client, compliance):
-    client.force_login(compliance)
-    response = client.get("/api/v1/audit/export?format=csv")
+    response = client.get("/api/v1/audit/export?format=csv", headers=bearer(compliance))
     assert response.status_code == 200 and response.streaming
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     body = b"".join(response.streaming_content)
@@ -147,7 +150,7 @@ def test_the_http_export_ends_with_its_manifest(tricky_log, client, compliance):
     assert body[manifest["bytes"] :].startswith(MANIFEST_MARK.encode())
     check_rows_match_the_log(csv_rows(body[: manifest["bytes"]].decode()), tricky_log)
 
-    body = b"".join(client.get("/api/v1/audit/export?format=jsonl").streaming_content)
+    body = b"".join(client.get("/api/v1/audit/export?format=jsonl", headers=bearer(compliance)).streaming_content)
     *lines, last = body.decode().splitlines()
     manifest = json.loads(last)["manifest"]
     assert manifest["rows"] == len(lines) and manifest["last_hash"] == json.loads(lines[-1])["hash"]
@@ -200,6 +203,16 @@ def test_the_export_api_is_for_compliance_only(request, tricky_log, client, who)
     assert client.get("/api/v1/audit/export").status_code == 401  # no credentials
 
 
+def test_the_export_api_takes_a_token_not_the_browser_session(tricky_log, client, compliance):
+    # A GET with the session cookie can come from a link on another site (SameSite=Lax): it must not write
+    # an export event in the officer's name. Scripts use a token; the browser posts the audit page's form.
+    client.force_login(compliance)
+    response = client.get("/api/v1/audit/export?format=csv")
+    assert response.status_code == 401
+    assert "bearer token" in response.json()["detail"] and "/audit/" in response.json()["detail"]
+    assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -212,8 +225,7 @@ def test_the_export_api_is_for_compliance_only(request, tricky_log, client, who)
     ],
 )
 def test_a_malformed_export_request_says_what_to_fix(tricky_log, client, compliance, query, message):
-    client.force_login(compliance)
-    response = client.get(f"/api/v1/audit/export?{query}")
+    response = client.get(f"/api/v1/audit/export?{query}", headers=bearer(compliance))
     assert response.status_code == 422 and response.json()["detail"] == message
     assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
 
@@ -227,13 +239,16 @@ def test_the_command_refuses_malformed_filters(empty_log, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_export_streams_under_uvicorn(asgi_server):
+def test_the_export_streams_under_uvicorn(asgi_server, settings):
     compliance = UserFactory(roles=["Compliance"])
     _, token = api_token_create(user=compliance)
     before = AuditEvent.objects.count()
     for n in range(300):  # ~200 KB: several chunks
         services.audit_record(kind=AuditKind.EXPORT, data={"n": n, "padding": "é" * 500})
-    server = asgi_server()
+    # The server signs its export checkpoint with this test's key, into this test's witness.
+    server = asgi_server(
+        KB_AUDIT_SIGNING_KEY=str(settings.KB_AUDIT_SIGNING_KEY), KB_AUDIT_WITNESS_DIR=str(settings.KB_AUDIT_WITNESS_DIR)
+    )
     import httpx
 
     chunks = []
@@ -249,4 +264,5 @@ def test_the_export_streams_under_uvicorn(asgi_server):
     assert hashlib.sha256(body[: manifest["bytes"]]).hexdigest() == manifest["sha256"]
     (export,) = AuditEvent.objects.filter(kind=AuditKind.EXPORT, actor_id=compliance.pk)
     assert export.data["via"] == "api" and manifest["export_seq"] == export.seq
-    assert services.chain_verify().ok
+    report = services.chain_verify()
+    assert report.ok and report.checkpoint["last_seq"] == export.seq and report.checkpoint["reason"] == "export"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 
 from ingest.models import Document, DocumentStatus
@@ -15,7 +17,7 @@ from tests.audit.conftest import record_some, tamper
 COMPLIANCE_PAGES = [
     ("get", "audit_home", ()),
     ("get", "audit_detail", (1,)),
-    ("get", "audit_export", ()),
+    ("post", "audit_export", ()),
     ("post", "audit_verify", ()),
     ("post", "audit_legal_hold", ()),
 ]
@@ -69,7 +71,10 @@ def test_the_log_page_lists_searches_and_pages_back(empty_log, client, complianc
 
     found = client.get(reverse("audit_home"), {"q": "number 3"}).content.decode()
     assert "Question number 3?" in found and "Question number 4?" not in found
-    assert 'href="/audit/export?format=csv&amp;q=number+3"' in found  # the export takes the same filters
+    # The export takes the same filters, posted by a form (an export is recorded: never a GET).
+    assert '<form method="post" action="/audit/export"' in found
+    assert '<input type="hidden" name="q" value="number 3">' in found
+    assert '<button type="submit" name="format" value="csv">' in found
 
 
 def test_the_search_form_swaps_only_the_results(empty_log, client, compliance):
@@ -88,9 +93,34 @@ def test_bad_filters_are_explained_and_not_applied(empty_log, client, compliance
     client.force_login(compliance)
     body = client.get(reverse("audit_home"), {"since": "last week"}).content.decode()
     assert "Enter a valid date." in body and "The filters were not applied" in body
-    response = client.get(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
+    response = client.post(reverse("audit_export"), {"format": "csv", "since": "last week"}, follow=True)
     assert "since: Enter a valid date." in response.content.decode()
+    assert response.redirect_chain[-1][0] == reverse("audit_home") + "?since=last+week"
     assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+
+def test_an_export_is_posted_with_the_csrf_token_never_started_by_a_link(empty_log, compliance):
+    # A cross-site page could make a signed-in officer's browser follow a link (SameSite=Lax cookies travel
+    # with top-level GETs) and so write an export event in their name: exports are POSTs, CSRF-checked.
+    from django.test import Client
+
+    record_some(2)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(compliance)
+    assert browser.get(reverse("audit_export"), {"format": "csv"}).status_code == 405
+    assert browser.post(reverse("audit_export"), {"format": "csv"}).status_code == 403  # no CSRF token
+    assert not AuditEvent.objects.filter(kind=AuditKind.EXPORT).exists()
+
+    page = browser.get(reverse("audit_home"), {"kind": "feedback"})
+    token = page.context["csrf_token"]
+    response = browser.post(
+        reverse("audit_export"), {"format": "jsonl", "kind": "feedback", "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 200 and response["Content-Disposition"].startswith("attachment;")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert len(lines) == 3  # the two feedback events and the manifest
+    (export,) = AuditEvent.objects.filter(kind=AuditKind.EXPORT)
+    assert export.data["filters"] == {"kind": "feedback"} and export.actor_id == compliance.pk
 
 
 def test_the_page_shows_a_broken_chain(empty_log, client, compliance):
@@ -247,3 +277,99 @@ def test_garbage_in_the_address_is_ignored_not_an_error(empty_log, client, compl
         assert client.get(reverse("audit_analytics"), {"days": days}).status_code == 200, days
     page = client.get(reverse("audit_home"), {"until": "9999-12-31", "since": "0001-01-01"}).content.decode()
     assert "Exchange 1001: up" in page
+
+
+def _visible_text(page: str) -> str:
+    # Times show microseconds on purpose; hashes are hex: neither is a score.
+    page = re.sub(r"<time[^>]*>.*?</time>|<code>.*?</code>|<pre[^>]*>.*?</pre>", "", page, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", page)
+
+
+def test_an_exchange_record_shows_scores_rounded_and_never_none(client, corpus, compliance, employee, settings):
+    from kb.answers import services as answers
+
+    settings.KB_MODELS = ["extractive"]
+    answers.ask("What is the hotel limit per night in Amsterdam?", employee)
+    real = AuditEvent.objects.filter(kind=AuditKind.EXCHANGE).latest("seq")
+    made_up = services.audit_record(
+        kind=AuditKind.EXCHANGE,
+        actor=employee,
+        data={
+            "exchange_id": 77,
+            "question": "Parking?",
+            "outcome": "answered",
+            "guard": [{"guard": "injection", "action": "allow", "score": 0.123456789, "details": {"top": None}}],
+            "grounding": [{"sentence": "Yes [1].", "cited": [1], "score": 0.98765432, "supported": True}],
+            "passages": [{"n": 1, "chunk_id": 3, "document_id": 1, "fused_score": 0.0327868852, "similarity": None}],
+            "attempts": [{"link": "extractive", "attempt": 1, "outcome": "ok", "status": None, "ms": None}],
+            "cache": {"kind": "miss", "similarity": None, "nearest_similarity": 0.912345678},
+            "usage": {"input_tokens": None},
+            "latency": {"total_ms": 12.345678},
+            "prompt_version": None,
+            "evidence_score": None,
+        },
+    )
+    client.force_login(compliance)
+    for event in (real, made_up):
+        text = _visible_text(client.get(reverse("audit_detail", args=[event.seq])).content.decode())
+        assert "None" not in text, event.data
+        # A long fraction that is not a time of day (12:00:41.989579) nor the cost in dollars.
+        assert not re.findall(r"(?<![\d:.$])\d+\.\d{5,}", text), re.findall(r".{40}\d\.\d{5,}\S*", text)
+    assert all(shown in text for shown in ("0.123", "0.988", "0.0328", "0.912", "12.3 ms"))
+
+
+def test_verify_now_shows_the_result_in_place_when_it_is_done(empty_log, client, compliance, monkeypatch):
+    from kb.audit import tasks
+
+    record_some(3)
+    started = []
+    monkeypatch.setattr("kb.audit.tasks.chain_verify.delay", lambda *args: started.append(args))
+    client.force_login(compliance)
+    htmx = {"HX-Request": "true", "HX-Target": "audit-verification"}
+    panel = client.post(reverse("audit_verify"), headers=htmx).content.decode()
+    assert started == [("page",)]
+    assert panel.lstrip().startswith('<div class="audit-status-item" id="audit-verification"') and "<html" not in panel
+    assert "Verifying" in panel and 'hx-trigger="every 1s"' in panel and "?verification_after=0&amp;polls=1" in panel
+    # Until the worker has recorded a check, the panel keeps polling.
+    polled = client.get(reverse("audit_home"), {"verification_after": 0}, headers=htmx).content.decode()
+    assert "Verifying" in polled and "hx-trigger" in polled.split(">")[0]
+
+    # A worker that never answers: after VERIFY_POLL_S polls the panel stops asking and says what to do.
+    gave_up = client.get(reverse("audit_home"), {"verification_after": 0, "polls": 600}, headers=htmx).content.decode()
+    assert "hx-trigger" not in gave_up.split(">")[0] and "has not finished after 10 minutes" in gave_up
+
+    tasks.chain_verify("page")  # what the worker runs
+    done = client.get(reverse("audit_home"), {"verification_after": 0}, headers=htmx).content.decode()
+    assert "Verifying" not in done and "hx-trigger" not in done.split(">")[0]
+    assert "Intact" in done and "3 events" in done and "(#1–#3) verified" in done
+    # The verification signed a checkpoint of what it read: the panel shows it, its signature and its witness line.
+    assert "Covers events #1–#3 (3 events)" in done and "(verification)" in done
+    assert "Signature valid" in done and "In the witness" in done
+
+
+def test_verify_now_says_when_the_queue_is_down_in_place(empty_log, client, compliance, monkeypatch):
+    def broker_down(*args):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr("kb.audit.tasks.chain_verify.delay", broker_down)
+    client.force_login(compliance)
+    panel = client.post(reverse("audit_verify"), headers={"HX-Request": "true"}).content.decode()
+    assert "job queue is not reachable" in panel and "Run manage.py audit_verify" in panel
+    assert "hx-trigger" not in panel.split(">")[0]
+
+
+def test_the_page_shows_the_newest_checkpoint_and_whether_it_holds(empty_log, client, compliance, settings):
+    client.force_login(compliance)
+    assert "None yet: one is signed after every 100 events" in client.get(reverse("audit_home")).content.decode()
+    record_some(4)
+    checkpoint = services.checkpoint_make(reason="time")
+    page = client.get(reverse("audit_home")).content.decode()
+    assert "Covers events #1–#4 (4 events)" in page and f"with key <code>{checkpoint.key_id}</code>" in page
+    assert "Signature valid" in page and "In the witness" in page
+    # A witness that lost the line, and a row whose signature was altered, show as such.
+    for path in settings.KB_AUDIT_WITNESS_DIR.iterdir():
+        path.write_text("")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_checkpoint SET last_seq = 3 WHERE id = %s", [checkpoint.pk])
+    page = client.get(reverse("audit_home")).content.decode()
+    assert "Signature invalid" in page and "Missing from the witness" in page

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import threading
 import time
@@ -61,12 +62,34 @@ def bench_database(test_database_url: str, log: Callable[[str], None]) -> Iterat
     name = f"kb_bench_{corpus._fingerprint()}"
     database_url = test_database_url.replace(f"/{connection.settings_dict['NAME']}", f"/{name}", 1)
     assert name in database_url
-    with beir.isolated_index(name, log=log):
+    with beir.isolated_index(name, log=log), _audit_trust_of(name):
         with connection.cursor() as cursor:
             if not corpus._built(cursor):
                 log(f"building the synthetic corpus in {name} ({corpus.CHUNKS:,} chunks)")
                 corpus._build(log)
         yield database_url
+
+
+@contextlib.contextmanager
+def _audit_trust_of(name: str) -> Iterator[None]:
+    """The bench database keeps its audit log from run to run: its signing key and witness are kept beside it
+    (for this process and the ones it starts), so that its checkpoints keep verifying."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    folder = settings.KB_DATA_DIR / "bench-audit" / name
+    key, witness = folder / "audit-signing-key.pem", folder / "audit-witness"
+    saved = {variable: os.environ.get(variable) for variable in ("KB_AUDIT_SIGNING_KEY", "KB_AUDIT_WITNESS_DIR")}
+    os.environ.update(KB_AUDIT_SIGNING_KEY=str(key), KB_AUDIT_WITNESS_DIR=str(witness))
+    try:
+        with override_settings(KB_AUDIT_SIGNING_KEY=key, KB_AUDIT_WITNESS_DIR=witness):
+            yield
+    finally:
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
 
 
 def bench_employee(username: str, *, groups: tuple[str, ...] = (READERS,), label: str = "bench"):

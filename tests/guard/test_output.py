@@ -95,7 +95,9 @@ def test_personal_data_the_passages_did_not_contain_is_masked(employee):
 def test_text_of_a_document_the_user_may_not_read_is_blocked(corpus, employee, hr_employee):
     answer = "Every parent receives sixteen weeks of paid parental leave, to be taken within the first year [1]."
     verdict = LeakGuard().scan(context(answer, user=employee))
-    assert verdict.action == Action.BLOCK and verdict.details["document_id"] == corpus.leave.pk
+    assert verdict.action == Action.BLOCK
+    # The verdict is stored with the exchange and shown to the asker: it names nothing they may not read.
+    assert "document_id" not in verdict.details and corpus.leave.title not in str(verdict.as_dict())
     assert LeakGuard().scan(context(answer, user=hr_employee)).action == Action.ALLOW
 
 

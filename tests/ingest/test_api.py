@@ -85,3 +85,28 @@ def test_a_bad_status_filter_is_a_clear_422(client, knowledge_admin):
     response = client.get("/api/v1/documents?status=sideways", headers=bearer(knowledge_admin))
     assert response.status_code == 422
     assert "Unknown status" in response.json()["detail"]
+
+
+def test_a_file_over_the_size_limit_is_refused_with_the_limit(client, knowledge_admin, settings):
+    # The upload handler drops a file as soon as it passes the limit; when that was the only file, the request
+    # reaches the API without one, which must still say why (413 and the limit), not "Field required: files".
+    settings.KB_MAX_UPLOAD_BYTES = 1024 * 1024
+    big = SimpleUploadedFile("big.pdf", b"%PDF-1.7\n" + b"x" * settings.KB_MAX_UPLOAD_BYTES)
+    response = client.post("/api/v1/documents", {"files": [big]}, headers=bearer(knowledge_admin))
+    assert response.status_code == 413, response.content
+    assert (
+        response.json()["detail"]
+        == "big.pdf is larger than the 1 MB limit and was not stored; split it or compress its images."
+    )
+    # Beside a file within the limit, the big one is refused in its own result row and the other is stored.
+    big.seek(0)
+    small = SimpleUploadedFile("small.md", b"# Small\n\nWithin the limit.")
+    response = client.post("/api/v1/documents", {"files": [big, small]}, headers=bearer(knowledge_admin))
+    assert response.status_code == 200
+    assert [(row["filename"], row["outcome"]) for row in response.json()] == [
+        ("big.pdf", "refused"),
+        ("small.md", "queued"),
+    ]
+    assert list(Document.objects.values_list("filename", flat=True)) == ["small.md"]
+    # A request without files still answers the schema's 422.
+    assert client.post("/api/v1/documents", {"title": "x"}, headers=bearer(knowledge_admin)).status_code == 422

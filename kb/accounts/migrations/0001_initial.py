@@ -4,7 +4,6 @@ import django.db.models.deletion
 import django.utils.timezone
 from django.conf import settings
 from django.db import migrations, models
-from pgvector.django import VectorExtension
 
 
 def create_roles(apps, schema_editor):
@@ -36,8 +35,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # pgvector first: every later migration may use the vector type.
-        VectorExtension(),
         migrations.CreateModel(
             name="Capability",
             fields=[

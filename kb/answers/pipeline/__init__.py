@@ -16,30 +16,26 @@ connection while a model writes. Routing (6) is the budget's choice of links in 
 
 from __future__ import annotations
 
-from kb.answers.pipeline.cache import known_answer
-from kb.answers.pipeline.evidence import evidence
-from kb.answers.pipeline.input_guard import input_guard
-from kb.answers.pipeline.record import open_exchange
-from kb.answers.pipeline.retrieve import retrieve
-from kb.answers.pipeline.scope import scope
+# The stage modules, not their functions, so that `pipeline.evidence` stays the module of that name.
+from kb.answers.pipeline import cache, evidence, input_guard, record, retrieve, scope
 from kb.answers.pipeline.types import AskRequest, Begun, Evidence, Guarded, Opened, Scope, Stop, Trace
 
 
 def _until_evidence(scoped: Scope, guarded: Guarded, opened: Opened, trace: Trace) -> Stop | Evidence:
     if guarded.block is not None:
         return guarded.block
-    query = known_answer(scoped, guarded, opened, trace)
+    query = cache.known_answer(scoped, guarded, opened, trace)
     if isinstance(query, Stop):
         return query
-    return evidence(scoped, guarded, opened, retrieve(scoped, query, trace))
+    return evidence.evidence(scoped, guarded, opened, retrieve.retrieve(scoped, query, trace))
 
 
 def begin(request: AskRequest) -> Begun:
     """Stages 1-5: everything before a model is called, with the exchange opened on record."""
     trace = Trace(started=request.started)
-    scoped = scope(request, trace)
-    guarded = input_guard(request, trace)
-    opened = open_exchange(request, scoped, guarded, trace)
+    scoped = scope.scope(request, trace)
+    guarded = input_guard.input_guard(request, trace)
+    opened = record.open_exchange(request, scoped, guarded, trace)
     trace.latency["begin_ms"] = trace.elapsed_ms()
     outcome = _until_evidence(scoped, guarded, opened, trace)
     return Begun(request=request, scope=scoped, guarded=guarded, opened=opened, next=outcome, trace=trace)

@@ -13,6 +13,8 @@ from kb.llm import cache
 from kb.search import embeddings
 from kb.text import normalise
 
+SEMANTIC_HIT_NOTICE = "Answered from the cache: this answer was given to an earlier question with the same meaning."
+
 
 def _from_cache(hit: cache.Hit) -> Stop:
     stored = hit.result
@@ -33,7 +35,8 @@ def _from_cache(hit: cache.Hit) -> Stop:
 def _hit(hit: cache.Hit, trace: Trace) -> Stop:
     trace.cache = {"kind": hit.kind, "similarity": round(hit.similarity, 4), "entry": hit.entry_id}
     if hit.kind == "semantic":
-        trace.notices.append(f"Answered from the cache: an earlier question very like yours ({hit.question!r}).")
+        # Never the cached question itself: it may be another person's, with what they said in it.
+        trace.notices.append(SEMANTIC_HIT_NOTICE)
     return _from_cache(hit)
 
 

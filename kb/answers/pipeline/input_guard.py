@@ -4,7 +4,7 @@ injection). A blocking verdict is an answer too: the exchange is recorded with t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -28,9 +28,18 @@ def recent_asks(user, *, now: datetime | None = None) -> list[datetime]:
     )
 
 
+def asks_in_flight(user) -> int:
+    """The user's questions being answered now (pending, younger than an abandoned one)."""
+    if not settings.KB_USER_ASKS_IN_FLIGHT:
+        return 0
+    since = timezone.now() - timedelta(seconds=settings.KB_ABANDONED_EXCHANGE_S)
+    return Exchange.objects.filter(user=user, outcome=Outcome.PENDING, created_at__gte=since).count()
+
+
 def check_before_record(user, question: str) -> None:
-    """Run the guards that refuse a request before it is recorded; GuardError says why."""
-    context = InputContext(user=user, text=question, recent_asks=recent_asks(user))
+    """Run the guards that refuse a request before it is recorded (length, rate, asks in flight); GuardError
+    says why. Run once before a stream starts, and again under the user's lock as the exchange is opened."""
+    context = InputContext(user=user, text=question, recent_asks=recent_asks(user), in_flight=asks_in_flight(user))
     for guard in input_guards():
         if getattr(guard, "before_record", False):
             guard.scan(context)

@@ -4,15 +4,19 @@ one hash-chained audit event, whatever happened - answered, cached, refused, blo
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from ingest.models import Document
 from kb import metrics
 from kb.answers.models import Conversation, Exchange, Outcome
+from kb.answers.pipeline.input_guard import check_before_record
 from kb.answers.pipeline.types import AskRequest, Begun, Ending, Guarded, Opened, Retrieved, Scope, Trace, Turn
 from kb.audit.services import exchange_audit
 from kb.llm import cache
+from kb.text import has_lone_surrogates
+
+ASK_LOCK = 7301  # advisory lock class of "a user's asks being opened" (the second key is the user's id)
 
 # What a cache entry keeps of a result; the rest belongs to the exchange that answers from it.
 CACHEABLE = ("answer", "citations", "refused", "refusal_reason", "model", "fallback_used", "prompt_version")
@@ -33,6 +37,11 @@ def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Tr
     """The pending exchange (and a new conversation, or the asker's own one touched), in one transaction."""
     question = guarded.question
     with transaction.atomic():
+        # Two asks of one user cannot both pass the limits and then both be recorded: they queue on a lock of
+        # that user's (milliseconds), and the limits are checked again on what is recorded.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ASK_LOCK, request.user.pk])
+        check_before_record(request.user, request.question)
         if request.conversation_id is None:
             conversation = Conversation.objects.create(user=request.user, title=question[:200])
         else:
@@ -143,3 +152,21 @@ def finish(begun: Begun, ending: Ending) -> dict:
         )
     metrics.ASK_OUTCOMES.labels(ending.outcome).inc()
     return result
+
+
+@transaction.atomic
+def record_rejected(*, user, question: str, reason: str) -> int:
+    """A question refused before it could be asked (it is not valid text): on record, finished at once, with its
+    audit event. Characters that cannot be stored are kept as U+FFFD."""
+    storable = "".join("\ufffd" if has_lone_surrogates(character) else character for character in question)
+    exchange = Exchange.objects.create(
+        user=user,
+        question=storable,
+        outcome=Outcome.BLOCKED,
+        refused=True,
+        refusal_reason=reason,
+        finished_at=timezone.now(),
+    )
+    exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=exchange.pk))
+    metrics.ASK_OUTCOMES.labels(Outcome.BLOCKED).inc()
+    return exchange.pk

@@ -7,7 +7,10 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     initial = True
 
-    dependencies = []
+    dependencies = [
+        # The pgvector extension, for the embedding column.
+        ("ingest", "0001_initial"),
+    ]
 
     operations = [
         migrations.CreateModel(

@@ -1,0 +1,185 @@
+"""What every format's parser shares: media types, block kinds, the parse result, ParseError, text cleaning and
+the collector that keeps the heading path while a parser emits blocks."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+PDF = "application/pdf"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+HTML = "text/html"
+MARKDOWN = "text/markdown"
+PLAIN = "text/plain"
+
+SUPPORTED_MEDIA_TYPES: dict[str, str] = {
+    PDF: "PDF document",
+    DOCX: "Word document (.docx)",
+    HTML: "HTML page",
+    MARKDOWN: "Markdown text",
+    PLAIN: "Plain text",
+}
+
+HEADING = "heading"
+PARAGRAPH = "paragraph"
+LIST = "list"
+TABLE = "table"
+CODE = "code"
+
+DEFAULT_MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
+DEFAULT_MAX_COMPRESSION_RATIO = 100
+# How many bytes are enough to tell text from binary and to spot an HTML document's start and charset.
+SNIFF_BYTES = 4096
+LIST_INDENT = "  "
+
+# Characters that are invisible or rewrite the display order; they only make text harder to search.
+_INVISIBLE = {"\u00ad", "\u200b", "\ufeff"}
+BULLET_LINE = re.compile(r"^\s*([\u2022\u2023\u25aa\u25cf\u25e6\u2043\u2219\u00b7*\-\u2013])\s+(\S.*)$")
+NUMBERED_HEADING = re.compile(r"^(\d+(?:\.\d+)*)\.?\s+\S")
+# Plain text and PDF guess headings from a line's shape; headings are short.
+HEADING_MAX_CHARS = 80
+HEADING_MAX_WORDS = 12
+
+
+class ParseError(Exception):
+    """A document we cannot or will not read; `message` tells the admin what happened and what to do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ParseError({self.code!r}, {self.message!r})"
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str
+    text: str
+    heading_path: tuple[str, ...]
+    page: int | None
+    level: int = 0
+
+
+@dataclass
+class ParsedDocument:
+    media_type: str
+    blocks: list[Block]
+    text: str
+    offsets: list[tuple[int, int]]
+    title: str | None
+    page_count: int | None
+
+
+BLOCK_SEPARATOR = "\n\n"
+
+
+def document_from_blocks(
+    media_type: str, blocks: Iterable[Block], *, title: str | None = None, page_count: int | None = None
+) -> ParsedDocument:
+    """Assemble a ParsedDocument, computing `text` and `offsets` so that they always agree with the blocks."""
+    kept = [block for block in blocks if block.text.strip()]
+    offsets = []
+    position = 0
+    for block in kept:
+        offsets.append((position, position + len(block.text)))
+        position += len(block.text) + len(BLOCK_SEPARATOR)
+    text = BLOCK_SEPARATOR.join(block.text for block in kept)
+    return ParsedDocument(
+        media_type=media_type, blocks=kept, text=text, offsets=offsets, title=title, page_count=page_count
+    )
+
+
+# --- text normalisation -------------------------------------------------------------------------------------
+
+
+def strip_invisible(text: str) -> str:
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return "".join(ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _INVISIBLE))
+
+
+def clean_inline(text: str) -> str:
+    """Paragraph or heading text: one line, single spaces."""
+    return " ".join(strip_invisible(text).split())
+
+
+def clean_lines(text: str) -> str:
+    """List or table text: one entry per line, keeping each line's leading indent for nested items."""
+    lines = []
+    for raw in strip_invisible(text).split("\n"):
+        if not raw.strip():
+            continue
+        indent = len(raw) - len(raw.lstrip(" "))
+        lines.append(" " * indent + " ".join(raw.split()))
+    return "\n".join(lines)
+
+
+def clean_code(text: str) -> str:
+    """Code keeps its spacing; only trailing blanks and surrounding empty lines go."""
+    lines = [line.rstrip() for line in strip_invisible(text).split("\n")]
+    return "\n".join(lines).strip("\n")
+
+
+_CLEANERS = {HEADING: clean_inline, PARAGRAPH: clean_inline, LIST: clean_lines, TABLE: clean_lines, CODE: clean_code}
+
+
+class BlockCollector:
+    """Keeps the heading stack while a parser emits blocks in reading order."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self._stack: list[tuple[int, str]] = []
+        self.first_h1: str | None = None
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(text for _, text in self._stack)
+
+    def heading(self, text: str, level: int, page: int | None = None) -> None:
+        text = clean_inline(text)
+        if not text:
+            return
+        while self._stack and self._stack[-1][0] >= level:
+            self._stack.pop()
+        self._stack.append((level, text))
+        if level == 1 and self.first_h1 is None:
+            self.first_h1 = text
+        self.blocks.append(Block(HEADING, text, self.path, page, level))
+
+    def add(self, kind: str, text: str, page: int | None = None) -> None:
+        text = _CLEANERS[kind](text)
+        if text:
+            self.blocks.append(Block(kind, text, self.path, page))
+
+
+# --- shared by the parsers ----------------------------------------------------------------------------------
+
+
+def is_empty(data: bytes) -> bool:
+    return not data.removeprefix(b"\xef\xbb\xbf").strip(b" \t\r\n\f\v\x00")
+
+
+def empty_error() -> ParseError:
+    return ParseError("empty", "The file is empty; check that you picked the right file and upload it again.")
+
+
+def supported_list() -> str:
+    return "PDF, Word (.docx), HTML, Markdown or plain text"
+
+
+def finish_document(
+    collector: BlockCollector, media_type: str, *, title: str | None, page_count: int | None = None
+) -> ParsedDocument:
+    blocks = collector.blocks
+    if not blocks:
+        raise ParseError(
+            "no_text", "The document was read but contains no text; check that you uploaded the right file."
+        )
+    if all(block.kind == HEADING for block in blocks):
+        # Chunks carry headings only as context, so a document of nothing but headings would index to nothing;
+        # its lines are its content.
+        blocks = [Block(PARAGRAPH, block.text, block.heading_path[:-1], block.page) for block in blocks]
+    return document_from_blocks(media_type, blocks, title=title, page_count=page_count)

@@ -1,0 +1,161 @@
+"""Word (.docx) files: checked for zip bombs from the zip directory before python-docx opens them."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from typing import Any
+
+import docx
+from docx.table import Table
+from docx.text.paragraph import Paragraph
+
+from ingest.parsers.common import (
+    DOCX,
+    LIST,
+    LIST_INDENT,
+    PARAGRAPH,
+    TABLE,
+    BlockCollector,
+    ParsedDocument,
+    ParseError,
+    clean_inline,
+    finish_document,
+)
+
+# Small members (styles, settings) of ordinary documents can compress extremely well; a per-member ratio only
+# means "bomb" once the member is big enough to hurt.
+ZIP_RATIO_MIN_MEMBER_BYTES = 1024 * 1024
+
+_DOCX_HEADING_STYLE = re.compile(r"^heading\s+(\d)$", re.IGNORECASE)
+# Styles inherit: a custom "Policy Heading" based on "Heading 2" is a level-2 heading.
+DOCX_STYLE_INHERITANCE_DEPTH = 4
+
+
+def _check_zip(data: bytes, *, max_uncompressed_bytes: int, max_ratio: int) -> zipfile.ZipFile:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise _corrupt_docx() from exc
+    total = sum(member.file_size for member in members)
+    compressed = sum(member.compress_size for member in members)
+    # Only the sizes recorded in the zip directory are read: checking must not inflate the bomb it looks for.
+    too_big = total > max_uncompressed_bytes
+    too_dense = total > ZIP_RATIO_MIN_MEMBER_BYTES and total > max_ratio * max(compressed, 1)
+    dense_member = any(
+        member.file_size > ZIP_RATIO_MIN_MEMBER_BYTES and member.file_size > max_ratio * max(member.compress_size, 1)
+        for member in members
+    )
+    if too_big or too_dense or dense_member:
+        raise ParseError(
+            "zip_bomb",
+            "The Word file would expand to an unreasonable size when opened (a possible zip bomb); "
+            "open and re-save it in Word, or ask the author for a normal copy.",
+        )
+    if "word/document.xml" not in archive.namelist():
+        raise _corrupt_docx()
+    return archive
+
+
+def _corrupt_docx() -> ParseError:
+    return ParseError(
+        "corrupt_docx",
+        "The Word file is damaged or not really a .docx; open it in Word, save it again as .docx and upload it.",
+    )
+
+
+def _docx_heading_level(paragraph: Paragraph) -> int | None:
+    style: Any = paragraph.style
+    for _ in range(DOCX_STYLE_INHERITANCE_DEPTH):
+        if style is None:
+            return None
+        name = style.name or ""
+        if name.lower() == "title":
+            return 1
+        match = _DOCX_HEADING_STYLE.match(name)
+        if match:
+            return int(match.group(1))
+        style = style.base_style
+    return None
+
+
+def _docx_list_level(paragraph: Paragraph) -> int | None:
+    """The nesting level when the paragraph is a list item (numbering properties or a List style), else None."""
+    p_pr = paragraph._p.pPr
+    # python-docx types numPr loosely; its children are optional elements
+    num_pr: Any = p_pr.numPr if p_pr is not None else None
+    if num_pr is not None and num_pr.numId is not None and num_pr.numId.val != 0:
+        return int(num_pr.ilvl.val) if num_pr.ilvl is not None else 0
+    name = paragraph.style.name if paragraph.style is not None else ""
+    if name and name.lower().startswith("list"):
+        digits = re.search(r"(\d+)$", name)
+        return int(digits.group(1)) - 1 if digits else 0
+    return None
+
+
+def _docx_table(table: Table) -> str:
+    rows = []
+    for row in table.rows:
+        cells = []
+        previous = None
+        for cell in row.cells:
+            # merged cells come back once per grid column they span
+            if cell._tc is previous:
+                continue
+            previous = cell._tc
+            cells.append(clean_inline(cell.text))
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+def parse_docx(data: bytes, *, max_uncompressed_bytes: int, max_ratio: int) -> ParsedDocument:
+    _check_zip(data, max_uncompressed_bytes=max_uncompressed_bytes, max_ratio=max_ratio).close()
+    try:
+        document = docx.Document(io.BytesIO(data))
+        items = list(document.iter_inner_content())
+    except Exception as exc:  # python-docx raises KeyError, ValueError, lxml errors... on damaged parts
+        raise _corrupt_docx() from exc
+    collector = BlockCollector()
+    title = None
+    list_lines: list[str] = []
+    counters: dict[int, int] = {}
+
+    def flush_list() -> None:
+        if list_lines:
+            collector.add(LIST, "\n".join(list_lines))
+            list_lines.clear()
+            counters.clear()
+
+    for item in items:
+        if isinstance(item, Table):
+            flush_list()
+            collector.add(TABLE, _docx_table(item))
+            continue
+        text = clean_inline(item.text)
+        if not text:
+            continue
+        level = _docx_heading_level(item)
+        if level is not None:
+            flush_list()
+            if title is None and item.style is not None and (item.style.name or "").lower() == "title":
+                title = text
+            collector.heading(text, level)
+            continue
+        list_level = _docx_list_level(item)
+        if list_level is not None:
+            style_name = (item.style.name or "") if item.style is not None else ""
+            if "number" in style_name.lower():
+                counters[list_level] = counters.get(list_level, 0) + 1
+                marker = f"{counters[list_level]}."
+            else:
+                marker = "-"
+            list_lines.append(f"{LIST_INDENT * list_level}{marker} {text}")
+            continue
+        flush_list()
+        collector.add(PARAGRAPH, text)
+    flush_list()
+    core_title = clean_inline(document.core_properties.title or "")
+    return finish_document(collector, DOCX, title=title or core_title or collector.first_h1)

@@ -1,0 +1,96 @@
+"""Stage 8, output guard: a blocking verdict replaces the answer; unsupported sentences are marked; an
+uncited answer is flagged; personal data the passages did not contain is masked; every verdict is traced."""
+
+from __future__ import annotations
+
+from kb.answers import citations as citation_parser
+from kb.answers.models import Outcome
+from kb.answers.pipeline.output_guard import output_guard
+from kb.answers.pipeline.types import Ending
+from kb.guard.output import BLOCKED_OUTPUT, UNSUPPORTED
+from tests.answers.pipeline.conftest import stage_inputs
+
+
+def draft_of(inputs, answer: str) -> Ending:
+    """The draft as generate hands it on: the answer with its citations parsed against the given passages."""
+    parsed = citation_parser.parse(answer, set(inputs.evidence.sources))
+    return Ending(
+        outcome=Outcome.ANSWERED,
+        answer=parsed.answer,
+        invalid=parsed.invalid,
+        citations=citation_parser.citations(parsed.answer, parsed.cited, inputs.evidence.sources),
+        model="anthropic:claude-sonnet-5-5",
+    )
+
+
+def guarded(inputs, answer: str) -> Ending:
+    return output_guard(inputs.begun, inputs.evidence, draft_of(inputs, answer))
+
+
+def verdicts(inputs) -> dict[str, str]:
+    return {v["guard"]: v["action"] for v in inputs.trace.verdicts}
+
+
+def test_a_supported_cited_answer_passes_with_its_grounding(corpus, employee):
+    inputs = stage_inputs(employee)
+    answer = "The hotel limit is 180 euros per night in Amsterdam [1]."
+    ending = guarded(inputs, answer)
+    assert ending.outcome == Outcome.ANSWERED and ending.answer == answer and not ending.refused
+    assert [c["n"] for c in ending.citations] == [1]
+    (sentence,) = ending.grounding
+    assert sentence["supported"] and sentence["cited"] == [1]
+    assert verdicts(inputs) == {"citations": "allow", "leaks": "allow", "grounding": "allow"}
+    assert "output_guards_ms" in inputs.trace.latency and inputs.trace.notices == []
+
+
+def test_an_unsupported_sentence_is_marked_and_loses_its_citation(corpus, employee):
+    inputs = stage_inputs(employee)
+    answer = "The hotel limit is 180 euros per night in Amsterdam [1]. The canteen serves free sushi every Friday [1]."
+    ending = guarded(inputs, answer)
+    assert ending.answer.startswith("The hotel limit is 180 euros per night in Amsterdam [1].")
+    assert ending.answer.endswith(f"The canteen serves free sushi every Friday. {UNSUPPORTED}")
+    assert [item["supported"] for item in ending.grounding] == [True, False]
+    assert verdicts(inputs)["grounding"] == "flag"
+    assert inputs.trace.notices == [
+        "1 sentence(s) are not supported by the passages they cite and are marked [unsupported]."
+    ]
+
+
+def test_an_answer_citing_nothing_is_flagged_with_a_notice(corpus, employee):
+    inputs = stage_inputs(employee)
+    ending = guarded(inputs, "Hotels are limited to a sensible amount per night.")
+    assert verdicts(inputs)["citations"] == "flag" and ending.citations == []
+    assert "This answer cites no source: treat it with care." in inputs.trace.notices
+    assert UNSUPPORTED in ending.answer and ending.outcome == Outcome.ANSWERED
+
+
+def test_an_answer_repeating_the_system_prompt_is_replaced_by_the_block(corpus, employee):
+    inputs = stage_inputs(employee)
+    ending = guarded(inputs, inputs.evidence.model_request.system[:600])
+    assert ending.outcome == Outcome.BLOCKED and ending.refused and ending.refusal_reason == "blocked_leaks"
+    assert ending.answer == BLOCKED_OUTPUT.format(reason="the answer repeats the system prompt")
+    assert ending.citations == [] and verdicts(inputs)["leaks"] == "block"
+    assert "grounding" not in verdicts(inputs), "nothing runs after a block"
+
+
+def test_text_of_a_document_the_asker_may_not_read_is_blocked(corpus, employee):
+    inputs = stage_inputs(employee)
+    leaked = "Every parent receives sixteen weeks of paid parental leave, to be taken within the first year [1]."
+    ending = guarded(inputs, leaked)
+    assert ending.outcome == Outcome.BLOCKED and "may not read" in ending.answer
+    leak = next(v for v in inputs.trace.verdicts if v["guard"] == "leaks")
+    assert leak["details"] == {"document_id": corpus.leave.pk}
+
+
+def test_the_same_text_is_not_a_leak_for_an_asker_who_may_read_it(corpus, hr_employee):
+    inputs = stage_inputs(hr_employee, "How many weeks of paid parental leave does a parent receive?")
+    leaked = "Every parent receives sixteen weeks of paid parental leave, to be taken within the first year [1]."
+    ending = guarded(inputs, leaked)
+    assert ending.outcome == Outcome.ANSWERED and verdicts(inputs)["leaks"] == "allow"
+
+
+def test_personal_data_the_passages_did_not_contain_is_masked(corpus, employee):
+    inputs = stage_inputs(employee)
+    ending = guarded(inputs, "Ask jane.doe@example.com: the hotel limit is 180 euros per night in Amsterdam [1].")
+    assert "jane.doe@example.com" not in ending.answer and "[EMAIL_1]" in ending.answer
+    assert verdicts(inputs)["leaks"] == "mask"
