@@ -116,7 +116,7 @@ def test_a_failed_record_rolls_back_the_exchange_with_it(corpus, employee, monke
     def broken(**kwargs):
         raise RuntimeError("audit log unavailable")
 
-    monkeypatch.setattr("kb.answers.services.exchange_audit", broken)
+    monkeypatch.setattr("kb.answers.pipeline.record.exchange_audit", broken)
     before = AuditEvent.objects.filter(kind=AuditKind.EXCHANGE).count()
     with pytest.raises(RuntimeError):
         answers.ask(HOTEL, employee)
@@ -127,6 +127,7 @@ def test_a_failed_record_rolls_back_the_exchange_with_it(corpus, employee, monke
 @pytest.mark.django_db(transaction=True)
 def test_50_concurrent_asks_leave_50_events(corpus, settings):
     settings.KB_RATE_LIMIT_PER_MINUTE = 0
+    settings.KB_USER_ASKS_IN_FLIGHT = 0
     users = [UserFactory(roles=["Employee"]) for _ in range(5)]
     questions = [HOTEL, OUTSIDE, "How long is parental leave?", "Who approves flights?", "How long must passwords be?"]
     asks = 50

@@ -116,6 +116,7 @@ def server_env(database_url: str, model_url: str, **extra: str) -> dict[str, str
             "KB_USER_DAILY_BUDGET_USD": "0",
             "KB_DAILY_BUDGET_USD": "0",
             "KB_RATE_LIMIT_PER_MINUTE": "0",
+            "KB_USER_ASKS_IN_FLIGHT": "0",  # one bench account holds many streams at once
             "KB_WARM_EMBEDDINGS": "true",
             "LOG_LEVEL": "WARNING",
             **extra,

@@ -139,6 +139,7 @@ def kb():
         KB_DATA_DIR=str(data_dir),
         KB_MODELS="extractive",
         KB_RATE_LIMIT_PER_MINUTE="0",
+        KB_USER_ASKS_IN_FLIGHT="0",
         KB_HTTPS="false",
         KB_WARM_EMBEDDINGS="true",
         KB_DB_POOL_TIMEOUT_S="5",
