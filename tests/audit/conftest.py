@@ -12,15 +12,6 @@ from kb.audit.models import AuditEvent
 TRIGGER = "audit_event_append_only"
 
 
-@pytest.fixture(autouse=True)
-def audit_key_and_witness(settings, tmp_path):
-    """Each test signs with a key of its own and keeps its own witness (the database is rolled back after each
-    test; a shared witness would keep lines whose rows are gone)."""
-    settings.KB_AUDIT_SIGNING_KEY = tmp_path / "audit-signing-key.pem"
-    settings.KB_AUDIT_WITNESS_DIR = tmp_path / "audit-witness"
-    return settings
-
-
 @pytest.fixture
 def empty_log(db):
     """Start from an empty chain (inside the test's transaction, so it comes back afterwards)."""
