@@ -209,7 +209,9 @@ def redis_url(tmp_path_factory):
     process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+# One browser per module, not per session: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, and every later test that runs one itself (asyncio.run, async_to_sync) would be refused.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: `make test` installs it (Debian: apt-get install chromium)")

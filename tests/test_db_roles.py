@@ -58,9 +58,6 @@ def test_the_application_role_appends_but_cannot_change_the_audit_log(app_role_u
     assert audit.chain_verify().ok
 
 
-@pytest.mark.skip(
-    reason="runs after the browser tests, whose Playwright keeps an event loop running in the main thread, so async_to_sync refuses; to be moved into a thread of its own"
-)
 @pytest.mark.django_db(transaction=True)
 def test_the_app_works_as_its_role_and_the_purge_as_the_owner(app_role_url, test_database_url, settings):
     from kb.answers import services as answers

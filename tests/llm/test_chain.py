@@ -5,7 +5,6 @@ retries go through run_chain's `sleep`, recorded here instead of slept."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 
 import pytest
 
@@ -15,14 +14,6 @@ from kb.llm.chain import ChainDone, Delta, Discard, LinkStart, partial_notice, r
 from kb.llm.cost import cost_usd
 from kb.llm.providers import EXTRACTIVE, EXTRACTIVE_LABEL, ExtractiveProvider, ModelRequest, Passage, Usage
 from tests.scripted_provider import Fail, Hang, Say, ScriptedProvider, status_error, stream_error_event
-
-
-def _run(coroutine):
-    """asyncio.run in a thread of its own: the browser tests' Playwright keeps an event loop running in the main
-    thread for the rest of the session."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
 
 PRIMARY = "anthropic:claude-sonnet-5-5"
 FALLBACK = "anthropic:claude-haiku-5-5"
@@ -65,7 +56,7 @@ def run(links, sleep: Sleeps | None = None, request: ModelRequest = REQUEST) -> 
     async def collect() -> list:
         return [event async for event in run_chain(links, request, sleep=sleep or Sleeps())]
 
-    events = _run(collect())
+    events = asyncio.run(collect())
     assert isinstance(events[-1], ChainDone) and not any(isinstance(e, ChainDone) for e in events[:-1])
     return events, events[-1]
 
@@ -232,7 +223,7 @@ def test_the_breaker_opens_after_consecutive_failures_skips_the_link_and_a_probe
     assert primary.calls == 2, "an open breaker lets no call through"
     assert tried(second)[0] == (PRIMARY, 0, "skipped", "circuit_open") and second.link == FALLBACK
 
-    _run(asyncio.sleep(0.25))  # the cooldown passes: one probe goes through, and its success closes it
+    asyncio.run(asyncio.sleep(0.25))  # the cooldown passes: one probe goes through, and its success closes it
     _, third = run([primary, fallback, ExtractiveProvider()])
     assert primary.calls == 3 and third.link == PRIMARY
     assert resilience.breaker(PRIMARY).state == resilience.State.CLOSED
@@ -247,7 +238,7 @@ def test_a_failed_probe_opens_the_breaker_again(settings):
     links = [primary, ScriptedProvider(FALLBACK), ExtractiveProvider()]
     run(links)
     assert resilience.breaker(PRIMARY).state == resilience.State.OPEN
-    _run(asyncio.sleep(0.15))
+    asyncio.run(asyncio.sleep(0.15))
     _, probe = run(links)
     assert primary.calls == 2 and tried(probe)[0] == (PRIMARY, 1, "failed", "503")
     assert resilience.breaker(PRIMARY).state == resilience.State.OPEN
