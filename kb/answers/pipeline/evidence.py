@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from django.conf import settings
 from django.db import connection
 
@@ -110,12 +109,9 @@ def evidence(scope: Scope, guarded: Guarded, opened: Opened, retrieved: Retrieve
         n: Source(n, hit.chunk_id, hit.document_id, hit.title, hit.heading, hit.pages, hit.text)
         for n, hit in enumerate(hits, 1)
     }
-    stored = {
-        pk: (untrusted, embedding)
-        for pk, untrusted, embedding in Chunk.objects.filter(pk__in=[hit.chunk_id for hit in hits]).values_list(
-            "pk", "untrusted", "embedding"
-        )
-    }
+    untrusted = set(
+        Chunk.objects.filter(pk__in=[hit.chunk_id for hit in hits], untrusted=True).values_list("pk", flat=True)
+    )
     passages = [
         Passage(
             n=s.n,
@@ -123,7 +119,7 @@ def evidence(scope: Scope, guarded: Guarded, opened: Opened, retrieved: Retrieve
             heading=s.heading,
             page=s.page,
             text=s.text,
-            untrusted=stored.get(s.chunk_id, (False, None))[0],
+            untrusted=s.chunk_id in untrusted,
         )
         for s in sources.values()
     ]
@@ -139,9 +135,4 @@ def evidence(scope: Scope, guarded: Guarded, opened: Opened, retrieved: Retrieve
         passages=passages,
         max_tokens=settings.KB_LLM_MAX_TOKENS,
     )
-    vectors = {
-        s.n: np.asarray(stored[s.chunk_id][1], dtype=np.float32)
-        for s in sources.values()
-        if s.chunk_id in stored and stored[s.chunk_id][1] is not None
-    }
-    return Evidence(retrieved, score, sources, model_request, vectors)
+    return Evidence(retrieved, score, sources, model_request)

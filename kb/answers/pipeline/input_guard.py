@@ -15,12 +15,12 @@ from kb.guard.base import input_guards
 from kb.guard.input import BLOCKED_ANSWER, RATE_WINDOW, InputContext
 
 
-def recent_asks(user, *, now: datetime | None = None) -> list[datetime]:
+def recent_asks(user) -> list[datetime]:
     """When the user asked within the rate-limit window, newest first (as many as the limit needs)."""
     limit = settings.KB_RATE_LIMIT_PER_MINUTE
     if not limit:
         return []
-    since = (now or timezone.now()) - RATE_WINDOW
+    since = timezone.now() - RATE_WINDOW
     return list(
         Exchange.objects.filter(user=user, created_at__gte=since)
         .order_by("-created_at")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ingest.models import Document
+from ingest.models import Chunk, Document
 from kb.answers import citations as citation_parser
 from kb.answers.models import Outcome
 from kb.answers.pipeline.types import Begun, Ending, Evidence
@@ -33,15 +33,23 @@ def unreadable_search_for(user) -> guards.UnreadableSearch | None:
     return search
 
 
+def guard_sources(evidence: Evidence) -> dict[int, guards.Source]:
+    """The passages given to the model, with their stored embeddings (read here, after the answer, not before
+    the first token: only grounding needs them)."""
+    chunk_ids = [source.chunk_id for source in evidence.sources.values()]
+    stored = dict(Chunk.objects.filter(pk__in=chunk_ids).values_list("pk", "embedding"))
+    return {
+        n: guards.Source(n, s.chunk_id, s.document_id, s.text, stored.get(s.chunk_id))
+        for n, s in evidence.sources.items()
+    }
+
+
 def output_guard(begun: Begun, evidence: Evidence, draft: Ending) -> Ending:
     trace = begun.trace
     context = guards.OutputContext(
         answer=draft.answer,
         question=begun.guarded.question,
-        sources={
-            n: guards.Source(n, s.chunk_id, s.document_id, s.text, evidence.vectors.get(n))
-            for n, s in evidence.sources.items()
-        },
+        sources=guard_sources(evidence),
         system_prompt=evidence.model_request.system,
         cited=[citation["n"] for citation in draft.citations],
         invalid=draft.invalid,

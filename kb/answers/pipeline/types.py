@@ -128,7 +128,6 @@ class Evidence:
     evidence_score: float | None
     sources: Mapping[int, Source]
     model_request: ModelRequest
-    vectors: Mapping[int, np.ndarray]  # each passage's stored embedding, by its number
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from django.conf import settings
 from kb.answers.pipeline.evidence import evidence
 from kb.answers.pipeline.record import open_exchange
 from kb.answers.pipeline.retrieve import retrieve
-from kb.answers.pipeline.types import AskRequest, Begun, Evidence, Guarded, Opened, Query, Scope, Stop, Trace, Turn
+from kb.answers.pipeline.types import AskRequest, Begun, Evidence, Guarded, Opened, Query, Scope, Trace, Turn
 from kb.llm import cache, prompts
 from kb.llm.providers import EXTRACTIVE
 from kb.search import embeddings
@@ -57,18 +57,13 @@ def query_of(text: str) -> Query:
     return Query(text=text, vector=embeddings.embed([text])[0])
 
 
-@dataclass
-class StageInputs:
-    request: AskRequest
-    scope: Scope
-    guarded: Guarded
-    opened: Opened
-    next: Stop | Evidence
-    trace: Trace
+@dataclass(frozen=True)
+class StageInputs(Begun):
+    """A `Begun` as the stages after evidence receive it, with its evidence at hand."""
 
     @property
     def begun(self) -> Begun:
-        return Begun(self.request, self.scope, self.guarded, self.opened, self.next, self.trace)
+        return self
 
     @property
     def evidence(self) -> Evidence:

@@ -17,6 +17,7 @@ from kb.llm import resilience
 from kb.llm.chain import partial_notice
 from kb.llm.providers import EXTRACTIVE, EXTRACTIVE_LABEL, ExtractiveProvider
 from tests.answers.pipeline.conftest import FALLBACK, PRIMARY, stage_inputs
+from tests.answers.test_ask import _shown_text as shown
 from tests.scripted_provider import Fail, Say, ScriptedProvider, status_error, stream_error_event
 
 CITED = "The hotel limit is 180 euros per night in Amsterdam [1]."
@@ -48,16 +49,6 @@ def generated(inputs) -> tuple[list[dict], Ending | Stop]:
     items = asyncio.run(collect())
     assert all(isinstance(item, dict) for item in items[:-1]) and not isinstance(items[-1], dict)
     return items[:-1], items[-1]
-
-
-def shown(events: list[dict]) -> str:
-    text = ""
-    for event in events:
-        if event["type"] == "delta":
-            text += event["text"]
-        elif event["type"] == "reset":
-            text = ""
-    return text
 
 
 def test_a_cited_answer_streams_as_deltas_and_ends_with_its_draft(corpus, employee, links):

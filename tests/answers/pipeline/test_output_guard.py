@@ -3,9 +3,12 @@ uncited answer is flagged; personal data the passages did not contain is masked;
 
 from __future__ import annotations
 
+import numpy as np
+
+from ingest.models import Chunk
 from kb.answers import citations as citation_parser
 from kb.answers.models import Outcome
-from kb.answers.pipeline.output_guard import output_guard
+from kb.answers.pipeline.output_guard import guard_sources, output_guard
 from kb.answers.pipeline.types import Ending
 from kb.guard.output import BLOCKED_OUTPUT, UNSUPPORTED
 from tests.answers.pipeline.conftest import stage_inputs
@@ -94,3 +97,17 @@ def test_personal_data_the_passages_did_not_contain_is_masked(corpus, employee):
     ending = guarded(inputs, "Ask jane.doe@example.com: the hotel limit is 180 euros per night in Amsterdam [1].")
     assert "jane.doe@example.com" not in ending.answer and "[EMAIL_1]" in ending.answer
     assert verdicts(inputs)["leaks"] == "mask"
+
+
+def test_each_passage_comes_with_its_stored_vector(corpus, employee):
+    evidence = stage_inputs(employee).evidence
+    sources = guard_sources(evidence)
+    stored = dict(
+        Chunk.objects.filter(pk__in=[s.chunk_id for s in evidence.sources.values()]).values_list("pk", "embedding")
+    )
+    assert set(sources) == set(evidence.sources)
+    for n, source in evidence.sources.items():
+        assert sources[n].text == source.text
+        np.testing.assert_array_equal(
+            np.asarray(sources[n].vector, dtype=np.float32), np.asarray(stored[source.chunk_id], dtype=np.float32)
+        )
