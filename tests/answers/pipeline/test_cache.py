@@ -50,7 +50,7 @@ def test_an_exact_hit_is_a_cached_stop_with_the_caches_record(db, employee, trac
     assert trace.notices == []
 
 
-def test_a_semantic_hit_says_which_earlier_question_answered(db, employee, trace, settings):
+def test_a_semantic_hit_says_so_without_showing_the_earlier_question(db, employee, trace, settings):
     scoped = scope_for(employee)
     entry = cached(scoped)
     paraphrase = "What's the hotel limit per night for Amsterdam?"
@@ -59,7 +59,8 @@ def test_a_semantic_hit_says_which_earlier_question_answered(db, employee, trace
     assert trace.cache["kind"] == "semantic" and trace.cache["entry"] == entry
     assert settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY <= trace.cache["similarity"] < 1
     (notice,) = trace.notices
-    assert normalise(HOTEL) in notice
+    # The earlier question may be another person's: it is never shown (issue 17, hole 3).
+    assert "earlier question" in notice and normalise(HOTEL) not in notice.casefold()
 
 
 def test_a_miss_gives_the_normalised_query_with_the_guards_embedding(db, employee, trace):

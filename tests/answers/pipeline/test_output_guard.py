@@ -82,7 +82,8 @@ def test_text_of_a_document_the_asker_may_not_read_is_blocked(corpus, employee):
     ending = guarded(inputs, leaked)
     assert ending.outcome == Outcome.BLOCKED and "may not read" in ending.answer
     leak = next(v for v in inputs.trace.verdicts if v["guard"] == "leaks")
-    assert leak["details"] == {"document_id": corpus.leave.pk}
+    # The verdict is stored and shown to the asker: it names no document they may not read (issue 17, hole 7).
+    assert "document_id" not in leak["details"] and corpus.leave.title not in str(leak)
 
 
 def test_the_same_text_is_not_a_leak_for_an_asker_who_may_read_it(corpus, hr_employee):
