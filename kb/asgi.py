@@ -1,10 +1,16 @@
 """ASGI entry point, served by uvicorn."""
 
 import os
+import warnings
 
 from kb.entry import fail_cleanly
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
+
+# WhiteNoise serves static files with a synchronous file iterator, which Django under ASGI reads whole before
+# sending, with a warning per file. Our static files are a few KB (stylesheet, scripts, icon), so reading them
+# whole costs nothing; the app's own streams (answers, audit exports) are asynchronous iterators.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's default starting value, here kept fixed
 

@@ -2,13 +2,23 @@
 
 import logging
 import os
+import warnings
 
 from celery import Celery
+from celery.platforms import SecurityWarning
 from celery.signals import worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
 
 logger = logging.getLogger("kb.worker")
+
+# Celery warns at every start when the worker runs as root (as `make run` does in a container or on a machine
+# where everything runs as root). What it warns of is code execution through pickled messages; this app accepts
+# JSON only (Celery's default `accept_content`, checked in tests/test_celery.py), so the warning says nothing an
+# operator can act on. Run the worker as an ordinary user where you can.
+warnings.filterwarnings(
+    "ignore", message="You're running the worker with superuser privileges", category=SecurityWarning
+)
 
 app = Celery("kb")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -283,7 +283,8 @@ if _broker_url is None:
     _broker_dir = env_path("KB_BROKER_DIR", KB_DATA_DIR / "broker", base=BASE_DIR)
     (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
     (_broker_dir / "results").mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://"
+    # A host name the folder transport ignores: without one kombu warns "No hostname was supplied" at every start.
+    CELERY_BROKER_URL = "filesystem://localhost/"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),

@@ -72,3 +72,5 @@ def test_a_worker_stopped_as_honcho_stops_it_shuts_down_cleanly(test_database_ur
     log = worker.output()
     assert returncode == 0 and time.monotonic() - stopping < HONCHO_KILL_WAIT_S, log[-3000:]
     assert "ERROR" not in log and "exited with 'signal" not in log, log[-3000:]
+    # Start-up warnings an operator can do nothing about are gone (issue 17, hole 10).
+    assert "No hostname was supplied" not in log and "superuser privileges" not in log, log[-3000:]
