@@ -38,9 +38,11 @@ def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Tr
     question = guarded.question
     with transaction.atomic():
         # Two asks of one user cannot both pass the limits and then both be recorded: they queue on a lock of
-        # that user's (milliseconds), and the limits are checked again on what is recorded.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ASK_LOCK, request.user.pk])
+        # that user's (milliseconds), and the limits are checked again on what is recorded. Without per-user
+        # limits there is nothing to serialise (one round trip less).
+        if settings.KB_RATE_LIMIT_PER_MINUTE or settings.KB_USER_ASKS_IN_FLIGHT:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ASK_LOCK, request.user.pk])
         check_before_record(request.user, request.question)
         if request.conversation_id is None:
             conversation = Conversation.objects.create(user=request.user, title=question[:200])
