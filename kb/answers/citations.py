@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kb.guard.output import answer_sentences
@@ -55,7 +56,7 @@ def parse(answer: str, valid: set[int]) -> Parsed:
     return Parsed(cleaned, cited, invalid)
 
 
-def citations(answer: str, cited: list[int], sources: dict[int, Source]) -> list[dict]:
+def citations(answer: str, cited: list[int], sources: Mapping[int, Source]) -> list[dict]:
     """One citation per cited passage, quoting the passage's sentence closest to the claims that cite it."""
     claims: dict[int, list[str]] = {n: [] for n in cited}
     for sentence in answer_sentences(answer):

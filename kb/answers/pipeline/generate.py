@@ -136,6 +136,7 @@ async def generate(begun: Begun, evidence: Evidence) -> AsyncIterator[dict | End
             request = dataclasses.replace(request, user=request.user + REGENERATE_REMINDER)
             continue
         break
+    assert done is not None
     done.attempts = earlier + done.attempts
     if done.config_error:
         trace.notices.append(MISCONFIGURED)
