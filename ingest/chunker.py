@@ -3,8 +3,10 @@
 Order of preference: a heading starts a new chunk; whole blocks are packed up to a target size; only blocks
 too big for one chunk are split, on sentences, then on words, then (for absurd "words") on characters. Each
 chunk after the first in a section repeats a few whole sentences of the previous one so that a fact stated
-across the cut is still found. Every chunk's text is a contiguous slice of `ParsedDocument.text`, and its
-`char_start`/`char_end` mark only its own new part, so the chunks of a document tile its body text exactly.
+across the cut is still found. A chunk that begins inside a table, after its header row, starts with that
+header row (a row is never cut, and "London | £55 | £210" means nothing without "City | Meals | Hotel").
+Every chunk's text is otherwise a contiguous slice of `ParsedDocument.text`, and its `char_start`/`char_end`
+mark only its own new part, so the chunks of a document tile its body text exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from kb.text import split_sentences, trimmed_spans
 DEFAULT_TARGET_TOKENS = 220
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_OVERLAP_TOKENS = 32
+# Bumped when the same document and settings give different chunks (evaluation indexes are then rebuilt).
+CHUNKER_VERSION = 2  # 2: a chunk that begins inside a table repeats the table's header row
+# A longer first line is not repeated: it is hardly a header, and a chunk may exceed its budget by this much.
+TABLE_HEADER_MAX_TOKENS = 48
 
 _NON_SPACE = re.compile(r"\S+")
 _LIST_ITEM_CONTINUATION = re.compile(r"^\s")
@@ -109,6 +115,12 @@ class _Chunker:
         self.overlap = overlap
         self.count = count
         self.drafts: list[ChunkDraft] = []
+        # (start of the first row, end of the header row, end of the table) of every table of more than one row
+        self.tables = [
+            (start, start + self.text[start:end].find("\n"), end)
+            for block, (start, end) in zip(doc.blocks, doc.offsets, strict=True)
+            if block.kind == TABLE and "\n" in self.text[start:end].strip()
+        ]
 
     def run(self) -> list[ChunkDraft]:
         for path, block_indexes in self._sections():
@@ -228,7 +240,8 @@ class _Chunker:
     def _emit(self, path: tuple[str, ...], pieces: list[_Piece], previous: tuple[int, int] | None) -> tuple[int, int]:
         start, end = pieces[0].start, pieces[-1].end
         text_start = self._overlap_start(previous, start, end) if previous else start
-        text = self.text[text_start:end]
+        header = self._table_header(text_start)
+        text = (self.text[header[0] : header[1]] + "\n" if header else "") + self.text[text_start:end]
         pages = [piece.page for piece in pieces if piece.page is not None]
         self.drafts.append(
             ChunkDraft(
@@ -239,10 +252,17 @@ class _Chunker:
                 page_end=max(pages) if pages else None,
                 char_start=start,
                 char_end=end,
-                token_count=self.count(text_start, end),
+                token_count=self.count(text_start, end) + (self.count(*header) if header else 0),
             )
         )
         return start, end
+
+    def _table_header(self, text_start: int) -> tuple[int, int] | None:
+        """The span of the header row of the table that `text_start` falls in after that row, if any."""
+        for table_start, header_end, table_end in self.tables:
+            if header_end < text_start < table_end and self.count(table_start, header_end) <= TABLE_HEADER_MAX_TOKENS:
+                return table_start, header_end
+        return None
 
     def _overlap_start(self, previous: tuple[int, int], start: int, end: int) -> int:
         """Where this chunk's text begins: at the earliest trailing sentence of the previous chunk that keeps the

@@ -25,6 +25,7 @@ from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
+from ingest.chunker import CHUNKER_VERSION
 from ingest.models import Chunk, Document, DocumentStatus
 from ingest.parsers import PARAGRAPH, PLAIN, Block, document_from_blocks
 from ingest.services import chunk_from_draft, chunks_of, indexed_text
@@ -117,6 +118,7 @@ def index_fingerprint(corpus_sha256: str) -> str:
         "chunks": [settings.KB_CHUNK_TARGET_TOKENS, settings.KB_CHUNK_MAX_TOKENS, settings.KB_CHUNK_OVERLAP_TOKENS],
         "analyzer": settings.KB_TEXT_SEARCH_CONFIG,
         "loader": LOADER_VERSION,
+        "chunker": CHUNKER_VERSION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:FINGERPRINT_CHARS]
 

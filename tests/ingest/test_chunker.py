@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.chunker import ChunkDraft, chunk_document, wordpiece_counter
+from ingest.chunker import TABLE_HEADER_MAX_TOKENS, ChunkDraft, chunk_document, wordpiece_counter
 from ingest.parsers import (
     DOCX,
     HTML,
@@ -189,6 +189,24 @@ def test_long_table_splits_between_rows():
         assert all(line in rows for line in chunk.text.split("\n"))
 
 
+@pytest.mark.parametrize("overlap", [0, 12])
+def test_every_chunk_that_begins_inside_a_table_repeats_its_header_row(overlap):
+    header = "City | Meals per day | Hotel per night"
+    rows = [f"Town{n} | €{40 + n} | €{150 + n}" for n in range(40)]
+    table = Block("table", "\n".join([header, *rows]), ("S",), None)
+    doc = doc_of(para(sentence(0), "S"), table, para(sentence(1), "S"))
+    chunks = chunk_document(doc, target_tokens=30, max_tokens=40, overlap_tokens=overlap, count_tokens=words)
+    with_rows = [chunk for chunk in chunks if "Town" in chunk.text]
+    assert len(with_rows) > 2
+    for chunk in with_rows:
+        lines = chunk.text.split("\n")
+        assert header in lines, chunk.text
+        assert lines.index(header) < min(lines.index(line) for line in lines if line.startswith("Town"))
+        assert chunk.token_count == words(chunk.text)
+    assert_tiles_body(doc, chunks)
+    assert not any(header in chunk.text for chunk in chunks if "Town" not in chunk.text)
+
+
 def test_long_list_keeps_sub_items_with_their_item():
     lines = []
     for n in range(10):
@@ -333,7 +351,8 @@ def test_chunks_tile_the_body_and_respect_budgets(doc, target, extra, overlap):
     chunks = chunk_document(doc, target_tokens=target, max_tokens=maximum, overlap_tokens=overlap, count_tokens=words)
     assert_tiles_body(doc, chunks)
     for chunk in chunks:
-        assert chunk.token_count == words(chunk.text) <= maximum + overlap
+        # A chunk that begins inside a table also carries the table's header row.
+        assert chunk.token_count == words(chunk.text) <= maximum + overlap + TABLE_HEADER_MAX_TOKENS
 
 
 @settings(max_examples=200, deadline=None)
@@ -359,7 +378,7 @@ def test_chunks_of_any_parsed_markdown_tile_the_body(source):
         return
     chunks = chunk_document(doc, target_tokens=8, max_tokens=12, overlap_tokens=3, count_tokens=words)
     assert_tiles_body(doc, chunks)
-    assert all(c.token_count <= 15 for c in chunks)
+    assert all(c.token_count <= 15 + TABLE_HEADER_MAX_TOKENS for c in chunks)
 
 
 @settings(max_examples=200, deadline=None)
