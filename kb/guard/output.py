@@ -31,6 +31,7 @@ class Source:
     document_id: int
     text: str
     vector: np.ndarray | None = None  # the passage's stored embedding; embedded here when missing
+    untrusted: bool = False  # flagged at ingestion as instructions to a model: it never supports a sentence
 
 
 # Passages of documents the asker may not read that share words with a text: (document id, passage text).
@@ -126,8 +127,9 @@ def _unreadable_overlap(context: OutputContext, answer_shingles: set) -> dict | 
 
 class GroundingGuard:
     """Scores each sentence against the passages it cites: 0.5 x embedding similarity + 0.5 x the share of its
-    keywords found in the passage. A sentence below KB_GROUNDING_MIN_SCORE, or a claim citing nothing, loses its
-    markers and is marked [unsupported], so that it is never shown as sourced."""
+    keywords found in the passage. A sentence below KB_GROUNDING_MIN_SCORE, or a claim citing nothing (or only
+    passages flagged as instructions to a model), loses its markers and is marked [unsupported], so that it is
+    never shown as sourced."""
 
     name = "grounding"
 
@@ -205,7 +207,10 @@ def _is_claim(sentence: str) -> bool:
 def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tuple[float, list[int]]]:
     from kb.search import embeddings
 
-    cited_per_sentence = [[int(n) for n in MARKER.findall(s) if int(n) in sources] for s in sentences]
+    # An untrusted passage supports nothing: a sentence that only it "supports" is unsupported.
+    cited_per_sentence = [
+        [int(n) for n in MARKER.findall(s) if int(n) in sources and not sources[int(n)].untrusted] for s in sentences
+    ]
     needed = sorted({n for cited in cited_per_sentence for n in cited})
     if not needed:
         return [(0.0, []) for _ in sentences]

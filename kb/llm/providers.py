@@ -2,8 +2,9 @@
 
 - `AnthropicProvider`: Claude through the official SDK's async client, SDK retries off (the chain retries,
   with its own timeouts, backoff and breaker), the static system prompt marked for prompt caching.
-- `ExtractiveProvider`: offline; quotes the passages' sentences that best match the question, each with its
-  `[n]`, under a label saying that no model wrote it. It needs nothing but the passages, so it answers
+- `ExtractiveProvider`: offline; quotes the sentences, steps or table rows that answer the question, each with
+  its `[n]`, under a label saying that no model wrote it, or says that the documents do not cover it
+  (`kb.llm.extractive`). It needs nothing but the passages and the local embedding model, so it answers
   through any outage.
 """
 
@@ -17,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
 
-from kb.text import keywords, split_sentences
+from kb.llm.extractive import EXTRACTIVE_LABEL, extractive_answer
 
 EXTRACTIVE = "extractive"
-EXTRACTIVE_LABEL = "Extractive answer: quoted from the documents, not written by a language model."
+__all__ = ["EXTRACTIVE_LABEL", "extractive_answer"]
 
 
 @dataclass(frozen=True)
@@ -134,47 +135,7 @@ class AnthropicProvider(Provider):
         )
 
 
-# --- Extractive -------------------------------------------------------------------------------------------
-
-# How many quoted sentences an extractive answer gives, and how long it may get.
-EXTRACTIVE_MAX_SENTENCES = 3
-EXTRACTIVE_MAX_CHARS = 900
-
-
-def extractive_answer(question: str, passages: list[Passage]) -> str:
-    """The sentences of the passages that share the most keywords with the question, best passages first."""
-    if not passages:
-        return ""
-    wanted = keywords(question)
-    candidates: list[tuple[float, int, int, str]] = []
-    for rank, passage in enumerate(passages):
-        text = passage.text
-        for order, (start, end) in enumerate(split_sentences(text)):
-            sentence = " ".join(text[start:end].split())
-            if len(sentence) < 12:
-                continue
-            overlap = len(wanted & keywords(sentence))
-            if not overlap:
-                continue
-            # Earlier passages ranked higher by retrieval: a small prior breaks ties their way.
-            score = overlap / (1 + 0.15 * rank)
-            candidates.append((score, rank, order, sentence))
-    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
-    chosen: list[tuple[int, int, str]] = []
-    length = 0
-    for _, rank, order, sentence in candidates:
-        if len(chosen) >= EXTRACTIVE_MAX_SENTENCES or (length + len(sentence) > EXTRACTIVE_MAX_CHARS and chosen):
-            break
-        chosen.append((rank, order, sentence))
-        length += len(sentence)
-    if not chosen:
-        first = passages[0]
-        spans = split_sentences(first.text)
-        sentence = " ".join(first.text[spans[0][0] : spans[0][1]].split()) if spans else first.text[:300]
-        chosen = [(0, 0, sentence)]
-    chosen.sort()  # document order within the retrieval order reads best
-    lines = [f"> {sentence} [{passages[rank].n}]" for rank, _, sentence in chosen]
-    return f"*{EXTRACTIVE_LABEL}*\n\n" + "\n>\n".join(lines)
+# --- Extractive (kb/llm/extractive.py) ----------------------------------------------------------------------
 
 
 class ExtractiveProvider(Provider):
@@ -183,7 +144,8 @@ class ExtractiveProvider(Provider):
     model = EXTRACTIVE
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | StreamEnd]:
-        text = extractive_answer(request.question, request.passages)
+        # Scoring embeds the passages' sentences: off the event loop.
+        text = await asyncio.to_thread(extractive_answer, request.question, request.passages)
         if text:
             yield TextDelta(text)
         yield StreamEnd(stop_reason="end_turn")

@@ -14,12 +14,12 @@ from ingest.models import Chunk
 from kb.answers.citations import Source
 from kb.answers.models import Outcome
 from kb.answers.pipeline.types import Ending, Evidence, Guarded, Opened, Retrieved, Scope, Stop
+from kb.llm.extractive import NOT_COVERED
 from kb.llm.prompts import quoted, render_history, render_passages
 from kb.llm.providers import ModelRequest, Passage
 from kb.search.models import IndexState
 from kb.search.retrieval import SearchResult
 
-NOT_COVERED = "The knowledge base does not cover this question."
 NEAREST_DOCUMENTS = 3
 
 _COVERAGE_SQL = """

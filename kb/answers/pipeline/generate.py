@@ -99,9 +99,10 @@ def drafted(evidence: Evidence, done: ChainDone, trace: Trace) -> Ending | Stop:
     )
     if says_not_covered(answer):
         nearest = nearest_documents(evidence.retrieved.result)
+        # The extractive answerer found no sentence, step or row that answers (kb/llm/extractive.py).
+        reason = "no_answering_passage" if done.link == EXTRACTIVE else "not_covered_by_model"
         refusal = dataclasses.replace(
-            ending, outcome=Outcome.REFUSED, refused=True, refusal_reason="not_covered_by_model", citations=[],
-            nearest=nearest,
+            ending, outcome=Outcome.REFUSED, refused=True, refusal_reason=reason, citations=[], nearest=nearest,
         )  # fmt: skip
         return Stop(refusal, retrieved=evidence.retrieved, evidence_score=evidence.evidence_score)
     return ending

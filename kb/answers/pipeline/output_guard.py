@@ -37,9 +37,10 @@ def guard_sources(evidence: Evidence) -> dict[int, guards.Source]:
     """The passages given to the model, with their stored embeddings (read here, after the answer, not before
     the first token: only grounding needs them)."""
     chunk_ids = [source.chunk_id for source in evidence.sources.values()]
-    stored = dict(Chunk.objects.filter(pk__in=chunk_ids).values_list("pk", "embedding"))
+    stored = {pk: (vector, untrusted) for pk, vector, untrusted in
+              Chunk.objects.filter(pk__in=chunk_ids).values_list("pk", "embedding", "untrusted")}  # fmt: skip
     return {
-        n: guards.Source(n, s.chunk_id, s.document_id, s.text, stored.get(s.chunk_id))
+        n: guards.Source(n, s.chunk_id, s.document_id, s.text, *stored.get(s.chunk_id, (None, False)))
         for n, s in evidence.sources.items()
     }
 

@@ -1,0 +1,322 @@
+"""The offline answer: quote what in the passages answers the question, or say that nothing does.
+
+The passages are cut into quotable units: sentences, list items (steps) and table rows, a row always with its
+table's header row (the chunker repeats it in every chunk that holds part of a table). Each unit is scored by
+meaning (cosine of the embedding model's vectors of the question and the unit in its section's context), by
+the question's keywords it holds, and by whether it holds the kind of thing asked (an amount, a duration or
+date, a person or team, steps). The best unit must clear `Weights.answer` and no named thing of the question
+(a code, a number, a proper name) may be missing from every passage; else the answer is the prompt's "not
+covered", which the ask path shows as a refusal with the nearest documents. A passage flagged at ingestion as
+reading like instructions to a model is never quoted; the answer says that one was withheld.
+
+The weights and thresholds were chosen on dev sets only (the demo set, the blind handbook, doc2dial dev,
+SQuAD dev; `kb.evaluation.answers.calibrate`), never on the test sets (see the README's "Extractive answer").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kb.text import keywords, split_sentences
+
+if TYPE_CHECKING:
+    from kb.llm.providers import Passage
+
+EXTRACTIVE_LABEL = "Extractive answer: quoted from the documents, not written by a language model."
+NOT_COVERED = "The knowledge base does not cover this question."
+WITHHELD = "One passage was withheld: it reads like instructions to a language model, not like policy."
+MAX_UNITS = 3
+MAX_CHARS = 900
+MIN_SENTENCE_CHARS = 12
+EMBEDDED = 24  # units embedded per question, the likeliest by words, kind and rank (see `scored_units`)
+PREFILTER_RANK = 0.04  # per retrieval rank, in that ordering
+
+SENTENCE, ROW, STEP = "sentence", "row", "step"
+_ROW = re.compile(r"\S.*\|.*\S")
+_STEP = re.compile(r"^\s*(?:[-*\u2022]|\d{1,2}[.)])\s+")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How a unit's score is made and what score answers. Chosen on dev sets (module docstring)."""
+
+    keywords: float = 0.35  # per share of the question's keywords the unit holds
+    kind: float = 0.1  # the unit holds the kind of thing asked
+    rank: float = 0.01  # per retrieval rank of the unit's passage
+    answer: float = 0.5  # the best unit's score that answers
+    keep: float = 0.12  # further units within this of the best are quoted too
+    named: bool = True  # a named thing of the question missing from every passage means "not covered"
+
+
+WEIGHTS = Weights()
+
+
+@dataclass(frozen=True)
+class Unit:
+    rank: int  # of its passage among the passages
+    order: int  # within its passage
+    kind: str  # SENTENCE, ROW or STEP
+    text: str
+    header: str = ""  # a row's table header row
+
+    def context(self, heading: str) -> str:
+        """What is embedded: a row as "column: value" pairs, anything under its section heading."""
+        text = self.text
+        if self.kind == ROW and self.header:
+            pairs = zip(_cells(self.header), _cells(self.text), strict=False)
+            text = "; ".join(f"{name}: {value}" for name, value in pairs)
+        return f"{heading}: {text}" if heading else text
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def units_of(passage: Passage, rank: int) -> list[Unit]:
+    """Sentences, list items and table rows (each with its header row), in the passage's order."""
+    units: list[Unit] = []
+    lines = passage.text.split("\n")
+    header = ""
+    prose: list[str] = []
+
+    def flush() -> None:
+        text = " ".join(prose)
+        for start, end in split_sentences(text):
+            sentence = " ".join(text[start:end].split())
+            if len(sentence) >= MIN_SENTENCE_CHARS:
+                units.append(Unit(rank, len(units), SENTENCE, sentence))
+        prose.clear()
+
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        is_row = bool(_ROW.fullmatch(stripped)) and "|" in stripped
+        if is_row:
+            flush()
+            if set(stripped) <= set("|-: "):
+                continue  # a Markdown separator row
+            previous_is_row = index > 0 and _ROW.fullmatch(lines[index - 1].strip() or "-") is not None
+            if not previous_is_row or not header:
+                header = stripped
+                continue
+            units.append(Unit(rank, len(units), ROW, stripped, header))
+            continue
+        header = ""
+        if _STEP.match(line):
+            flush()
+            step = " ".join(stripped.split())
+            if len(step) >= MIN_SENTENCE_CHARS:
+                units.append(Unit(rank, len(units), STEP, step))
+        elif stripped:
+            prose.append(stripped)
+        else:
+            flush()
+    flush()
+    return units
+
+
+# --- what a question asks for ---------------------------------------------------------------------------------
+
+_ASKS = {
+    "amount": re.compile(
+        r"\b(how much|how many|amount|cost|costs|price|pay|paid|allowance|budget|limit|rate|reimburs\w*|"
+        r"per diem|spend|claim|fee|salary|percentage|max(imum)?|min(imum)?)\b",
+        re.I,
+    ),
+    "time": re.compile(
+        r"\b(how long|how soon|how fast|how quickly|how often|when|until|deadline|days?|weeks?|months?|years?|"
+        r"hours?|minutes?|within|by when|what time|date|notice|period|retain|kept|keep)\b",
+        re.I,
+    ),
+    "who": re.compile(r"\b(who|whom|whose|which team|contact|call|email|e-mail|phone|reach|ask)\b", re.I),
+    "steps": re.compile(
+        r"\b(how (do|can|should) (i|we|you)|what (do|should) (i|we)|what now|steps?|procedure|process|"
+        r"what happens|what to do)\b",
+        re.I,
+    ),
+}
+_HAS = {
+    "amount": re.compile(r"[$€£¥]\s?\d|\d\s?(%|percent|euros?|eur|usd|gbp|cad|dollars?|pounds?)\b|\b\d[\d,.]*\b", re.I),
+    "time": re.compile(
+        r"\b\d+\s*(working |business |calendar )?(days?|weeks?|months?|years?|hours?|minutes?|h)\b|"
+        r"\b(january|february|march|april|may|june|july|august|september|october|november|december|"
+        r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|daily|weekly|monthly|annually|"
+        r"immediately|within|before|after|until)\b|\d{1,2}[:.]\d{2}",
+        re.I,
+    ),
+    "who": re.compile(
+        r"\b[A-Z][a-z]+ [A-Z][a-z]+\b|@|\+?\d[\d ()-]{6,}\d|(?i:\b(team|desk|officer|manager|department|"
+        r"hr|it|finance|director|lead|line)\b)"
+    ),
+    "steps": re.compile(r"^(?:[-*\u2022]|\d{1,2}[.)])\s|\b(must|should|first|then|report|contact|submit|fill)\b", re.I),
+}
+
+
+def asks_for(question: str) -> set[str]:
+    return {kind for kind, pattern in _ASKS.items() if pattern.search(question)}
+
+
+def holds(unit: Unit, wanted: set[str]) -> bool:
+    return any(_HAS[kind].search(unit.text) for kind in wanted) or (unit.kind == STEP and "steps" in wanted)
+
+
+# --- named things -------------------------------------------------------------------------------------------
+
+_NAMED = re.compile(r"\b(?:[A-Z]{1,3}\d{1,4}|\d{4}|[A-Z][a-z]{2,}(?:[ -][A-Z][a-z]{2,})*)\b")
+_COMMON = frozenset(
+    "i im i'm my we our you your what when where which who whom why how can could should would will is are am do "  # noqa: SIM905
+    "does did the a an and or but if it its this that these those there here hi hello hey please thanks thank "
+    "dear ok okay so also any anyone anybody someone just still yes no not".split()
+)
+
+
+def named_things(question: str) -> list[str]:
+    """Codes, years and proper names in the question (not a capitalised first word or a common word)."""
+    found = []
+    for match in _NAMED.finditer(question):
+        word = match.group()
+        before = question[: match.start()].rstrip()
+        if (not before or before[-1] in ".!?:;\"'(") and not any(ch.isdigit() for ch in word):
+            continue  # a capital that only starts a sentence
+        if word.casefold() in _COMMON:
+            continue
+        found.append(word)
+    return found
+
+
+def missing_named(question: str, passages: Sequence[Passage]) -> list[str]:
+    """The question's named things that no passage (text, title or heading) mentions."""
+    haystack = " ".join(f"{p.title} {p.heading} {p.text}" for p in passages).casefold()
+    return [thing for thing in named_things(question) if thing.casefold() not in haystack]
+
+
+# --- scoring ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scored:
+    unit: Unit
+    similarity: float
+    keyword_share: float
+    holds_kind: bool
+
+    def score(self, weights: Weights) -> float:
+        return (
+            self.similarity
+            + weights.keywords * self.keyword_share
+            + weights.kind * self.holds_kind
+            - weights.rank * self.unit.rank
+        )
+
+
+def scored_units(question: str, passages: Sequence[Passage]) -> list[Scored]:
+    """The quotable units of the trusted passages with their signals. Only the EMBEDDED units most likely by
+    words, kind and passage rank are embedded (embedding every sentence of 8 passages costs ~0.5 s on 2 cores)."""
+    from kb.search import embeddings
+
+    units = [unit for rank, p in enumerate(passages) if not p.untrusted for unit in units_of(p, rank)]
+    if not units:
+        return []
+    wanted_words = keywords(question)
+    wanted_kinds = asks_for(question)
+    signals = []
+    for unit in units:
+        words = keywords(unit.text + " " + unit.header + " " + passages[unit.rank].heading)
+        share = len(wanted_words & words) / len(wanted_words) if wanted_words else 0.0
+        signals.append((unit, share, holds(unit, wanted_kinds)))
+    signals.sort(key=lambda s: -(s[1] + 0.1 * s[2] - PREFILTER_RANK * s[0].rank))
+    signals = signals[:EMBEDDED]
+    texts = [question] + [unit.context(passages[unit.rank].heading) for unit, _, _ in signals]
+    vectors = embeddings.embed(texts)
+    similarities = vectors[1:] @ vectors[0]
+    return [
+        Scored(unit, float(similarity), share, kind)
+        for (unit, share, kind), similarity in zip(signals, similarities, strict=True)
+    ]
+
+
+def choose(scored: Sequence[Scored], weights: Weights) -> list[Unit]:
+    """The units to quote: the best if it answers, and those close behind it, within the length budget."""
+    if not scored:
+        return []
+    ranked = sorted(scored, key=lambda s: -s.score(weights))
+    best = ranked[0].score(weights)
+    if best < weights.answer:
+        return []
+    chosen: list[Unit] = []
+    length = 0
+    for candidate in ranked:
+        if len(chosen) >= MAX_UNITS or candidate.score(weights) < best - weights.keep:
+            break
+        if chosen and length + len(candidate.unit.text) > MAX_CHARS:
+            continue
+        chosen.append(candidate.unit)
+        length += len(candidate.unit.text)
+    return chosen
+
+
+def _steps_after(units: list[Unit], all_units: list[Unit]) -> list[Unit]:
+    """A chosen step brings the steps that follow it in its list (procedure questions get the steps)."""
+    extended = list(units)
+    for unit in units:
+        if unit.kind != STEP:
+            continue
+        following = [u for u in all_units if u.rank == unit.rank and u.order > unit.order]
+        for step in following:
+            if step.kind != STEP or len(extended) >= MAX_UNITS + 3:
+                break
+            if step not in extended:
+                extended.append(step)
+    return extended
+
+
+def render(units: Sequence[Unit], passages: Sequence[Passage]) -> str:
+    """Quotes in retrieval then document order; rows of one table as one small table with its header."""
+    blocks: list[str] = []
+    ordered = sorted(units, key=lambda u: (u.rank, u.order))
+    index = 0
+    while index < len(ordered):
+        unit = ordered[index]
+        n = passages[unit.rank].n
+        if unit.kind == ROW:
+            rows = [unit]
+            while (
+                index + 1 < len(ordered)
+                and ordered[index + 1].kind == ROW
+                and ordered[index + 1].rank == unit.rank
+                and ordered[index + 1].header == unit.header
+            ):
+                index += 1
+                rows.append(ordered[index])
+            header = _cells(unit.header)
+            table = [_table_line(header), "| " + " | ".join("---" for _ in header) + " |"]
+            table += [_table_line(_cells(row.text), len(header)) for row in rows]
+            blocks.append("\n".join(f"> {line}" for line in table) + f"\n>\n> [{n}]")
+        else:
+            blocks.append(f"> {unit.text} [{n}]")
+        index += 1
+    return "\n\n".join(blocks)
+
+
+def _table_line(cells: list[str], width: int | None = None) -> str:
+    cells = list(cells) + [""] * max(0, (width or 0) - len(cells))
+    return "| " + " | ".join(cell.replace("|", "/") for cell in cells[: width or len(cells)]) + " |"
+
+
+def extractive_answer(question: str, passages: Sequence[Passage], weights: Weights = WEIGHTS) -> str:
+    """The quoted answer, or NOT_COVERED (with a note when a passage was withheld); "" without passages."""
+    if not passages:
+        return ""
+    withheld = any(p.untrusted for p in passages)
+    note = f"\n\n*{WITHHELD}*" if withheld else ""
+    if weights.named and missing_named(question, passages):
+        return NOT_COVERED + note
+    scored = scored_units(question, passages)
+    chosen = choose(scored, weights)
+    if not chosen:
+        return NOT_COVERED + note
+    if "steps" in asks_for(question):
+        chosen = _steps_after(chosen, [s.unit for s in scored])
+    return f"*{EXTRACTIVE_LABEL}*\n\n" + render(chosen, passages) + note
