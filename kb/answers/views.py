@@ -16,7 +16,8 @@ from kb.accounts.access import role_required
 from kb.accounts.roles import Role, has_role, roles_of
 from kb.answers import reading, rendering, services
 from kb.answers.api import request_id_of
-from kb.answers.models import Conversation, Exchange, Feedback
+from kb.answers.models import Conversation, Exchange, Feedback, Outcome
+from kb.llm.providers import EXTRACTIVE
 
 RECENT_CONVERSATIONS = 30
 
@@ -30,10 +31,36 @@ def _own_exchange(request, exchange_id: int) -> Exchange:
     return get_object_or_404(Exchange.objects.select_related("feedback"), pk=exchange_id, user=request.user)
 
 
+def outcome_badge(exchange: Exchange) -> tuple[str, str] | None:
+    """The one badge an answer shows (its kind and label), or None for a model's answer as asked. One per
+    exchange: a blocked question is refused too, but it is "blocked", not also "not covered"."""
+    outcome = exchange.outcome
+    if outcome == Outcome.BLOCKED:
+        return "blocked", "Blocked"
+    if outcome == Outcome.FAILED:
+        # With attempts on record the chain ran and every link failed; otherwise the answer broke elsewhere.
+        return "failed", "Model unavailable" if exchange.attempts else "Not answered"
+    if outcome == Outcome.CANCELLED:
+        return "cancelled", "Stopped before the answer"
+    if outcome == Outcome.PENDING:
+        return "pending", "Still being answered"
+    if exchange.refused:
+        return "refused", "Not covered by the documents"
+    if outcome == Outcome.CACHED:
+        return "cached", "Answered from cache"
+    quoted = exchange.model == EXTRACTIVE
+    if exchange.fallback_used:
+        return "fallback", "Fallback: quoted, not written by a model" if quoted else f"Fallback: {exchange.model}"
+    if quoted:
+        return "extractive", "Quoted, not written by a model"
+    return None
+
+
 def _exchange_context(exchange: Exchange) -> dict:
     feedback = getattr(exchange, "feedback", None)
     return {
         "exchange": exchange,
+        "badge": outcome_badge(exchange),
         "answer_html": rendering.answer_html(exchange.answer, exchange.citations, exchange.pk),
         "nearest": exchange_nearest(exchange),
         "feedback": feedback,
