@@ -24,7 +24,7 @@ def extractive(settings):
 def test_the_ask_page_has_a_labelled_question_box_and_a_live_answer_region(client, employee):
     client.force_login(employee)
     page = client.get("/").content.decode()
-    assert '<label for="question">' in page and 'id="question"' in page
+    assert '<label for="question" id="question-label">' in page and 'id="question"' in page
     assert 'action="/ask"' in page and "js/ask.js" in page
 
 
@@ -169,3 +169,40 @@ def test_a_blocked_question_shows_only_the_blocked_badge(client, corpus, employe
     page = client.get(f"/c/{blocked['conversation_id']}/").content.decode()
     badges = re.findall(r'<span class="badge badge-(\w+)">', page)
     assert badges == ["blocked", "refused"]
+
+
+def test_a_question_over_the_limit_comes_back_in_the_box_with_the_limit(client, employee, settings):
+    settings.KB_QUESTION_MAX_CHARS = 40
+    client.force_login(employee)
+    question = "How much may I spend on hotels in Amsterdam and in Rotterdam?"
+    response = client.post("/ask", {"question": question})
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Your question is 61 characters long; the limit is 40. Shorten it" in page
+    assert f">{question}</textarea>" in page and 'aria-invalid="true"' in page
+    assert not Exchange.objects.exists()
+
+
+def test_the_question_box_never_cuts_a_question_and_counts_towards_the_limit(client, employee, settings):
+    settings.KB_QUESTION_MAX_CHARS = 2500
+    client.force_login(employee)
+    page = client.get("/").content.decode()
+    box = re.search(r"<textarea id=\"question\"[^>]*>", page).group(0)
+    assert "maxlength" not in box and 'data-max-chars="2500"' in box
+    assert 'data-too-long="Your question is {length} characters long; the limit is 2,500.' in box
+    assert "Up to 2,500 characters." in page
+
+
+def test_a_finished_answer_brings_the_conversations_heading_and_list_out_of_band(client, corpus, employee):
+    result = services.ask(HOTEL, employee)
+    client.force_login(employee)
+    plain = client.get(f"/exchanges/{result['exchange_id']}/").content.decode()
+    assert plain.lstrip().startswith("<article") and "hx-swap-oob" not in plain
+    swap = client.get(f"/exchanges/{result['exchange_id']}/", headers={"HX-Request": "true"}).content.decode()
+    assert swap.lstrip().startswith("<article")
+    heading = re.search(r'<header id="conversation-header" hx-swap-oob="true">.*?</header>', swap, re.S).group(0)
+    assert f">{HOTEL}</h1>" in heading and "Every answer cites" not in heading
+    listed = re.search(r'<div id="conversation-list" hx-swap-oob="true">.*?</div>', swap, re.S).group(0)
+    assert f'/c/{result["conversation_id"]}/" aria-current="page">{HOTEL}</a>' in listed
+    assert '<label for="question" id="question-label" hx-swap-oob="true">Ask a follow-up</label>' in swap
+    assert f"<title>{HOTEL} · kb</title>" in swap
