@@ -30,7 +30,10 @@ class AskIn(Schema):
 
 
 class CitationOut(Schema):
-    n: int
+    n: int = Field(..., description="The number its [n] markers show: sources are numbered 1, 2, 3 in order of use")
+    passage: int | None = Field(
+        None, description="The number of the passage as given to the model (the audit's passages are numbered so)"
+    )
     document_id: int
     title: str
     heading: str

@@ -79,7 +79,9 @@ def ask_check(user, question: str, conversation_id: int | None) -> str:
         record.record_rejected(user=user, question=cleaned, reason="invalid_text")
         raise AskError(INVALID_TEXT.format(what="question"))
     try:
-        check_before_record(user, question.strip())
+        # The length counted is the question's as recorded (spaces and line breaks run together), which is what
+        # the ask page's counter counts too.
+        check_before_record(user, cleaned)
     except GuardError as error:
         raise AskError(str(error), status=error.status, retry_after_s=error.retry_after_s) from None
     if conversation_id is not None and not Conversation.objects.filter(pk=conversation_id, user=user).exists():

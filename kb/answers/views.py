@@ -16,7 +16,9 @@ from kb.accounts.access import role_required
 from kb.accounts.roles import Role, has_role, roles_of
 from kb.answers import reading, rendering, services
 from kb.answers.api import request_id_of
-from kb.answers.models import Conversation, Exchange, Feedback
+from kb.answers.models import Conversation, Exchange, Feedback, Outcome
+from kb.guard.input import QUESTION_TOO_LONG
+from kb.llm.providers import EXTRACTIVE
 
 RECENT_CONVERSATIONS = 30
 
@@ -30,10 +32,36 @@ def _own_exchange(request, exchange_id: int) -> Exchange:
     return get_object_or_404(Exchange.objects.select_related("feedback"), pk=exchange_id, user=request.user)
 
 
+def outcome_badge(exchange: Exchange) -> tuple[str, str] | None:
+    """The one badge an answer shows (its kind and label), or None for a model's answer as asked. One per
+    exchange: a blocked question is refused too, but it is "blocked", not also "not covered"."""
+    outcome = exchange.outcome
+    if outcome == Outcome.BLOCKED:
+        return "blocked", "Blocked"
+    if outcome == Outcome.FAILED:
+        # With attempts on record the chain ran and every link failed; otherwise the answer broke elsewhere.
+        return "failed", "Model unavailable" if exchange.attempts else "Not answered"
+    if outcome == Outcome.CANCELLED:
+        return "cancelled", "Stopped before the answer"
+    if outcome == Outcome.PENDING:
+        return "pending", "Still being answered"
+    if exchange.refused:
+        return "refused", "Not covered by the documents"
+    if outcome == Outcome.CACHED:
+        return "cached", "Answered from cache"
+    quoted = exchange.model == EXTRACTIVE
+    if exchange.fallback_used:
+        return "fallback", "Fallback: quoted, not written by a model" if quoted else f"Fallback: {exchange.model}"
+    if quoted:
+        return "extractive", "Quoted, not written by a model"
+    return None
+
+
 def _exchange_context(exchange: Exchange) -> dict:
     feedback = getattr(exchange, "feedback", None)
     return {
         "exchange": exchange,
+        "badge": outcome_badge(exchange),
         "answer_html": rendering.answer_html(exchange.answer, exchange.citations, exchange.pk),
         "nearest": exchange_nearest(exchange),
         "feedback": feedback,
@@ -68,46 +96,63 @@ def conversation_detail(request, conversation_id: int):
     return _ask_page(request, conversation=conversation)
 
 
-def _ask_page(request, *, conversation: Conversation | None):
+def _recent_conversations(user):
+    return Conversation.objects.filter(user=user).order_by("-updated_at")[:RECENT_CONVERSATIONS]
+
+
+def _ask_page(request, *, conversation: Conversation | None, asked: str = "", ask_error: str = "", status: int = 200):
     exchanges = []
     if conversation is not None:
         exchanges = [
             _exchange_context(exchange)
             for exchange in conversation.exchanges.select_related("feedback").order_by("created_at")
         ]
-    conversations = Conversation.objects.filter(user=request.user).order_by("-updated_at")[:RECENT_CONVERSATIONS]
+    limit = settings.KB_QUESTION_MAX_CHARS
     return render(
         request,
         "answers/ask.html",
         {
             "conversation": conversation,
             "exchanges": exchanges,
-            "conversations": conversations,
-            "question_max_chars": settings.KB_QUESTION_MAX_CHARS,
+            "conversations": _recent_conversations(request.user),
+            "question_max_chars": limit,
+            "question_max_chars_shown": f"{limit:,}",
+            # The page's counter fills in the length, as the length guard does on the server.
+            "question_too_long": QUESTION_TOO_LONG.format(length="{length}", limit=f"{limit:,}"),
+            "asked": asked,
+            "ask_error": ask_error,
         },
+        status=status,
     )
 
 
 @_asker
 @require_POST
 def ask_submit(request):
-    """The ask form without JavaScript: answer in full, then show the conversation at that answer."""
+    """The ask form without JavaScript: answer in full, then show the conversation at that answer. A question
+    that cannot be asked comes back in the box with what to do (a long one is not lost)."""
     raw_conversation = request.POST.get("conversation_id") or None
+    question = request.POST.get("question", "")
     try:
         conversation_id = int(raw_conversation) if raw_conversation else None
         result = services.ask(
-            request.POST.get("question", ""),
-            request.user,
-            conversation_id=conversation_id,
-            request_id=request_id_of(request),
+            question, request.user, conversation_id=conversation_id, request_id=request_id_of(request)
         )
     except ValueError:
         raise Http404("No such conversation.") from None
     except services.AskError as error:
-        messages.error(request, str(error))
-        if raw_conversation:
-            return redirect("conversation_detail", conversation_id=raw_conversation)
-        return redirect("home")
+        if error.status == 404:
+            messages.error(request, str(error))
+            return redirect("home")
+        conversation = None
+        if conversation_id is not None:
+            conversation = Conversation.objects.filter(pk=conversation_id, user=request.user).first()
+        response = _ask_page(
+            request, conversation=conversation, asked=question, ask_error=str(error), status=error.status
+        )
+        if error.retry_after_s:
+            response["Retry-After"] = str(error.retry_after_s)
+        return response
     url = reverse("conversation_detail", args=[result["conversation_id"]])
     return redirect(f"{url}#exchange-{result['exchange_id']}")
 
@@ -115,9 +160,17 @@ def ask_submit(request):
 @_asker
 @require_GET
 def exchange_detail(request, exchange_id: int):
-    """One answer, rendered (the page swaps it in when the stream is done)."""
+    """One answer, rendered (the page swaps it in when the stream is done); for the page's script also the
+    conversation's heading and the sidebar, which the first answer of a new conversation changes."""
     exchange = _own_exchange(request, exchange_id)
-    return render(request, "answers/ask.html#exchange", _exchange_context(exchange))
+    if not request.htmx:
+        return render(request, "answers/ask.html#exchange", _exchange_context(exchange))
+    context = {
+        **_exchange_context(exchange),
+        "conversation": exchange.conversation,
+        "conversations": _recent_conversations(request.user),
+    }
+    return render(request, "answers/exchange_swap.html", context)
 
 
 @_asker

@@ -37,8 +37,15 @@ class InputContext:
         return self.vector
 
 
+# Also shown by the ask page's own counter before anything is sent (templates/answers/ask.html).
+QUESTION_TOO_LONG = (
+    "Your question is {length} characters long; the limit is {limit}. Shorten it to the part that matters, or ask "
+    "about one thing at a time."
+)
+
+
 class LengthGuard:
-    """Questions beyond KB_QUESTION_MAX_CHARS are refused with the limit (400)."""
+    """Questions beyond KB_QUESTION_MAX_CHARS are refused with the limit (400), never cut."""
 
     name = "length"
     before_record = True
@@ -47,9 +54,7 @@ class LengthGuard:
         length = len(context.text)
         limit = settings.KB_QUESTION_MAX_CHARS
         if length > limit:
-            raise GuardError(
-                f"The question is {length:,} characters long; the limit is {limit:,}. Ask about one thing at a time."
-            )
+            raise GuardError(QUESTION_TOO_LONG.format(length=f"{length:,}", limit=f"{limit:,}"))
         return Verdict(self.name, Action.ALLOW, score=length / limit)
 
 

@@ -12,6 +12,42 @@
   const panel = document.getElementById("source-panel");
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
 
+  // The length limit, counted as the server counts it (kb/answers/services.py: the question as recorded, spaces
+  // and line breaks run together, in characters rather than UTF-16 units). The box has no maxlength, which
+  // would cut a pasted question silently: the counter and the message say what to shorten instead.
+  const maxChars = Number(textarea.dataset.maxChars);
+  const count = document.getElementById("question-count");
+  const lengthError = document.getElementById("question-error");
+  const grouped = new Intl.NumberFormat("en-US");
+
+  function questionLength() {
+    const recorded = textarea.value.replace(/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g, " ").replace(/\s+/g, " ").trim();
+    return Array.from(recorded).length;
+  }
+
+  function sayTooLong(length) {
+    lengthError.textContent = textarea.dataset.tooLong.replace("{length}", grouped.format(length));
+    lengthError.hidden = false;
+    textarea.setAttribute("aria-invalid", "true");
+  }
+
+  // Live: the count on every change; the message when the question goes over the limit (announced once, not
+  // at every key) and again on an attempt to send it.
+  function showLength() {
+    const length = questionLength();
+    const over = length > maxChars;
+    count.textContent = grouped.format(length) + " of " + grouped.format(maxChars) + " characters";
+    count.classList.toggle("error", over);
+    if (over && lengthError.hidden) sayTooLong(length);
+    if (!over && textarea.getAttribute("aria-invalid") === "true") {
+      lengthError.hidden = true;
+      lengthError.textContent = "";
+      textarea.removeAttribute("aria-invalid");
+    }
+  }
+  textarea.addEventListener("input", showLength);
+  showLength();
+
   textarea.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -33,19 +69,44 @@
   async function swapInRendered(block, exchangeId) {
     const response = await fetch(urlFor(form.dataset.exchangeUrl, exchangeId), { headers: { "HX-Request": "true" } });
     if (!response.ok) return;
-    const holder = document.createElement("div");
-    holder.innerHTML = await response.text(); // server-rendered and sanitized (kb/answers/rendering.py)
-    const rendered = holder.firstElementChild;
-    block.replaceWith(rendered);
-    if (window.htmx) window.htmx.process(rendered);
-    const heading = rendered.querySelector(".question");
+    const html = await response.text(); // server-rendered and sanitized (kb/answers/rendering.py)
+    if (window.htmx) {
+      // The answer in place of the streamed text and, out of band, the conversation's heading, the sidebar and
+      // the question box's label: the first answer of a new conversation names it without a reload.
+      window.htmx.swap(block, html, { swapStyle: "outerHTML" });
+    } else {
+      const holder = document.createElement("div");
+      holder.innerHTML = html;
+      block.replaceWith(holder.querySelector("article.exchange"));
+    }
+    const rendered = document.getElementById("exchange-" + exchangeId);
+    const heading = rendered && rendered.querySelector(".question");
     if (heading) heading.focus({ preventScroll: true });
+  }
+
+  // Sources are numbered for the reader in order of first use ([1] [2] [3]), as the finished answer will be
+  // (kb/answers/citations.py): the streamed text shows the same numbers, not the model's passage numbers.
+  function numberedForTheReader(text) {
+    const shown = new Map();
+    return text.replace(/\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]/g, function (marker, list) {
+      return list.split(/\s*[,;]\s*/).map(function (n) {
+        const passage = Number(n);
+        if (!shown.has(passage)) shown.set(passage, shown.size + 1);
+        return "[" + shown.get(passage) + "]";
+      }).join("");
+    });
   }
 
   form.addEventListener("submit", async function (event) {
     const question = textarea.value.trim();
     if (!question) return; // the browser's own validation says what to do
     event.preventDefault();
+    const length = questionLength();
+    if (length > maxChars) {
+      sayTooLong(length); // nothing is sent, and nothing of the question is lost
+      textarea.focus();
+      return;
+    }
     submit.disabled = true;
     status.textContent = "Searching the documents…";
     const block = element("article", "exchange outcome-pending");
@@ -75,6 +136,7 @@
         throw new Error(typeof detail === "string" ? detail : "Check the question and try again.");
       }
       textarea.value = "";
+      showLength();
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
@@ -100,7 +162,7 @@
             throw new Error(data.message); // nothing was started (the database is unavailable, say)
           } else if (kind === "delta") {
             text += data.text;
-            answer.textContent = text; // plain text while streaming; the sanitized HTML replaces it
+            answer.textContent = numberedForTheReader(text); // plain text while streaming; the sanitized HTML replaces it
           } else if (kind === "reset" || kind === "notice") {
             if (kind === "reset") { text = ""; answer.textContent = ""; }
             notices.hidden = false;
@@ -111,7 +173,7 @@
       status.textContent = "";
       if (exchangeId !== null) await swapInRendered(block, exchangeId);
     } catch (error) {
-      if (exchangeId === null && !textarea.value) textarea.value = question; // nothing was asked: keep it
+      if (exchangeId === null && !textarea.value) { textarea.value = question; showLength(); } // nothing was asked: keep it
       block.removeAttribute("aria-busy");
       answer.classList.remove("streaming");
       const message = element("p", "error", error.message || "The answer was interrupted. Try again.");

@@ -88,7 +88,7 @@ def test_a_stream_sends_start_deltas_and_done(fake_anthropic, corpus, employee):
     ("body", "status", "message"),
     [
         ({"question": ""}, 400, "Type a question"),
-        ({"question": "x" * 5000}, 400, "limit"),
+        ({"question": "x" * 5000}, 400, "Your question is 5,000 characters long; the limit is 2,000. Shorten it"),
         ({"question": HOTEL, "conversation_id": 999999}, 404, "conversation"),
         ({"question": 12}, 422, ""),
         ({"nothing": "here"}, 422, ""),

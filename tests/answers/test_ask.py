@@ -190,6 +190,21 @@ def test_a_question_that_cannot_be_asked_says_what_to_do(corpus, employee, quest
     assert error.value.status == 400 and str(error.value)
 
 
+def test_a_question_over_the_limit_is_refused_with_its_length_and_the_limit(employee, settings):
+    settings.KB_QUESTION_MAX_CHARS = 40
+    with pytest.raises(services.AskError) as error:
+        services.ask_check(employee, "How much may I spend on hotels in Amsterdam? " * 2, None)
+    assert error.value.status == 400
+    assert str(error.value).startswith("Your question is 89 characters long; the limit is 40. Shorten it")
+    assert not Exchange.objects.exists()
+
+
+def test_the_length_counted_is_the_question_as_recorded(employee, settings):
+    settings.KB_QUESTION_MAX_CHARS = 44
+    spaced = "  How much   may I spend\n\n\n on hotels   in Amsterdam?  "  # 55 characters as typed
+    assert services.ask_check(employee, spaced, None) == "How much may I spend on hotels in Amsterdam?"
+
+
 def test_only_employees_ask(corpus, compliance):
     with pytest.raises(services.AskError) as error:
         services.ask(HOTEL, compliance)

@@ -1,4 +1,4 @@
-from kb.answers.citations import Source, best_quote, citations, parse
+from kb.answers.citations import Source, as_shown, best_quote, citations, parse
 
 
 def test_valid_markers_are_kept_in_order_of_first_use():
@@ -35,3 +35,34 @@ def test_each_citation_quotes_the_sentence_closest_to_the_claim():
 
 def test_a_long_quote_is_shortened():
     assert len(best_quote("word " * 300 + ".", "word")) <= 400
+
+
+def citation(n: int, title: str) -> dict:
+    return {"n": n, "document_id": n * 10, "title": title, "heading": "", "page": "", "chunk_id": n, "quote": ""}
+
+
+def test_sources_are_shown_numbered_in_order_of_first_use_without_gaps():
+    answer = "Hotels cost 180 euros [5]. Trains are preferred [2][7]. Book early [5]."
+    shown = as_shown(answer, [citation(5, "Hotels"), citation(2, "Trains"), citation(7, "Booking")])
+    assert shown.answer == "Hotels cost 180 euros [1]. Trains are preferred [2][3]. Book early [1]."
+    assert [(c["n"], c["passage"], c["title"]) for c in shown.citations] == [
+        (1, 5, "Hotels"),
+        (2, 2, "Trains"),
+        (3, 7, "Booking"),
+    ]
+
+
+def test_grounding_rows_get_the_readers_numbers_and_keep_the_passages_scored():
+    grounding = [
+        {"sentence": "Hotels cost 180 euros.", "cited": [5], "score": 0.9, "supported": True},
+        {"sentence": "Lunch is free.", "cited": [3], "score": 0.1, "supported": False},  # its marker was removed
+    ]
+    shown = as_shown("Hotels cost 180 euros [5]. Lunch is free [unsupported].", [citation(5, "Hotels")], grounding)
+    assert [(row["cited"], row["passages"]) for row in shown.grounding] == [([1], [5]), ([], [3])]
+
+
+def test_numbering_for_the_reader_twice_changes_nothing():
+    once = as_shown("A [4]. B [2; 4]. C [9].", [citation(4, "Four"), citation(2, "Two")])
+    assert once.answer == "A [1]. B [2][1]. C."
+    twice = as_shown(once.answer, once.citations, once.grounding)
+    assert twice == once

@@ -14,7 +14,7 @@ from kb.audit import services as audit
 from kb.audit.models import AuditEvent, AuditKind
 from tests.conftest import PRIMARY, ask_and_leave
 from tests.factories import UserFactory
-from tests.fake_anthropic import Reply
+from tests.fake_anthropic import Reply, passages_of
 
 HOTEL = "What is the hotel limit per night in Amsterdam?"
 OUTSIDE = "Which football club won the regional cup in 1987?"
@@ -101,6 +101,25 @@ def test_the_exchange_event_holds_the_whole_record(fake_anthropic, corpus, emplo
     assert corpus.travel.pk in event.document_ids
     # The fake server's API key was set for this test: it is nowhere in the record.
     assert settings.ANTHROPIC_API_KEY not in chain.canonical_json(data)
+
+
+def test_the_event_holds_the_answer_as_the_asker_saw_it_and_the_passages_it_cites(fake_anthropic, corpus, employee):
+    # The model cites its last passage, then its first; the asker reads [1] and [2]; the audit says which is which.
+    def backwards(body: dict) -> Reply:
+        passages = passages_of(body)
+        (last, last_text), (first, first_text) = passages[-1], passages[0]
+        return Reply(text=f"{last_text} [{last}] {first_text} [{first}]")
+
+    fake_anthropic.default = backwards
+    result = answers.ask(HOTEL, employee)
+    (event,) = exchange_events(result["exchange_id"])
+    data = event.data
+    last = len(data["passages"])
+    assert last >= 2 and data["answer"] == result["answer"] and f"[{last}]" not in data["answer"]
+    assert data["citations"] == result["citations"] and [c["n"] for c in data["citations"]] == [1, 2]
+    given = {passage["n"]: passage["chunk_id"] for passage in data["passages"]}
+    assert [(c["passage"], c["chunk_id"]) for c in data["citations"]] == [(last, given[last]), (1, given[1])]
+    assert [row["passages"] for row in data["grounding"] if row["cited"]][:1] == [[last]]
 
 
 def test_a_cache_hit_records_the_cache_and_its_similarity(corpus, employee):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from kb.answers import followup
+from kb.answers import citations, followup
 from kb.answers.models import Outcome
 from kb.answers.pipeline.types import Ending, Guarded, Opened, Query, Scope, Stop, Trace, ms_since
 from kb.llm import cache
@@ -18,12 +18,14 @@ SEMANTIC_HIT_NOTICE = "Answered from the cache: this answer was given to an earl
 
 def _from_cache(hit: cache.Hit) -> Stop:
     stored = hit.result
+    # Entries written before answers were numbered for the reader get the same numbering (a no-op for the rest).
+    shown = citations.as_shown(stored.get("answer", ""), stored.get("citations", []))
     return Stop(
         Ending(
             outcome=Outcome.CACHED,
             cached=True,
-            answer=stored.get("answer", ""),
-            citations=stored.get("citations", []),
+            answer=shown.answer,
+            citations=shown.citations,
             refused=stored.get("refused", False),
             refusal_reason=stored.get("refusal_reason", ""),
             model=stored.get("model", ""),

@@ -140,6 +140,8 @@ async def generate(begun: Begun, evidence: Evidence) -> AsyncIterator[dict | End
     assert done is not None
     done.attempts = earlier + done.attempts
     if done.config_error:
+        if done.link == EXTRACTIVE:  # says why the documents are quoted: the generic "unavailable" goes
+            trace.notices[:] = [notice for notice in trace.notices if notice != fallback_notice(EXTRACTIVE)]
         trace.notices.append(MISCONFIGURED)
     if done.link is None:
         failed = Ending(

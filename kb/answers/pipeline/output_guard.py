@@ -1,7 +1,7 @@
 """Stage 8, output guard: every `[n]` names a given passage, each sentence's support is scored (unsupported
 ones are marked), the system prompt and text of documents the asker may not read are blocked, personal data
 the passages did not contain is masked. A block replaces the answer; the final citations are taken from the
-guarded text."""
+guarded text, and numbered for the reader in order of use (kb/answers/citations.py `as_shown`)."""
 
 from __future__ import annotations
 
@@ -81,9 +81,8 @@ def output_guard(begun: Begun, evidence: Evidence, draft: Ending) -> Ending:
         trace.notices.append(
             f"{unsupported} sentence(s) are not supported by the passages they cite and are marked [unsupported]."
         )
-    return dataclasses.replace(
-        draft,
-        answer=answer,
-        citations=citation_parser.citations(answer, parsed.cited, evidence.sources),
-        grounding=context.grounding,
+    # Numbered for the reader ([1] [2] [3] in order of use) only now: the guards above score what the model cited.
+    shown = citation_parser.as_shown(
+        answer, citation_parser.citations(answer, parsed.cited, evidence.sources), context.grounding
     )
+    return dataclasses.replace(draft, answer=shown.answer, citations=shown.citations, grounding=shown.grounding)

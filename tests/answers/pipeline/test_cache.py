@@ -17,7 +17,7 @@ from tests.answers.pipeline.conftest import HOTEL, guarded_of, opened_with, scop
 
 RESULT = {
     "answer": "The limit is 180 euros per night [1].",
-    "citations": [{"n": 1, "document_id": 1}],
+    "citations": [{"n": 1, "document_id": 1, "passage": 3}],
     "refused": False,
     "refusal_reason": "",
     "model": "anthropic:claude-sonnet-5-5",
@@ -29,10 +29,10 @@ def vector(text: str) -> np.ndarray:
     return embeddings.embed([normalise(text)])[0]
 
 
-def cached(scope, question: str = HOTEL) -> int:
+def cached(scope, question: str = HOTEL, result: dict = RESULT) -> int:
     cache.store(
         scope.namespace, question=question, vector=vector(question), index_version=scope.index_version,
-        result=RESULT, exchange_id=None,
+        result=result, exchange_id=None,
     )  # fmt: skip
     return CachedAnswer.objects.get(question=normalise(question)).pk
 
@@ -48,6 +48,15 @@ def test_an_exact_hit_is_a_cached_stop_with_the_caches_record(db, employee, trac
     assert trace.cache == {"kind": "exact", "similarity": 1.0, "entry": entry}
     assert "cache_ms" in trace.latency and "embed_ms" not in trace.latency, "an exact hit embeds nothing"
     assert trace.notices == []
+
+
+def test_an_entry_stored_with_the_models_numbers_is_shown_numbered_from_one(db, employee, trace):
+    scoped = scope_for(employee)
+    earlier = {**RESULT, "answer": "Hotels [3]; trains [6].", "citations": [{"n": 3}, {"n": 6}]}
+    cached(scoped, result=earlier)
+    stop = known_answer(scoped, guarded_of(HOTEL), opened_with(), trace)
+    assert isinstance(stop, Stop) and stop.ending.answer == "Hotels [1]; trains [2]."
+    assert stop.ending.citations == [{"n": 1, "passage": 3}, {"n": 2, "passage": 6}]
 
 
 def test_a_semantic_hit_says_so_without_showing_the_earlier_question(db, employee, trace, settings):

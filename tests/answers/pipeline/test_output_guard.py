@@ -11,6 +11,7 @@ from kb.answers.models import Outcome
 from kb.answers.pipeline.output_guard import guard_sources, output_guard
 from kb.answers.pipeline.types import Ending
 from kb.guard.output import BLOCKED_OUTPUT, UNSUPPORTED
+from kb.text import split_sentences
 from tests.answers.pipeline.conftest import stage_inputs
 
 
@@ -112,3 +113,22 @@ def test_each_passage_comes_with_its_stored_vector(corpus, employee):
         np.testing.assert_array_equal(
             np.asarray(sources[n].vector, dtype=np.float32), np.asarray(stored[source.chunk_id], dtype=np.float32)
         )
+
+
+def longest_sentence(text: str) -> str:
+    return max((" ".join(text[start:end].split()) for start, end in split_sentences(text)), key=len)
+
+
+def test_the_answer_and_its_sources_are_numbered_for_the_reader_in_order_of_use(corpus, employee):
+    inputs = stage_inputs(employee)
+    sources = inputs.evidence.sources
+    last = max(sources)
+    assert last >= 3, "the corpus gives this question several passages"
+    answer = f"{longest_sentence(sources[last].text)} [{last}] {longest_sentence(sources[1].text)} [1]"
+    ending = guarded(inputs, answer)
+    assert f"[{last}]" not in ending.answer and ending.answer.index("[1]") < ending.answer.index("[2]")
+    assert [(c["n"], c["passage"], c["chunk_id"]) for c in ending.citations] == [
+        (1, last, sources[last].chunk_id),
+        (2, 1, sources[1].chunk_id),
+    ]
+    assert [(row["cited"], row["passages"]) for row in ending.grounding] == [([1], [last]), ([2], [1])]
