@@ -92,22 +92,22 @@ class DocumentQuerySet(models.QuerySet):
         if scope.nothing:
             return self.none()
         grouped = Document.access_groups.through.objects.filter(document=OuterRef("pk"))
-        in_demo = Exists(_demo_membership())
-        demo_allowed = Q(~Exists(Document.objects.searchable().own())) | Q(~in_demo)
+        in_demo = Q(pk__in=_demo_document_ids())
+        demo_allowed = Q(~Exists(Document.objects.searchable().own())) | ~in_demo
         if scope.everything:
             return self.filter(demo_allowed)
-        allowed = Q(~Exists(grouped)) | Q(in_demo)
+        allowed = Q(~Exists(grouped)) | in_demo
         if scope.group_ids:
             allowed |= Q(Exists(grouped.filter(accessgroup_id__in=scope.group_ids)))
         return self.filter(allowed & demo_allowed)
 
     def demo(self) -> DocumentQuerySet:
         """The demo corpus: documents in the demo access group."""
-        return self.filter(Exists(_demo_membership()))
+        return self.filter(pk__in=_demo_document_ids())
 
     def own(self) -> DocumentQuerySet:
         """The company's own documents: every one not in the demo access group."""
-        return self.filter(~Exists(_demo_membership()))
+        return self.exclude(pk__in=_demo_document_ids())
 
     def same_title_details(self, document_ids: Iterable[int]) -> dict[int, str]:
         """What tells each of `document_ids` apart from another document of this queryset that carries the
@@ -132,10 +132,11 @@ class DocumentQuerySet(models.QuerySet):
         return self.filter(status__in=IN_PROGRESS)
 
 
-def _demo_membership():
-    """The demo access group's memberships of the (outer) document."""
+def _demo_document_ids():
+    """The ids of the documents in the demo access group, as a subquery. Uncorrelated, so that PostgreSQL
+    computes the (small) set once per query and tests each candidate row against it by hash."""
     demo_groups = AccessGroup.objects.filter(demo=True).values("pk")
-    return Document.access_groups.through.objects.filter(document=OuterRef("pk"), accessgroup_id__in=demo_groups)
+    return Document.access_groups.through.objects.filter(accessgroup_id__in=demo_groups).values("document_id")
 
 
 def original_upload_to(document: Document, filename: str) -> str:
