@@ -3,14 +3,18 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, models
 from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
+from kb.accounts.models import AccessGroup
 from kb.accounts.roles import Role, has_role
 
 HEADING_SEPARATOR = " › "
@@ -78,23 +82,61 @@ class DocumentQuerySet(models.QuerySet):
         return self.in_scope(ReadScope.for_user(user))
 
     def in_scope(self, scope: ReadScope) -> DocumentQuerySet:
-        """Documents a read scope admits: all, none, or those with no access group or one of its groups.
+        """Documents a read scope admits: all, none, or those with no access group or one of its groups;
+        and the demo corpus, for every scope, but only while none of the company's own documents is searchable.
 
         The search legs' SQL is compiled from this filter (`ReadScope.sql`): keep it to conditions on the
-        document row and subqueries (no joins), so that it stays one cheap test per candidate row.
+        document row and subqueries (no joins), so that it stays one cheap test per candidate row. Whether
+        the company has its own documents is an uncorrelated subquery: PostgreSQL evaluates it once per query.
         """
         if scope.nothing:
             return self.none()
-        if scope.everything:
-            return self
         grouped = Document.access_groups.through.objects.filter(document=OuterRef("pk"))
-        allowed = Q(~Exists(grouped))
+        in_demo = Q(pk__in=_demo_document_ids())
+        demo_allowed = Q(~Exists(Document.objects.searchable().own())) | ~in_demo
+        if scope.everything:
+            return self.filter(demo_allowed)
+        allowed = Q(~Exists(grouped)) | in_demo
         if scope.group_ids:
             allowed |= Q(Exists(grouped.filter(accessgroup_id__in=scope.group_ids)))
-        return self.filter(allowed)
+        return self.filter(allowed & demo_allowed)
+
+    def demo(self) -> DocumentQuerySet:
+        """The demo corpus: documents in the demo access group."""
+        return self.filter(pk__in=_demo_document_ids())
+
+    def own(self) -> DocumentQuerySet:
+        """The company's own documents: every one not in the demo access group."""
+        return self.exclude(pk__in=_demo_document_ids())
+
+    def same_title_details(self, document_ids: Iterable[int]) -> dict[int, str]:
+        """What tells each of `document_ids` apart from another document of this queryset that carries the
+        same title (case aside): its file name and upload date. Documents whose title is their own (or shared
+        only with their own versions) are left out."""
+        named = list(
+            Document.objects.filter(pk__in=set(document_ids)).only("title", "filename", "lineage", "created_at")
+        )
+        if not named:
+            return {}
+        lineages: dict[str, set] = defaultdict(set)
+        titled = self.annotate(title_key=Lower("title")).filter(title_key__in={d.title.lower() for d in named})
+        for title_key, lineage in titled.values_list("title_key", "lineage").distinct():
+            lineages[title_key].add(lineage)
+        return {
+            d.pk: f"{d.filename}, uploaded {timezone.localdate(d.created_at):%Y-%m-%d}"
+            for d in named
+            if lineages[d.title.lower()] - {d.lineage}
+        }
 
     def in_progress(self) -> DocumentQuerySet:
         return self.filter(status__in=IN_PROGRESS)
+
+
+def _demo_document_ids():
+    """The ids of the documents in the demo access group, as a subquery. Uncorrelated, so that PostgreSQL
+    computes the (small) set once per query and tests each candidate row against it by hash."""
+    demo_groups = AccessGroup.objects.filter(demo=True).values("pk")
+    return Document.access_groups.through.objects.filter(accessgroup_id__in=demo_groups).values("document_id")
 
 
 def original_upload_to(document: Document, filename: str) -> str:
@@ -164,7 +206,8 @@ class Document(models.Model):
 
 @dataclass(frozen=True)
 class ReadScope:
-    """Which documents a user may read: all, none, or those with no access group or one of `group_ids`.
+    """Which documents a user may read: all, none, or those with no access group or one of `group_ids`;
+    in every scope the demo corpus only until the company's own documents are ready (`in_scope`).
 
     The one read-permission rule: `Document.objects.readable_by(user)` filters by it, and search puts
     `sql()` (compiled from that same filter) inside its legs. A scope is plain facts, so it can key a cache.

@@ -156,8 +156,12 @@ def document_upload(
     title = (title or "").strip() or title_from_filename(name)
     if replaces is None:
         # Same title, or same file name: the next version of that document.
+        candidates = Document.objects.current()
+        if not any(getattr(group, "demo", False) for group in access_groups or ()):
+            # The company's "Travel and Expenses Policy" is its own document, not the demo company's next version.
+            candidates = candidates.own()
         replaces = (
-            Document.objects.current()
+            candidates
             # A failed first upload is no version to follow; a failed reindex still serves and is.
             .exclude(status=DocumentStatus.FAILED, searchable=False)
             .filter(Q(title__iexact=title) | Q(filename=name))
@@ -595,21 +599,90 @@ def documents_resume_stalled(*, stalled_for: timedelta | None = None) -> list[in
     return stalled
 
 
+# --- the demo corpus -------------------------------------------------------------------------------
+
+DEMO_GROUP_NAME = "Demo"
+
+
+def demo_files() -> list[Path]:
+    return [path for path in sorted(DEMO_DIR.iterdir()) if not path.name.startswith(".") and path.suffix != ".py"]
+
+
+def demo_group_ensure():
+    """The access group of the demo corpus (see `AccessGroup.demo`), created on first use."""
+    from kb.accounts.models import AccessGroup
+
+    group = AccessGroup.objects.filter(demo=True).first()
+    if group is not None:
+        return group
+    name = DEMO_GROUP_NAME
+    if AccessGroup.objects.filter(name=name).exists():  # the company's own group of that name stays theirs
+        name = f"{DEMO_GROUP_NAME} corpus"
+    return AccessGroup.objects.create(
+        name=name,
+        demo=True,
+        description="The bundled demo corpus: answers only until the company's own documents are ready.",
+    )
+
+
+def demo_corpus_load(*, uploaded_by=None) -> list[UploadResult]:
+    """Upload the bundled demo documents into the demo access group (identical files already there are
+    recognised as duplicates)."""
+    group = demo_group_ensure()
+    results = []
+    for path in demo_files():
+        with path.open("rb") as handle:
+            source = File(handle, name=path.name)
+            results.append(
+                document_upload(source=source, filename=path.name, uploaded_by=uploaded_by, access_groups=[group])
+            )
+    return results
+
+
+def demo_corpus_adopt() -> int:
+    """Once, on an install from before the demo group existed: put its demo documents (current ones with a
+    bundled file's bytes and no access group) into that group. Returns how many were moved.
+
+    Only while there is no demo group yet, so that a document an admin later takes out of the group stays out.
+    """
+    from kb.accounts.models import AccessGroup
+
+    if AccessGroup.objects.filter(demo=True).exists():
+        return 0
+    hashes = [hashlib.sha256(path.read_bytes()).hexdigest() for path in demo_files()]
+    legacy = list(Document.objects.current().filter(sha256__in=hashes, access_groups__isnull=True))
+    if legacy:
+        group = demo_group_ensure()
+        for document in legacy:
+            document_set_access_groups(document=document, groups=[group])
+    return len(legacy)
+
+
 def demo_corpus_ensure(*, stdout: Callable[[str], None] = print) -> int:
-    """Load the bundled demo documents on the first start, so that a newcomer can ask at once."""
+    """Load the bundled demo documents on the first start, so that a newcomer can ask at once; they stop
+    answering once the company's own documents are ready, and `demo_corpus_remove` deletes them."""
+    adopted = demo_corpus_adopt()
+    if adopted:
+        stdout(f"moved {adopted} demo documents into the demo access group; they no longer answer beside yours")
     marker = settings.KB_DATA_DIR / "demo-corpus-loaded"
     if marker.exists() or Document.objects.exists():
         return 0
     from django.contrib.auth import get_user_model
 
     admin = get_user_model().objects.filter(is_superuser=True).order_by("id").first()
-    loaded = 0
-    for path in sorted(DEMO_DIR.iterdir()):
-        if path.name.startswith(".") or path.suffix == ".py":
-            continue
-        with path.open("rb") as handle:
-            result = document_upload(source=File(handle, name=path.name), filename=path.name, uploaded_by=admin)
-        loaded += result.accepted
+    loaded = sum(result.accepted for result in demo_corpus_load(uploaded_by=admin))
     marker.write_text(f"{loaded} documents\n")
-    stdout(f"loaded {loaded} demo documents from {DEMO_DIR}; the worker indexes them in the background")
+    stdout(
+        f"loaded {loaded} demo documents from {DEMO_DIR}; the worker indexes them in the background. They answer "
+        "until your own documents are ready (remove them on Documents or with `manage.py demo --remove`)"
+    )
     return loaded
+
+
+def demo_corpus_remove() -> int:
+    """Delete every version of every demo document (each deletion audited); returns how many versions."""
+    removed = 0
+    for document in Document.objects.demo().exclude(status=DocumentStatus.DELETED).order_by("pk"):
+        document_delete(document=document)
+        removed += 1
+    return removed

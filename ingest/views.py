@@ -12,6 +12,7 @@ from ingest import services
 from ingest.forms import AccessForm, ReplaceForm, UploadForm
 from ingest.models import Document, DocumentStatus
 from kb.accounts.access import role_required
+from kb.accounts.models import AccessGroup
 from kb.accounts.roles import Role
 
 manage_documents = role_required(Role.KNOWLEDGE_ADMIN)
@@ -35,12 +36,24 @@ def _list_context(request) -> dict:
     }
 
 
+def _demo_context() -> dict:
+    demo = Document.objects.current().demo().count()
+    if not demo:
+        return {"demo_count": 0}
+    return {
+        "demo_count": demo,
+        "demo_group": AccessGroup.objects.filter(demo=True).values_list("name", flat=True).first(),
+        "demo_hidden": Document.objects.searchable().own().exists(),
+    }
+
+
 @manage_documents
 def document_list(request):
     context = _list_context(request)
     if request.htmx and request.GET.get("partial") == "rows":
         return render(request, "ingest/document_list.html#rows", context)
     context["form"] = UploadForm()
+    context.update(_demo_context())
     return render(request, "ingest/document_list.html", context)
 
 
@@ -125,6 +138,19 @@ def document_delete(request, document_id: int):
     document = _document_for_admin(request, document_id)
     services.document_delete(document=document)
     messages.success(request, f"“{document.title}” (version {document.version}) was deleted.")
+    return redirect("document_list")
+
+
+@manage_documents
+@require_POST
+def documents_demo_remove(request):
+    count = services.demo_corpus_remove()
+    if count:
+        messages.success(
+            request, f"The demo documents were deleted ({count} versions); manage.py demo --load loads them again."
+        )
+    else:
+        messages.info(request, "There were no demo documents left to delete.")
     return redirect("document_list")
 
 

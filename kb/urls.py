@@ -21,6 +21,7 @@ urlpatterns = [
     path("documents/", ingest_views.document_list, name="document_list"),
     path("documents/upload", ingest_views.document_upload, name="document_upload"),
     path("documents/reindex", ingest_views.documents_reindex_all, name="documents_reindex_all"),
+    path("documents/demo/remove", ingest_views.documents_demo_remove, name="documents_demo_remove"),
     path("documents/<int:document_id>/", ingest_views.document_detail, name="document_detail"),
     path("documents/<int:document_id>/replace", ingest_views.document_replace, name="document_replace"),
     path("documents/<int:document_id>/delete", ingest_views.document_delete, name="document_delete"),

@@ -46,6 +46,7 @@ ROUTES = [
     ("GET", "/documents/", ADMINS),
     ("POST", "/documents/upload", ADMINS),
     ("POST", "/documents/reindex", ADMINS),
+    ("POST", "/documents/demo/remove", ADMINS),
     ("GET", "/documents/{document}/", ADMINS),
     ("POST", "/documents/{document}/replace", ADMINS),
     ("POST", "/documents/{document}/reindex", ADMINS),

@@ -29,17 +29,28 @@ class AccessGroupQuerySet(models.QuerySet):
 
 
 class AccessGroup(models.Model):
-    """Who may read a document. A document with no access group is readable by every employee."""
+    """Who may read a document. A document with no access group is readable by every employee.
+
+    The demo group (`demo`, at most one) holds the bundled demo corpus: every reader reads it, but only while
+    no other document is searchable (the rule is in `DocumentQuerySet.in_scope`), so that the demo company's
+    policies never answer for a company that has its own documents.
+    """
 
     name = models.CharField(max_length=100, unique=True)
     description = models.CharField(max_length=300, blank=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="access_groups", blank=True)
+    demo = models.BooleanField(
+        default=False, help_text="Holds the demo corpus: read by everyone until the company's own documents are ready"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = AccessGroupQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["demo"], condition=models.Q(demo=True), name="accessgroup_one_demo")
+        ]
 
     def __str__(self) -> str:
         return self.name

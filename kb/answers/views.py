@@ -59,14 +59,24 @@ def outcome_badge(exchange: Exchange) -> tuple[str, str] | None:
 
 def _exchange_context(exchange: Exchange) -> dict:
     feedback = getattr(exchange, "feedback", None)
+    nearest = exchange_nearest(exchange)
+    details = title_details(exchange.user, [c["document_id"] for c in exchange.citations])
     return {
         "exchange": exchange,
         "badge": outcome_badge(exchange),
         "answer_html": rendering.answer_html(exchange.answer, exchange.citations, exchange.pk),
-        "nearest": exchange_nearest(exchange),
+        "sources": [{**c, "detail": details.get(c["document_id"], "")} for c in exchange.citations],
+        "nearest": nearest,
         "feedback": feedback,
         "reasons": Feedback.Reason.choices,
     }
+
+
+def title_details(user, document_ids: list[int]) -> dict[int, str]:
+    """For cited documents whose title another document the user may read also carries: what tells them apart."""
+    if not document_ids:
+        return {}
+    return Document.objects.searchable().readable_by(user).same_title_details(document_ids)
 
 
 def exchange_nearest(exchange: Exchange) -> list[dict]:
@@ -79,7 +89,8 @@ def exchange_nearest(exchange: Exchange) -> list[dict]:
             ids.append(passage["document_id"])
     readable = Document.objects.searchable().readable_by(exchange.user).filter(pk__in=ids[:3])
     titles = dict(readable.values_list("pk", "title"))
-    return [{"document_id": pk, "title": titles[pk]} for pk in ids[:3] if pk in titles]
+    details = title_details(exchange.user, list(titles))
+    return [{"document_id": pk, "title": titles[pk], "detail": details.get(pk, "")} for pk in ids[:3] if pk in titles]
 
 
 @login_required
@@ -185,6 +196,8 @@ def citation_panel(request, exchange_id: int, n: int):
     document = Document.objects.readable_by(request.user).filter(pk=citation["document_id"]).first()
     chunk = document.chunks.filter(pk=citation["chunk_id"]).first() if document else None
     context = {"exchange": exchange, "citation": citation, "document": document, "chunk": chunk}
+    if document is not None:
+        context["detail"] = title_details(request.user, [document.pk]).get(document.pk, "")
     if chunk is not None:
         context["before"], context["quote"], context["after"] = reading.highlight(chunk.text, citation["quote"])
     return render(request, "answers/citation_panel.html", context)

@@ -92,6 +92,7 @@ class CitedDocument:
     document_id: int
     version: int
     exchanges: int
+    detail: str = ""  # what tells it apart from another current document with the same title
 
 
 @dataclass
@@ -106,6 +107,12 @@ class Analytics:
     most_cited: list[CitedDocument] = field(default_factory=list)
     never_cited: list[Document] = field(default_factory=list)
     never_cited_total: int = 0
+    # What tells a never-cited document apart from another current document with the same title, by id.
+    never_cited_details: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def never_cited_listed(self) -> list[tuple[Document, str]]:
+        return [(doc, self.never_cited_details.get(doc.pk, "")) for doc in self.never_cited]
 
     @property
     def feedback_total(self) -> int:
@@ -173,16 +180,21 @@ def _cited_documents(result: Analytics, cited: dict[int, int]) -> None:
     latest: dict = {}  # the newest version of each cited document names it
     for doc in Document.objects.filter(lineage__in=list(by_lineage)).order_by("lineage", "-version"):
         latest.setdefault(doc.lineage, doc)
-    ranked = sorted(by_lineage.items(), key=lambda item: (-item[1], latest[item[0]].title.casefold()))
+    ranked = sorted(by_lineage.items(), key=lambda item: (-item[1], latest[item[0]].title.casefold()))[:TOP]
+    never = Document.objects.searchable().exclude(lineage__in=list(by_lineage)).order_by("title", "pk")
+    result.never_cited_total = never.count()
+    result.never_cited = list(never[:NEVER_CITED_SHOWN])
+    details = Document.objects.current().same_title_details(
+        [latest[lineage].pk for lineage, _ in ranked] + [doc.pk for doc in result.never_cited]
+    )
     result.most_cited = [
         CitedDocument(
             title=latest[lineage].title,
             document_id=latest[lineage].pk,
             version=latest[lineage].version,
             exchanges=count,
+            detail=details.get(latest[lineage].pk, ""),
         )
-        for lineage, count in ranked[:TOP]
+        for lineage, count in ranked
     ]
-    never = Document.objects.searchable().exclude(lineage__in=list(by_lineage)).order_by("title", "pk")
-    result.never_cited_total = never.count()
-    result.never_cited = list(never[:NEVER_CITED_SHOWN])
+    result.never_cited_details = {doc.pk: details[doc.pk] for doc in result.never_cited if doc.pk in details}

@@ -206,3 +206,40 @@ def test_a_finished_answer_brings_the_conversations_heading_and_list_out_of_band
     assert f'/c/{result["conversation_id"]}/" aria-current="page">{HOTEL}</a>' in listed
     assert '<label for="question" id="question-label" hx-swap-oob="true">Ask a follow-up</label>' in swap
     assert f"<title>{HOTEL} · kb</title>" in swap
+
+
+def test_sources_with_the_same_title_are_told_apart_by_file_name_and_upload_date(client, employee):
+    from django.utils import timezone
+
+    from kb.accounts.roles import Role
+    from tests.factories import AccessGroupFactory
+    from tests.search.conftest import ingest_file
+
+    sales = AccessGroupFactory(name="Sales")
+    research = ingest_file(
+        "# Expenses policy\n\nLab equipment over 500 euros needs the approval of the lab manager.\n", "r&d-expenses.md"
+    )
+    ingest_file(
+        "# Expenses policy\n\nClient dinners are reimbursed up to 80 euros per person.\n",
+        "sales-expenses.md",
+        groups=[sales],
+    )
+    seller = UserFactory(roles=[Role.EMPLOYEE])
+    seller.access_groups.add(sales)
+    question = "Who approves lab equipment over 500 euros?"
+    told_apart = f"(r&amp;d-expenses.md, uploaded {timezone.localdate():%Y-%m-%d})"
+
+    # The employee reads only one "Expenses policy": its title alone names it.
+    mine = services.ask(question, employee)
+    assert mine["citations"][0]["document_id"] == research.pk
+    client.force_login(employee)
+    assert "r&amp;d-expenses.md" not in client.get(f"/exchanges/{mine['exchange_id']}/").content.decode()
+
+    # A seller reads both: the source says which file it is, escaped, in the list, the panel and the conversation.
+    theirs = services.ask(question, seller)
+    assert theirs["citations"][0]["document_id"] == research.pk
+    client.force_login(seller)
+    exchange = client.get(f"/exchanges/{theirs['exchange_id']}/").content.decode()
+    assert told_apart in exchange
+    assert told_apart in client.get(f"/exchanges/{theirs['exchange_id']}/sources/1").content.decode()
+    assert told_apart in client.get(f"/c/{theirs['conversation_id']}/").content.decode()

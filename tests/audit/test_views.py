@@ -373,3 +373,28 @@ def test_the_page_shows_the_newest_checkpoint_and_whether_it_holds(empty_log, cl
         cursor.execute("UPDATE audit_checkpoint SET last_seq = 3 WHERE id = %s", [checkpoint.pk])
     page = client.get(reverse("audit_home")).content.decode()
     assert "Signature invalid" in page and "Missing from the witness" in page
+
+
+def test_analytics_tells_documents_with_the_same_title_apart(empty_log, client, knowledge_admin, employee):
+    from django.utils import timezone
+
+    def document(filename: str, title: str = "Travel and Expenses Policy") -> Document:
+        return Document.objects.create(
+            title=title, filename=filename, sha256=filename.ljust(64, "0")[:64], size=1,
+            searchable=True, status=DocumentStatus.READY,
+        )  # fmt: skip
+
+    cited, idle, unique = document("uk-travel.docx"), document("travel-and-expenses.docx"), document("gym.md", "Gym")
+    citations = [{"n": 1, "document_id": cited.pk}]
+    data = {"exchange_id": 1, "question": "Mileage?", "outcome": "answered", "citations": citations}
+    services.audit_record(kind=AuditKind.EXCHANGE, actor=employee, data=data)
+    event = AuditEvent.objects.get()
+    since = event.created_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    report = analytics.analytics_between(since, since + dt.timedelta(days=2))
+    day = f"uploaded {timezone.localdate(cited.created_at):%Y-%m-%d}"
+    assert [(d.title, d.detail) for d in report.most_cited] == [(cited.title, f"uk-travel.docx, {day}")]
+    assert report.never_cited_listed == [(unique, ""), (idle, f"travel-and-expenses.docx, {day}")]
+    client.force_login(knowledge_admin)
+    page = client.get(reverse("audit_analytics")).content.decode()
+    assert f"(uk-travel.docx, {day})" in page and f"(travel-and-expenses.docx, {day})" in page
+    assert "(gym.md" not in page

@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from ingest import services
 from ingest.models import Document, DocumentStatus
+from kb.audit.models import AuditEvent, AuditKind
 from tests.factories import AccessGroupFactory
 
 pytestmark = pytest.mark.django_db
@@ -36,6 +37,7 @@ def _pages(document):
         ("post", reverse("document_reindex", args=[document.pk])),
         ("post", reverse("documents_reindex_all")),
         ("post", reverse("document_access", args=[document.pk])),
+        ("post", reverse("documents_demo_remove")),
     ]
 
 
@@ -171,3 +173,42 @@ def test_an_unknown_access_group_in_an_upload_is_a_message_not_an_error(client, 
     assert response.status_code == 200
     assert "do not exist any more" in response.content.decode()
     assert not Document.objects.exists()
+
+
+def test_a_knowledge_admin_deletes_the_demo_documents_in_one_click(client, knowledge_admin, loaded_demo, document):
+    client.force_login(knowledge_admin)
+    page = client.get(reverse("document_list")).content.decode()
+    # The company's guide is ready, so the page says the demo documents no longer answer.
+    assert "5 documents of a fictional company" in page and "no longer answer questions" in page
+    assert f'action="{reverse("documents_demo_remove")}"' in page
+    response = client.post(reverse("documents_demo_remove"), follow=True)
+    assert "The demo documents were deleted (5 versions)" in response.content.decode()
+    assert not Document.objects.current().demo().exists()
+    document.refresh_from_db()
+    assert document.status == DocumentStatus.READY
+    deletions = AuditEvent.objects.filter(kind=AuditKind.DOCUMENT_DELETE)
+    assert deletions.count() == 5 and {event.actor_id for event in deletions} == {knowledge_admin.pk}
+    assert "Demo documents" not in client.get(reverse("document_list")).content.decode()
+
+
+def test_before_the_first_own_document_the_page_says_the_demo_documents_answer(client, knowledge_admin, loaded_demo):
+    client.force_login(knowledge_admin)
+    page = client.get(reverse("document_list")).content.decode()
+    assert "until the first of your own documents is ready" in page
+
+
+@pytest.mark.parametrize("who", ["employee", "compliance"])
+def test_other_roles_cannot_delete_the_demo_documents(client, request, loaded_demo, who):
+    client.force_login(request.getfixturevalue(who))
+    assert client.post(reverse("documents_demo_remove")).status_code == 403
+    assert Document.objects.current().demo().count() == 5
+
+
+def test_deleting_the_demo_documents_needs_a_post_with_the_csrf_token(knowledge_admin, loaded_demo):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(knowledge_admin)
+    assert client.get(reverse("documents_demo_remove")).status_code == 405
+    assert client.post(reverse("documents_demo_remove")).status_code == 403
+    assert Document.objects.current().demo().count() == 5
