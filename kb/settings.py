@@ -483,6 +483,8 @@ KB_USER_ASKS_IN_FLIGHT = env_int("KB_USER_ASKS_IN_FLIGHT", 3, minimum=0)
 # the lowest threshold keeping each ordinary set (employee questions, SQuAD, SciFact) at <= 1% false positives;
 # held-out recall 98% Gandalf, 93% Tensor Trust, 91% JailbreakBench, 61% deepset. Passages at ingest: the
 # lowest keeping ordinary passages at <= 1% (none of the demo corpus); BIPIA attacks in context 43-53%.
+# Not yet met (issue 16, `train_injection --measure`): real users' questions (doc2dial test) are blocked 1.5%
+# (first turns) and 2.9% (follow-ups) at 0.673; the guard's own employee test list 0%.
 KB_INJECTION_THRESHOLD = env_float("KB_INJECTION_THRESHOLD", 0.673, minimum=0.0, maximum=1.0)
 KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0.721, minimum=0.0, maximum=1.0)
 # A sentence whose support (0.5 x similarity + 0.5 x keyword share, against what it cites) is below this is

@@ -64,11 +64,16 @@ CV_FOLDS = 5
 EMPLOYEE_WEIGHT_GRID = (1.0, 4.0, 8.0, 16.0, 32.0)
 
 QUESTION_NEGATIVE_POOL = ("employee", "squad", "scifact")
+# The injection sets' held-out parts: their recall is reported, never used to choose (the test splits).
+INJECTION_TEST_SETS = ("deepset", "gandalf", "tensor_trust", "jbb")
 DOCUMENT_NEGATIVE_POOL = ("bipia_email_clean", "bipia_table_clean", "squad_passages", "scifact_abstracts", "demo")
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_EVAL_DIR = REPO_DIR.parent / "shared" / "eval"
 EMPLOYEE_QUESTIONS = REPO_DIR / "tests" / "data" / "employee_questions.txt"
+ORDINARY_DEV = REPO_DIR / "tests" / "data" / "guard" / "ordinary_questions_dev.txt"
+ORDINARY_TEST = REPO_DIR / "tests" / "data" / "guard" / "ordinary_questions_test.txt"
+DEMO_GOLDEN = REPO_DIR / "tests" / "data" / "golden" / "demo.jsonl"
 PARAPHRASES = REPO_DIR / "tests" / "data" / "paraphrases.jsonl"
 DEMO_DIR = REPO_DIR / "ingest" / "demo"
 OUTPUT = MODEL_PATH  # the weights the runtime guard loads
@@ -145,6 +150,30 @@ def paraphrase_questions() -> list[str]:
     with PARAPHRASES.open(encoding="utf-8") as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
     return _unique(text for row in rows for text in (row["a"], row["b"]))
+
+
+def _lines(path: Path) -> list[str]:
+    return _unique(path.read_text(encoding="utf-8").splitlines())
+
+
+def ordinary_question_sets(eval_dir: Path = DEFAULT_EVAL_DIR) -> dict[str, list[Example]]:
+    """Ordinary questions the guard must let through, by set, for measuring only (`--measure`; nothing here is
+    fitted): real users' questions to public-service agents from doc2dial (first turns and follow-ups, "hi",
+    "can you help me?"; dev and test documents apart), the employee questions written for the guard
+    (tests/data/guard: the dev list for choosing, the test list written before any tuning and never chosen
+    on), and the demo golden set's questions (its injection attempts as positives)."""
+    groups: dict[str, list[Example]] = {}
+    for split in ("dev", "test"):
+        for name, kind in (("golden", "first"), ("followup", "followup")):
+            rows = _jsonl(eval_dir / "doc2dial" / f"{name}-{split}.jsonl")
+            source = f"doc2dial_{split}_{kind}"
+            groups[source] = [Example(text, 0, source) for text in _unique(row["question"] for row in rows)]
+    for split, path in (("dev", ORDINARY_DEV), ("test", ORDINARY_TEST)):
+        groups[f"ordinary_{split}"] = [Example(text, 0, f"ordinary_{split}") for text in _lines(path)]
+    groups["demo_golden"] = [
+        Example(row["question"], int(row["kind"] == "injection"), "demo_golden") for row in _jsonl(DEMO_GOLDEN)
+    ]
+    return groups
 
 
 def _deepset(reader: _Reader, sets: Sets) -> None:
@@ -594,11 +623,11 @@ def figures(scored: dict[str, list[Scored]], threshold: float) -> dict[str, dict
 
 
 def _table(title: str, rows: dict[str, dict[str, Any]], threshold: float) -> str:
-    lines = [f"{title} (threshold {threshold})", f"  {'source':<20} {'n':>5} {'recall':>16} {'false positives':>18}"]
+    lines = [f"{title} (threshold {threshold})", f"  {'source':<24} {'n':>5} {'recall':>16} {'false positives':>18}"]
     for source, row in rows.items():
         recall = f"{row['recall']:.1%} ({row['caught']}/{row['positives']})" if "recall" in row else "-"
         fpr = f"{row['fpr']:.1%} ({row['flagged']}/{row['negatives']})" if "fpr" in row else "-"
-        lines.append(f"  {source:<20} {row['n']:>5} {recall:>16} {fpr:>18}")
+        lines.append(f"  {source:<24} {row['n']:>5} {recall:>16} {fpr:>18}")
     return "\n".join(lines)
 
 
@@ -691,11 +720,32 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
     return record
 
 
+def measure(eval_dir: Path, weights: Path, cache: Path | None) -> dict[str, Any]:
+    """Figures of existing weights (at the thresholds recorded with them) on every held-out set, without
+    training: how today's guard does on sets added since it was trained."""
+    from kb.guard.injection import load_model
+
+    model = load_model(weights)
+    thresholds = model.metadata["thresholds"]
+    sets = load_sets(eval_dir, with_training=False)
+    out = {}
+    for kind, groups, name in (
+        ("questions", {**sets.questions, **ordinary_question_sets(eval_dir)}, "KB_INJECTION_THRESHOLD"),
+        ("documents", sets.documents, "KB_DOCUMENT_INJECTION_THRESHOLD"),
+    ):
+        out[kind] = figures(score_sets(groups, model.coef, model.intercept, cache), thresholds[name])
+        print(_table(f"{kind} ({weights.name})", out[kind], thresholds[name]), file=sys.stderr)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR, help="the shared evaluation data")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--no-cache", action="store_true", help="embed everything again")
+    parser.add_argument(
+        "--measure", type=Path, metavar="WEIGHTS", help="only report these weights' figures on every held-out set"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
@@ -710,7 +760,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (args.eval_dir / "prompt-injection").is_dir():
         parser.error(f"no prompt-injection sets under {args.eval_dir}; pass --eval-dir")
     cache = None if args.no_cache else settings.KB_DATA_DIR / "cache" / f"injection-embeddings-{model_id()}.npz"
-    train(args.eval_dir, args.output, cache)
+    if args.measure:
+        measure(args.eval_dir, args.measure, cache)
+    else:
+        train(args.eval_dir, args.output, cache)
 
 
 if __name__ == "__main__":
