@@ -204,9 +204,8 @@ async def _ask(
 def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: dict[int, str], wall_ms: float) -> dict:
     """The record of an answered question, with what its exchange says was retrieved."""
     exchange_id = result.get("exchange_id")
-    exchange = (
-        Exchange.objects.filter(pk=exchange_id).only("passages", "evidence_score").first() if exchange_id else None
-    )
+    fields = ("passages", "evidence_score", "search_query")
+    exchange = Exchange.objects.filter(pk=exchange_id).only(*fields).first() if exchange_id else None
     passages = exchange.passages if exchange else []
     chunks = {
         pk: (heading_path, text)
@@ -225,6 +224,7 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
         item,
         result,
         retrieved=retrieved,
+        search_query=exchange.search_query if exchange else "",
         passage_texts=[chunks[p["chunk_id"]][1] for p in passages if p["chunk_id"] in chunks],
         evidence=exchange.evidence_score if exchange else None,
         filenames=filenames,
@@ -238,6 +238,7 @@ def _record(
     result: dict | None,
     *,
     retrieved: list[dict] | None = None,
+    search_query: str = "",
     passage_texts: Sequence[str] = (),
     evidence: float | None = None,
     filenames: dict[int, str] | None = None,
@@ -308,6 +309,7 @@ def _record(
         "error": error,
         "exchange_id": result.get("exchange_id"),
         "conversation_id": result.get("conversation_id"),
+        "search_query": search_query,  # what was searched for: a follow-up's, rewritten from its history
         "follows": item.follows,
         "context_turns": len(item.context),
     }
