@@ -479,6 +479,10 @@ def evaluate_sets(
             continue
         log(f"{evaluation_set.name} ({evaluation_set.role}): {evaluation_set.description}")
         evaluation_set.prepare()
+
+        def set_progress(label: str, done: int, total: int, name: str = evaluation_set.name) -> None:
+            progress(name, done, total)
+
         report = evaluate(
             evaluation_set.golden,
             evaluation_set.corpus,
@@ -487,7 +491,7 @@ def evaluate_sets(
             limit=limit,
             rebuild=rebuild,
             log=log,
-            progress=lambda label, done, total, name=evaluation_set.name: progress(name, done, total),
+            progress=set_progress,
         )
         report["set"] = {"name": evaluation_set.name, "role": evaluation_set.role}
         path = reports_dir / f"{evaluation_set.name}.json"
