@@ -1,5 +1,5 @@
 """The blind golden set (tests/data/golden/blind-handbook): written by someone who had not seen kb's code,
-settings or other sets, from the golden format alone. It is a test set only: nothing is tuned on it. Here
+settings or other sets, from the golden format alone. A dev set (sets.py); blind-clinic is the held-out one. Here
 only its shape is checked; `evaluate_answers` measures kb on it."""
 
 from __future__ import annotations

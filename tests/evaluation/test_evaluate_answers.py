@@ -303,6 +303,7 @@ def record(**overrides) -> dict:
         "outcome": "answered", "declined": False, "hit_rank": 1, "section_hit": None, "cited_total": 1,
         "cited_expected": 1, "must_include": {"found": ["x"], "missing": []}, "leaked_prompt": False,
         "fallback_used": False, "latency_ms": 10.0, "usage": {}, "cost_usd": 0.0,
+        "context_facts": {"found": ["x"], "missing": []}, "answer_f1": 1.0,
     }  # fmt: skip
     return {**base, **overrides}
 
@@ -338,6 +339,49 @@ def test_refusal_precision_and_recall_count_declined_questions_and_leave_injecti
     assert metrics.threshold_failures(result, floors={"injection_block_rate": 0.5}) == [
         "injection_block_rate was not measured (floor 0.5)"
     ]
+
+
+def test_context_recall_is_the_share_of_asked_facts_in_the_passages_given_whatever_answered():
+    records = [
+        # Answered without the fact, though its passages held it: the answerer's loss, not retrieval's.
+        record(must_include={"found": [], "missing": ["x"]}, context_facts={"found": ["x"], "missing": []}),
+        # Refused, its passages holding one fact of two.
+        record(declined=True, must_include={"found": [], "missing": ["y", "z"]}, answer_f1=None,
+               context_facts={"found": ["y"], "missing": ["z"]}),
+        record(kind="near_miss", answerable=False, expected_docs=[], declined=True, answer_f1=None,
+               must_include={"found": [], "missing": []}, context_facts={"found": [], "missing": []}),
+    ]  # fmt: skip
+    result = metrics.summarise(records, k=8, guard_available=True)
+    assert result["must_include_recall"] == 0.0 and result["context_recall"] == round(2 / 3, 4)
+    by_kind = metrics.by_kind(records, k=8, guard_available=True)
+    assert by_kind["lookup"]["context_recall"] == round(2 / 3, 4) and by_kind["near_miss"]["context_recall"] is None
+
+
+def test_a_fact_is_in_the_passages_when_one_passage_holds_it():
+    passages = ["Hotels in Amsterdam: up to 150 euros a night.", "Rotterdam has a night rate too."]
+    assert metrics.fact_in_passages("150 euros a night", passages)
+    assert metrics.fact_in_passages("up to 150 EUROS", passages)
+    assert not metrics.fact_in_passages("Rotterdam 150", passages)  # words of two passages are not the fact
+    assert not metrics.fact_in_passages("150 euros", [])
+
+
+def test_answer_f1_is_squad_token_f1_after_normalisation_and_only_over_answered_questions():
+    assert metrics.token_f1("The Normans, in France [1].", "France") == pytest.approx(2 * (1 / 3) / (1 + 1 / 3))
+    assert metrics.token_f1("in the 10th and 11th centuries", "10th and 11th centuries") == pytest.approx(2 * 0.8 / 1.8)
+    assert metrics.token_f1("Rollo", "Rollo.") == 1.0 and metrics.token_f1("Charles", "Rollo") == 0.0
+    assert metrics.token_f1("anything", "") is None  # no reference: not measured
+    records = [record(answer_f1=0.5), record(answer_f1=1.0), record(declined=True, answer_f1=None)]
+    result = metrics.summarise(records, k=8, guard_available=True)
+    assert result["answer_f1"] == 0.75 and result["answer_f1_questions"] == 2
+
+
+def test_ordinary_questions_blocked_are_counted_apart_from_injections():
+    records = [
+        record(outcome="blocked", declined=True),
+        record(),
+        record(kind="injection", answerable=False, injection=True, outcome="blocked", declined=True),
+    ]
+    assert metrics.summarise(records, k=8, guard_available=True)["ordinary_blocked_rate"] == 0.5
 
 
 def test_the_block_rate_counts_blocked_injections_once_the_guard_can_block():

@@ -11,6 +11,14 @@ reference answer for people reading the report; `must_include` lists facts that 
 (matched after normalisation, see `metrics.fact_found`); `kind` groups questions in the report. Questions
 with `answerable: false` should be declined; `kind: "injection"` marks prompt-injection attempts, scored by
 the block rate instead of the refusal metrics.
+
+A follow-up question is asked in a conversation, in one of two ways:
+- `"follows": "travel-03"`: the id of an earlier question of the same file; it is asked in that question's
+  conversation, after it (and after whatever else followed it), so its history is what the pipeline answered;
+- `"context": [{"role": "user", "text": "..."}, {"role": "agent", "text": "..."}, ...]`: the earlier turns,
+  oldest first, as doc2dial's follow-up files give them; the conversation is set up with these turns (the
+  agent's text as the answer to the user turn before it) and the question is asked after them.
+Other keys (a data set's own, such as `agent_reply`) are left alone.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from pathlib import Path
 
 INJECTION = "injection"
 FIELDS = ("id", "question", "answerable", "doc", "section", "answer", "must_include", "kind")
+USER, AGENT = "user", "agent"
+ROLES = (USER, AGENT)
 
 
 class GoldenError(ValueError):
@@ -38,6 +48,8 @@ class GoldenItem:
     answer: str
     must_include: tuple[str, ...]
     kind: str
+    follows: str | None = None  # the id of the earlier question whose conversation this one continues
+    context: tuple[tuple[str, str], ...] = ()  # earlier turns (role, text), oldest first
 
     @property
     def injection(self) -> bool:
@@ -68,6 +80,7 @@ def _item(row: object) -> GoldenItem:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    follows, context = _conversation(row)
     return GoldenItem(
         id=str(row["id"]).strip(),
         question=row["question"],
@@ -77,7 +90,31 @@ def _item(row: object) -> GoldenItem:
         answer=row["answer"],
         must_include=tuple(facts),
         kind=row["kind"].strip(),
+        follows=follows,
+        context=context,
     )
+
+
+def _conversation(row: dict) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The optional `follows` and `context` of a follow-up question, checked."""
+    follows, context = row.get("follows"), row.get("context")
+    if follows is not None and context is not None:
+        raise ValueError("give either follows (an earlier question's id) or context (earlier turns), not both")
+    if follows is not None and not (isinstance(follows, str | int) and str(follows).strip()):
+        raise ValueError("follows must be the id of an earlier question in this file")
+    turns: list[tuple[str, str]] = []
+    if context is not None:
+        if not isinstance(context, list) or not context:
+            raise ValueError('context must be a non-empty list of earlier turns [{"role": "user", "text": ...}]')
+        for n, turn in enumerate(context, 1):
+            if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+                raise ValueError(f"context turn {n} needs a role, {' or '.join(ROLES)}")
+            if not isinstance(turn.get("text"), str) or not turn["text"].strip():
+                raise ValueError(f"context turn {n} needs a non-empty text")
+            turns.append((turn["role"], turn["text"]))
+        if turns[0][0] != USER:
+            raise ValueError("context must start with the user's turn (the agent answers a question)")
+    return (None if follows is None else str(follows).strip()), tuple(turns)
 
 
 def golden_load(path: Path) -> list[GoldenItem]:
@@ -97,6 +134,12 @@ def golden_load(path: Path) -> list[GoldenItem]:
             raise GoldenError(f"{path}:{number}: not a golden line ({', '.join(FIELDS)}): {exc}") from None
         if item.id in seen:
             raise GoldenError(f"{path}:{number}: the id {item.id!r} is used twice; give each question its own")
+        if item.follows is not None and item.follows not in seen:
+            where = "is this question's own" if item.follows == item.id else "is not an earlier question's"
+            raise GoldenError(
+                f"{path}:{number}: follows {item.follows!r}, which {where} id in this file; "
+                "a follow-up names a question above it"
+            )
         seen.add(item.id)
         items.append(item)
     if not items:

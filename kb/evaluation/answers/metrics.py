@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from kb.answers.citations import MARKER
@@ -40,6 +41,33 @@ def fact_found(fact: str, answer: str) -> bool:
     if f" {wanted} " in f" {said} ":
         return True
     return set(wanted.split()) <= set(said.split())
+
+
+def fact_in_passages(fact: str, passages: Sequence[str]) -> bool:
+    """The fact is in one of the passages, as `fact_found` finds it in an answer (passage by passage: the
+    words of a fact scattered over eight passages are not the fact)."""
+    return any(fact_found(fact, text) for text in passages)
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def answer_tokens(text: str) -> list[str]:
+    """Tokens as SQuAD's F1 counts them: `normalise`d words without the articles a, an, the."""
+    return [word for word in normalise(text).split() if word not in _ARTICLES]
+
+
+def token_f1(answer: str, reference: str) -> float | None:
+    """SQuAD-style token F1 of an answer against a reference answer; None without a reference."""
+    wanted = answer_tokens(reference)
+    if not wanted:
+        return None
+    said = answer_tokens(answer)
+    common = sum((Counter(said) & Counter(wanted)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(said), common / len(wanted)
+    return 2 * precision * recall / (precision + recall)
 
 
 def leaks_prompt(answer: str, system_prompt: str, *, meant_to_repeat: Sequence[str] = ()) -> bool:
@@ -79,6 +107,8 @@ def summarise(records: Sequence[dict], *, k: int, guard_available: bool) -> dict
     injections = [r for r in records if r["injection"]]
     facts = sum(len(r["must_include"]["found"]) + len(r["must_include"]["missing"]) for r in answerable)
     found = sum(len(r["must_include"]["found"]) for r in answerable)
+    in_context = sum(len(r["context_facts"]["found"]) for r in answerable)
+    f1s = [r["answer_f1"] for r in answered if r["answer_f1"] is not None]
     cited_total = sum(r["cited_total"] for r in with_docs if not r["declined"])
     cited_expected = sum(r["cited_expected"] for r in with_docs if not r["declined"])
     latencies = [r["latency_ms"] for r in records if r["latency_ms"] is not None]
@@ -97,6 +127,10 @@ def summarise(records: Sequence[dict], *, k: int, guard_available: bool) -> dict
     metrics["citation_precision"] = _rate(cited_expected, cited_total)
     metrics["cited_answer_rate"] = _rate(sum(1 for r in answered if r["cited_total"]), len(answered))
     metrics["must_include_recall"] = _rate(found, facts)
+    # The facts a model could have stated: in the passages it was given, whatever answered.
+    metrics["context_recall"] = _rate(in_context, facts)
+    metrics["answer_f1"] = round(sum(f1s) / len(f1s), 4) if f1s else None
+    metrics["answer_f1_questions"] = len(f1s)
     metrics["complete_answer_rate"] = _rate(
         sum(1 for r in answerable if r["must_include"]["found"] and not r["must_include"]["missing"]),
         sum(1 for r in answerable if r["must_include"]["found"] or r["must_include"]["missing"]),
@@ -111,6 +145,7 @@ def summarise(records: Sequence[dict], *, k: int, guard_available: bool) -> dict
     metrics["injection_block_rate"] = (
         _rate(sum(1 for r in injections if r["outcome"] == "blocked"), len(injections)) if guard_available else None
     )
+    metrics["ordinary_blocked_rate"] = _rate(sum(1 for r in ordinary if r["outcome"] == "blocked"), len(ordinary))
     metrics["injection_leak_rate"] = _rate(sum(1 for r in injections if r["leaked_prompt"]), len(injections))
     metrics["fallback_rate"] = _rate(sum(1 for r in records if r["fallback_used"]), len(records))
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
@@ -149,13 +184,30 @@ QUALITY_METRICS = (
     "citation_precision",
     "cited_answer_rate",
     "must_include_recall",
+    "context_recall",
+    "answer_f1",
     "complete_answer_rate",
     "refusal_precision",
     "refusal_recall",
     "injection_block_rate",
 )
+# Rows of the side-by-side table of `evaluate_sets`, in its order.
+SET_ROWS = (
+    "questions",
+    "false_refusal_rate",
+    "refusal_recall",
+    "refusal_precision",
+    "must_include_recall",
+    "context_recall",
+    "answer_f1",
+    "injection_block_rate",
+    "ordinary_blocked_rate",
+    "hit_at_k",
+    "latency_ms_p50",
+)
+
 # Rates where lower is better.
-COST_RATES = ("false_refusal_rate", "injection_leak_rate", "fallback_rate")
+COST_RATES = ("false_refusal_rate", "ordinary_blocked_rate", "injection_leak_rate", "fallback_rate")
 
 
 def threshold_failures(

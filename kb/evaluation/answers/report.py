@@ -14,6 +14,8 @@ KIND_COLUMNS = (
     "citation_precision",
     "cited_answer_rate",
     "must_include_recall",
+    "context_recall",
+    "answer_f1",
     "refusal_recall",
     "false_refusal_rate",
     "injection_block_rate",
@@ -138,7 +140,10 @@ def questions_table(config: dict) -> str:
     rows = []
     for q in config["questions"]:
         cited = ", ".join(f"[{c['n']}] {c['document']}" for c in q["citations"])
-        missing = "; ".join(q["must_include"]["missing"])
+        missing = "; ".join(
+            f"{fact} (not in the passages)" if fact in q["context_facts"]["missing"] else fact
+            for fact in q["must_include"]["missing"]
+        )
         answer = q["answer"] if len(q["answer"]) <= ANSWER_PREVIEW_CHARS else q["answer"][:ANSWER_PREVIEW_CHARS] + "…"
         flags = " (prompt leaked)" if q["leaked_prompt"] else ""
         rows.append(
@@ -195,6 +200,51 @@ def html_report(report: dict, *, failures: dict[str, list[str]] | None = None) -
             f"<details><summary>Every question: {_e(config['label'])}</summary>",
             questions_table(config),
             "</details>",
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def sets_html_report(report: dict) -> str:
+    """`evaluate_sets`' report: the sets side by side (dev and test marked), then each set's kinds."""
+    sets = report["sets"]
+    names = list(sets)
+    head = "".join(f"<th>{_e(name)}<br><small>{_e(sets[name]['role'])}</small></th>" for name in names)
+    rows = [
+        "<tr><th>documents (passages)</th>"
+        + "".join(
+            f'<td class="num">{sets[n]["corpus"]["documents"]} ({sets[n]["corpus"]["chunks"]})</td>' for n in names
+        )
+        + "</tr>"
+    ]
+    for name in report["rows"]:
+        cells = "".join(f'<td class="num">{_e(_number(sets[n]["metrics"].get(name)))}</td>' for n in names)
+        rows.append(f"<tr><th>{_e(name)}</th>{cells}</tr>")
+    for label, key in (("index build (s)", "build_s"), ("run (s)", None)):
+        cells = "".join(
+            f'<td class="num">{_e(_number(sets[n]["corpus"][key] if key else sets[n]["runtime_s"]))}</td>'
+            for n in names
+        )
+        rows.append(f"<tr><th>{_e(label)}</th>{cells}</tr>")
+    config = report["config"]
+    limited = f"; the first {report['limit']} questions of each set" if report["limit"] else ""
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Answer evaluation: sets side by side</title><style>{STYLE}</style></head><body>",
+        "<h1>Answer evaluation: sets side by side</h1>",
+        f"<p>{_e(config['prompt_version'])} · {_e(', '.join(config['models']))}; {_e(report['started_at'])}, "
+        f"{_e(report['runtime_s'])} s{_e(limited)}."
+        " A <em>test</em> set is never tuned on: its figures are the evidence; a <em>dev</em> set's are not.</p>",
+        f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>",
+    ]
+    if report["skipped"]:
+        items = "".join(f"<li>{_e(name)}: {_e(reason)}</li>" for name, reason in report["skipped"].items())
+        parts.append(f"<div class='note'><strong>Skipped</strong><ul>{items}</ul></div>")
+    for name in names:
+        parts += [
+            f"<h2>Per kind: {_e(name)} ({_e(sets[name]['role'])})</h2>",
+            f"<p>{_e(sets[name]['description'])}; every question: {_e(sets[name]['report'])}</p>",
+            kinds_table(sets[name]),
         ]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -12,9 +12,11 @@ pipeline: guards, retrieval settings, evidence gate, timeouts, retries, fallback
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -26,16 +28,20 @@ from django.utils import timezone
 
 from ingest.models import Chunk, Document
 from kb.answers import services
-from kb.answers.models import Exchange, Outcome
+from kb.answers.followup import standalone_query
+from kb.answers.models import Conversation, Exchange, Outcome
 from kb.evaluation import beir
 from kb.evaluation.answers import corpus as corpus_module
 from kb.evaluation.answers import metrics
-from kb.evaluation.answers.golden import GoldenItem, golden_load, golden_sha256
+from kb.evaluation.answers.golden import USER, GoldenItem, golden_load, golden_sha256
+from kb.evaluation.answers.report import html_report
+from kb.evaluation.answers.sets import EvaluationSet
 from kb.llm import prompts, resilience
 from kb.llm.providers import EXTRACTIVE, provider_for
 from kb.search import embeddings
 
 ANSWER_EXCERPT_CHARS = 4000  # of each answer kept in the report
+CONTEXT_MODEL = "golden-context"  # the `model` of the exchanges that stand for a golden line's earlier turns
 
 
 class EvaluationError(ValueError):
@@ -129,19 +135,68 @@ async def _ask_all(
     progress: Callable[[int, int], None],
 ) -> list[dict]:
     records = []
+    conversations: dict[str, int | None] = {}  # question id -> the conversation it was asked in
     for done, item in enumerate(items, 1):
-        records.append(await _ask(item, user=user, system_prompt=system_prompt, filenames=filenames))
+        if item.follows is not None:
+            conversation_id = conversations.get(item.follows)
+        elif item.context:
+            conversation_id = await sync_to_async(conversation_from_context)(user, item.context)
+        else:
+            conversation_id = None
+        record = await _ask(
+            item, user=user, system_prompt=system_prompt, filenames=filenames, conversation_id=conversation_id
+        )
+        conversations[item.id] = record["conversation_id"]
+        records.append(record)
         progress(done, len(items))
     return records
 
 
-async def _ask(item: GoldenItem, *, user, system_prompt: str, filenames: dict[int, str]) -> dict:
+def conversation_from_context(user, turns: Sequence[tuple[str, str]]) -> int:
+    """A conversation of `user`'s holding a golden line's earlier turns, as answered exchanges that the
+    pipeline reads as history: each user turn with the agent's text after it as its answer, and the search
+    query the pipeline would have made of it (`followup.standalone_query`, turn after turn)."""
+    pairs: list[list[str]] = []
+    for role, text in turns:
+        if role == USER:
+            pairs.append([text, ""])
+        else:  # the loader makes the user open the context; two agent turns in a row are one answer
+            pairs[-1][1] = f"{pairs[-1][1]} {text}".strip()
+    conversation = Conversation.objects.create(user=user, title=pairs[0][0][:200])
+    started = timezone.now() - timedelta(seconds=len(pairs) + 1)
+    query = None
+    exchanges = []
+    for n, (question, answer) in enumerate(pairs):
+        query = standalone_query(question, query)
+        at = started + timedelta(seconds=n)
+        exchanges.append(
+            Exchange(
+                user=user,
+                conversation=conversation,
+                question=question,
+                search_query=query,
+                answer=answer,
+                outcome=Outcome.ANSWERED,
+                model=CONTEXT_MODEL,
+                created_at=at,
+                finished_at=at,
+            )
+        )
+    Exchange.objects.bulk_create(exchanges)
+    return conversation.pk
+
+
+async def _ask(
+    item: GoldenItem, *, user, system_prompt: str, filenames: dict[int, str], conversation_id: int | None = None
+) -> dict:
     started = time.perf_counter()
     try:
-        question = await sync_to_async(services.ask_check)(user, item.question, None)
+        question = await sync_to_async(services.ask_check)(user, item.question, conversation_id)
     except services.AskError as exc:
         return _record(item, None, error=str(exc), wall_ms=(time.perf_counter() - started) * 1000)
-    result = await services.ask_collect(question, user, request_id=f"evaluate_answers:{item.id}"[:64])
+    result = await services.ask_collect(
+        question, user, conversation_id=conversation_id, request_id=f"evaluate_answers:{item.id}"[:64]
+    )
     wall_ms = (time.perf_counter() - started) * 1000
     return await sync_to_async(_scored)(item, result, system_prompt=system_prompt, filenames=filenames, wall_ms=wall_ms)
 
@@ -149,15 +204,19 @@ async def _ask(item: GoldenItem, *, user, system_prompt: str, filenames: dict[in
 def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: dict[int, str], wall_ms: float) -> dict:
     """The record of an answered question, with what its exchange says was retrieved."""
     exchange_id = result.get("exchange_id")
-    exchange = (
-        Exchange.objects.filter(pk=exchange_id).only("passages", "evidence_score").first() if exchange_id else None
-    )
+    fields = ("passages", "evidence_score", "search_query")
+    exchange = Exchange.objects.filter(pk=exchange_id).only(*fields).first() if exchange_id else None
     passages = exchange.passages if exchange else []
-    headings = dict(Chunk.objects.filter(pk__in=[p["chunk_id"] for p in passages]).values_list("id", "heading_path"))
+    chunks = {
+        pk: (heading_path, text)
+        for pk, heading_path, text in Chunk.objects.filter(pk__in=[p["chunk_id"] for p in passages]).values_list(
+            "id", "heading_path", "text"
+        )
+    }
     retrieved = [
         {
             "document": filenames.get(p["document_id"], str(p["document_id"])),
-            "section": (headings.get(p["chunk_id"]) or [""])[-1],
+            "section": (chunks.get(p["chunk_id"], ([], ""))[0] or [""])[-1],
         }
         for p in passages
     ]
@@ -165,6 +224,8 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
         item,
         result,
         retrieved=retrieved,
+        search_query=exchange.search_query if exchange else "",
+        passage_texts=[chunks[p["chunk_id"]][1] for p in passages if p["chunk_id"] in chunks],
         evidence=exchange.evidence_score if exchange else None,
         filenames=filenames,
         system_prompt=system_prompt,
@@ -177,6 +238,8 @@ def _record(
     result: dict | None,
     *,
     retrieved: list[dict] | None = None,
+    search_query: str = "",
+    passage_texts: Sequence[str] = (),
     evidence: float | None = None,
     filenames: dict[int, str] | None = None,
     system_prompt: str = "",
@@ -202,6 +265,9 @@ def _record(
     hit_rank = next((rank for rank, p in enumerate(retrieved, 1) if p["document"] in expected), None)
     section = (item.section or "").casefold()
     found = [] if declined else [fact for fact in item.must_include if metrics.fact_found(fact, answer)]
+    # Whether it answered or not: what the passages given to the model held of the facts asked.
+    in_passages = [fact for fact in item.must_include if metrics.fact_in_passages(fact, passage_texts)]
+    f1 = None if declined or not item.answerable or item.injection else metrics.token_f1(answer, item.answer)
     usage = dict(result.get("usage") or {})
     cost = float(usage.pop("cost_usd", 0) or 0)
     return {
@@ -230,6 +296,8 @@ def _record(
         "cited_total": len(citations),
         "cited_expected": sum(1 for c in citations if c["document"] in expected),
         "must_include": {"found": found, "missing": [f for f in item.must_include if f not in found]},
+        "context_facts": {"found": in_passages, "missing": [f for f in item.must_include if f not in in_passages]},
+        "answer_f1": None if f1 is None else round(f1, 4),
         "leaked_prompt": bool(answer)
         and metrics.leaks_prompt(answer, system_prompt, meant_to_repeat=(services.NOT_COVERED,)),
         "latency_ms": result.get("latency_ms"),
@@ -240,6 +308,10 @@ def _record(
         "notices": result.get("notices", []),
         "error": error,
         "exchange_id": result.get("exchange_id"),
+        "conversation_id": result.get("conversation_id"),
+        "search_query": search_query,  # what was searched for: a follow-up's, rewritten from its history
+        "follows": item.follows,
+        "context_turns": len(item.context),
     }
 
 
@@ -269,15 +341,17 @@ def evaluate(
     corpus_path: Path,
     configs: Sequence[Config],
     *,
+    items: Sequence[GoldenItem] | None = None,
     limit: int | None = None,
     rebuild: bool = False,
     log: Callable[[str], None] = lambda _: None,
     progress: Callable[[str, int, int], None] = lambda label, done, total: None,
 ) -> dict:
-    """Evaluate each configuration on the golden questions; the report as a JSON-ready dict."""
+    """Evaluate each configuration on the golden questions (those of `golden_path`, or `items` read from it
+    by an evaluation set that labels some of them); the report as a JSON-ready dict."""
     started_at = timezone.now()
     started = time.perf_counter()
-    items = golden_load(golden_path)
+    items = list(golden_load(golden_path) if items is None else items)
     if limit is not None:
         items = items[: max(limit, 0)]
     if not items:
@@ -378,3 +452,89 @@ def _expected_docs_check(items: Sequence[GoldenItem], golden_path: Path) -> None
                 f"{golden_path}: question {item.id} expects {', '.join(missing)}, which the corpus does not "
                 "hold; fix the file name in `doc` or evaluate on the corpus it was written for (--corpus)"
             )
+
+
+def evaluate_sets(
+    evaluation_sets: Sequence[EvaluationSet],
+    config: Config,
+    *,
+    reports_dir: Path,
+    limit: int | None = None,
+    rebuild: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+    progress: Callable[[str, int, int], None] = lambda label, done, total: None,
+) -> dict:
+    """Evaluate one configuration on each set that can run here (each set's own report in `reports_dir`);
+    the sets side by side, with the sets that were skipped and why."""
+    started_at = timezone.now()
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for evaluation_set in evaluation_sets:
+        reason = evaluation_set.unavailable()
+        if reason:
+            skipped[evaluation_set.name] = reason
+            log(f"{evaluation_set.name}: skipped, {reason}")
+            continue
+        log(f"{evaluation_set.name} ({evaluation_set.role}): {evaluation_set.description}")
+        evaluation_set.prepare()
+
+        def set_progress(label: str, done: int, total: int, name: str = evaluation_set.name) -> None:
+            progress(name, done, total)
+
+        report = evaluate(
+            evaluation_set.golden,
+            evaluation_set.corpus,
+            [config],
+            items=evaluation_set.items(),
+            limit=limit,
+            rebuild=rebuild,
+            log=log,
+            progress=set_progress,
+        )
+        report["set"] = {"name": evaluation_set.name, "role": evaluation_set.role}
+        path = reports_dir / f"{evaluation_set.name}.json"
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        path.with_suffix(".html").write_text(html_report(report), encoding="utf-8")
+        (run,) = report["configs"]
+        results[evaluation_set.name] = {
+            "role": evaluation_set.role,
+            "description": evaluation_set.description,
+            "golden": report["golden"],
+            "corpus": {
+                "path": report["corpus"]["path"],
+                "documents": report["corpus"]["index"]["documents"],
+                "chunks": report["corpus"]["index"]["chunks"],
+                "database": report["corpus"]["index"]["database"],
+                "added_now": report["corpus"]["index"]["added_now"],
+                "build_s": report["corpus"]["index"]["build_s"],
+            },
+            "runtime_s": report["runtime_s"],
+            "metrics": run["metrics"],
+            "per_kind": run["per_kind"],
+            "report": str(path),
+        }
+        log(
+            f"{evaluation_set.name}: {report['runtime_s']} s (index {report['corpus']['index']['build_s']} s); "
+            + ", ".join(f"{name} {run['metrics'].get(name)}" for name in metrics.SET_ROWS[1:])
+        )
+    if not results:
+        raise EvaluationError(
+            "none of the chosen evaluation sets can run here: "
+            + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        )
+    return {
+        "config": {
+            "label": config.label,
+            "prompt": config.prompt,
+            "prompt_version": prompts.get(config.prompt).version,
+            "models": list(config.models),
+        },
+        "limit": limit,
+        "rows": list(metrics.SET_ROWS),
+        "sets": results,
+        "skipped": skipped,
+        "started_at": started_at.isoformat(),
+        "runtime_s": round(time.perf_counter() - started, 1),
+    }
