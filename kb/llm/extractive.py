@@ -15,6 +15,7 @@ SQuAD dev; `kb.evaluation.answers.calibrate`), never on the test sets (see the R
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ class Weights:
     rank: float = 0.01  # per retrieval rank of the unit's passage
     answer: float = 0.5  # the best unit's score that answers
     keep: float = 0.12  # further units within this of the best are quoted too
-    named: bool = True  # a named thing of the question missing from every passage means "not covered"
+    # A named thing of the question that no passage mentions: "not covered" when the answer would be a table
+    # row or the thing is a code or year (a city with no per-diem row, a P5 priority, next year's holidays);
+    # otherwise (often the asker's situation: "flying to Singapore, ...") the answer needs this much more.
+    named: float = 0.1
 
 
 WEIGHTS = Weights()
@@ -164,7 +168,8 @@ def holds(unit: Unit, wanted: set[str]) -> bool:
 
 # --- named things -------------------------------------------------------------------------------------------
 
-_NAMED = re.compile(r"\b(?:[A-Z]{1,3}\d{1,4}|\d{4}|[A-Z][a-z]{2,}(?:[ -][A-Z][a-z]{2,})*)\b")
+_NAMED = re.compile(r"\b(?:[A-Z]{1,3}\d{1,4}|(?:19|20)\d\d|[A-Z][a-z]{2,}(?:[ -][A-Z][a-z]{2,})*)\b")
+_CODE = re.compile(r"\d")
 _COMMON = frozenset(
     "i im i'm my we our you your what when where which who whom why how can could should would will is are am do "  # noqa: SIM905
     "does did the a an and or but if it its this that these those there here hi hello hey please thanks thank "
@@ -305,18 +310,28 @@ def _table_line(cells: list[str], width: int | None = None) -> str:
     return "| " + " | ".join(cell.replace("|", "/") for cell in cells[: width or len(cells)]) + " |"
 
 
+def decide(question: str, passages: Sequence[Passage], scored: Sequence[Scored], weights: Weights) -> list[Unit]:
+    """The units to quote, or [] for "not covered" (see the module docstring)."""
+    missing = missing_named(question, passages)
+    if any(_CODE.search(thing) for thing in missing):
+        return []
+    if missing:
+        weights = dataclasses.replace(weights, answer=weights.answer + weights.named)
+    chosen = choose(scored, weights)
+    if missing and any(unit.kind == ROW for unit in chosen):
+        return []
+    if chosen and "steps" in asks_for(question):
+        chosen = _steps_after(chosen, [s.unit for s in scored])
+    return chosen
+
+
 def extractive_answer(question: str, passages: Sequence[Passage], weights: Weights = WEIGHTS) -> str:
     """The quoted answer, or NOT_COVERED (with a note when a passage was withheld); "" without passages."""
     if not passages:
         return ""
     withheld = any(p.untrusted for p in passages)
     note = f"\n\n*{WITHHELD}*" if withheld else ""
-    if weights.named and missing_named(question, passages):
-        return NOT_COVERED + note
-    scored = scored_units(question, passages)
-    chosen = choose(scored, weights)
+    chosen = decide(question, passages, scored_units(question, passages), weights)
     if not chosen:
         return NOT_COVERED + note
-    if "steps" in asks_for(question):
-        chosen = _steps_after(chosen, [s.unit for s in scored])
     return f"*{EXTRACTIVE_LABEL}*\n\n" + render(chosen, passages) + note

@@ -46,7 +46,7 @@ def test_it_answers_in_the_contract_shape(client, fake_anthropic, corpus, employ
     body = response.json()
     assert set(body) >= CONTRACT
     assert body["citations"][0]["title"] == "Travel policy" and body["model"] == PRIMARY
-    assert set(body["citations"][0]) == {"n", "document_id", "title", "heading", "page", "chunk_id", "quote"}
+    assert set(body["citations"][0]) == {"n", "document_id", "title", "heading", "page", "chunk_id", "quote", "passage"}
     assert set(body["usage"]) >= {"input_tokens", "output_tokens", "cost_usd"}
     assert response["Content-Type"].startswith("application/json")
 

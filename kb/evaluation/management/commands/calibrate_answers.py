@@ -1,0 +1,53 @@
+"""manage.py calibrate_answers [--sets a,b] [--output F.json]: choose the evidence gate and the extractive
+answerer's weights on dev sets only (kb.evaluation.answers.calibrate), with the leave-one-set-out table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from kb.evaluation import beir
+from kb.evaluation.answers import calibrate
+from kb.evaluation.answers import corpus as corpus_module
+from kb.evaluation.answers.sets import DEV, sets_select
+
+DEFAULT_SETS = ("demo", "blind-handbook", "doc2dial-dev", "squad-dev")
+
+
+class Command(BaseCommand):
+    help = "Choose KB_EVIDENCE_MIN_SCORE and the extractive answerer's weights on dev sets (never on test sets)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help="dev sets, comma-separated")
+        parser.add_argument("--output", type=Path, default=Path(settings.KB_DATA_DIR) / "bench" / "calibration.json")
+
+    def handle(self, *args, sets: str, output: Path, **options):
+        try:
+            chosen = sets_select([name.strip() for name in sets.split(",") if name.strip()])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        cases = {}
+        for evaluation_set in chosen:
+            if evaluation_set.role != DEV:
+                raise CommandError(f"{evaluation_set.name} is a {evaluation_set.role} set: nothing is chosen on it")
+            reason = evaluation_set.unavailable()
+            if reason:
+                self.stderr.write(f"{evaluation_set.name} skipped: {reason}")
+                continue
+            evaluation_set.prepare()
+            source = corpus_module.corpus_source(evaluation_set.corpus)
+            beir.database_ensure(source.database)
+            with beir.isolated_index(source.database, log=self.stderr.write):
+                corpus_module.corpus_index(source, log=self.stderr.write)
+                cases[evaluation_set.name] = calibrate.cases_retrieve(evaluation_set.items())
+            self.stderr.write(f"{evaluation_set.name}: {len(cases[evaluation_set.name])} questions scored")
+        if not cases:
+            raise CommandError("no dev set is available")
+        report = calibrate.calibrate(cases)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+        self.stdout.write(json.dumps({key: report[key] for key in ("gate", "weights", "objective")}, indent=2))
+        self.stdout.write(f"written to {output}")
