@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+
 from kb.text import keywords, split_sentences
 
 if TYPE_CHECKING:
@@ -44,10 +46,11 @@ _STEP = re.compile(r"^\s*(?:[-*\u2022]|\d{1,2}[.)])\s+")
 class Weights:
     """How a unit's score is made and what score answers. Chosen on dev sets (module docstring)."""
 
-    keywords: float = 0.35  # per share of the question's keywords the unit holds
-    kind: float = 0.1  # the unit holds the kind of thing asked
+    keywords: float = 0.2  # per share of the question's keywords the unit holds
+    kind: float = 0.0  # the unit holds the kind of thing asked (0 scored best on dev; it still ranks units for
+    # embedding in `scored_units`)
     rank: float = 0.01  # per retrieval rank of the unit's passage
-    answer: float = 0.5  # the best unit's score that answers
+    answer: float = 0.5  # the best unit's score that answers (KB_EXTRACTIVE_MIN_SCORE)
     keep: float = 0.12  # further units within this of the best are quoted too
     # A named thing of the question that no passage mentions: "not covered" when the answer would be a table
     # row or the thing is a code or year (a city with no per-diem row, a P5 priority, next year's holidays);
@@ -325,10 +328,12 @@ def decide(question: str, passages: Sequence[Passage], scored: Sequence[Scored],
     return chosen
 
 
-def extractive_answer(question: str, passages: Sequence[Passage], weights: Weights = WEIGHTS) -> str:
+def extractive_answer(question: str, passages: Sequence[Passage], weights: Weights | None = None) -> str:
     """The quoted answer, or NOT_COVERED (with a note when a passage was withheld); "" without passages."""
     if not passages:
         return ""
+    if weights is None:
+        weights = dataclasses.replace(WEIGHTS, answer=settings.KB_EXTRACTIVE_MIN_SCORE)
     withheld = any(p.untrusted for p in passages)
     note = f"\n\n*{WITHHELD}*" if withheld else ""
     chosen = decide(question, passages, scored_units(question, passages), weights)
