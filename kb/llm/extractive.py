@@ -269,8 +269,8 @@ def _steps_after(units: list[Unit], all_units: list[Unit]) -> list[Unit]:
     """A chosen step brings the steps that follow it in its list (procedure questions get the steps)."""
     extended = list(units)
     for unit in units:
-        if unit.kind != STEP:
-            continue
+        if unit.kind != STEP and not unit.text.endswith(":"):
+            continue  # a step, or the sentence that introduces a list of them
         following = [u for u in all_units if u.rank == unit.rank and u.order > unit.order]
         for step in following:
             if step.kind != STEP or len(extended) >= MAX_UNITS + 3:
