@@ -131,7 +131,9 @@ def evidence(scope: Scope, guarded: Guarded, opened: Opened, retrieved: Retrieve
             question=quoted(guarded.question),
             history=render_history([(turn.question, turn.answer) for turn in opened.history]),
         ),
-        question=guarded.question,
+        # The extractive answer scores sentences against this: a follow-up ("and in Truro?") as the standalone
+        # query it was searched with.
+        question=retrieved.query.text if opened.history else guarded.question,
         passages=passages,
         max_tokens=settings.KB_LLM_MAX_TOKENS,
     )

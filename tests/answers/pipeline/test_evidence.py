@@ -77,3 +77,20 @@ def test_a_follow_ups_conversation_goes_into_the_request(corpus, employee, trace
     assert "<conversation_so_far>" in found.model_request.user and HOTEL in found.model_request.user
     _, alone = gate(employee, "What is the hotel limit per night in Rotterdam?", trace)
     assert "<conversation_so_far>" not in alone.model_request.user
+
+
+def test_a_follow_up_is_given_to_the_extractive_answer_as_the_standalone_query_it_was_searched_with(
+    corpus, employee, trace
+):
+    from kb.answers.followup import standalone_query
+    from kb.answers.pipeline.evidence import evidence as evidence_stage
+
+    earlier = Turn(question=HOTEL, answer="The limit is 180 euros per night [1].", search_query=HOTEL)
+    standalone = standalone_query("and in Rotterdam?", HOTEL)
+    scoped = scope_for(employee)
+    retrieved = retrieve(scoped, query_of(standalone), trace)
+    found = evidence_stage(scoped, guarded_of("and in Rotterdam?"), opened_with(earlier), retrieved)
+    assert isinstance(found, Evidence)
+    assert found.model_request.question == retrieved.query.text and "rotterdam" in found.model_request.question.lower()
+    assert "hotel" in found.model_request.question.lower()
+    assert "and in Rotterdam?" in found.model_request.user  # the model still reads the question as asked
