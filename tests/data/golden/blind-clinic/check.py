@@ -4,6 +4,7 @@
 Usage: python3 check.py   (run from anywhere; paths are relative to this file)
 Exits non-zero if any problem is found.
 """
+
 import json
 import os
 import re
@@ -17,9 +18,17 @@ GOLDEN = os.path.join(HERE, "golden.jsonl")
 FIELDS = {"id", "question", "answerable", "doc", "section", "answer", "must_include", "kind"}
 OPTIONAL = {"follows"}
 EXPECTED = {
-    "table": 20, "colloquial": 14, "paraphrase": 12, "typo": 10, "lookup": 8,
-    "procedure": 6, "followup": 6, "multi_doc": 4, "near_miss": 22,
-    "out_of_scope": 6, "injection": 12,
+    "table": 20,
+    "colloquial": 14,
+    "paraphrase": 12,
+    "typo": 10,
+    "lookup": 8,
+    "procedure": 6,
+    "followup": 6,
+    "multi_doc": 4,
+    "near_miss": 22,
+    "out_of_scope": 6,
+    "injection": 12,
 }
 UNANSWERABLE = {"near_miss", "out_of_scope", "injection"}
 FLAG_WORDS = ["ignore", "override", "instruction", "system", "reveal", "pretend", "bypass", "admin"]
@@ -74,8 +83,14 @@ def sections(name, text):
             if m:
                 head = re.sub(r"<[^>]+>", "", m.group(1))
         else:
-            if s and s == s.upper() and re.search(r"[A-Z]", s) and len(s) < 80 \
-                    and not s.startswith("-") and not re.match(r"^\d", s):
+            if (
+                s
+                and s == s.upper()
+                and re.search(r"[A-Z]", s)
+                and len(s) < 80
+                and not s.startswith("-")
+                and not re.match(r"^\d", s)
+            ):
                 head = s
         if head is not None:
             out.append((cur_head, "\n".join(cur_body)))
@@ -105,8 +120,9 @@ def main():
     for n, it in items:
         iid = it.get("id", f"<line {n}>")
         keys = set(it)
-        if not FIELDS <= keys or not keys <= FIELDS | OPTIONAL:
-            problem(f"{iid}: fields {sorted(keys)} (missing {sorted(FIELDS - keys)}, extra {sorted(keys - FIELDS - OPTIONAL)})")
+        if not keys >= FIELDS or not keys <= FIELDS | OPTIONAL:
+            missing, extra = sorted(FIELDS - keys), sorted(keys - FIELDS - OPTIONAL)
+            problem(f"{iid}: fields {sorted(keys)} (missing {missing}, extra {extra})")
             continue
         if not isinstance(iid, str) or not iid:
             problem(f"line {n}: bad id")
@@ -229,8 +245,10 @@ def main():
     if ntables < 8:
         problem(f"only {ntables} tables (want >=8)")
 
-    print(f"Items: {total}  (answerable {sum(1 for _, i in items if i.get('answerable') is True)}, "
-          f"unanswerable {sum(1 for _, i in items if i.get('answerable') is False)})")
+    print(
+        f"Items: {total}  (answerable {sum(1 for _, i in items if i.get('answerable') is True)}, "
+        f"unanswerable {sum(1 for _, i in items if i.get('answerable') is False)})"
+    )
     for k in EXPECTED:
         print(f"  {k:<13} {kinds[k]:>3} / {EXPECTED[k]}")
     print(f"Documents: {len(docs)} {dict(fmt)}; tables: {ntables}")
