@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -131,7 +131,7 @@ def objective(per_set: Sequence[dict]) -> float:
     return total / max(len(per_set), 1)
 
 
-def gate_choose(sets: dict[str, Sequence[Case]]) -> float:
+def gate_choose(sets: Mapping[str, Sequence[Case]]) -> float:
     """Below all but GATE_QUANTILE of every set's answerable questions, by GATE_MARGIN."""
     limits = []
     for cases in sets.values():
@@ -141,7 +141,7 @@ def gate_choose(sets: dict[str, Sequence[Case]]) -> float:
     return round(min(limits) - GATE_MARGIN, 3) if limits else 0.0
 
 
-def weights_choose(sets: dict[str, Sequence[Case]], gate: float) -> tuple[Weights, float]:
+def weights_choose(sets: Mapping[str, Sequence[Case]], gate: float) -> tuple[Weights, float]:
     best: tuple[float, Weights] | None = None
     names = list(GRID)
     for values in itertools.product(*(GRID[name] for name in names)):
@@ -153,23 +153,24 @@ def weights_choose(sets: dict[str, Sequence[Case]], gate: float) -> tuple[Weight
     return best[1], round(best[0], 4)
 
 
-def calibrate(sets: dict[str, Sequence[Case]]) -> dict:
+def calibrate(sets: Mapping[str, Sequence[Case]]) -> dict:
     """Settings chosen on all the given (dev) sets, their figures, and the leave-one-set-out table."""
     gate = gate_choose(sets)
     weights, score = weights_choose(sets, gate)
+    leave_one_out: dict[str, dict] = {}
     report = {
         "gate": gate,
         "weights": dataclasses.asdict(weights),
         "objective": score,
         "per_set": {name: figures(cases, weights, gate) for name, cases in sets.items()},
-        "leave_one_out": {},
+        "leave_one_out": leave_one_out,
     }
     if len(sets) > 1:
         for held_out, cases in sets.items():
             others = {name: c for name, c in sets.items() if name != held_out}
             others_gate = gate_choose(others)
             others_weights, _ = weights_choose(others, others_gate)
-            report["leave_one_out"][held_out] = {
+            leave_one_out[held_out] = {
                 "gate": others_gate,
                 "weights": dataclasses.asdict(others_weights),
                 "figures": figures(cases, others_weights, others_gate),
