@@ -13,11 +13,12 @@ from markdown_it import MarkdownIt
 
 from kb.guard.output import UNSUPPORTED
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+# Tables on: the extractive answer quotes a table row under its header as a small table (kb/llm/extractive.py).
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
 _MARKER = re.compile(r"\[(\d{1,4})\]")
 ALLOWED_TAGS = {
     "p", "br", "strong", "em", "code", "pre", "blockquote", "ul", "ol", "li", "a", "h3", "h4", "h5", "h6", "hr",
-    "sup", "span",
+    "sup", "span", "table", "thead", "tbody", "tr", "th", "td",
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {"a": {"href", "class", "data-n", "data-panel", "aria-label"}, "span": {"class", "aria-label"}}
 

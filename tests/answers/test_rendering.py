@@ -60,3 +60,15 @@ def test_citation_markers_become_links_and_unknown_ones_disappear():
 def test_unsupported_sentences_are_marked_not_sourced():
     html = answer_html("A claim nobody made. [unsupported]", [], exchange_id=3)
     assert 'class="unsupported"' in html and "[unsupported]" not in html
+
+
+def test_a_quoted_table_row_renders_as_a_small_table_with_its_source_link():
+    from kb.llm.extractive import render, units_of
+    from kb.llm.providers import Passage
+
+    passage = Passage(1, "Travel", "Per diem", "", "City | Meals | Hotel\nLondon <b>x</b> | £55 | £210")
+    markdown = render(units_of(passage, 0), [passage])
+    html = answer_html(markdown, CITATIONS, exchange_id=3)
+    assert "<table>" in html and "<th>City</th>" in html and "<td>£55</td>" in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>" not in html
+    assert 'data-n="1"' in html and "|" not in html
