@@ -97,15 +97,13 @@ def units_of(passage: Passage, rank: int) -> list[Unit]:
                 units.append(Unit(rank, len(units), SENTENCE, sentence))
         prose.clear()
 
-    for index, line in enumerate(lines):
+    for line in lines:
         stripped = line.strip()
-        is_row = bool(_ROW.fullmatch(stripped)) and "|" in stripped
-        if is_row:
+        if _ROW.fullmatch(stripped):
             flush()
             if set(stripped) <= set("|-: "):
                 continue  # a Markdown separator row
-            previous_is_row = index > 0 and _ROW.fullmatch(lines[index - 1].strip() or "-") is not None
-            if not previous_is_row or not header:
+            if not header:  # the first row of a table (any other line resets `header`)
                 header = stripped
                 continue
             units.append(Unit(rank, len(units), ROW, stripped, header))

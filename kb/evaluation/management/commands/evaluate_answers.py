@@ -128,12 +128,16 @@ class Command(BaseCommand):
         self.stderr.write(message)
 
     def _progress(self, label: str, done: int, total: int) -> None:
-        """One rewritten line on a terminal, a line every PROGRESS_EVERY questions in a log (stderr)."""
-        if sys.stderr.isatty():
-            self.stderr.write(f"\r{label}: {done}/{total}", ending="" if done < total else "\n")
-            self.stderr.flush()
-        elif done == total or done % PROGRESS_EVERY == 0:
-            self.stderr.write(f"{label}: {done}/{total}")
+        progress_write(self.stderr, label, done, total)
+
+
+def progress_write(stderr, label: str, done: int, total: int) -> None:
+    """One rewritten line on a terminal, a line every PROGRESS_EVERY questions in a log (stderr)."""
+    if sys.stderr.isatty():
+        stderr.write(f"\r{label}: {done}/{total}", ending="" if done < total else "\n")
+        stderr.flush()
+    elif done == total or done % PROGRESS_EVERY == 0:
+        stderr.write(f"{label}: {done}/{total}")
 
 
 def _summary(report: dict) -> str:

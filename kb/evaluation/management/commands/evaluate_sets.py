@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from django.conf import settings
@@ -16,7 +15,7 @@ from kb.evaluation.answers.golden import GoldenError
 from kb.evaluation.answers.report import sets_html_report
 from kb.evaluation.answers.runner import Config, EvaluationError, evaluate_sets, models_parse
 from kb.evaluation.answers.sets import evaluation_sets, sets_select
-from kb.evaluation.management.commands.evaluate_answers import PROGRESS_EVERY
+from kb.evaluation.management.commands.evaluate_answers import progress_write
 
 
 class Command(BaseCommand):
@@ -79,11 +78,7 @@ class Command(BaseCommand):
         self.stderr.write(message)
 
     def _progress(self, label: str, done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            self.stderr.write(f"\r{label}: {done}/{total}", ending="" if done < total else "\n")
-            self.stderr.flush()
-        elif done == total or done % PROGRESS_EVERY == 0:
-            self.stderr.write(f"{label}: {done}/{total}")
+        progress_write(self.stderr, label, done, total)
 
 
 def _summary(report: dict) -> str:
