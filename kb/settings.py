@@ -484,14 +484,17 @@ KB_RATE_LIMIT_PER_MINUTE = env_int("KB_RATE_LIMIT_PER_MINUTE", 20, minimum=0)
 # room for a second tab and a retry, while 50 parallel asks from one account (a script) can no longer hold the
 # database pool for everyone else (issue 17: 27 of 50 got a pool time-out and another user waited 30 s).
 KB_USER_ASKS_IN_FLIGHT = env_int("KB_USER_ASKS_IN_FLIGHT", 3, minimum=0)
-# Injection classifier thresholds (kb/guard/data/injection_lr.json records the held-out figures). Questions:
-# the lowest threshold keeping each ordinary set (employee questions, SQuAD, SciFact) at <= 1% false positives;
-# held-out recall 98% Gandalf, 93% Tensor Trust, 91% JailbreakBench, 61% deepset. Passages at ingest: the
-# lowest keeping ordinary passages at <= 1% (none of the demo corpus); BIPIA attacks in context 43-53%.
-# Not yet met (issue 16, `train_injection --measure`): real users' questions (doc2dial test) are blocked 1.5%
-# (first turns) and 2.9% (follow-ups) at 0.673; the guard's own employee test list 0%.
-KB_INJECTION_THRESHOLD = env_float("KB_INJECTION_THRESHOLD", 0.673, minimum=0.0, maximum=1.0)
-KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0.721, minimum=0.0, maximum=1.0)
+# Injection classifier thresholds (kb/guard/data/injection_model.json records how each was chosen and the
+# held-out figures; `python -m kb.evaluation.train_injection` retrains and re-chooses them). Questions: the lowest
+# threshold keeping each held-out ordinary set (employee questions, SQuAD, SciFact, doc2dial dev dialogues) at
+# <= 1% false positives. Questions that do not read as English (kb.text.looks_english) get the lowest keeping
+# deepset's German ordinary questions at <= 1% (the embedding model reads English). Passages at ingest: the
+# lowest keeping ordinary passages at <= 1% (none of the demo corpus). Figures: README "Guardrails".
+KB_INJECTION_THRESHOLD = env_float("KB_INJECTION_THRESHOLD", 0.553, minimum=0.0, maximum=1.0)
+KB_INJECTION_THRESHOLD_OTHER_LANGUAGES = env_float(
+    "KB_INJECTION_THRESHOLD_OTHER_LANGUAGES", 0.832, minimum=0.0, maximum=1.0
+)
+KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0.804, minimum=0.0, maximum=1.0)
 # A sentence whose support (0.5 x similarity + 0.5 x keyword share, against what it cites) is below this is
 # marked unsupported (tests/guard/test_output.py shows the separation; README "Guardrails").
 KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, maximum=1.0)

@@ -2,7 +2,7 @@
 
 Run as `python -m kb.evaluation.train_injection [--eval-dir DIR] [--output F] [--no-cache]`. It reads the
 public sets in ../shared/eval (never copied into the repo) and writes the runtime guard's weights,
-kb/guard/data/injection_lr.json: 384 weights, an intercept and a metadata record (sources and sizes, embedding
+kb/guard/data/injection_model.json: 384 weights, an intercept and a metadata record (sources and sizes, embedding
 model, thresholds, held-out figures, checksums of the files read) that tests/guard/test_injection.py
 recomputes. Offline tooling: the guard only loads the file (kb.guard.injection), it never imports this module.
 
@@ -44,12 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from kb.guard.injection import MODEL_PATH, first_rule
+from kb.guard.injection import MODEL_PATH, InjectionModel, first_rule
+from kb.text import looks_english
 
 SEED = 20261124
 HELD_OUT_FRACTION = 0.2
 # Ordinary questions: at most this share of each held-out set (employee half, SQuAD, SciFact) may be flagged.
 QUESTION_FPR_BUDGET = 0.01
+# A held-out set sets the other-language threshold only with at least this many ordinary non-English texts.
+OTHER_LANGUAGE_MIN_TEXTS = 20
 # Ordinary passages: the same budget pooled; the demo corpus, our own kind of policy text, must not be flagged.
 DOCUMENT_FPR_BUDGET = 0.01
 # Sample sizes: enough for a 1% false-positive budget to mean something (a few hundred per set).
@@ -62,8 +65,18 @@ BIPIA_HELD_OUT_CLEAN_PER_KIND = 50
 REGULARISATION_GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 CV_FOLDS = 5
 EMPLOYEE_WEIGHT_GRID = (1.0, 4.0, 8.0, 16.0, 32.0)
+# The one-hidden-layer candidates (ReLU units, weight decay, employee weight): a small grid, since each fit takes
+# seconds; cross-validation decides between them and the logistic regressions.
+HIDDEN_GRID = ((32, 1e-4, 4.0), (64, 1e-4, 4.0), (64, 1e-3, 4.0), (64, 1e-3, 1.0))
+HIDDEN_STEPS = 400
+HIDDEN_LEARNING_RATE = 3e-3
+# doc2dial's dev dialogues (real users' turns to public-service agents): this share of the dialogues is held out
+# to choose the question threshold, the rest is fitted. The test dialogues are never read for training.
+DOC2DIAL_HELD_OUT_FRACTION = 0.4
+# Sources whose texts are the questions this detector really sees; `employee_weight` multiplies their weight.
+CONVERSATIONAL_SOURCES = ("employee", "doc2dial")
 
-QUESTION_NEGATIVE_POOL = ("employee", "squad", "scifact")
+QUESTION_NEGATIVE_POOL = ("employee", "squad", "scifact", "doc2dial_dev")
 # The injection sets' held-out parts: their recall is reported, never used to choose (the test splits).
 INJECTION_TEST_SETS = ("deepset", "gandalf", "tensor_trust", "jbb")
 DOCUMENT_NEGATIVE_POOL = ("bipia_email_clean", "bipia_table_clean", "squad_passages", "scifact_abstracts", "demo")
@@ -260,6 +273,23 @@ def _squad(reader: _Reader, sets: Sets) -> None:
     sets.documents["squad_passages"] = [Example(p["text"], 0, "squad_passages") for p in pick]
 
 
+def _doc2dial(reader: _Reader, sets: Sets) -> None:
+    """Real users' turns from doc2dial's dev documents ("hi", "can you help me?", "yes I am", "what do I do
+    next?"): the conversational register that the injection sets' ordinary rows lack and that a plain
+    regression confused with attacks addressed to the assistant. Split by dialogue, so that one conversation's
+    turns are on one side; a text seen in training is dropped from the held-out side."""
+    rows = reader.jsonl("doc2dial/golden-dev.jsonl") + reader.jsonl("doc2dial/followup-dev.jsonl")
+
+    def held(row: dict[str, Any]) -> bool:
+        return _hash_unit(f"d2d:{row['id'].rsplit('_', 1)[0]}") < DOC2DIAL_HELD_OUT_FRACTION
+
+    fitted = _unique(row["question"] for row in rows if not held(row))
+    seen = set(fitted)
+    sets.train += [Example(text, 0, "doc2dial") for text in fitted]
+    held_out = [text for text in _unique(row["question"] for row in rows if held(row)) if text not in seen]
+    sets.questions["doc2dial_dev"] = [Example(text, 0, "doc2dial_dev") for text in held_out]
+
+
 def _scifact(reader: _Reader, sets: Sets) -> None:
     claims = reader.jsonl("scifact/claims/claims_dev.jsonl")
     sets.questions["scifact"] = [Example(claim["claim"], 0, "scifact") for claim in claims]
@@ -393,6 +423,7 @@ def load_sets(eval_dir: Path = DEFAULT_EVAL_DIR, *, with_training: bool = True) 
     _tensor_trust(reader, sets)
     _jbb(reader, sets)
     _squad(reader, sets)
+    _doc2dial(reader, sets)
     _scifact(reader, sets)
     _bipia(reader, sets, settings.KB_CHUNK_TARGET_TOKENS, _token_counter(), with_training)
     sets.documents["demo"] = [Example(text, 0, "demo") for text in demo_chunks()]
@@ -490,6 +521,64 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float) -
     return theta[:-1], float(theta[-1])
 
 
+def fit_hidden(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float, hidden: int, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One hidden ReLU layer, weighted log loss, Adam with weight decay `l2`, full batch, fixed steps and seed:
+    (hidden weight, hidden bias, output weights, output bias). torch is here already (the embedding model runs
+    on it); the runtime guard only multiplies the stored matrices in numpy."""
+    import torch
+
+    torch.manual_seed(seed)
+    first, second = torch.nn.Linear(x.shape[1], hidden), torch.nn.Linear(hidden, 1)
+    net = torch.nn.Sequential(first, torch.nn.ReLU(), second)
+    inputs = torch.tensor(x, dtype=torch.float32)
+    targets = torch.tensor(y, dtype=torch.float32)
+    scale = torch.tensor(weights / weights.mean(), dtype=torch.float32)
+    optimiser = torch.optim.Adam(net.parameters(), lr=HIDDEN_LEARNING_RATE, weight_decay=l2)
+    for _ in range(HIDDEN_STEPS):
+        optimiser.zero_grad()
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(net(inputs).squeeze(1), targets, reduction="none")
+        (losses * scale).mean().backward()
+        optimiser.step()
+    return (
+        first.weight.detach().numpy().T.astype(np.float64),
+        first.bias.detach().numpy().astype(np.float64),
+        second.weight.detach().numpy()[0].astype(np.float64),
+        float(second.bias.detach().numpy()[0]),
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the model grid: a logistic regression (hidden=0) or one hidden layer of `hidden` units."""
+
+    l2: float
+    employee_weight: float
+    hidden: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        kind = {"kind": "hidden_layer", "hidden_units": self.hidden} if self.hidden else {"kind": "logistic"}
+        return {**kind, "l2": self.l2, "employee_weight": self.employee_weight}
+
+
+CANDIDATES = (
+    *(Candidate(l2, weight) for weight in EMPLOYEE_WEIGHT_GRID for l2 in REGULARISATION_GRID),
+    *(Candidate(l2, weight, hidden) for hidden, l2, weight in HIDDEN_GRID),
+)
+
+
+def fit_candidate(candidate: Candidate, x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) -> InjectionModel:
+    weights = source_weights(examples, candidate.employee_weight)
+    if not candidate.hidden:
+        coef, intercept = fit_logistic(x, y, weights, candidate.l2)
+        return InjectionModel(coef=coef, intercept=intercept, metadata={})
+    hidden_weight, hidden_bias, coef, intercept = fit_hidden(x, y, weights, candidate.l2, candidate.hidden)
+    return InjectionModel(
+        coef=coef, intercept=intercept, metadata={}, hidden_weight=hidden_weight, hidden_bias=hidden_bias
+    )
+
+
 def source_weights(examples: Sequence[Example], employee_weight: float = 1.0) -> np.ndarray:
     """Each source carries the same total weight within its class, and the two classes weigh the same: 200
     employee questions count as much as 2,000 SQuAD questions, and 162 deepset attacks as much as 777 Gandalf
@@ -500,7 +589,7 @@ def source_weights(examples: Sequence[Example], employee_weight: float = 1.0) ->
         counts[example.label, example.source] = counts.get((example.label, example.source), 0) + 1
     per_class = {label: sum(1 for key in counts if key[0] == label) for label in (0, 1)}
     weights = np.array([1.0 / (counts[e.label, e.source] * per_class[e.label]) for e in examples])
-    return weights * np.array([employee_weight if e.source == "employee" else 1.0 for e in examples])
+    return weights * np.array([employee_weight if e.source in CONVERSATIONAL_SOURCES else 1.0 for e in examples])
 
 
 # --- thresholds and figures ----------------------------------------------------------------------------------
@@ -511,23 +600,40 @@ class Scored:
     label: int
     score: float
     rule: str | None
+    english: bool = True  # kb.text.looks_english
 
 
-def score_sets(groups: dict[str, list[Example]], coef: np.ndarray, intercept: float, cache: Path | None):
+@dataclass(frozen=True)
+class QuestionThresholds:
+    """The question threshold for English, and the stricter one for other languages (the embedding model reads
+    English, so German ordinary questions sit close to German attacks)."""
+
+    english: float
+    other: float
+
+    def __str__(self) -> str:
+        return f"{self.english}, other languages {self.other}"
+
+
+def score_sets(groups: dict[str, list[Example]], model: InjectionModel, cache: Path | None):
     """Classifier probability and first rule for every held-out example, by source."""
     texts = [example.text for examples in groups.values() for example in examples]
-    probabilities = _sigmoid(embed_texts(texts, cache) @ coef + intercept) if texts else np.array([])
+    probabilities = model.probabilities(embed_texts(texts, cache)) if texts else np.array([])
     scored: dict[str, list[Scored]] = {}
     i = 0
     for source, examples in groups.items():
         scored[source] = []
         for example in examples:
-            scored[source].append(Scored(example.label, float(probabilities[i]), first_rule(example.text)))
+            scored[source].append(
+                Scored(example.label, float(probabilities[i]), first_rule(example.text), looks_english(example.text))
+            )
             i += 1
     return scored
 
 
-def _flagged(item: Scored, threshold: float) -> bool:
+def _flagged(item: Scored, threshold: float | QuestionThresholds) -> bool:
+    if isinstance(threshold, QuestionThresholds):
+        threshold = threshold.english if item.english else threshold.other
     return item.rule is not None or item.score >= threshold
 
 
@@ -552,50 +658,46 @@ def _pooled(groups: Sequence[list[Scored]]) -> list[Scored]:
 # Out-of-fold scores of the training rows decide the penalty and the employee weight: the same rule as the
 # real thresholds (1% of ordinary texts), the mean recall over these attack sources. The held-out sets are
 # left for the figures.
-CV_QUESTION_NEGATIVES = ("employee", "squad", "deepset_0")
+CV_QUESTION_NEGATIVES = ("employee", "squad", "deepset_0", "doc2dial")
 CV_DOCUMENT_NEGATIVES = ("bipia_clean", "squad_passages")
 CV_ATTACKS = {"questions": ("deepset_1", "gandalf", "tensor_trust", "jbb"), "documents": ("bipia_attack",)}
 
 
-def select_hyperparameters(x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) -> tuple[float, float, list]:
-    """(L2 penalty, employee weight, the grid's results), by 5-fold cross-validation on the training rows only
-    (folds by a hash of the text, so that duplicates share a fold)."""
+def select_candidate(x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) -> tuple[Candidate, list]:
+    """The candidate with the best mean out-of-fold recall, and the grid's results, by 5-fold cross-validation
+    on the training rows only (folds by a hash of the text, so that duplicates share a fold)."""
     fold = np.array([int(_hash_unit(f"cv:{example.text}") * CV_FOLDS) for example in examples])
     rules = [first_rule(example.text) for example in examples]
     by_source: dict[str, list[int]] = {}
     for i, example in enumerate(examples):
         by_source.setdefault(example.source, []).append(i)
     grid = []
-    for employee_weight in EMPLOYEE_WEIGHT_GRID:
-        weights = source_weights(examples, employee_weight)
-        for l2 in REGULARISATION_GRID:
-            oof = np.zeros(len(examples))
-            for k in range(CV_FOLDS):
-                train, test = fold != k, fold == k
-                coef, intercept = fit_logistic(x[train], y[train], weights[train], l2)
-                oof[test] = _sigmoid(x[test] @ coef + intercept)
-            scored = {
-                source: [Scored(examples[i].label, float(oof[i]), rules[i]) for i in rows]
-                for source, rows in by_source.items()
-            }
-            recalls = []
-            for kind, negatives in (("questions", CV_QUESTION_NEGATIVES), ("documents", CV_DOCUMENT_NEGATIVES)):
-                if kind == "questions":  # each kind of ordinary question within the budget
-                    constraints = [(scored[source], QUESTION_FPR_BUDGET) for source in negatives]
-                else:
-                    constraints = [(_pooled([scored[source] for source in negatives]), DOCUMENT_FPR_BUDGET)]
-                threshold = choose_threshold(constraints)
-                for source in CV_ATTACKS[kind]:
-                    recalls.append(np.mean([_flagged(item, threshold) for item in scored[source]]))
-            grid.append(
-                {"l2": l2, "employee_weight": employee_weight, "mean_recall": round(float(np.mean(recalls)), 4)}
-            )
-            print(f"  cv {grid[-1]}", file=sys.stderr)
-    best = max(grid, key=lambda row: row["mean_recall"])
-    return best["l2"], best["employee_weight"], grid
+    for candidate in CANDIDATES:
+        oof = np.zeros(len(examples))
+        for k in range(CV_FOLDS):
+            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            model = fit_candidate(candidate, x[train], y[train], [examples[int(i)] for i in train])
+            oof[test] = model.probabilities(x[test])
+        scored = {
+            source: [Scored(examples[i].label, float(oof[i]), rules[i]) for i in rows]
+            for source, rows in by_source.items()
+        }
+        recalls = []
+        for kind, negatives in (("questions", CV_QUESTION_NEGATIVES), ("documents", CV_DOCUMENT_NEGATIVES)):
+            if kind == "questions":  # each kind of ordinary question within the budget
+                constraints = [(scored[source], QUESTION_FPR_BUDGET) for source in negatives]
+            else:
+                constraints = [(_pooled([scored[source] for source in negatives]), DOCUMENT_FPR_BUDGET)]
+            threshold = choose_threshold(constraints)
+            for source in CV_ATTACKS[kind]:
+                recalls.append(np.mean([_flagged(item, threshold) for item in scored[source]]))
+        grid.append({**candidate.describe(), "mean_recall": round(float(np.mean(recalls)), 4)})
+        print(f"  cv {grid[-1]}", file=sys.stderr)
+    best = max(range(len(grid)), key=lambda i: grid[i]["mean_recall"])
+    return CANDIDATES[best], grid
 
 
-def figures(scored: dict[str, list[Scored]], threshold: float) -> dict[str, dict[str, Any]]:
+def figures(scored: dict[str, list[Scored]], threshold: float | QuestionThresholds) -> dict[str, dict[str, Any]]:
     """Per source: how many injections were caught (recall) and how many ordinary texts were flagged (FPR)."""
     out: dict[str, dict[str, Any]] = {}
     for source, items in scored.items():
@@ -622,7 +724,7 @@ def figures(scored: dict[str, list[Scored]], threshold: float) -> dict[str, dict
     return out
 
 
-def _table(title: str, rows: dict[str, dict[str, Any]], threshold: float) -> str:
+def _table(title: str, rows: dict[str, dict[str, Any]], threshold: float | QuestionThresholds) -> str:
     lines = [f"{title} (threshold {threshold})", f"  {'source':<24} {'n':>5} {'recall':>16} {'false positives':>18}"]
     for source, row in rows.items():
         recall = f"{row['recall']:.1%} ({row['caught']}/{row['positives']})" if "recall" in row else "-"
@@ -649,18 +751,24 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
     print(f"training rows: {len(sets.train)} {_sizes(sets.train)}", file=sys.stderr)
     x = embed_texts([example.text for example in sets.train], cache)
     y = np.array([example.label for example in sets.train], dtype=np.float64)
-    l2, employee_weight, grid = select_hyperparameters(x, y, sets.train)
-    print(f"chosen: l2={l2}, employee weight {employee_weight}", file=sys.stderr)
-    weights = source_weights(sets.train, employee_weight)
-    coef, intercept = fit_logistic(x, y, weights, l2)
+    candidate, grid = select_candidate(x, y, sets.train)
+    print(f"chosen: {candidate.describe()}", file=sys.stderr)
+    model = fit_candidate(candidate, x, y, sets.train)
 
-    questions = score_sets(sets.questions, coef, intercept, cache)
-    documents = score_sets(sets.documents, coef, intercept, cache)
+    questions = score_sets(sets.questions, model, cache)
+    documents = score_sets(sets.documents, model, cache)
     # Each kind of ordinary question within the budget (so the pool is too): one set's quirks cannot hide
     # behind another's size.
-    question_threshold = choose_threshold(
-        [(questions[source], QUESTION_FPR_BUDGET) for source in QUESTION_NEGATIVE_POOL]
+    english = choose_threshold([(questions[source], QUESTION_FPR_BUDGET) for source in QUESTION_NEGATIVE_POOL])
+    # Other languages by the same rule, on every held-out set with enough texts in them (deepset's German ones),
+    # never below the English threshold.
+    other_languages = [
+        [item for item in questions[source] if not item.english and item.label == 0] for source in questions
+    ]
+    other = choose_threshold(
+        [(items, QUESTION_FPR_BUDGET) for items in other_languages if len(items) >= OTHER_LANGUAGE_MIN_TEXTS]
     )
+    question_threshold = QuestionThresholds(english=english, other=max(english, other))
     ordinary_passages = [documents[source] for source in DOCUMENT_NEGATIVE_POOL]
     # The demo corpus is our own kind of text (imperative policy prose): none of it may be flagged.
     document_threshold = choose_threshold([(_pooled(ordinary_passages), DOCUMENT_FPR_BUDGET), (documents["demo"], 0.0)])
@@ -670,40 +778,44 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
     check_questions, check_documents = check_sets(sets)
     check = {
         "what": "parts of the held-out sets re-measured by tests/guard/test_injection.py (see check_sets)",
-        "questions": figures(score_sets(check_questions, coef, intercept, cache), question_threshold),
-        "documents": figures(score_sets(check_documents, coef, intercept, cache), document_threshold),
+        "questions": figures(score_sets(check_questions, model, cache), question_threshold),
+        "documents": figures(score_sets(check_documents, model, cache), document_threshold),
     }
     print(_table("questions", question_figures, question_threshold), file=sys.stderr)
     print(_table("document passages", document_figures, document_threshold), file=sys.stderr)
 
     record = {
-        "coef": [round(float(value), 7) for value in coef],
-        "intercept": round(intercept, 7),
+        **model.as_json(),
         "metadata": {
             "trained": dt.date.today().isoformat(),
             "script": "python -m kb.evaluation.train_injection",
             "embedding_model": model_id(),
-            "dimensions": len(coef),
-            "l2": l2,
-            "employee_weight": employee_weight,
+            "dimensions": model.dimensions,
+            **candidate.describe(),
             "cross_validation": {
                 "rule": "5 folds of the training rows; mean recall of deepset, Gandalf, Tensor Trust, JBB and BIPIA "
-                "training attacks at the threshold that flags <= 1% of each of the employee, SQuAD and deepset "
-                "ordinary questions (and of clean BIPIA windows + SQuAD passages, for BIPIA)",
+                "training attacks at the threshold that flags <= 1% of each of the employee, SQuAD, deepset and "
+                "doc2dial ordinary questions (and of clean BIPIA windows + SQuAD passages, for BIPIA)",
                 "grid": grid,
             },
             "seed": SEED,
             "held_out_fraction": HELD_OUT_FRACTION,
             "training_rows": _sizes(sets.train),
-            "weighting": "each source equal within its class, classes equal, employee questions x employee_weight",
-            "not_fitted": "SciFact (CC BY-NC, evaluation only); employee questions' second half; all test splits",
+            "weighting": "each source equal within its class, classes equal, employee and doc2dial questions x "
+            "employee_weight",
+            "not_fitted": "SciFact (CC BY-NC, evaluation only); employee questions' second half; doc2dial's held-out "
+            "dev dialogues and all its test documents; all test splits",
             "thresholds": {
-                "KB_INJECTION_THRESHOLD": question_threshold,
+                "KB_INJECTION_THRESHOLD": question_threshold.english,
+                "KB_INJECTION_THRESHOLD_OTHER_LANGUAGES": question_threshold.other,
                 "KB_DOCUMENT_INJECTION_THRESHOLD": document_threshold,
             },
             "threshold_rule": {
                 "KB_INJECTION_THRESHOLD": f"lowest with false-positive rate <= {QUESTION_FPR_BUDGET:.0%} on each of "
                 f"the held-out {', '.join(QUESTION_NEGATIVE_POOL)} question sets, rules included",
+                "KB_INJECTION_THRESHOLD_OTHER_LANGUAGES": "lowest with false-positive rate <= "
+                f"{QUESTION_FPR_BUDGET:.0%} on the texts not read as English (kb.text.looks_english) of each held-out "
+                f"question set with at least {OTHER_LANGUAGE_MIN_TEXTS} of them, and not below KB_INJECTION_THRESHOLD",
                 "KB_DOCUMENT_INJECTION_THRESHOLD": f"lowest with false-positive rate <= {DOCUMENT_FPR_BUDGET:.0%} on "
                 f"the pooled {', '.join(DOCUMENT_NEGATIVE_POOL)} passages, and no demo chunk flagged",
             },
@@ -729,13 +841,21 @@ def measure(eval_dir: Path, weights: Path, cache: Path | None) -> dict[str, Any]
     thresholds = model.metadata["thresholds"]
     sets = load_sets(eval_dir, with_training=False)
     out = {}
-    for kind, groups, name in (
-        ("questions", {**sets.questions, **ordinary_question_sets(eval_dir)}, "KB_INJECTION_THRESHOLD"),
-        ("documents", sets.documents, "KB_DOCUMENT_INJECTION_THRESHOLD"),
+    for kind, groups, threshold in (
+        ("questions", {**sets.questions, **ordinary_question_sets(eval_dir)}, recorded_question_thresholds(model)),
+        ("documents", sets.documents, thresholds["KB_DOCUMENT_INJECTION_THRESHOLD"]),
     ):
-        out[kind] = figures(score_sets(groups, model.coef, model.intercept, cache), thresholds[name])
-        print(_table(f"{kind} ({weights.name})", out[kind], thresholds[name]), file=sys.stderr)
+        out[kind] = figures(score_sets(groups, model, cache), threshold)
+        print(_table(f"{kind} ({weights.name})", out[kind], threshold), file=sys.stderr)
     return out
+
+
+def recorded_question_thresholds(model: InjectionModel) -> QuestionThresholds:
+    """The question thresholds stored with the weights (weights from before the other-language threshold use
+    the one threshold for every language)."""
+    thresholds = model.metadata["thresholds"]
+    english = thresholds["KB_INJECTION_THRESHOLD"]
+    return QuestionThresholds(english, thresholds.get("KB_INJECTION_THRESHOLD_OTHER_LANGUAGES", english))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,10 +1,12 @@
-"""Prompt-injection detector: a logistic regression on the sentence embeddings kb already computes, plus a
-short list of precise rules for the classic direct attacks.
+"""Prompt-injection detector: a small classifier on the sentence embeddings kb already computes (a logistic
+regression or one hidden layer, whichever cross-validation chose), plus a short list of precise rules for the
+classic direct attacks.
 
-Why this shape: the ask path embeds every question anyway (cache and retrieval need the vector), so a linear
-model on that vector costs one dot product (microseconds) and needs no second model in memory. The weights
+Why this shape: the ask path embeds every question anyway (cache and retrieval need the vector), so the
+classifier costs two small matrix products (microseconds) and needs no second model in memory. The weights
 are trained offline by `python -m kb.evaluation.train_injection` on public injection sets and ordinary
-questions, and shipped as `kb/guard/data/injection_lr.json`, whose metadata says what they were trained on,
+questions (real users' conversational turns among them), and shipped as `kb/guard/data/injection_model.json`,
+whose metadata says what they were trained on,
 which thresholds were chosen and what they measured on held-out data. The rules catch the textbook phrasings with
 certainty and give a named reason for the audit record; they are deliberately narrow, because ordinary
 employees ask about ignoring invites, printing payslips and admin rights every day.
@@ -24,15 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from kb.text import fold
+from kb.text import fold, looks_english
 
-MODEL_PATH = Path(__file__).resolve().parent / "data" / "injection_lr.json"
+MODEL_PATH = Path(__file__).resolve().parent / "data" / "injection_model.json"
 
 
 @dataclass(frozen=True)
 class InjectionScore:
     score: float  # classifier probability in 0..1
     rule: str | None  # name of the first matching hand-written rule, or None
+    english: bool = True  # kb.text.looks_english: other languages are held to their own threshold
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,18 @@ RULES: tuple[InjectionRule, ...] = (
         "ignore_previous_instructions_de",
         r"\b(?:ignorier\w*|vergiss|vergessen\s+sie|missachte\w*)\s+(?:(?:alle|die|deine|ihre)\s+)?"
         r"(?:vorherigen|bisherigen|obigen|vorangehenden|vorangegangenen|fr\u00fcheren)\s+"
-        r"(?:Anweisungen|Befehle|Aufgaben|Angaben|Instruktionen|Regeln)\b|\bvergiss\s+alles\s+(?:davor|bisherige)\b",
+        r"(?:Anweisungen|Befehle|Aufgaben|Angaben|Eingaben|Vorgaben|Instruktionen|Regeln|Restriktionen|"
+        r"Einschr\u00e4nkungen)\b|\bvergiss\s+alles\s+(?:davor|bisherige)\b",
+    ),
+    # Spanish and French ("Ignora todas las instrucciones anteriores", "Oubliez toutes les instructions
+    # précédentes"): the embedding model reads English, and other languages get a stricter threshold.
+    _rule(
+        "ignore_previous_instructions_es_fr",
+        r"\b(?:ignor(?:a|ar|e|en|ez|er)|olvid(?:a|ar|e|en)|oubli(?:e|ez|er))\b"
+        rf"{_CLAUSE}{{0,40}}?\b(?:instrucciones|indicaciones|reglas|\u00f3rdenes|instructions|consignes|r\u00e8gles)\b"
+        rf"{_CLAUSE}{{0,20}}?\b(?:anteriores|previas|pr\u00e9c\u00e9dentes|ant\u00e9rieures|todas|toutes)\b|"
+        r"\b(?:ignor(?:a|ar|e|en|ez|er)|olvid(?:a|ar|e|en)|oubli(?:e|ez|er))\s+(?:todas|toutes)\s+(?:las|les)\s+"
+        r"(?:instrucciones|instructions|consignes|reglas|r\u00e8gles)\b",
     ),
     # "Ignore everything you were told", "forget everything above".
     _rule(
@@ -185,25 +199,64 @@ def first_rule(text: str) -> str | None:
 
 @dataclass(frozen=True)
 class InjectionModel:
-    """Weights of the logistic regression; `metadata` is the training record stored beside them."""
+    """The classifier's weights; `metadata` is the training record stored beside them. With `hidden_weight`
+    it is a network with one hidden ReLU layer (vector -> relu(v W + b) -> logit), otherwise a logistic
+    regression on the vector itself; training chooses between the two by cross-validation."""
 
     coef: np.ndarray
     intercept: float
     metadata: dict[str, Any]
+    hidden_weight: np.ndarray | None = None  # (dimensions, hidden units)
+    hidden_bias: np.ndarray | None = None
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.coef.shape[0] if self.hidden_weight is None else self.hidden_weight.shape[0])
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        logits = np.asarray(vectors, dtype=np.float64) @ self.coef + self.intercept
+        features = np.asarray(vectors, dtype=np.float64)
+        if self.hidden_weight is not None and self.hidden_bias is not None:
+            features = np.maximum(features @ self.hidden_weight + self.hidden_bias, 0.0)
+        logits = features @ self.coef + self.intercept
         # tanh form of the sigmoid: no overflow warning for large negative logits.
         return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+    def as_json(self) -> dict[str, Any]:
+        """The weights in the shipped file's layout (without the metadata)."""
+        record: dict[str, Any] = {
+            "coef": [round(float(value), 7) for value in self.coef],
+            "intercept": round(self.intercept, 7),
+        }
+        if self.hidden_weight is not None and self.hidden_bias is not None:
+            record["hidden"] = {
+                "weight": [[round(float(value), 6) for value in row] for row in self.hidden_weight],
+                "bias": [round(float(value), 7) for value in self.hidden_bias],
+            }
+        return record
+
+
+def model_from_json(data: dict[str, Any], where: str = "injection model") -> InjectionModel:
+    coef = np.asarray(data["coef"], dtype=np.float64)
+    if coef.ndim != 1:
+        raise ValueError(f"{where}: coef must be a flat list of weights")
+    hidden_weight = hidden_bias = None
+    if "hidden" in data:
+        hidden_weight = np.asarray(data["hidden"]["weight"], dtype=np.float64)
+        hidden_bias = np.asarray(data["hidden"]["bias"], dtype=np.float64)
+        if hidden_weight.ndim != 2 or hidden_weight.shape[1] != coef.shape[0] or hidden_bias.shape != coef.shape:
+            raise ValueError(f"{where}: the hidden layer's shape does not match coef")
+    return InjectionModel(
+        coef=coef,
+        intercept=float(data["intercept"]),
+        metadata=data.get("metadata", {}),
+        hidden_weight=hidden_weight,
+        hidden_bias=hidden_bias,
+    )
 
 
 @functools.cache
 def load_model(path: Path = MODEL_PATH) -> InjectionModel:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    coef = np.asarray(data["coef"], dtype=np.float64)
-    if coef.ndim != 1:
-        raise ValueError(f"{path}: coef must be a flat list of weights")
-    return InjectionModel(coef=coef, intercept=float(data["intercept"]), metadata=data.get("metadata", {}))
+    return model_from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
 def injection_scores(texts: list[str], vectors: np.ndarray | None = None) -> list[InjectionScore]:
@@ -217,17 +270,20 @@ def injection_scores(texts: list[str], vectors: np.ndarray | None = None) -> lis
 
         vectors = embed(list(texts))
     vectors = np.asarray(vectors)
-    if vectors.shape != (len(texts), model.coef.shape[0]):
-        raise ValueError(
-            f"expected one {model.coef.shape[0]}-d vector per text ({len(texts)}), got shape {vectors.shape}"
-        )
+    if vectors.shape != (len(texts), model.dimensions):
+        raise ValueError(f"expected one {model.dimensions}-d vector per text ({len(texts)}), got shape {vectors.shape}")
     probabilities = model.probabilities(vectors)
-    return [InjectionScore(score=float(p), rule=first_rule(text)) for text, p in zip(texts, probabilities, strict=True)]
+    return [
+        InjectionScore(score=float(p), rule=first_rule(text), english=looks_english(text))
+        for text, p in zip(texts, probabilities, strict=True)
+    ]
 
 
-def is_injection(s: InjectionScore, threshold: float) -> bool:
-    """A rule hit always counts; otherwise the classifier's probability must reach `threshold`."""
-    return s.rule is not None or s.score >= threshold
+def is_injection(s: InjectionScore, threshold: float, other_language_threshold: float | None = None) -> bool:
+    """A rule hit always counts; otherwise the classifier's probability must reach `threshold`, or
+    `other_language_threshold` (when given) for a text that does not read as English."""
+    bar = threshold if s.english or other_language_threshold is None else other_language_threshold
+    return s.rule is not None or s.score >= bar
 
 
 def recorded_thresholds() -> dict[str, float]:

@@ -143,7 +143,8 @@ _PLAIN_WORDS = {
 
 class InjectionGuard:
     """A question that tries to override the assistant's instructions is blocked: a trained classifier on the
-    question's embedding (threshold KB_INJECTION_THRESHOLD) plus hand-written rules (kb/guard/injection.py)."""
+    question's embedding (threshold KB_INJECTION_THRESHOLD, or KB_INJECTION_THRESHOLD_OTHER_LANGUAGES for a question
+    that does not read as English) plus hand-written rules (kb/guard/injection.py)."""
 
     name = "injection"
     before_record = False
@@ -158,8 +159,10 @@ class InjectionGuard:
             (result,) = injection_scores([text])
         else:
             (result,) = injection_scores([context.text], np.asarray([context.embedding()]))
-        threshold = settings.KB_INJECTION_THRESHOLD
-        details = {"threshold": threshold, "rule": result.rule}
+        threshold = (
+            settings.KB_INJECTION_THRESHOLD if result.english else settings.KB_INJECTION_THRESHOLD_OTHER_LANGUAGES
+        )
+        details = {"threshold": threshold, "rule": result.rule, "english": result.english}
         if is_injection(result, threshold):
             reason = (
                 f"matches the rule '{result.rule}'"
