@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 
 # --- sentences ----------------------------------------------------------------------------------------------
 
@@ -167,6 +169,71 @@ _STEM = 5  # compare words by their first letters: "reimbursed" meets "reimburse
 
 def keywords(text: str) -> set[str]:
     return {word[:_STEM] for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOP and len(word) > 1}
+
+
+# A word the passages do not contain is put right when they contain a word within a small edit distance
+# (adjacent swaps count as one): "milage" -> "mileage", "aproval" -> "approval", "saterday" -> "saturday". One
+# edit for words under RESPELL_LONG letters, two from there; short words (< RESPELL_MIN_LETTERS) are left alone,
+# since one edit turns them into other real words. Chosen on blind-handbook's typo questions (dev); see the README.
+RESPELL_MIN_LETTERS = 4
+RESPELL_LONG = 8
+
+
+def word_counts(texts: Iterable[str]) -> Counter[str]:
+    """How often each lower-cased word occurs in `texts`: the vocabulary `respell` corrects towards."""
+    return Counter(word.lower() for text in texts for word in _WORD.findall(text))
+
+
+def respell(text: str, vocabulary: Mapping[str, int], known: Callable[[str], bool] = lambda word: False) -> str:
+    """`text` with each lower-case word that `vocabulary` lacks (and `known` does not vouch for) replaced by the
+    vocabulary's closest word, the most frequent on a tie; words with capitals or digits (names, codes) stay."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import OSA
+
+    def fix(match: re.Match[str]) -> str:
+        word = match.group()
+        if len(word) < RESPELL_MIN_LETTERS or not word.isalpha() or not word.islower():
+            return word
+        if word in vocabulary or known(word):
+            return word
+        limit = 1 if len(word) < RESPELL_LONG else 2
+        near = process.extract(word, list(vocabulary), scorer=OSA.distance, score_cutoff=limit, limit=None)
+        if not near:
+            return word
+        best = min(near, key=lambda hit: (hit[1], -vocabulary[hit[0]], hit[0]))
+        return best[0]
+
+    return _WORD.sub(fix, text)
+
+
+# Function words of English and of the other languages employees and the public sets write in (German, Dutch,
+# French, Spanish), without the words both sides spell alike ("die", "was", "in", "an", "so", "will", "also").
+_ENGLISH_FUNCTION_WORDS = frozenset(
+    "the a is are be been do does did what how when where why who which whom whose can could should would may "  # noqa: SIM905
+    "must i i'm im you your my me we our us they their he she his her it its this that these those there here "
+    "to of for with on at by from about into after before if and or but not no any some have has had get got "
+    "am just than then too very".split()
+)
+_OTHER_FUNCTION_WORDS = (
+    frozenset(
+        "ich du er wir ihr sie und oder aber nicht kein keine ist sind bin bist war waren wird werden hat haben "  # noqa: SIM905
+        "der das den dem des ein eine einen einem einer mit auf für von zu zum zur bei nach wie wann wo warum wer "
+        "welche welcher mein meine dein deine sich auch noch schon nur mir mich dir dich uns euch "
+        "het een en van ik je jij wij niet zijn voor met op naar hoe wat waar wanneer "
+        "le la les un une des et est sont pour dans avec sur qui quoi quand comment où je tu nous vous ne pas "
+        "el los las del al y es son por para con sin que qué cómo cuándo dónde yo usted mi su se lo".split()
+    )
+    - _ENGLISH_FUNCTION_WORDS
+)
+
+
+def looks_english(text: str) -> bool:
+    """Whether `text` reads as English: it does unless it holds more function words of German, Dutch, French or
+    Spanish than of English ("Wann hat die letzte WM stattgefunden?" does not; "password please" does). The
+    embedding model reads English: classifiers on its vectors are less sure of other languages."""
+    words = [word.lower() for word in _WORD.findall(text)]
+    other = sum(word in _OTHER_FUNCTION_WORDS for word in words)
+    return other <= sum(word in _ENGLISH_FUNCTION_WORDS for word in words)
 
 
 # --- normalising and cleaning -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from kb.text import keywords, split_sentences
+from kb.text import keywords, respell, split_sentences, word_counts
 
 if TYPE_CHECKING:
     from kb.llm.providers import Passage
@@ -225,6 +225,9 @@ def scored_units(question: str, passages: Sequence[Passage]) -> list[Scored]:
     units = [unit for rank, p in enumerate(passages) if not p.untrusted for unit in units_of(p, rank)]
     if not units:
         return []
+    # Employees misspell ("milage", "aproval"): words the passages lack are read as the passages' nearest word.
+    vocabulary = word_counts(f"{p.title} {p.heading} {p.text}" for p in passages if not p.untrusted)
+    question = respell(question, vocabulary, embeddings.is_whole_token)
     wanted_words = keywords(question)
     wanted_kinds = asks_for(question)
     signals = []

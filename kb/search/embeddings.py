@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -122,6 +123,17 @@ def get_model() -> SentenceTransformer:
             _load_error = None
             logger.info("embedding model %s loaded", model_id())
     return _model
+
+
+def is_whole_token(word: str) -> bool:
+    """Whether the model's tokenizer knows `word` as one piece: a common, correctly spelt word ("holidays"),
+    which spelling correction leaves alone."""
+    return word in _whole_tokens()
+
+
+@functools.cache
+def _whole_tokens() -> frozenset[str]:
+    return frozenset(get_model().tokenizer.get_vocab())
 
 
 def is_loaded() -> bool:

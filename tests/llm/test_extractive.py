@@ -110,3 +110,19 @@ def test_an_untrusted_passage_is_never_quoted_and_the_answer_says_one_was_withhe
 
 def test_no_passages_no_answer():
     assert extractive_answer("anything", []) == ""
+
+
+def test_a_misspelt_question_is_read_with_the_passages_words():
+    passages = [
+        Passage(
+            5,
+            "Facilities",
+            "Badges",
+            "",
+            "Access badges are issued by reception. A lost access badge costs 15 euros to replace. "
+            "The car park opens at seven.",
+        ),
+        Passage(6, "Facilities", "Opening hours", "", "The building is closed on public holidays."),
+    ]
+    answer = extractive_answer("i lost my acess bdage, do i have to pay for a new one", passages)
+    assert "> A lost access badge costs 15 euros to replace. [5]" in answer
