@@ -194,7 +194,27 @@ def answer_sentences(answer: str) -> list[str]:
             pieces[-1] += answer[cursor:]
         else:
             pieces.append(answer[cursor:])
-    return pieces
+    return _tables_whole(pieces)
+
+
+_TABLE_LINE = re.compile(r"^[\s>]*\|")
+_MARKERS_ONLY = re.compile(r"^[\s>]*(?:\[\d{1,4}\][\s>]*)*$")  # also a bare ">" line closing a quoted table
+
+
+def _tables_whole(pieces: list[str]) -> list[str]:
+    """A markdown table (its lines, quoted or not, and the markers just after it) is one claim: its rows are
+    read under their header and cite what the table cites, rather than each line citing nothing."""
+    merged: list[str] = []
+    in_table = False
+    for piece in pieces:
+        is_row = bool(_TABLE_LINE.match(piece.strip("\n")))
+        if merged and in_table and (is_row or _MARKERS_ONLY.match(piece)):
+            merged[-1] += piece
+            in_table = is_row or in_table
+            continue
+        merged.append(piece)
+        in_table = is_row
+    return merged
 
 
 def _is_claim(sentence: str) -> bool:

@@ -142,3 +142,25 @@ def hr_employee(corpus):
     user = UserFactory(roles=["Employee"])
     user.access_groups.add(corpus.hr)
     return user
+
+
+PER_DIEM_TABLE = (
+    "Daily allowances for meals.\n\n"
+    "City | Meals per day | Hotel per night\n"
+    "Oslo | 67 EUR | 180 EUR\n"
+    "Bergen | 61 EUR | 150 EUR\n\n"
+    "Other cities: ask the travel desk."
+)
+
+
+def test_a_quoted_table_row_with_its_header_is_supported_by_its_table(db):
+    from kb.llm.providers import Passage, extractive_answer
+
+    answer = extractive_answer(
+        "How much can I spend on meals per day in Oslo?", [Passage(4, "Travel", "Allowances", "", PER_DIEM_TABLE)]
+    )
+    assert "| Oslo | 67 EUR | 180 EUR |" in answer
+    ctx = context(answer, sources={4: Source(4, 40, 400, PER_DIEM_TABLE)}, cited=[4])
+    verdict = GroundingGuard().scan(ctx)
+    assert verdict.action == Action.ALLOW, ctx.grounding
+    assert UNSUPPORTED not in ctx.answer and all(item["supported"] for item in ctx.grounding)
