@@ -50,6 +50,8 @@ CELL_GAP_CHARS = 2.5
 # A line this many times as tall as the page's median line is a heading of level 1, or of level 2 (a 16 pt title
 # and a 13 pt section heading over 11 pt body text measure about 1.45 and 1.2).
 HEADING_HEIGHT_RATIO = (1.35, 1.12)
+# Lines of at least this many words measure the page's skew.
+SKEW_MIN_WORDS = 4
 BULLETS = ("• ", "- ", "· ", "» ", "o ")
 
 # Called as (pages done, pages to read) before each page and at the end.
@@ -85,6 +87,7 @@ class OcrBox:
     top: float
     right: float
     bottom: float
+    line: tuple[int, ...] = ()  # the engine's own line this word is on
 
     @property
     def height(self) -> float:
@@ -218,11 +221,14 @@ def ocr_image(image: Any, *, timeout: float = DEFAULT_PAGE_SECONDS, dpi: int | N
             raise OcrTimeout() from exc
         raise
     boxes = []
-    for text, confidence, left, top, width, height in zip(
-        data["text"], data["conf"], data["left"], data["top"], data["width"], data["height"], strict=True
-    ):
-        if text.strip() and float(confidence) >= 0:
-            boxes.append(OcrBox(text.strip(), float(confidence) / 100, left, top, left + width, top + height))
+    for index, text in enumerate(data["text"]):
+        confidence = float(data["conf"][index])
+        if text.strip() and confidence >= 0:
+            left, top = data["left"][index], data["top"][index]
+            line = (data["block_num"][index], data["par_num"][index], data["line_num"][index])
+            boxes.append(
+                OcrBox(text.strip(), confidence / 100, left, top, left + data["width"][index], top + data["height"][index], line)
+            )
     return OcrResult(tuple(boxes), time.perf_counter() - start)
 
 
@@ -312,8 +318,39 @@ def unreadable_error(report: OcrReport) -> ParseError:
 # --- layout --------------------------------------------------------------------------------------------------
 
 
+def _skew(boxes: Sequence[OcrBox]) -> float:
+    """The page's slope (pixels down per pixel right): the median over the engine's lines of several words."""
+    by_line: dict[tuple[int, ...], list[OcrBox]] = {}
+    for box in boxes:
+        if box.line:
+            by_line.setdefault(box.line, []).append(box)
+    slopes = []
+    for words in by_line.values():
+        if len(words) >= SKEW_MIN_WORDS:
+            xs = [(b.left + b.right) / 2 for b in words]
+            ys = [b.middle for b in words]
+            mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+            spread = sum((x - mean_x) ** 2 for x in xs)
+            if spread:
+                slopes.append(sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread)
+    return sorted(slopes)[len(slopes) // 2] if slopes else 0.0
+
+
+def _deskewed(boxes: Sequence[OcrBox]) -> list[OcrBox]:
+    """Boxes moved up or down as if the page were straight, so that a skewed table row stays one line."""
+    slope = _skew(boxes)
+    if not slope:
+        return list(boxes)
+    moved = []
+    for box in boxes:
+        shift = slope * (box.left + box.right) / 2
+        moved.append(OcrBox(box.text, box.confidence, box.left, box.top - shift, box.right, box.bottom - shift, box.line))
+    return moved
+
+
 def _lines(boxes: Sequence[OcrBox]) -> list[list[OcrBox]]:
     """Group boxes into lines (top to bottom), each line's boxes left to right."""
+    boxes = _deskewed(boxes)
     lines: list[list[OcrBox]] = []
     for box in sorted(boxes, key=lambda b: (b.middle, b.left)):
         if lines:
