@@ -6,8 +6,11 @@ images made from kb's own documents:
 - the demo Markdown, text and HTML documents (their parsed text) and the handbook table page of the OCR tests,
   drawn with PIL in DejaVu Sans, the drawn text as the reference;
 
-each at 300 dpi, 150 dpi, and 150 dpi with light scan damage (1.2° skew, blur, speckles: `tests.ocr_scans.degrade`).
-No package here ships real scanned pages with a transcript, so there are none in this set.
+each at 300, 200 and 150 dpi, and at 150 dpi with light scan damage (1.2° skew, blur, speckles:
+`tests.ocr_scans.degrade`). No installed package ships real scanned pages with a transcript, so there are none.
+
+Tesseract runs as kb runs it (`ingest.parsers.ocr.ocr_image`, words laid out into lines); RapidOCR is not a
+dependency of kb: install `rapidocr-onnxruntime==1.4.4` to measure it again (it is skipped when missing).
 
 CER = Levenshtein distance / reference length, on texts with whitespace collapsed (reading order counts: a
 table read column by column costs characters). Each engine runs in a process of its own so that its peak
@@ -34,7 +37,8 @@ pytestmark = [pytest.mark.bench]
 
 OUT = Path(settings.BASE_DIR) / "var" / "bench" / "ocr_engines.json"
 DEMO = Path(settings.BASE_DIR) / "ingest" / "demo"
-CONDITIONS = ("300dpi", "150dpi", "150dpi-noisy")
+CONDITIONS = ("300dpi", "200dpi", "150dpi", "150dpi-noisy")
+DPIS = ((300, "300dpi"), (200, "200dpi"), (150, "150dpi"))
 # Lines of each demo text document put on its page(s): a page or two each keeps the bench to minutes.
 TEXT_LINES_PER_DOCUMENT = 45
 
@@ -76,7 +80,7 @@ def bench_pages() -> list[tuple[str, str, object]]:
     """(name, condition, (image, reference)) for every page and condition."""
     pages = []
     pdf = (DEMO / "it-security-policy.pdf").read_bytes()
-    for dpi, condition in ((300, "300dpi"), (150, "150dpi")):
+    for dpi, condition in DPIS:
         for number, (image, text) in enumerate(ocr_scans.render_pdf(pdf, dpi=dpi)[:2], start=1):
             pages.append((f"it-security-policy.pdf p{number}", condition, (image, text)))
             if dpi == 150:
@@ -88,7 +92,7 @@ def bench_pages() -> list[tuple[str, str, object]]:
         "handbook table page": ocr_scans.handbook_page_lines(),
     }
     for name, lines in drawn.items():
-        for dpi, condition in ((300, "300dpi"), (150, "150dpi")):
+        for dpi, condition in DPIS:
             page = ocr_scans.render_pages(lines, dpi=dpi)[0]
             pages.append((name, condition, (page.image, page.text)))
             if dpi == 150:
@@ -97,20 +101,25 @@ def bench_pages() -> list[tuple[str, str, object]]:
 
 
 def _rapid(image) -> tuple[str, float]:
+    import numpy as np
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = _RAPID.setdefault("engine", RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1))
+    found, _ = engine(np.asarray(image.convert("RGB")))
+    found = found or []
+    chars = sum(len(text) for _, text, _ in found)
+    text = "\n".join(text for _, text, _ in found)  # the engine's own reading order
+    return text, (sum(score * len(text) for _, text, score in found) / chars if chars else 0.0)
+
+
+_RAPID: dict = {}
+
+
+def _tesseract(image) -> tuple[str, float]:
     from ingest.parsers.ocr import ocr_image
 
     result = ocr_image(image)
     return result.text, result.confidence or 0.0
-
-
-def _tesseract(image) -> tuple[str, float]:
-    import pytesseract
-
-    data = pytesseract.image_to_data(image, output_type=pytesseract.Output.DICT)
-    words = [(w, float(c)) for w, c in zip(data["text"], data["conf"], strict=True) if w.strip() and float(c) >= 0]
-    text = pytesseract.image_to_string(image)
-    confidence = sum(c for _, c in words) / len(words) / 100 if words else 0.0
-    return text, confidence
 
 
 ENGINES = {"rapidocr-onnxruntime": _rapid, "tesseract": _tesseract}
@@ -125,8 +134,12 @@ def _run_engine(name: str, queue) -> None:
     django.setup()
     engine = ENGINES[name]
     pages = bench_pages()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    engine(pages[0][2][0])  # load models / warm up, not timed
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Django and the page images, before the engine
+    try:
+        engine(pages[0][2][0])  # load models / warm up, not timed
+    except ImportError as exc:
+        queue.put({"skipped": f"not installed: {exc}"})
+        return
     rows = []
     for page_name, condition, (image, reference) in pages:
         start = time.perf_counter()
@@ -143,6 +156,7 @@ def _run_engine(name: str, queue) -> None:
         )
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # RapidOCR runs in this process (its growth over the baseline); Tesseract in a child process per page.
     queue.put({"rows": rows, "peak_rss_mb": round(max(self_rss - base_rss, child_rss) / 1024, 1)})
 
 
@@ -169,10 +183,13 @@ def test_ocr_engines_side_by_side():
         process.start()
         outcome = queue.get(timeout=1800)
         process.join()
+        if "skipped" in outcome:
+            results[name] = outcome
+            continue
         results[name] = {"peak_rss_mb": outcome["peak_rss_mb"], "by_condition": _summary(outcome["rows"]), "pages": outcome["rows"]}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    chosen = results["rapidocr-onnxruntime"]["by_condition"]
-    # Floors a little above the measured figures (README "OCR").
-    assert chosen["300dpi"]["cer_mean"] < 0.05
-    assert chosen["150dpi-noisy"]["cer_mean"] < 0.10
+    chosen = results["tesseract"]["by_condition"]
+    # Ceilings a little above the measured figures (README "OCR").
+    assert all(chosen[condition]["cer_mean"] < 0.02 for condition in CONDITIONS)
+    assert all(chosen[condition]["seconds_per_page"] < 5 for condition in CONDITIONS)
