@@ -66,7 +66,9 @@ def render_pages(lines: Sequence[Line], *, dpi: int = 200) -> list[ScanPage]:
                 column = (width - 2 * margin) // len(line.cells)
                 for index, cell in enumerate(line.cells):
                     x = margin + index * column
-                    draw.rectangle([x, y - step // 6, x + column, y + step - step // 6], outline=0, width=max(1, dpi // 150))
+                    draw.rectangle(
+                        [x, y - step // 6, x + column, y + step - step // 6], outline=0, width=max(1, dpi // 150)
+                    )
                     draw.text((x + step // 4, y), cell, fill=0, font=font)
                 drawn.append(" ".join(line.cells))
             else:

@@ -4,35 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ingest', '0004_chunk_injection_score_chunk_untrusted'),
+        ("ingest", "0004_chunk_injection_score_chunk_untrusted"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='document',
-            name='ocr_confidence',
-            field=models.FloatField(blank=True, help_text='Mean confidence of the pages OCR read', null=True),
+            model_name="document",
+            name="ocr_confidence",
+            field=models.FloatField(blank=True, help_text="Mean confidence of the pages OCR read", null=True),
         ),
         migrations.AddField(
-            model_name='document',
-            name='ocr_engine',
+            model_name="document",
+            name="ocr_engine",
             field=models.CharField(blank=True, max_length=60),
         ),
         migrations.AddField(
-            model_name='document',
-            name='ocr_pages',
+            model_name="document",
+            name="ocr_pages",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='document',
-            name='ocr_pages_done',
+            model_name="document",
+            name="ocr_pages_done",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='document',
-            name='ocr_pages_total',
+            model_name="document",
+            name="ocr_pages_total",
             field=models.PositiveIntegerField(default=0),
         ),
     ]

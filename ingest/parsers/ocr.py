@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import time
@@ -28,7 +29,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.parsers.common import HEADING_MAX_CHARS, HEADING_MAX_WORDS, LIST, PARAGRAPH, TABLE, BlockCollector, ParsedDocument, ParseError
+from ingest.parsers.common import (
+    HEADING_MAX_CHARS,
+    HEADING_MAX_WORDS,
+    LIST,
+    PARAGRAPH,
+    TABLE,
+    BlockCollector,
+    ParsedDocument,
+    ParseError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +167,12 @@ class OcrReport:
         return {
             "engine": self.engine,
             "pages": [
-                {"page": p.page, "confidence": None if p.confidence is None else round(p.confidence, 3), "chars": p.chars, "problem": p.problem}
+                {
+                    "page": p.page,
+                    "confidence": None if p.confidence is None else round(p.confidence, 3),
+                    "chars": p.chars,
+                    "problem": p.problem,
+                }
                 for p in self.pages
             ],
         }
@@ -227,7 +242,15 @@ def ocr_image(image: Any, *, timeout: float = DEFAULT_PAGE_SECONDS, dpi: int | N
             left, top = data["left"][index], data["top"][index]
             line = (data["block_num"][index], data["par_num"][index], data["line_num"][index])
             boxes.append(
-                OcrBox(text.strip(), confidence / 100, left, top, left + data["width"][index], top + data["height"][index], line)
+                OcrBox(
+                    text.strip(),
+                    confidence / 100,
+                    left,
+                    top,
+                    left + data["width"][index],
+                    top + data["height"][index],
+                    line,
+                )
             )
     return OcrResult(tuple(boxes), time.perf_counter() - start)
 
@@ -263,7 +286,9 @@ def too_large_problem(width: int, height: int, limits: OcrLimits) -> str:
     )
 
 
-def read_page(image: Any, page: int, collector: BlockCollector, limits: OcrLimits, *, dpi: int | None = None) -> OcrPage:
+def read_page(
+    image: Any, page: int, collector: BlockCollector, limits: OcrLimits, *, dpi: int | None = None
+) -> OcrPage:
     """OCR one page image into `collector` (blocks carry `page`); return what happened on that page."""
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -344,7 +369,9 @@ def _deskewed(boxes: Sequence[OcrBox]) -> list[OcrBox]:
     moved = []
     for box in boxes:
         shift = slope * (box.left + box.right) / 2
-        moved.append(OcrBox(box.text, box.confidence, box.left, box.top - shift, box.right, box.bottom - shift, box.line))
+        moved.append(
+            OcrBox(box.text, box.confidence, box.left, box.top - shift, box.right, box.bottom - shift, box.line)
+        )
     return moved
 
 
@@ -367,7 +394,7 @@ def _lines(boxes: Sequence[OcrBox]) -> list[list[OcrBox]]:
 def _cells(line: list[OcrBox]) -> list[str]:
     """The line's boxes merged where they touch; apart by several character widths, they are table cells."""
     cells = [[line[0]]]
-    for previous, box in zip(line, line[1:], strict=False):
+    for previous, box in itertools.pairwise(line):
         char_width = max(previous.right - previous.left, 1) / max(len(previous.text), 1)
         if box.left - previous.right > CELL_GAP_CHARS * char_width:
             cells.append([box])

@@ -30,7 +30,7 @@ import pytest
 from django.conf import settings
 
 from ingest.parsers import parse
-from ingest.parsers.common import MARKDOWN, PLAIN, HTML
+from ingest.parsers.common import HTML, MARKDOWN, PLAIN
 from tests import ocr_scans
 
 pytestmark = [pytest.mark.bench]
@@ -186,7 +186,11 @@ def test_ocr_engines_side_by_side():
         if "skipped" in outcome:
             results[name] = outcome
             continue
-        results[name] = {"peak_rss_mb": outcome["peak_rss_mb"], "by_condition": _summary(outcome["rows"]), "pages": outcome["rows"]}
+        results[name] = {
+            "peak_rss_mb": outcome["peak_rss_mb"],
+            "by_condition": _summary(outcome["rows"]),
+            "pages": outcome["rows"],
+        }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     chosen = results["tesseract"]["by_condition"]

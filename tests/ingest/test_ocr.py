@@ -84,7 +84,8 @@ def test_images_are_read_by_ocr(name, fmt, media_type):
 
 def test_a_multi_page_tiff_keeps_its_page_numbers():
     pages = ocr_scans.render_pages(
-        [ocr_scans.Line("First page: the office opens at eight.")] * 3 + [ocr_scans.Line("")] * 60
+        [ocr_scans.Line("First page: the office opens at eight.")] * 3
+        + [ocr_scans.Line("")] * 60
         + [ocr_scans.Line("Second page: the office closes at six.")],
         dpi=150,
     )
@@ -193,7 +194,9 @@ def test_a_scanned_pdf_becomes_ready_with_its_ocr_report_on_the_document_page(cl
     assert document.status == DocumentStatus.READY
     assert document.media_type == PDF
     assert [page["page"] for page in document.ocr_read] == [1]
-    assert document.ocr_unreadable == [{"page": 2, "confidence": None, "chars": 0, "problem": "no legible text was found on it"}]
+    assert document.ocr_unreadable == [
+        {"page": 2, "confidence": None, "chars": 0, "problem": "no legible text was found on it"}
+    ]
     assert document.ocr_engine == "Tesseract 5" and document.ocr_confidence > 0.85
     assert (document.ocr_pages_done, document.ocr_pages_total) == (2, 2)
     chunk = document.chunks.get(text__contains="Oslo | 67 EUR")
