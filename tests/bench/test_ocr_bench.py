@@ -174,6 +174,7 @@ def _summary(rows: list[dict]) -> dict:
     return summary
 
 
+@pytest.mark.timeout(1800)
 def test_ocr_engines_side_by_side():
     context = multiprocessing.get_context("spawn")
     results = {}

@@ -205,6 +205,9 @@ def test_a_scanned_pdf_becomes_ready_with_its_ocr_report_on_the_document_page(cl
     page = client.get(reverse("document_detail", args=[document.pk])).content.decode()
     assert "Read by OCR" in page and "page 1, mean confidence" in page
     assert "page 2: no legible text was found on it" in page
+    api = client.get(f"/api/v1/documents/{document.pk}").json()
+    assert [(p["page"], p["problem"]) for p in api["ocr_pages"]] == [(1, ""), (2, "no legible text was found on it")]
+    assert api["ocr_confidence"] == pytest.approx(document.ocr_confidence)
 
 
 @pytest.mark.django_db
