@@ -60,6 +60,8 @@ CELL_GAP_CHARS = 2.5
 # A line this many times as tall as the page's median line is a heading of level 1, or of level 2 (a 16 pt title
 # and a 13 pt section heading over 11 pt body text measure about 1.45 and 1.2).
 HEADING_HEIGHT_RATIO = (1.35, 1.12)
+# ... and a heading is short: a line wider than this share of the page's widest line is body text.
+HEADING_MAX_WIDTH_SHARE = 0.7
 # Lines of at least this many words measure the page's skew.
 SKEW_MIN_WORDS = 4
 BULLETS = ("• ", "- ", "· ", "» ", "o ")
@@ -211,7 +213,10 @@ TESSERACT_CONFIG = "--psm 3"
 # short steps and is left as it is (Tesseract then reads around it, as without this step).
 RULE_MIN_WIDTH_SHARE = 1 / 20
 RULE_MIN_HEIGHT_SHARE = 1 / 30
-RULE_DARK_LEVEL = 128
+RULE_DARK_LEVEL = 170  # lighter than text's threshold: a thin rule blurred by a scan is grey, not black
+TEXT_DARK_LEVEL = 128
+# What a leftover rule or speck reads as: stripped from a word's ends, and a word of nothing else is dropped.
+RULE_CHARS = "|{}[]'\"_~`/\\"
 
 
 # Skew: the angle (in degrees, within ±DESKEW_MAX_DEGREES, by DESKEW_STEP_DEGREES) at which the page's dark
@@ -230,7 +235,7 @@ def straightened(image: Any) -> Any:
 
     grey = image.convert("L")
     factor = max(1, grey.size[0] // DESKEW_SAMPLE_WIDTH)
-    sample = grey.reduce(factor).point(lambda value: 255 if value < RULE_DARK_LEVEL else 0)
+    sample = grey.reduce(factor).point(lambda value: 255 if value < TEXT_DARK_LEVEL else 0)
     best, best_score = 0.0, -1.0
     steps = int(DESKEW_MAX_DEGREES / DESKEW_STEP_DEGREES)
     for step in range(-steps, steps + 1):
@@ -257,6 +262,11 @@ def without_rules(image: Any) -> Any:
     rules |= _long_runs(mask, dark, max(2, int(height * RULE_MIN_HEIGHT_SHARE)), horizontal=False)
     if not rules.any():
         return grey
+    # A rule's anti-aliased edges (a scan, a straightened page) are lighter than the dark level: widen it by a pixel.
+    rules[1:, :] |= rules[:-1, :].copy()
+    rules[:-1, :] |= rules[1:, :].copy()
+    rules[:, 1:] |= rules[:, :-1].copy()
+    rules[:, :-1] |= rules[:, 1:].copy()
     cleaned = np.asarray(grey).copy()
     cleaned[rules] = 255
     return Image.fromarray(cleaned)
@@ -329,7 +339,8 @@ def ocr_image(image: Any, *, timeout: float = DEFAULT_PAGE_SECONDS, dpi: int | N
     boxes = []
     for index, text in enumerate(data["text"]):
         confidence = float(data["conf"][index])
-        if text.strip() and confidence >= 0:
+        text = text.strip().strip(RULE_CHARS)
+        if text and confidence >= 0:
             left, top = data["left"][index], data["top"][index]
             line = (data["block_num"][index], data["par_num"][index], data["line_num"][index])
             boxes.append(
@@ -500,8 +511,9 @@ def layout_blocks(boxes: Sequence[OcrBox], collector: BlockCollector, page: int)
     rows: list[str] = []
     previous_bottom: float | None = None
     lines = _lines(boxes)
-    heights = sorted(max(b.height for b in line) for line in lines)
+    heights = sorted(_text_height(line) for line in lines)
     body = heights[len(heights) // 2] if heights else 0
+    widest = max((max(b.right for b in line) - min(b.left for b in line) for line in lines), default=0.0)
 
     def flush_paragraph() -> None:
         if paragraph:
@@ -529,7 +541,8 @@ def layout_blocks(boxes: Sequence[OcrBox], collector: BlockCollector, page: int)
             rows.append(" | ".join(cells))  # a gap between rows does not end a table; a line of text does
             continue
         flush_rows()
-        level = _heading_level(cells[0], height, body)
+        short = max(b.right for b in line) - min(b.left for b in line) < HEADING_MAX_WIDTH_SHARE * widest
+        level = _heading_level(cells[0], _text_height(line), body) if short else 0
         if level:
             flush_paragraph()
             collector.heading(cells[0], level, page)
@@ -537,6 +550,12 @@ def layout_blocks(boxes: Sequence[OcrBox], collector: BlockCollector, page: int)
             paragraph.append(cells[0])
     flush_paragraph()
     flush_rows()
+
+
+def _text_height(line: list[OcrBox]) -> float:
+    """The line's type size: its tallest word (a line of a few words nearly always has a letter that rises and
+    one that descends); only words of two letters or more count, not specks."""
+    return max((b.height for b in line if sum(ch.isalpha() for ch in b.text) >= 2), default=0.0)
 
 
 def _heading_level(text: str, height: float, body: float) -> int:
