@@ -14,6 +14,8 @@ from pathlib import Path
 import pypdfium2
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from ingest.parsers import HEADING, LIST, TABLE, ParsedDocument
+
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONT = FONT_DIR / "DejaVuSans.ttf"
 FONT_BOLD = FONT_DIR / "DejaVuSans-Bold.ttf"
@@ -129,6 +131,23 @@ def render_pdf(data: bytes, *, dpi: int) -> list[tuple[Image.Image, str]]:
     finally:
         pdf.close()
     return pages
+
+
+def printed_lines(parsed: ParsedDocument) -> list[Line]:
+    """A parsed document as it prints: headings larger and bold by level, tables as ruled cells, list items with
+    a bullet, a blank line between blocks."""
+    lines: list[Line] = []
+    for block in parsed.blocks:
+        if block.kind == HEADING:
+            lines += [Line(""), Line(block.text, bold=True, points=16 if block.level == 1 else 13)]
+        elif block.kind == TABLE:
+            lines += [Line("", cells=tuple(row.split(" | "))) for row in block.text.split("\n")]
+        elif block.kind == LIST:
+            lines += [Line("• " + item.strip().removeprefix("- ")) for item in block.text.split("\n")]
+        else:
+            lines.append(Line(block.text))
+        lines.append(Line(""))
+    return lines
 
 
 def handbook_page_lines() -> list[Line]:

@@ -216,7 +216,7 @@ RULE_MIN_HEIGHT_SHARE = 1 / 30
 RULE_DARK_LEVEL = 170  # lighter than text's threshold: a thin rule blurred by a scan is grey, not black
 TEXT_DARK_LEVEL = 128
 # What a leftover rule or speck reads as: stripped from a word's ends, and a word of nothing else is dropped.
-RULE_CHARS = "|{}[]'\"_~`/\\"
+RULE_CHARS = "|{}[]_~`"
 
 
 # Skew: the angle (in degrees, within ±DESKEW_MAX_DEGREES, by DESKEW_STEP_DEGREES) at which the page's dark

@@ -3,8 +3,9 @@ ONNX models inside the `rapidocr-onnxruntime` wheel) and Debian's Tesseract 5 (t
 images made from kb's own documents:
 
 - the demo PDF (ingest/demo/it-security-policy.pdf) rendered by pypdfium2, its text layer as the reference;
-- the demo Markdown, text and HTML documents (their parsed text) and the handbook table page of the OCR tests,
-  drawn with PIL in DejaVu Sans, the drawn text as the reference;
+- the demo Markdown, text and HTML documents (their parsed blocks as they print: `tests.ocr_scans.printed_lines`,
+  tables as ruled cells) and the handbook table page of the OCR tests, drawn with PIL in DejaVu Sans, the drawn
+  text (table cells joined by spaces) as the reference;
 
 each at 300, 200 and 150 dpi, and at 150 dpi with light scan damage (1.2° skew, blur, speckles:
 `tests.ocr_scans.degrade`). No installed package ships real scanned pages with a transcript, so there are none.
@@ -67,13 +68,7 @@ def _levenshtein(a: str, b: str) -> int:
 
 
 def _text_lines(media_type: str, path: Path) -> list[ocr_scans.Line]:
-    parsed = parse(path.read_bytes(), media_type)
-    lines = []
-    for block in parsed.blocks:
-        for text in block.text.split("\n"):
-            lines.append(ocr_scans.Line(text, bold=block.kind == "heading"))
-        lines.append(ocr_scans.Line(""))
-    return lines[:TEXT_LINES_PER_DOCUMENT]
+    return ocr_scans.printed_lines(parse(path.read_bytes(), media_type))[:TEXT_LINES_PER_DOCUMENT]
 
 
 def bench_pages() -> list[tuple[str, str, object]]:

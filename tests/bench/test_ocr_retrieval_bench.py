@@ -21,7 +21,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from ingest.parsers import HEADING, LIST, TABLE, parse, sniff_media_type
+from ingest.parsers import parse, sniff_media_type
 from tests import ocr_scans
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db]
@@ -34,22 +34,6 @@ MAX_LOSS = 0.03
 DEMO_SUFFIXES = (".pdf", ".docx", ".html", ".md", ".txt")
 
 
-def _printed_lines(data: bytes, name: str) -> list[ocr_scans.Line]:
-    """A non-PDF document as it prints: its blocks, headings larger by level."""
-    lines: list[ocr_scans.Line] = []
-    for block in parse(data, sniff_media_type(data, name)).blocks:
-        if block.kind == HEADING:
-            lines += [ocr_scans.Line(""), ocr_scans.Line(block.text, bold=True, points=16 if block.level == 1 else 13)]
-        elif block.kind == TABLE:
-            lines += [ocr_scans.Line("", cells=tuple(row.split(" | "))) for row in block.text.split("\n")]
-        elif block.kind == LIST:
-            lines += [ocr_scans.Line("• " + item.strip().removeprefix("- ")) for item in block.text.split("\n")]
-        else:
-            lines.append(ocr_scans.Line(block.text))
-        lines.append(ocr_scans.Line(""))
-    return lines
-
-
 def scanned_corpus(folder: Path) -> dict[str, str]:
     """Write the scanned demo corpus into `folder`; the original file name -> the scan's."""
     names = {}
@@ -60,7 +44,12 @@ def scanned_corpus(folder: Path) -> dict[str, str]:
         if path.suffix == ".pdf":
             images = [image for image, _ in ocr_scans.render_pdf(data, dpi=DPI)]
         else:
-            images = [page.image for page in ocr_scans.render_pages(_printed_lines(data, path.name), dpi=DPI)]
+            images = [
+                page.image
+                for page in ocr_scans.render_pages(
+                    ocr_scans.printed_lines(parse(data, sniff_media_type(data, path.name))), dpi=DPI
+                )
+            ]
         scans = [ocr_scans.degrade(image, seed=number) for number, image in enumerate(images)]
         scan_name = path.stem + ".pdf"
         (folder / scan_name).write_bytes(ocr_scans.pdf_from_images(scans, dpi=DPI))
