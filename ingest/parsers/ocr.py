@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 ENGINE_NAME = "Tesseract 5"
 
 # Defaults of the KB_OCR_* settings (kb/settings.py says how each was chosen).
-DEFAULT_MIN_CONFIDENCE = 0.6
+DEFAULT_MIN_CONFIDENCE = 0.75
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_PAGE_SECONDS = 60.0
 DEFAULT_DPI = 200

@@ -193,3 +193,35 @@ def test_ocr_engines_side_by_side():
     # Ceilings a little above the measured figures (README "OCR").
     assert all(chosen[condition]["cer_mean"] < 0.02 for condition in CONDITIONS)
     assert all(chosen[condition]["seconds_per_page"] < 5 for condition in CONDITIONS)
+
+
+CONFIDENCE_OUT = OUT.with_name("ocr_confidence.json")
+
+
+def test_page_confidence_separates_legible_pages_from_garbage():
+    """How KB_OCR_MIN_CONFIDENCE was chosen: the handbook table page at 100 dpi, blurred more and more, read by
+    Tesseract as kb runs it; mean confidence against character error rate (var/bench/ocr_confidence.json)."""
+    from PIL import ImageFilter
+
+    from ingest.parsers.ocr import ocr_image
+
+    page = ocr_scans.render_pages(ocr_scans.handbook_page_lines(), dpi=100)[0]
+    rows = []
+    for blur in (1.0, 1.5, 2.0, 2.5):
+        for noise in (0.05, 0.2):
+            image = ocr_scans.degrade(page.image, noise=noise).filter(ImageFilter.GaussianBlur(blur))
+            result = ocr_image(image)
+            rows.append(
+                {
+                    "blur": blur,
+                    "noise": noise,
+                    "confidence": round(result.confidence or 0.0, 3),
+                    "cer": round(cer(page.text, result.text), 3),
+                }
+            )
+    CONFIDENCE_OUT.parent.mkdir(parents=True, exist_ok=True)
+    CONFIDENCE_OUT.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    floor = settings.KB_OCR_MIN_CONFIDENCE
+    # Pages kept by the floor read with few errors; pages it rejects are mostly wrong.
+    assert all(row["cer"] < 0.1 for row in rows if row["confidence"] >= floor)
+    assert all(row["cer"] > 0.3 for row in rows if row["confidence"] < floor)
