@@ -8,6 +8,7 @@ import io
 
 import pytest
 from django.core.files.base import ContentFile
+from django.template.loader import render_to_string
 from django.urls import reverse
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
@@ -208,6 +209,24 @@ def test_a_scanned_pdf_becomes_ready_with_its_ocr_report_on_the_document_page(cl
     api = client.get(f"/api/v1/documents/{document.pk}").json()
     assert [(p["page"], p["problem"]) for p in api["ocr_pages"]] == [(1, ""), (2, "no legible text was found on it")]
     assert api["ocr_confidence"] == pytest.approx(document.ocr_confidence)
+
+
+@pytest.mark.django_db
+def test_the_worker_reports_ocr_progress_page_by_page_with_a_heartbeat(monkeypatch):
+    seen = []
+    real = services._ocr_progress
+
+    def spy(document_id, done, total):
+        real(document_id, done, total)
+        document = Document.objects.get(pk=document_id)
+        seen.append((document.ocr_pages_done, document.ocr_pages_total, document.heartbeat_at))
+        seen[-1] += (render_to_string("ingest/_status.html", {"document": document}),)
+
+    monkeypatch.setattr(services, "_ocr_progress", spy)
+    ingest(scanned_pdf(handbook_image(), handbook_image()), "two-scans.pdf")
+    assert [(done, total) for done, total, _, _ in seen] == [(0, 2), (0, 2), (1, 2), (2, 2)]
+    assert "reading page 2 of 2 by OCR" in seen[2][3] and "read 2 pages by OCR" in seen[3][3]
+    assert seen[0][2] < seen[-1][2]  # each page renews the heartbeat
 
 
 @pytest.mark.django_db
