@@ -5,14 +5,17 @@ an employee then asks about a value in the scan's table and gets it, cited to th
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from playwright.sync_api import expect
 
 from tests import ocr_scans
 from tests.browser.test_ask import ask
 from tests.browser.test_documents import sign_in
 
+SCREENSHOT = Path(settings.BASE_DIR) / "var" / "screenshots" / "scanned-document.png"
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 INTRO = [
@@ -76,6 +79,8 @@ def test_a_scanned_handbook_is_read_by_ocr_and_answers_from_its_table_with_the_p
     report = page.locator("#ocr-report")
     expect(report).to_contain_text(re.compile(r"pages 1–2, mean confidence (8|9)\d%"))
     expect(page.locator("#ocr-unreadable")).to_have_count(0)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
     table = page.locator("article.chunk").filter(has_text="Oslo")
     expect(table.locator("header")).to_contain_text("page 2")
 
