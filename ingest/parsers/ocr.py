@@ -49,6 +49,7 @@ DEFAULT_MIN_CONFIDENCE = 0.75
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_PAGE_SECONDS = 60.0
 DEFAULT_DPI = 200
+# Fewer characters than this on a page is no text (a speck or a stamp read as a letter or two).
 DEFAULT_MIN_CHARS = 3
 
 # Layout: boxes whose vertical centres are within this share of a line's height sit on one line; a gap wider
@@ -398,7 +399,7 @@ def read_page(
     try:
         result = ocr_image(image, timeout=limits.page_seconds, dpi=dpi)
     except OcrTimeout:
-        return OcrPage(page, problem=f"reading it took longer than the {limits.page_seconds:.0f} s limit per page")
+        return OcrPage(page, problem=f"reading it took longer than the {limits.page_seconds:g} s limit per page")
     chars = sum(len(box.text) for box in result.boxes)
     confidence = result.confidence
     if chars < limits.min_chars or confidence is None:

@@ -157,7 +157,7 @@ def test_a_page_over_the_time_limit_is_stopped_and_reported(settings):
     with pytest.raises(ParseError) as caught:
         parse_file(scanned_pdf(handbook_image(dpi=300)), "slow.pdf")
     assert caught.value.code == "ocr_unreadable"
-    assert "longer than the 0 s limit per page" in caught.value.message
+    assert "longer than the 0.05 s limit per page" in caught.value.message
 
 
 def test_without_tesseract_a_scan_fails_saying_what_to_install(monkeypatch):
