@@ -7,9 +7,13 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: run test bench lint setup setup-test-system clean-var
+.PHONY: run test bench lint setup setup-ocr setup-test-system clean-var
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed setup-ocr
+
+# Debian's tesseract-ocr for OCR of scans and images: installed when missing (as root), else one line and a stop.
+setup-ocr:
+	@bash ingest/ensure_ocr.sh
 
 # torch first, pinned to the CPU build (the local wheel); a plain resolve would pull CUDA packages.
 $(VENV)/.installed: pyproject.toml

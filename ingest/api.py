@@ -20,6 +20,13 @@ from kb.api_common import Text, responses
 router = Router(tags=["documents"])
 
 
+class OcrPageOut(Schema):
+    page: int
+    confidence: float | None
+    chars: int
+    problem: str  # why OCR could not read the page; empty when it did
+
+
 class DocumentOut(Schema):
     id: int
     title: str
@@ -33,6 +40,9 @@ class DocumentOut(Schema):
     error_message: str
     chunks_total: int
     chunks_embedded: int
+    # Pages read by OCR (scans, images), each with its confidence, or the reason it could not be read.
+    ocr_pages: list[OcrPageOut]
+    ocr_confidence: float | None
     access_groups: list[str]
     created_at: datetime
     ready_at: datetime | None

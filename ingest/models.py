@@ -34,6 +34,17 @@ def page_label(start: int | None, end: int | None) -> str:
     return str(start)
 
 
+def page_ranges(pages: Iterable[int]) -> str:
+    """ "1–3, 7" for [1, 2, 3, 7]."""
+    ranges: list[list[int]] = []
+    for page in sorted(set(pages)):
+        if ranges and page == ranges[-1][1] + 1:
+            ranges[-1][1] = page
+        else:
+            ranges.append([page, page])
+    return ", ".join(page_label(start, end) for start, end in ranges)
+
+
 class DocumentStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     PARSING = "parsing", "Parsing"
@@ -169,6 +180,14 @@ class Document(models.Model):
     chunks_total = models.PositiveIntegerField(default=0)
     chunks_embedded = models.PositiveIntegerField(default=0)
     page_count = models.PositiveIntegerField(null=True, blank=True)
+    # Pages read by OCR (scans without a text layer, images): per page its number, confidence, characters read
+    # and, for a page that could not be read, why; empty when no page needed OCR.
+    ocr_pages = models.JSONField(default=list, blank=True)
+    ocr_engine = models.CharField(max_length=60, blank=True)
+    ocr_confidence = models.FloatField(null=True, blank=True, help_text="Mean confidence of the pages OCR read")
+    # Progress while the worker reads pages by OCR (during "parsing").
+    ocr_pages_done = models.PositiveIntegerField(default=0)
+    ocr_pages_total = models.PositiveIntegerField(default=0)
     extracted_chars = models.PositiveIntegerField(default=0)
     embedding_model = models.CharField(max_length=200, blank=True)
     access_groups = models.ManyToManyField("accounts.AccessGroup", blank=True, related_name="documents")
@@ -198,6 +217,19 @@ class Document(models.Model):
         if self.status == DocumentStatus.PARSING or not self.chunks_total:
             return 0
         return int(100 * self.chunks_embedded / self.chunks_total)
+
+    @property
+    def ocr_read(self) -> list[dict]:
+        return [page for page in self.ocr_pages if not page.get("problem")]
+
+    @property
+    def ocr_unreadable(self) -> list[dict]:
+        return [page for page in self.ocr_pages if page.get("problem")]
+
+    @property
+    def ocr_read_label(self) -> str:
+        """The pages OCR read, as ranges: "1–3, 7"."""
+        return page_ranges([page["page"] for page in self.ocr_read])
 
     @property
     def is_in_progress(self) -> bool:

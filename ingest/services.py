@@ -29,6 +29,7 @@ from ingest.chunker import ChunkDraft, chunk_document
 from ingest.filenames import UnsafeFilename, safe_filename
 from ingest.models import IN_PROGRESS, TRANSITIONS, Chunk, Document, DocumentStatus
 from ingest.parsers import ParseError, parse, sniff_media_type
+from ingest.parsers.ocr import ocr_progress, ocr_report_of
 from kb.audit.models import AuditKind
 from kb.audit.services import access_groups_audit, document_audit, document_upload_audit
 from kb.search import embeddings
@@ -362,18 +363,31 @@ class _Stopwatch:
 
 def _process(document: Document) -> None:
     watch = _Stopwatch()
-    _move(document.id, DocumentStatus.PARSING, attempts=F("attempts") + 1, error_code="", error_message="")
+    _move(
+        document.id,
+        DocumentStatus.PARSING,
+        attempts=F("attempts") + 1,
+        error_code="",
+        error_message="",
+        ocr_pages_done=0,
+        ocr_pages_total=0,
+    )
     try:
         with document.original.open("rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         document_fail(document.id, code="missing_file", message="The stored file is missing; upload it again.")
         return
+    # Pages read by OCR take a second or more each: their count is the progress shown, and a heartbeat.
+    token = ocr_progress.set(partial(_ocr_progress, document.id))
     try:
         parsed = parse_upload(data, document.media_type)
     except ParseError as exc:
         document_fail(document.id, code=exc.code, message=exc.message)
         return
+    finally:
+        ocr_progress.reset(token)
+    ocr = ocr_report_of(parsed)
     watch.lap("read and parse")
     Document.objects.filter(pk=document.id).update(heartbeat_at=timezone.now())
     drafts = chunks_of(parsed)
@@ -390,6 +404,9 @@ def _process(document: Document) -> None:
         chunks_embedded=0,
         page_count=parsed.page_count,
         extracted_chars=len(parsed.text),
+        ocr_pages=ocr.as_json()["pages"] if ocr else [],
+        ocr_engine=ocr.engine if ocr else "",
+        ocr_confidence=ocr.mean_confidence if ocr else None,
     )
     watch.lap("chunk")
     inputs = [indexed_text(document.title, d.text, d.heading_path) for d in drafts]
@@ -402,6 +419,14 @@ def _process(document: Document) -> None:
     _finalize(document.id, drafts, vectors, terms, injections)
     watch.lap("write")
     logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
+
+
+def _ocr_progress(document_id: int, done: int, total: int) -> None:
+    updated = Document.objects.filter(pk=document_id, status=DocumentStatus.PARSING).update(
+        ocr_pages_done=done, ocr_pages_total=total, heartbeat_at=timezone.now()
+    )
+    if not updated:
+        raise DocumentGone(document_id)
 
 
 def _embed_with_progress(document_id: int, inputs: list[str]) -> list:

@@ -564,6 +564,19 @@ KB_INGEST_STALL_SECONDS = env_int("KB_INGEST_STALL_SECONDS", 300, minimum=1)
 # A queued document is re-sent only after this long: in a backlog it is waiting its turn, not lost.
 KB_INGEST_QUEUED_RESEND_SECONDS = env_int("KB_INGEST_QUEUED_RESEND_SECONDS", 1800, minimum=1)
 KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minimum=10)
+# OCR of scanned PDF pages and images (Tesseract; tests/bench/test_ocr_bench.py, README "OCR").
+# Resolution PDF pages are rendered at: Tesseract's character error rate was 0.03 % at 150 dpi and 0.65 % at
+# 300 dpi on kb's pages (0.5-3 s a page); 200 keeps small print (8 pt footnotes) legible at ~1.5 s a page.
+KB_OCR_DPI = env_int("KB_OCR_DPI", 200, minimum=72, maximum=600)
+# A page whose words' mean confidence is below this is reported unreadable, not indexed: clean and lightly
+# damaged pages measured 0.88-0.96 (under 2 % character errors), a blurred 100 dpi page 0.84 (3 %), blurrier
+# ones 0.69 (42 %) and 0.2 (75 %) (tests/bench/test_ocr_bench.py, var/bench/ocr_confidence.json).
+KB_OCR_MIN_CONFIDENCE = env_float("KB_OCR_MIN_CONFIDENCE", 0.75, minimum=0.0, maximum=1.0)
+# Larger page images are refused: an A4 page at 600 dpi is 35 megapixels; Tesseract's memory grows with pixels
+# (212 MB peak at 8.7 MP), so this bounds a worker near 1 GB.
+KB_OCR_MAX_PIXELS = env_int("KB_OCR_MAX_MEGAPIXELS", 40, minimum=1) * 1_000_000
+# Tesseract is stopped on a page after this long (measured 0.5-4 s a page on 2 cores): the page is reported.
+KB_OCR_PAGE_SECONDS = env_float("KB_OCR_PAGE_SECONDS", 60.0, minimum=1.0)
 
 # --- Operations -----------------------------------------------------------------------------------
 KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum=30.0)

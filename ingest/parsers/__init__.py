@@ -19,6 +19,7 @@ from ingest.parsers.common import (
     DOCX,
     HEADING,
     HTML,
+    IMAGE_MEDIA_TYPES,
     LIST,
     MARKDOWN,
     PARAGRAPH,
@@ -40,6 +41,7 @@ from ingest.parsers.common import (
 from ingest.parsers.decode import decode_text
 from ingest.parsers.docx import parse_docx
 from ingest.parsers.html import parse_html
+from ingest.parsers.image import parse_image
 from ingest.parsers.markdown import parse_markdown
 from ingest.parsers.pdf import parse_pdf
 from ingest.parsers.plain import parse_plain
@@ -103,6 +105,8 @@ def parse(
         return parse_markdown(data)
     if media_type == PLAIN:
         return parse_plain(data)
+    if media_type in IMAGE_MEDIA_TYPES:
+        return parse_image(data, media_type)
     raise ParseError(
         "unsupported_type", f"Files of type {media_type!r} cannot be indexed; upload them as {supported_list()}."
     )

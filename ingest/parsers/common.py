@@ -13,6 +13,11 @@ DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 HTML = "text/html"
 MARKDOWN = "text/markdown"
 PLAIN = "text/plain"
+# Images are read by OCR (ingest/parsers/image.py).
+PNG = "image/png"
+JPEG = "image/jpeg"
+TIFF = "image/tiff"
+IMAGE_MEDIA_TYPES = frozenset({PNG, JPEG, TIFF})
 
 SUPPORTED_MEDIA_TYPES: dict[str, str] = {
     PDF: "PDF document",
@@ -20,6 +25,9 @@ SUPPORTED_MEDIA_TYPES: dict[str, str] = {
     HTML: "HTML page",
     MARKDOWN: "Markdown text",
     PLAIN: "Plain text",
+    PNG: "PNG image (read by OCR)",
+    JPEG: "JPEG image (read by OCR)",
+    TIFF: "TIFF image (read by OCR)",
 }
 
 HEADING = "heading"
@@ -167,7 +175,7 @@ def empty_error() -> ParseError:
 
 
 def supported_list() -> str:
-    return "PDF, Word (.docx), HTML, Markdown or plain text"
+    return "PDF, Word (.docx), HTML, Markdown, plain text or a PNG, JPEG or TIFF image"
 
 
 def finish_document(

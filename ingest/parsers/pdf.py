@@ -1,5 +1,6 @@
 """PDF text layers (pypdf): pages kept on every block, paragraphs, lists and headings rebuilt from plain lines,
-bookmarks used as headings, running headers and footers dropped."""
+bookmarks used as headings, running headers and footers dropped. Pages without a text layer (scans) are rendered
+by pypdfium2 and read by OCR (ingest/parsers/ocr.py); the result says which pages and how well."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,15 @@ from ingest.parsers.common import (
     clean_inline,
     finish_document,
     strip_invisible,
+)
+from ingest.parsers.ocr import (
+    OcrLimits,
+    OcrPage,
+    OcrReport,
+    progress,
+    read_page,
+    unreadable_error,
+    with_ocr,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,17 +114,85 @@ def parse_pdf(data: bytes) -> ParsedDocument:
             raise _corrupt_pdf(f"damaged (page {number} cannot be read)") from exc
     if page_count == 0:
         raise ParseError("no_text", "The PDF has no pages; export it again from the original document.")
-    if not any(text.strip() for text in page_texts):
-        raise ParseError(
-            "image_only_pdf",
-            "This PDF contains only images (probably a scan) and no text; run it through OCR to add a text layer "
-            "and upload the result.",
-        )
+    scanned = [index for index, text in enumerate(page_texts) if not text.strip()]
+    if not scanned:
+        return _layout(reader, [_pdf_lines(text) for text in page_texts], {}, page_count)
+    return _parse_with_ocr(data, reader, page_texts, scanned)
+
+
+def _layout(
+    reader: PdfReader,
+    lines: list[list[str]],
+    scanned: dict[int, Callable[[BlockCollector, int], None]],
+    page_count: int,
+) -> ParsedDocument:
     outline = _pdf_outline(reader)
-    pages = _drop_running_lines([_pdf_lines(text) for text in page_texts])
+    pages = _drop_running_lines(lines)
     collector = BlockCollector()
-    _PdfLayout(collector, pages, outline).run()
+    _PdfLayout(collector, pages, outline, scanned).run()
     return finish_document(collector, PDF, title=_pdf_title(reader), page_count=page_count)
+
+
+def _parse_with_ocr(data: bytes, reader: PdfReader, page_texts: list[str], scanned: list[int]) -> ParsedDocument:
+    """OCR the pages without a text layer (those with nothing drawn on them are blank, not unread), the others
+    as text; blocks keep their page numbers either way."""
+    import pypdfium2
+
+    limits = OcrLimits.from_settings()
+    try:
+        pdf = pypdfium2.PdfDocument(data)
+    except pypdfium2.PdfiumError as exc:
+        raise _corrupt_pdf() from exc
+    results: dict[int, OcrPage] = {}
+    try:
+        to_read = [index for index in scanned if _has_marks(pdf[index])]
+        with progress(len(to_read)) as step:
+
+            def reader_for(index: int) -> Callable[[BlockCollector, int], None]:
+                def run(collector: BlockCollector, page: int) -> None:
+                    step(len(results))
+                    image, dpi = _render(pdf[index], limits)
+                    results[index] = read_page(image, page, collector, limits, dpi=dpi)
+
+                return run
+
+            try:
+                document = _layout(
+                    reader,
+                    [_pdf_lines(text) for text in page_texts],
+                    {index: reader_for(index) for index in to_read},
+                    len(page_texts),
+                )
+            except ParseError as exc:
+                if exc.code != "no_text":
+                    raise
+                document = None
+    finally:
+        pdf.close()
+    report = OcrReport(pages=tuple(results[index] for index in sorted(results)))
+    if document is None:
+        if report.unreadable:
+            raise unreadable_error(report)
+        raise ParseError(
+            "no_text", "The PDF's pages are blank: there is no text and nothing to read by OCR; check the file."
+        )
+    return with_ocr(document, report)
+
+
+def _has_marks(page: Any) -> bool:
+    """Whether anything is drawn on the page (an image, a path, a text object without extractable text)."""
+    return next(iter(page.get_objects(max_depth=1)), None) is not None
+
+
+def _render(page: Any, limits: OcrLimits) -> tuple[Any, int]:
+    """The page as a greyscale image at the OCR resolution, lowered for a page so large (a poster, a plan) that
+    it would pass the pixel limit."""
+    width, height = page.get_size()  # points
+    scale = limits.dpi / 72
+    pixels = width * height * scale * scale
+    if pixels > limits.max_pixels:
+        scale *= (limits.max_pixels / pixels) ** 0.5
+    return page.render(scale=scale, grayscale=True).to_pil(), round(scale * 72)
 
 
 def _pdf_title(reader: PdfReader) -> str | None:
@@ -220,10 +298,17 @@ class _PdfLayout:
     clearly shorter than the document's typical line, or where a heading or list item starts.
     """
 
-    def __init__(self, collector: BlockCollector, pages: list[list[str]], outline: list[_OutlineEntry]) -> None:
+    def __init__(
+        self,
+        collector: BlockCollector,
+        pages: list[list[str]],
+        outline: list[_OutlineEntry],
+        scanned: dict[int, Callable[[BlockCollector, int], None]],
+    ) -> None:
         self.collector = collector
         self.pages = pages
         self.outline = outline
+        self.scanned = scanned  # page index -> reads that page by OCR into the collector
         lengths = sorted(len(line) for page in pages for line in page)
         self.typical = lengths[int(len(lengths) * PDF_TYPICAL_LINE_PERCENTILE)] if lengths else 0
         self.paragraph: list[str] = []
@@ -236,6 +321,10 @@ class _PdfLayout:
             hits, missing = self._outline_hits(index, lines)
             for entry in missing:
                 self.collector.heading(entry.title, entry.level, self.page)
+            if index in self.scanned:
+                self.flush()
+                self.scanned[index](self.collector, self.page)
+                continue
             position = 0
             while position < len(lines):
                 hit = hits.get(position)

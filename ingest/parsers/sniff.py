@@ -12,10 +12,13 @@ from pathlib import PurePosixPath
 from ingest.parsers.common import (
     DOCX,
     HTML,
+    JPEG,
     MARKDOWN,
     PDF,
     PLAIN,
+    PNG,
     SNIFF_BYTES,
+    TIFF,
     ParseError,
     empty_error,
     is_empty,
@@ -36,6 +39,11 @@ _EXTENSION_KINDS = {
     ".markdown": MARKDOWN,
     ".txt": PLAIN,
     ".text": PLAIN,
+    ".png": PNG,
+    ".jpg": JPEG,
+    ".jpeg": JPEG,
+    ".tif": TIFF,
+    ".tiff": TIFF,
 }
 _TEXT_FAMILY = frozenset({HTML, MARKDOWN, PLAIN})
 
@@ -64,7 +72,9 @@ _EXECUTABLE_MAGIC = (
     b"\xca\xfe\xba\xbe",
     b"\x00asm",
 )
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+# PNG, JPEG, TIFF (both byte orders) are read by OCR; other images are refused.
+_OCR_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
+_IMAGE_MAGIC = (b"GIF87a", b"GIF89a")
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"7z\xbc\xaf\x27\x1c", b"Rar!\x1a\x07", b"\xfd7zXZ\x00")
 # "MZ" and "BZh" are also how ordinary text can start; a DOS/Windows executable's header has NUL bytes right
 # away, and bzip2 follows its magic with a block size digit and the block signature.
@@ -83,6 +93,12 @@ def _detect(data: bytes, ext: str) -> _Detected:
         return _Detected(None, "a legacy Office file (.doc, .xls or .ppt)")
     if head.startswith(_EXECUTABLE_MAGIC) or (head.startswith(b"MZ") and b"\x00" in head[:_DOS_HEADER_BYTES]):
         return _Detected(None, "an executable program")
+    if head.startswith(_OCR_IMAGE_MAGIC[0]):
+        return _Detected(PNG, "a PNG image")
+    if head.startswith(_OCR_IMAGE_MAGIC[1]):
+        return _Detected(JPEG, "a JPEG image")
+    if head.startswith(_OCR_IMAGE_MAGIC[2:]):
+        return _Detected(TIFF, "a TIFF image")
     if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return _Detected(None, "an image")
     if head.startswith(_ARCHIVE_MAGIC) or _BZIP2_MAGIC.match(head):

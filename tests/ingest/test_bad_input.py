@@ -43,10 +43,11 @@ BAD_FILES = [
         "corrupt_pdf",
     ),
     ("secret.pdf", lambda: build.encrypt_pdf(build.policy_pdf(), user_password="hunter2"), "encrypted_pdf"),
-    ("scan.pdf", lambda: build.build_pdf([["ignored"]], image_only=True), "image_only_pdf"),
+    ("scan.pdf", lambda: build.build_pdf([["ignored"]], image_only=True), "ocr_unreadable"),  # no legible text
     ("page.pdf", lambda: b"<!DOCTYPE html><html><body><p>Not a PDF at all.</p></body></html>", "mislabelled"),
     ("setup.pdf", build.elf_bytes, "mislabelled"),
-    ("photo.png", build.png_bytes, "unsupported_type"),
+    ("photo.png", build.png_bytes, "corrupt_image"),  # a PNG header and nothing after it
+    ("photo.gif", lambda: b"GIF89a" + b"\x00" * 64, "unsupported_type"),  # images other than PNG/JPEG/TIFF
     ("bomb.docx", lambda: build.build_docx_bomb(300 * 1024 * 1024), "zip_bomb"),
     ("junk.txt", lambda: bytes(range(256)) * 40, "mislabelled"),  # binary data named .txt
 ]

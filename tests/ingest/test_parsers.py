@@ -20,6 +20,7 @@ from ingest.parsers import (
     parse,
     sniff_media_type,
 )
+from ingest.parsers.common import IMAGE_MEDIA_TYPES
 from tests.ingest import fixtures_build as build
 
 
@@ -58,7 +59,7 @@ def sniff_error(data: bytes, filename: str) -> ParseError:
 
 
 def test_supported_media_types_have_human_names():
-    assert set(SUPPORTED_MEDIA_TYPES) == {PDF, DOCX, HTML, MARKDOWN, PLAIN}
+    assert set(SUPPORTED_MEDIA_TYPES) == {PDF, DOCX, HTML, MARKDOWN, PLAIN} | IMAGE_MEDIA_TYPES
     assert all(name for name in SUPPORTED_MEDIA_TYPES.values())
 
 
@@ -120,7 +121,7 @@ def test_sniff_refuses_plain_zip_named_docx_as_mislabelled():
     [
         (build.elf_bytes(), "tool", "executable"),
         (build.pe_bytes(), "setup.exe", "executable"),
-        (build.png_bytes(), "scan.png", "image"),
+        (b"GIF89a" + b"\x00" * 64, "anim.gif", "image"),
         (build.build_zip({"a.txt": b"x"}), "bundle.zip", "zip"),
         (build.build_zip({"xl/workbook.xml": b"<x/>"}), "budget.xlsx", "Excel"),
         (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "old.doc", "legacy"),
@@ -161,7 +162,7 @@ def test_empty_input_is_refused_for_every_type(media_type, data):
 
 
 def test_unknown_media_type_is_refused():
-    assert parse_error(b"data", "image/png").code == "unsupported_type"
+    assert parse_error(b"data", "image/gif").code == "unsupported_type"
 
 
 def test_input_above_the_size_limit_is_refused():
@@ -280,11 +281,12 @@ def test_encrypted_pdf_is_refused():
     assert "password" in error.message
 
 
-def test_image_only_pdf_is_refused_with_ocr_advice():
+def test_image_only_pdf_without_legible_text_is_refused_with_each_page_reason():
+    # Scans are read by OCR (tests/ingest/test_ocr.py); a grey rectangle has nothing to read.
     pdf = build.build_pdf([[], []], image_only=True)
     error = parse_error(pdf, PDF)
-    assert error.code == "image_only_pdf"
-    assert "OCR" in error.message
+    assert error.code == "ocr_unreadable"
+    assert "page 1: no legible text" in error.message and "page 2: no legible text" in error.message
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
