@@ -12,7 +12,7 @@ import pytest
 
 from kb.llm import resilience
 from kb.llm.chain import ChainDone, Delta, Discard, run_chain
-from kb.llm.cost import cost_usd, link_price
+from kb.llm.cost import budget_links, cost_usd, link_price
 from kb.llm.links import Endpoint
 from kb.llm.providers import EXTRACTIVE, ModelRequest, OpenAICompatibleProvider, Passage, Usage, provider_for
 from tests.conftest import OPENAI_LINK, PRIMARY, SELFHOSTED_LINK
@@ -215,3 +215,12 @@ def test_prices_cover_both_providers(settings):
     assert link_price("selfhosted:llama-3.1-70b") == (0, 0, 0, 0)
     usage = Usage(input_tokens=1000, output_tokens=100, cache_read_input_tokens=4000, cache_creation_input_tokens=10)
     assert cost_usd("gpt-4.1", usage) == round((1000 * 2 + 100 * 8 + 4000 * 0.5 + 10 * 2) / 1e6, 6)
+
+
+def test_the_budget_downgrade_picks_the_cheapest_link_of_either_provider(settings):
+    settings.KB_USER_DAILY_BUDGET_USD = 1.0
+    settings.KB_BUDGET_DOWNGRADE_FRACTION = 0.8
+    links = ["anthropic:claude-sonnet-5-5", "openai:gpt-4.1-mini", "anthropic:claude-haiku-5-5", EXTRACTIVE]
+    decision = budget_links(links, user_spent=0.85, global_spent=0.0)
+    assert decision.reason == "downgraded" and decision.links == ["openai:gpt-4.1-mini", EXTRACTIVE]
+    assert budget_links(links, user_spent=1.0, global_spent=0.0).links == [EXTRACTIVE]
