@@ -419,6 +419,20 @@ KB_MODELS = _chain(
         else ["extractive"],
     ),
 )
+# Routing before generation (kb/answers/pipeline/route.py): `fast=CHAIN;strong=CHAIN`, each tier its own chain
+# (links as in KB_MODELS). Unset: every question takes KB_MODELS. A tier left out takes KB_MODELS.
+KB_ROUTES = {
+    _tier: _chain(f"KB_ROUTES ({_tier})", _links_of)
+    for _tier, _links_of in _links.routes_parse(env_str("KB_ROUTES"), error=EnvError).items()
+}
+# The router's signals (no model call, well under 1 ms). Chosen on the golden sets' dev questions
+# (tests/bench/test_routing_bench.py): a question longer than this many words goes to the strong tier...
+KB_ROUTE_LONG_QUESTION_WORDS = env_int("KB_ROUTE_LONG_QUESTION_WORDS", 30, minimum=1)
+# ...and so does one whose top passages (this many) span two or more documents, each passage counted when
+# its fused retrieval score is at least this share of the best one (a close second document: the answer
+# likely needs both).
+KB_ROUTE_TOP_PASSAGES = env_int("KB_ROUTE_TOP_PASSAGES", 3, minimum=1, maximum=30)
+KB_ROUTE_SPREAD_SHARE = env_float("KB_ROUTE_SPREAD_SHARE", 0.9, minimum=0.0, maximum=1.0)
 # The versioned prompt that answers use (kb/llm/prompts/<id>.txt, hash locked in versions.lock).
 KB_PROMPT_VERSION = env_str("KB_PROMPT_VERSION", "answer-v2")
 KB_LLM_MAX_TOKENS = env_int("KB_LLM_MAX_TOKENS", 1024, minimum=16, maximum=64000)
@@ -536,7 +550,7 @@ KB_ABANDONED_EXCHANGE_S = env_int("KB_ABANDONED_EXCHANGE_S", 900, minimum=60)
 # regenerated), then the wait to record it. The sweep must not close an answer that is still being written.
 _LONGEST_ANSWER_S = (
     2
-    * len([link for link in KB_MODELS if link != "extractive"])
+    * max(len([link for link in chain if link != "extractive"]) for chain in [KB_MODELS, *KB_ROUTES.values()])
     * (KB_LLM_RETRIES + 1)
     * (KB_LLM_TOTAL_TIMEOUT_S + KB_LLM_BACKOFF_MAX_S)
     + KB_RECORD_RETRY_S

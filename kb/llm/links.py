@@ -104,3 +104,26 @@ def chain_check(
     if links[-1] != EXTRACTIVE:
         raise LinkError(f"{setting} has links after extractive, which always answers: put extractive last")
     return list(links)
+
+
+TIERS = ("fast", "strong")
+ROUTES_FORM = "use KB_ROUTES=fast=LINK,LINK,...;strong=LINK,LINK,... (tiers fast and strong)"
+
+
+def routes_parse(value: str, *, error: type[Exception] = LinkError) -> dict[str, list[str]]:
+    """`fast=a,b;strong=c,d` as {tier: [links]} (unchecked links: settings check them as chains)."""
+    routes: dict[str, list[str]] = {}
+    if not value.strip():
+        return routes
+    for item in value.split(";"):
+        tier, _, chain = item.strip().partition("=")
+        tier = tier.strip()
+        if tier not in TIERS:
+            raise error(f"KB_ROUTES has an unknown tier {tier!r}: {ROUTES_FORM}")
+        if tier in routes:
+            raise error(f"KB_ROUTES names tier {tier} twice: {ROUTES_FORM}")
+        links = [link.strip() for link in chain.split(",")]
+        if not chain.strip() or any(not link for link in links):
+            raise error(f"KB_ROUTES has an empty chain or link for {tier}: {ROUTES_FORM}")
+        routes[tier] = links
+    return routes
