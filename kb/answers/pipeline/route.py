@@ -41,19 +41,39 @@ COMPARISON = re.compile(
     re.IGNORECASE,
 )
 PROCEDURE = re.compile(
-    r"\b(how (do|can|should|would) (i|we|you)|how to|steps?|procedure|process|walk me through|what do i (need|have) "
-    r"to do|set ?up|apply for|sign up|register)\b",
+    r"\b(how (do|can|should|would) (i|we|you)|how to|how do i go about|steps?|procedure|process|walk me through|"
+    r"what (do|should|must) (i|we) do|what do i (need|have) to do|instructions|set ?up|apply for|sign up|register)\b",
     re.IGNORECASE,
+)
+# A question of several parts ("who do I call, and how long until...?"): clauses that open with an interrogative.
+_CLAUSES = re.compile(r"[?.!,;:\u2013\u2014]| - |\b(?:and|or|also)\b", re.IGNORECASE)
+_INTERROGATIVE = frozenset(
+    {"how", "what", "who", "whom", "when", "where", "which", "why", "would", "will", "can", "could"}
+    | {"do", "does", "did", "is", "are", "should", "may"}
 )
 
 
+def question_parts(question: str) -> int:
+    """How many clauses of the question open with an interrogative word."""
+    parts = 0
+    for clause in _CLAUSES.split(question):
+        words = clause.split()
+        if words and words[0].lower().replace("\u2019", "'").removesuffix("'s") in _INTERROGATIVE:
+            parts += 1
+    return parts
+
+
 def documents_spanned(hits: Sequence[SearchHit]) -> int:
-    """Distinct documents among the top passages that score close to the best one."""
-    top = list(hits[: settings.KB_ROUTE_TOP_PASSAGES])
-    if not top:
-        return 0
-    bar = top[0].fused_score * settings.KB_ROUTE_SPREAD_SHARE
-    return len({hit.document_id for hit in top if hit.fused_score >= bar})
+    """Distinct documents with a passage that both retrieval legs rank near the top (vector and BM25 rank at most
+    KB_ROUTE_AGREED_RANK): two such documents mean the question likely needs both. Fused scores alone do not
+    separate them: reciprocal-rank fusion scores the top passages nearly alike."""
+    limit = settings.KB_ROUTE_AGREED_RANK
+    agreed = {
+        hit.document_id
+        for hit in hits
+        if hit.vector_rank is not None and hit.bm25_rank is not None and max(hit.vector_rank, hit.bm25_rank) <= limit
+    }
+    return len(agreed)
 
 
 def tier_for(question: str, *, follow_up: bool, documents: int) -> tuple[str, tuple[str, ...]]:
@@ -67,7 +87,7 @@ def tier_for(question: str, *, follow_up: bool, documents: int) -> tuple[str, tu
         why.append("procedure wording")
     if len(question.split()) > settings.KB_ROUTE_LONG_QUESTION_WORDS:
         why.append(f"long question (> {settings.KB_ROUTE_LONG_QUESTION_WORDS} words)")
-    if question.count("?") > 1:
+    if question_parts(question) > 1:
         why.append("several questions")
     if documents > 1:
         why.append(f"passages span {documents} documents")
@@ -101,7 +121,8 @@ def route(scope: Scope, opened: Opened, evidence: Evidence, trace: Trace) -> Rou
     if settings.KB_ROUTES:
         documents = documents_spanned(hits)
         tier, why = tier_for(evidence.model_request.question, follow_up=bool(opened.history), documents=documents)
-        chain = budget_links(list(settings.KB_ROUTES.get(tier, settings.KB_MODELS)), **scope.spent).links
+        spent = {"user_spent": scope.spent.get("user_spent", 0.0), "global_spent": scope.spent.get("global_spent", 0.0)}
+        chain = budget_links(list(settings.KB_ROUTES.get(tier, settings.KB_MODELS)), **spent).links
     else:
         tier, why, chain = DEFAULT, ("KB_ROUTES unset",), list(scope.chain)
     trace.latency["route_ms"] = ms_since(started)
