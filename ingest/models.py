@@ -191,6 +191,9 @@ class Document(models.Model):
     extracted_chars = models.PositiveIntegerField(default=0)
     embedding_model = models.CharField(max_length=200, blank=True)
     access_groups = models.ManyToManyField("accounts.AccessGroup", blank=True, related_name="documents")
+    internal_models_only = models.BooleanField(
+        default=False, help_text="Its passages go only to models on the company's own infrastructure"
+    )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import dj_database_url
 
 from kb.env import EnvError, env_bool, env_float, env_int, env_list, env_path, env_prices, env_str, env_url
+from kb.llm import links as _links
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -382,29 +383,55 @@ ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env_url("ANTHROPIC_BASE_URL", schemes=("http", "https"), example="https://api.anthropic.com")
 # Current models of the pinned SDK's list; claude-sonnet-4-5 (GUIDE's example) reaches end of life on
 # 2026-11-30, and the SDK warns about it on every call.
-KB_MODELS = env_list(
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"), example="https://api.openai.com/v1")
+# OpenAI-compatible servers by name (vLLM, Ollama, llama.cpp server, a LiteLLM proxy), used in chains as
+# NAME:MODEL; `internal` marks one on the company's own infrastructure (kb/llm/links.py has the syntax).
+try:
+    KB_ENDPOINTS = _links.endpoints_parse(env_str("KB_ENDPOINTS")) if env_str("KB_ENDPOINTS") else {}
+except _links.LinkError as _error:
+    raise EnvError(str(_error)) from None
+
+
+def _has_key(variable: str) -> bool:
+    return bool({"ANTHROPIC_API_KEY": ANTHROPIC_API_KEY, "OPENAI_API_KEY": OPENAI_API_KEY}.get(variable)) or bool(
+        env_str(variable)
+    )
+
+
+def _chain(setting: str, links: list[str]) -> list[str]:
+    try:
+        return _links.chain_check(setting, links, endpoints=KB_ENDPOINTS, has_key=_has_key)
+    except _links.LinkError as error:
+        raise EnvError(str(error)) from None
+
+
+# Current models of the pinned SDK's list; claude-sonnet-4-5 (GUIDE's example) reaches end of life on
+# 2026-11-30, and the SDK warns about it on every call. Links of different providers may be mixed.
+KB_MODELS = _chain(
     "KB_MODELS",
-    ["anthropic:claude-sonnet-5-5", "anthropic:claude-haiku-5-5", "extractive"]
-    if ANTHROPIC_API_KEY
-    else ["extractive"],
+    env_list(
+        "KB_MODELS",
+        ["anthropic:claude-sonnet-5-5", "anthropic:claude-haiku-5-5", "extractive"]
+        if ANTHROPIC_API_KEY
+        else ["openai:gpt-4.1", "openai:gpt-4.1-mini", "extractive"]
+        if OPENAI_API_KEY
+        else ["extractive"],
+    ),
 )
-for _link in KB_MODELS:
-    _provider, _, _model = _link.partition(":")
-    if _link == "extractive":
-        continue
-    if _provider != "anthropic" or not _model:
-        raise EnvError(f"KB_MODELS has an unknown link {_link!r}: use anthropic:MODEL or extractive, comma-separated")
-    if not ANTHROPIC_API_KEY:
-        raise EnvError(
-            f"KB_MODELS names {_link} but ANTHROPIC_API_KEY is not set: set the key or use KB_MODELS=extractive"
-        )
-if len(set(KB_MODELS)) != len(KB_MODELS):
-    raise EnvError(f"KB_MODELS={','.join(KB_MODELS)} names a link twice: name each once")
-# The offline extractive answer is always the last resort, so that an outage never leaves a user without one.
-if "extractive" not in KB_MODELS:
-    KB_MODELS.append("extractive")
-elif KB_MODELS[-1] != "extractive":
-    raise EnvError("KB_MODELS has links after extractive, which always answers: put extractive last")
+# Routing before generation (kb/answers/pipeline/route.py): `fast=CHAIN;strong=CHAIN`, each tier its own chain
+# (links as in KB_MODELS). Unset: every question takes KB_MODELS. A tier left out takes KB_MODELS.
+KB_ROUTES = {
+    _tier: _chain(f"KB_ROUTES ({_tier})", _links_of)
+    for _tier, _links_of in _links.routes_parse(env_str("KB_ROUTES"), error=EnvError).items()
+}
+# The router's signals (no model call, well under 1 ms). Chosen on the golden sets' dev questions
+# (tests/bench/test_routing_bench.py): a question longer than this many words goes to the strong tier...
+KB_ROUTE_LONG_QUESTION_WORDS = env_int("KB_ROUTE_LONG_QUESTION_WORDS", 30, minimum=1)
+# ...and so does one for which passages of two or more documents rank in the top KB_ROUTE_AGREED_RANK of both
+# retrieval legs (vector and BM25). 2 kept every multi-document question of the dev sets strong with 81-86 % of
+# all questions fast (demo, blind-handbook); fused-score spreads could not separate them (README "Routing").
+KB_ROUTE_AGREED_RANK = env_int("KB_ROUTE_AGREED_RANK", 2, minimum=1, maximum=30)
 # The versioned prompt that answers use (kb/llm/prompts/<id>.txt, hash locked in versions.lock).
 KB_PROMPT_VERSION = env_str("KB_PROMPT_VERSION", "answer-v2")
 KB_LLM_MAX_TOKENS = env_int("KB_LLM_MAX_TOKENS", 1024, minimum=16, maximum=64000)
@@ -428,12 +455,22 @@ KB_BREAKER_COOLDOWN_S = env_float("KB_BREAKER_COOLDOWN_S", 30.0, minimum=0.01, m
 # A 400/401/403/404 from a model is a configuration error: /readyz reports it this long after it was seen.
 KB_LLM_CONFIG_ERROR_WINDOW_S = env_float("KB_LLM_CONFIG_ERROR_WINDOW_S", 900.0, minimum=1.0)
 # USD per million tokens: input, output, cache write, cache read. Matched by the longest model-name prefix;
-# extend or override with KB_MODEL_PRICES="claude-x=3/15/3.75/0.3;other=1/5/1.25/0.1". An unknown model
-# is costed at the dearest known price, so that budgets never under-count.
+# extend or override with KB_MODEL_PRICES="claude-x=3/15/3.75/0.3;other=1/5/1.25/0.1" (list prices of the
+# vendors' pricing pages, 2026). An unknown model of a vendor is costed at the dearest known price, so that
+# budgets never under-count; a model on a KB_ENDPOINTS server that is not in the table costs nothing per token.
 KB_MODEL_PRICES = {
     "claude-opus": (5.0, 25.0, 6.25, 0.50),
     "claude-sonnet": (3.0, 15.0, 3.75, 0.30),
     "claude-haiku": (1.0, 5.0, 1.25, 0.10),
+    # OpenAI bills no cache write: a cached prompt's first use costs the input price; reads cost the cached price.
+    "gpt-4.1": (2.0, 8.0, 2.0, 0.50),
+    "gpt-4.1-mini": (0.40, 1.60, 0.40, 0.10),
+    "gpt-4.1-nano": (0.10, 0.40, 0.10, 0.025),
+    "gpt-4o": (2.50, 10.0, 2.50, 1.25),
+    "gpt-4o-mini": (0.15, 0.60, 0.15, 0.075),
+    "gpt-5": (1.25, 10.0, 1.25, 0.125),
+    "gpt-5-mini": (0.25, 2.0, 0.25, 0.025),
+    "gpt-5-nano": (0.05, 0.40, 0.05, 0.005),
     **env_prices("KB_MODEL_PRICES"),
 }
 # Daily spending limits in USD (0: no limit). Beyond KB_BUDGET_DOWNGRADE_FRACTION of a limit the cheapest
@@ -515,7 +552,7 @@ KB_ABANDONED_EXCHANGE_S = env_int("KB_ABANDONED_EXCHANGE_S", 900, minimum=60)
 # regenerated), then the wait to record it. The sweep must not close an answer that is still being written.
 _LONGEST_ANSWER_S = (
     2
-    * len([link for link in KB_MODELS if link != "extractive"])
+    * max(len([link for link in chain if link != "extractive"]) for chain in [KB_MODELS, *KB_ROUTES.values()])
     * (KB_LLM_RETRIES + 1)
     * (KB_LLM_TOTAL_TIMEOUT_S + KB_LLM_BACKOFF_MAX_S)
     + KB_RECORD_RETRY_S

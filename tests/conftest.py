@@ -279,6 +279,35 @@ def fake_anthropic(settings):
         resilience.breakers_reset()
 
 
+OPENAI_LINK = "openai:gpt-4.1-mini"
+SELFHOSTED_LINK = "selfhosted:llama-3.1-8b-instruct"
+
+
+@pytest.fixture
+def fake_openai(settings):
+    """A fake OpenAI-compatible server the model layer talks to through the official `openai` SDK, both as
+    `openai:` (OPENAI_BASE_URL) and as the named endpoint `selfhosted` (KB_ENDPOINTS, on the company's own
+    infrastructure); short timeouts and fresh breakers. Script replies with `fake_openai.then(Reply(...))`."""
+    from kb.llm import resilience
+    from kb.llm.links import Endpoint
+    from tests.fake_openai import FakeOpenAI, quoting_responder
+
+    with FakeOpenAI(default=quoting_responder) as server:
+        settings.OPENAI_API_KEY = "sk-openai-test-key"
+        settings.OPENAI_BASE_URL = server.url
+        settings.KB_ENDPOINTS = {"selfhosted": Endpoint("selfhosted", server.url, internal=True)}
+        settings.KB_MODELS = [OPENAI_LINK, "extractive"]
+        settings.KB_LLM_CONNECT_TIMEOUT_S = 1.0
+        settings.KB_LLM_FIRST_TOKEN_TIMEOUT_S = 5.0
+        settings.KB_LLM_TOTAL_TIMEOUT_S = 10.0
+        settings.KB_LLM_BACKOFF_BASE_S = 0.01
+        settings.KB_LLM_BACKOFF_MAX_S = 0.05
+        settings.KB_LLM_RETRIES = 2
+        resilience.breakers_reset()
+        yield server
+        resilience.breakers_reset()
+
+
 class AsgiServer:
     """The app under uvicorn in a process of its own (the production server), on the test database."""
 

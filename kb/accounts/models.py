@@ -42,6 +42,10 @@ class AccessGroup(models.Model):
     demo = models.BooleanField(
         default=False, help_text="Holds the demo corpus: read by everyone until the company's own documents are ready"
     )
+    internal_models_only = models.BooleanField(
+        default=False,
+        help_text="Passages of this group's documents go only to models on the company's own infrastructure",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = AccessGroupQuerySet.as_manager()

@@ -62,6 +62,10 @@ class Exchange(models.Model):
     refusal_reason = models.CharField(max_length=64, blank=True)
     model = models.CharField(max_length=100, blank=True, help_text="The link that answered")
     chain = models.JSONField(default=list)
+    route = models.CharField(max_length=16, blank=True, help_text="The router's tier: fast, strong or default")
+    routing = models.JSONField(
+        default=dict, help_text="Tier, why, the chain used, and whether the internal-models-only rule applied"
+    )
     prompt_version = models.CharField(max_length=100, blank=True)
     fallback_used = models.BooleanField(default=False)
     attempts = models.JSONField(default=list)

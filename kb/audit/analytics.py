@@ -47,6 +47,20 @@ SELECT min(data->>'question'), count(*), max(created_at) FROM audit_auditevent
 WHERE {_WINDOW} AND data->>'outcome' = 'refused'
 GROUP BY lower(btrim(data->>'question')) ORDER BY 2 DESC, 3 DESC LIMIT {TOP}
 """
+# Per route (issue #19): questions, cost, and the latest rating of each answer (a rating may come after the window).
+_ROUTES = """
+SELECT coalesce(nullif(e.data->'routing'->>'tier', ''), 'none'), count(*),
+       coalesce(sum(CASE WHEN jsonb_typeof(e.data->'cost_usd') = 'number' THEN (e.data->>'cost_usd')::numeric END), 0),
+       count(*) FILTER (WHERE f.rating = 'up'), count(*) FILTER (WHERE f.rating = 'down'),
+       count(*) FILTER (WHERE e.data->'routing'->>'residency' = 'true')
+FROM audit_auditevent e
+LEFT JOIN (
+    SELECT DISTINCT ON (exchange_id) exchange_id, data->>'rating' AS rating FROM audit_auditevent
+    WHERE kind = 'feedback' AND exchange_id IS NOT NULL ORDER BY exchange_id, seq DESC
+) f ON f.exchange_id = e.exchange_id
+WHERE e.kind = %s AND e.created_at >= %s AND e.created_at < %s
+GROUP BY 1 ORDER BY 2 DESC
+"""
 _CITED = """
 SELECT (citation->>'document_id')::bigint, count(DISTINCT e.seq)
 FROM audit_auditevent e
@@ -87,6 +101,18 @@ class Day:
 
 
 @dataclass
+class RouteRow:
+    """One router tier (fast, strong; default without KB_ROUTES; none for exchanges that ended before routing)."""
+
+    tier: str
+    questions: int
+    cost_usd: float
+    helpful: int
+    not_helpful: int
+    internal_only: int  # exchanges under the internal-models-only rule
+
+
+@dataclass
 class CitedDocument:
     title: str
     document_id: int
@@ -109,6 +135,7 @@ class Analytics:
     never_cited_total: int = 0
     # What tells a never-cited document apart from another current document with the same title, by id.
     never_cited_details: dict[int, str] = field(default_factory=dict)
+    routes: list[RouteRow] = field(default_factory=list)
 
     @property
     def never_cited_listed(self) -> list[tuple[Document, str]]:
@@ -153,6 +180,8 @@ def analytics_between(since: dt.datetime, until: dt.datetime) -> Analytics:
         top_refused = [(question, count) for question, count, _ in cursor.fetchall()]
         cursor.execute(_CITED, window)
         cited = dict(cursor.fetchall())
+        cursor.execute(_ROUTES, window)
+        routes = [RouteRow(tier, n, float(cost), up, down, internal) for tier, n, cost, up, down, internal in cursor]
     days = []
     day = since.date()
     while day < until.date() or (day == until.date() and until.time() != dt.time.min):
@@ -166,6 +195,7 @@ def analytics_between(since: dt.datetime, until: dt.datetime) -> Analytics:
         feedback_up=ratings.get("up", 0),
         feedback_down=ratings.get("down", 0),
         top_refused=top_refused,
+        routes=routes,
     )
     _cited_documents(result, cited)
     return result

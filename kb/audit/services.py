@@ -151,6 +151,7 @@ def exchange_audit(*, exchange) -> AuditEvent:
         "evidence_score": exchange.evidence_score,
         "prompt_version": exchange.prompt_version,
         "chain": exchange.chain,
+        "routing": exchange.routing,  # tier, why, the chain used, whether the internal-models-only rule applied
         "model": exchange.model,
         "attempts": attempts,
         "fallback_used": exchange.fallback_used,

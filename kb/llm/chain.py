@@ -210,7 +210,7 @@ async def run_chain(
             # Success.
             if breaker is not None:
                 breaker.success()
-            cost = cost_usd(provider.model, end.usage)
+            cost = cost_usd(provider.model, end.usage, metered=provider.metered)
             usage.add(end.usage)
             spent += cost
             attempts.append(Attempt(provider.link, number, "ok", "", None, _ms(started), 0, waited))

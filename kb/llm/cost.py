@@ -11,20 +11,34 @@ from kb.llm.providers import Usage
 PER_MILLION = 1_000_000
 
 
-def price_for(model: str) -> tuple[float, float, float, float]:
+FREE = (0.0, 0.0, 0.0, 0.0)
+
+
+def price_for(model: str, *, metered: bool = True) -> tuple[float, float, float, float]:
     """(input, output, cache write, cache read) USD per million tokens, by the longest matching name prefix;
-    an unknown model costs as much as the dearest known one, so that a budget never under-counts."""
+    an unknown model of a vendor (`metered`) costs as much as the dearest known one, so that a budget never
+    under-counts; an unknown model on a self-hosted server (KB_ENDPOINTS) costs nothing per token."""
     prices = settings.KB_MODEL_PRICES
     matches = [prefix for prefix in prices if model.startswith(prefix)]
     if matches:
         return prices[max(matches, key=len)]
+    if not metered:
+        return FREE
     return max(prices.values(), key=lambda p: (p[1], p[0]))
 
 
-def cost_usd(model: str, usage: Usage) -> float:
+def link_price(link: str) -> tuple[float, float, float, float]:
+    """The price of a chain link (`anthropic:M`, `openai:M`, `ENDPOINT:M`, `extractive`)."""
+    if link == "extractive":
+        return FREE
+    kind, _, model = link.partition(":")
+    return price_for(model, metered=kind in ("anthropic", "openai"))
+
+
+def cost_usd(model: str, usage: Usage, *, metered: bool = True) -> float:
     if model == "extractive":
         return 0.0
-    inp, out, cache_write, cache_read = price_for(model)
+    inp, out, cache_write, cache_read = price_for(model, metered=metered)
     total = (
         usage.input_tokens * inp
         + usage.output_tokens * out
@@ -63,7 +77,7 @@ def budget_links(links: list[str], *, user_spent: float, global_spent: float) ->
             )
     for spent, limit, who in limits:
         if spent >= limit * settings.KB_BUDGET_DOWNGRADE_FRACTION and len(remote) > 1:
-            cheapest = min(remote, key=lambda link: price_for(link.partition(":")[2])[1])
+            cheapest = min(remote, key=lambda link: link_price(link)[1])
             return BudgetDecision(
                 [link for link in links if link in (cheapest, "extractive")],
                 f"Most of today's model budget ({who} ${limit:.2f}) is used: a smaller model answered.",

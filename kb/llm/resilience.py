@@ -48,7 +48,11 @@ class TotalTimeout(Exception):
 
 
 def classify(exc: BaseException) -> Failure:
+    """The same classes for both SDKs (anthropic, openai): their error types mirror each other."""
     import anthropic
+    import openai
+
+    from kb.llm.providers import StreamCut
 
     if isinstance(exc, FirstTokenTimeout):
         return Failure(Kind.TRANSIENT, "first_token_timeout", str(exc))
@@ -56,11 +60,13 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Kind.TRANSIENT, "total_timeout", str(exc))
     if isinstance(exc, EmptyOutput):
         return Failure(Kind.EMPTY, "empty_output", str(exc))
-    if isinstance(exc, anthropic.APITimeoutError):
+    if isinstance(exc, StreamCut):
+        return Failure(Kind.TRANSIENT, "stream_cut", str(exc))
+    if isinstance(exc, anthropic.APITimeoutError | openai.APITimeoutError):
         return Failure(Kind.TRANSIENT, "timeout", "the request timed out")
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, anthropic.APIConnectionError | openai.APIConnectionError):
         return Failure(Kind.TRANSIENT, "connection", f"cannot reach the API: {type(exc.__cause__ or exc).__name__}")
-    if isinstance(exc, anthropic.APIStatusError):
+    if isinstance(exc, anthropic.APIStatusError | openai.APIStatusError):
         status = exc.status_code
         error_type = _error_type(exc)
         if status == 200 or status is None:
@@ -70,9 +76,23 @@ def classify(exc: BaseException) -> Failure:
         if status in (408, 409, 429) or status >= 500:
             return Failure(Kind.TRANSIENT, str(status), _message(exc), status, retry_after)
         return Failure(Kind.CONFIG, str(status), _message(exc), status)
-    if isinstance(exc, anthropic.APIResponseValidationError):
+    if isinstance(exc, anthropic.APIResponseValidationError | openai.APIResponseValidationError):
         return Failure(Kind.EMPTY, "malformed_response", str(exc)[:200])
+    if isinstance(exc, openai.APIError):
+        # An `error` object inside an OpenAI-compatible stream: the SDK raises it without a status.
+        return Failure(Kind.TRANSIENT, _error_type(exc) or "stream_error", str(exc)[:200])
+    if _is_transport_error(exc):
+        # A stream cut mid-body surfaces as the HTTP library's own error, not the SDK's.
+        return Failure(Kind.TRANSIENT, "connection", f"the connection broke: {type(exc).__name__}")
     return Failure(Kind.TRANSIENT, "error", f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """httpx's (anthropic) or httpx2's (openai) TransportError, without importing either by name here."""
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0] in ("httpx", "httpx2")
+        for cls in type(exc).__mro__
+    )
 
 
 def _error_type(exc) -> str:
@@ -88,6 +108,8 @@ def _message(exc) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return f"{exc.status_code} {body['error'].get('type', '')}: {str(body['error'].get('message', ''))[:200]}"
+    if isinstance(body, dict) and "message" in body:  # the openai SDK keeps the inner error object
+        return f"{exc.status_code} {body.get('type') or body.get('code') or ''}: {str(body['message'])[:200]}"
     return f"{getattr(exc, 'status_code', '')} {str(exc)[:200]}"
 
 
@@ -250,8 +272,8 @@ def model_status() -> dict:
             if now - at <= settings.KB_LLM_CONFIG_ERROR_WINDOW_S
         }
     links = {}
-    for link in settings.KB_MODELS:
-        entry = breaker(link).snapshot()
+    for link in configured_links():
+        entry = {**link_description(link), **breaker(link).snapshot()}
         if link in recent:
             entry["config_error"] = recent[link]
         links[link] = entry
@@ -261,3 +283,23 @@ def model_status() -> dict:
     if problems:
         status["error"] = "; ".join(problems)
     return status
+
+
+def configured_links() -> list[str]:
+    """Every link of KB_MODELS and of the routes' chains (KB_ROUTES), each once, in order of appearance."""
+    chains = [settings.KB_MODELS, *getattr(settings, "KB_ROUTES", {}).values()]
+    return list(dict.fromkeys(link for chain in chains for link in chain))
+
+
+def link_description(link: str) -> dict:
+    """What /readyz says a link is: its provider, where it runs (never its key)."""
+    if link == "extractive":
+        return {"provider": "extractive", "internal": True}
+    kind, _, model = link.partition(":")
+    if kind == "anthropic":
+        return {"provider": "anthropic", "model": model, "internal": False}
+    if kind == "openai":
+        return {"provider": "openai", "model": model, "internal": False}
+    endpoint = settings.KB_ENDPOINTS.get(kind)
+    internal = bool(endpoint and endpoint.internal)
+    return {"provider": "openai-compatible", "endpoint": kind, "model": model, "internal": internal}

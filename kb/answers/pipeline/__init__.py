@@ -6,18 +6,19 @@
 3. cache.known_answer       exact and semantic caches, else the query to search
 4. retrieve.retrieve        hybrid search within the read scope
 5. evidence.evidence        the evidence gate, then the numbered passages and the model request
+6. route.route              the tier's chain (KB_ROUTES), narrowed by the budget and the residency rule
 7. generate.generate        the model chain, streamed through the screen (async)
 8. output_guard.output_guard  citations, grounding, leaks
 9. record.finish            the exchange row and its audit event, whatever happened
 
 Stages 1-5 run in one synchronous database phase (`begin`, one thread hop); the stream then holds no database
-connection while a model writes. Routing (6) is the budget's choice of links in stage 1 for now.
+connection while a model writes.
 """
 
 from __future__ import annotations
 
 # The stage modules, not their functions, so that `pipeline.evidence` stays the module of that name.
-from kb.answers.pipeline import cache, evidence, input_guard, record, retrieve, scope
+from kb.answers.pipeline import cache, evidence, input_guard, record, retrieve, route, scope
 from kb.answers.pipeline.types import AskRequest, Begun, Evidence, Guarded, Opened, Scope, Stop, Trace
 
 
@@ -31,11 +32,12 @@ def _until_evidence(scoped: Scope, guarded: Guarded, opened: Opened, trace: Trac
 
 
 def begin(request: AskRequest) -> Begun:
-    """Stages 1-5: everything before a model is called, with the exchange opened on record."""
+    """Stages 1-6: everything before a model is called, with the exchange opened on record."""
     trace = Trace(started=request.started)
     scoped = scope.scope(request, trace)
     guarded = input_guard.input_guard(request, trace)
     opened = record.open_exchange(request, scoped, guarded, trace)
     trace.latency["begin_ms"] = trace.elapsed_ms()
     outcome = _until_evidence(scoped, guarded, opened, trace)
-    return Begun(request=request, scope=scoped, guarded=guarded, opened=opened, next=outcome, trace=trace)
+    routed = None if isinstance(outcome, Stop) else route.route(scoped, opened, outcome, trace)
+    return Begun(request=request, scope=scoped, guarded=guarded, opened=opened, next=outcome, trace=trace, route=routed)

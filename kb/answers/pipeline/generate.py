@@ -112,7 +112,7 @@ async def generate(begun: Begun, evidence: Evidence) -> AsyncIterator[dict | End
     trace = begun.trace
     trace.latency["overhead_ms"] = trace.elapsed_ms()
     metrics.ASK_OVERHEAD.observe(trace.latency["overhead_ms"] / 1000)
-    links = [provider_for(link) for link in begun.scope.chain]
+    links = [provider_for(link) for link in (begun.route.chain if begun.route else begun.scope.chain)]
     screen = StreamScreen(
         system_prompt=evidence.model_request.system,
         allowed_text=" ".join(source.text for source in evidence.sources.values()),

@@ -103,6 +103,7 @@ def result_of(begun: Begun, ending: Ending, total_ms: float) -> dict:
         "notices": trace.notices,
         "nearest_documents": ending.nearest,
         "cache": trace.cache,
+        "route": trace.route,
         "guards": trace.verdicts,
         "grounding": ending.grounding,
     }
@@ -127,6 +128,8 @@ def finish(begun: Begun, ending: Ending) -> dict:
         attempts=ending.attempts,
         notices=trace.notices,
         cache=trace.cache,
+        route=trace.route.get("tier", ""),
+        routing=trace.route,
         passages=_passages_record(retrieved),
         search_query=retrieved.result.query if retrieved else "",
         evidence_score=begun.evidence_score,

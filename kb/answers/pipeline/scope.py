@@ -37,7 +37,8 @@ def scope(request: AskRequest, trace: Trace) -> Scope:
     user_spent = (
         Exchange.objects.today().of_user(request.user).spent_usd() if settings.KB_USER_DAILY_BUDGET_USD else 0.0
     )
-    decision = budget_links(list(settings.KB_MODELS), user_spent=user_spent, global_spent=_global_spent_today())
+    spent = {"user_spent": user_spent, "global_spent": _global_spent_today()}
+    decision = budget_links(list(settings.KB_MODELS), **spent)
     if decision.notice:
         trace.notices.append(decision.notice)
     return Scope(
@@ -45,6 +46,7 @@ def scope(request: AskRequest, trace: Trace) -> Scope:
         index_version=index_version,
         prompt=prompt,
         chain=tuple(decision.links),
+        spent=spent,
         namespace=cache.namespace(
             scope_key=read.key, index_version=index_version, prompt_version=prompt.version, chain=decision.links
         ),

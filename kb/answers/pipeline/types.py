@@ -46,6 +46,7 @@ class Trace:
     notices: list[str] = field(default_factory=list)
     latency: dict[str, float] = field(default_factory=dict)
     cache: dict = field(default_factory=lambda: {"kind": "skipped"})
+    route: dict = field(default_factory=dict)  # stage 6's record: tier, why, chain, residency
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -69,6 +70,7 @@ class Scope:
     prompt: Prompt
     chain: tuple[str, ...]
     namespace: str  # the caches' key: scope + index version + prompt version + chain
+    spent: Mapping[str, float] = field(default_factory=dict)  # today's spending: user_spent, global_spent
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,28 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class Routed:
+    """Stage 6: the tier, why, and the chain that may receive this question's passages."""
+
+    tier: str
+    chain: tuple[str, ...]
+    why: tuple[str, ...]
+    residency: bool = False  # the internal-models-only rule applied
+    restricted_documents: tuple[int, ...] = ()
+    withheld: tuple[str, ...] = field(default=())  # links the residency rule took out
+
+    def as_record(self) -> dict:
+        return {
+            "tier": self.tier,
+            "why": list(self.why),
+            "chain": list(self.chain),
+            "residency": self.residency,
+            "restricted_documents": list(self.restricted_documents),
+            "withheld": list(self.withheld),
+        }
+
+
+@dataclass(frozen=True)
 class Ending:
     """An exchange's end as it is recorded and returned."""
 
@@ -170,6 +194,7 @@ class Begun:
     opened: Opened
     next: Stop | Evidence
     trace: Trace
+    route: Routed | None = None  # stage 6, when the question goes to the chain
 
     @property
     def retrieved(self) -> Retrieved | None:

@@ -76,7 +76,9 @@ def models_parse(text: str) -> tuple[str, ...]:
             provider = provider_for(link)
         except ValueError:
             raise EvaluationError(f"unknown model link {link!r}: use anthropic:MODEL or extractive") from None
-        if provider.remote and not settings.ANTHROPIC_API_KEY:
+        if provider.link.startswith("openai:") and not settings.OPENAI_API_KEY:
+            raise EvaluationError(f"{link} needs OPENAI_API_KEY; or evaluate with --models extractive")
+        if provider.link.startswith("anthropic:") and not settings.ANTHROPIC_API_KEY:
             raise EvaluationError(
                 f"{link} needs ANTHROPIC_API_KEY (and ANTHROPIC_BASE_URL for another endpoint); "
                 "or evaluate with --models extractive"
