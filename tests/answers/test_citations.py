@@ -66,3 +66,16 @@ def test_numbering_for_the_reader_twice_changes_nothing():
     assert once.answer == "A [1]. B [2][1]. C."
     twice = as_shown(once.answer, once.citations, once.grounding)
     assert twice == once
+
+
+def test_a_quoted_table_row_is_cited_by_its_row_not_its_header():
+    text = (
+        "Daily allowances.\nCity | Meals per day | Hotel per night\nOslo | 67 EUR | 180 EUR\nBergen | 61 EUR | 150 EUR"
+    )
+    source = Source(4, 40, 400, "Travel", "Allowances", "2", text)
+    answer = (
+        "*From the documents*\n\n> | City | Meals per day | Hotel per night |\n> | --- | --- | --- |\n"
+        "> | Oslo | 67 EUR | 180 EUR |\n>\n> [4]"
+    )
+    (result,) = citations(answer, [4], {4: source})
+    assert "Oslo | 67 EUR" in result["quote"] and "Bergen" not in result["quote"]
