@@ -82,6 +82,8 @@ def parse_upload(data: bytes, media_type: str):
         media_type,
         max_uncompressed_bytes=settings.KB_MAX_UNCOMPRESSED_BYTES,
         max_compression_ratio=settings.KB_MAX_COMPRESSION_RATIO,
+        max_table_rows=settings.KB_MAX_TABLE_ROWS,
+        max_email_attachments=settings.KB_MAX_EMAIL_ATTACHMENTS,
     )
 
 
