@@ -25,7 +25,8 @@ DEFAULT_TARGET_TOKENS = 220
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_OVERLAP_TOKENS = 32
 # Bumped when the same document and settings give different chunks (evaluation indexes are then rebuilt).
-CHUNKER_VERSION = 2  # 2: a chunk that begins inside a table repeats the table's header row
+# 2: a chunk that begins inside a table repeats the table's header row; 3: the overlap never begins inside a row
+CHUNKER_VERSION = 3
 # A longer first line is not repeated: it is hardly a header, and a chunk may exceed its budget by this much.
 TABLE_HEADER_MAX_TOKENS = 48
 
@@ -273,8 +274,17 @@ class _Chunker:
                 break
             if self._tokens(sentence_start, end) > self.maximum + self.overlap:
                 break
+            if self._inside_row(sentence_start):
+                continue  # a sentence inside a table cell: the overlap starts at a whole row or not at all
             best = sentence_start
         return best
+
+    def _inside_row(self, position: int) -> bool:
+        """Whether `position` falls after the start of a table row (overlap must not begin there)."""
+        for table_start, _, table_end in self.tables:
+            if table_start < position < table_end:
+                return self.text[position - 1] != "\n"
+        return False
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -28,7 +29,8 @@ from django.utils import timezone
 from ingest.chunker import ChunkDraft, chunk_document
 from ingest.filenames import UnsafeFilename, safe_filename
 from ingest.models import IN_PROGRESS, TRANSITIONS, Chunk, Document, DocumentStatus
-from ingest.parsers import ParseError, parse, sniff_media_type
+from ingest.parsers import Attachment, ParseError, parse, sniff_media_type
+from ingest.parsers.common import is_empty
 from kb.audit.models import AuditKind
 from kb.audit.services import access_groups_audit, document_audit, document_upload_audit
 from kb.search import embeddings
@@ -128,11 +130,14 @@ def document_upload(
     title: str | None = None,
     access_groups: Iterable | None = None,
     replaces: Document | None = None,
+    attached_to: Document | None = None,
 ) -> UploadResult:
     """Store an uploaded file as a new document (or a new version) and queue it for processing.
 
-    Identical bytes are recognised as a duplicate and cause no work; a file whose title matches a
-    current document (or that is uploaded with `replaces`) becomes that document's next version.
+    Identical bytes are recognised as a duplicate and cause no work; a file whose title or file name matches a
+    current document (or that is uploaded with `replaces`) becomes that document's next version; so does, once
+    it is parsed, one whose own title (first heading, document properties) matches (`_version_by_parsed_title`).
+    An e-mail's attachment (`attached_to`) is a document of its own, never another document's version.
     """
     try:
         name = safe_filename(filename)
@@ -145,18 +150,26 @@ def document_upload(
     if size > settings.KB_MAX_UPLOAD_BYTES:
         return UploadResult("refused", too_large_message(name))
 
-    duplicate = Document.objects.current().filter(sha256=sha256).order_by("created_at").first()
-    if duplicate is not None:
-        state = "" if duplicate.status != DocumentStatus.FAILED else f" (it failed: {duplicate.error_message})"
+    # Empty files are all "identical"; each is simply empty, whatever was uploaded before.
+    empty = size == 0 or is_empty(_head(source))
+    duplicate = None if empty else Document.objects.current().filter(sha256=sha256).order_by("created_at").first()
+    if duplicate is not None and duplicate.status == DocumentStatus.FAILED:
         return UploadResult(
             "duplicate",
-            f"{name} is identical to “{duplicate.title}” (version {duplicate.version}){state}; nothing was changed.",
+            f"{name} cannot be used: {duplicate.error_message} (The same file was uploaded before as "
+            f"“{duplicate.title}”; nothing was changed.)",
+            duplicate,
+        )
+    if duplicate is not None:
+        return UploadResult(
+            "duplicate",
+            f"{name} is identical to “{duplicate.title}” (version {duplicate.version}); nothing was changed.",
             duplicate,
         )
 
     auto_title = not (title or "").strip()
     title = (title or "").strip() or title_from_filename(name)
-    if replaces is None:
+    if replaces is None and attached_to is None:
         # Same title, or same file name: the next version of that document.
         candidates = Document.objects.current()
         if not any(getattr(group, "demo", False) for group in access_groups or ()):
@@ -186,6 +199,7 @@ def document_upload(
                 size=size,
                 media_type=media_type,
                 uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
+                attached_to=attached_to,
             )
             if replaces is not None:
                 _lock_lineage(replaces.lineage)
@@ -384,6 +398,7 @@ def _process(document: Document) -> None:
         return
     if document.auto_title and parsed.title:
         document.title = parsed.title.strip()[:300]
+        _version_by_parsed_title(document)
         Document.objects.filter(pk=document.pk).update(title=document.title, auto_title=False)
     _move(
         document.id,
@@ -403,7 +418,69 @@ def _process(document: Document) -> None:
     watch.lap("injection check")
     _finalize(document.id, drafts, vectors, terms, injections)
     watch.lap("write")
+    if parsed.attachments:
+        _attachments_upload(document, parsed.attachments)
+        watch.lap("attachments")
     logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
+
+
+def _version_candidates(document: Document):
+    """Current documents a new upload may become the next version of: the demo corpus only for demo uploads, and
+    no failed first upload (it is no version to follow; a failed reindex still serves and is)."""
+    candidates = Document.objects.current().exclude(status=DocumentStatus.FAILED, searchable=False)
+    if not document.access_groups.filter(demo=True).exists():
+        candidates = candidates.own()
+    return candidates
+
+
+def _version_by_parsed_title(document: Document) -> None:
+    """A first upload whose own title, read from the file, is an existing document's becomes that document's next
+    version, as if it had been uploaded under that title: "handbook-2025.docx" titled "Employee Handbook"
+    follows "Employee Handbook". Only on first processing, for a document uploaded without a title, on its own
+    (not an attachment, not already a version); `document.title` is the title read from the file."""
+    if document.replaces_id or document.attached_to_id or document.version != 1:
+        return
+    with transaction.atomic():
+        target = (
+            _version_candidates(document)
+            .exclude(lineage=document.lineage)
+            .filter(title__iexact=document.title)
+            .order_by("-version")
+            .first()
+        )
+        if target is None or Document.objects.filter(lineage=document.lineage).exclude(pk=document.pk).exists():
+            return
+        _lock_lineage(target.lineage)
+        latest = Document.objects.filter(lineage=target.lineage).order_by("-version").values_list("version", flat=True)
+        document.lineage = target.lineage
+        document.version = latest[0] + 1
+        document.replaces = target
+        document.title = target.title
+        Document.objects.filter(pk=document.pk).update(
+            lineage=document.lineage, version=document.version, replaces=target, title=document.title
+        )
+        if not document.access_groups.exists():  # uploaded without readers: the document's readers, as on upload
+            document.access_groups.set(target.access_groups.all())
+    logger.info("document %s is version %s of document %s (same title)", document.pk, document.version, target.pk)
+
+
+def _attachments_upload(mail: Document, attachments: Sequence[Attachment]) -> None:
+    """Each attachment the product can read becomes a document of its own, linked to the mail, with its readers;
+    the others are only named in the mail's text. Idempotent: a reindexed mail finds its attachments duplicates."""
+    groups = list(mail.access_groups.all())
+    for attachment in attachments:
+        try:
+            sniff_media_type(attachment.data[: 64 * 1024], attachment.filename)
+        except ParseError:
+            continue  # images, archives, programs...: not a document to read
+        result = document_upload(
+            source=ContentFile(attachment.data, name=attachment.filename),
+            filename=attachment.filename,
+            uploaded_by=mail.uploaded_by,
+            access_groups=groups,
+            attached_to=mail,
+        )
+        logger.info("attachment %s of document %s: %s", attachment.filename, mail.pk, result.message)
 
 
 def _embed_with_progress(document_id: int, inputs: list[str]) -> list:

@@ -103,9 +103,12 @@ def _slide(collector: BlockCollector, slide: Any, number: int) -> str | None:
             block = _text_frame_block(shape.text_frame)
             if block is not None:
                 collector.add(block[0], block[1], page=number)
-    if title and len(collector.blocks) == before:
-        # A slide of nothing but its title says it in the title; headings are only context to the chunker.
-        collector.add(PARAGRAPH, title, page=number)
+    if len(collector.blocks) == before:
+        if title:
+            # A slide of nothing but its title says it in the title; headings are only context to the chunker.
+            collector.add(PARAGRAPH, title, page=number)
+        elif not slide.has_notes_slide:
+            collector.blocks.pop()  # a blank slide is no section (and a deck of them has no text)
     if slide.has_notes_slide:
         notes_frame = slide.notes_slide.notes_text_frame
         notes = [clean_inline(p.text) for p in notes_frame.paragraphs] if notes_frame is not None else []

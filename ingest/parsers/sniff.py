@@ -50,6 +50,8 @@ _TEXT_FAMILY = frozenset({HTML, MARKDOWN, PLAIN, CSV, EML})
 # Office Open XML files: the part that makes a zip one of them, and the type an unreadable zip with that
 # extension is taken for (the parser then says it is damaged).
 _OFFICE_MAIN_PARTS = {"word/document.xml": DOCX, "ppt/presentation.xml": PPTX, "xl/workbook.xml": XLSX}
+# Parts every Office Open XML file has, whatever its kind.
+_OFFICE_SHARED_PARTS = ("[Content_Types]", "_rels/", "docProps/")
 _OFFICE_FOLDERS = {DOCX: "word/", PPTX: "ppt/", XLSX: "xl/"}
 _OFFICE_DESCRIPTIONS = {DOCX: "a Word document", PPTX: "a PowerPoint presentation", XLSX: "an Excel workbook"}
 # A password-protected .docx/.xlsx/.pptx is an OLE compound file holding the encrypted package under this name.
@@ -142,7 +144,7 @@ def _detect_zip(data: bytes, ext: str) -> _Detected:
         if any(name.startswith(folder) for name in names):
             return _Detected(media_type, _OFFICE_DESCRIPTIONS[media_type])
     claimed = _EXTENSION_KINDS.get(ext)
-    if claimed in _OFFICE_FOLDERS and not names:
+    if claimed in _OFFICE_FOLDERS and all(name.startswith(_OFFICE_SHARED_PARTS) for name in names):
         return _Detected(claimed, _OFFICE_DESCRIPTIONS[claimed])  # damaged: the parser will say so
     if "content.xml" in names or "mimetype" in names:
         return _Detected(None, "an OpenDocument file")

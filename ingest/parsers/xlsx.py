@@ -77,7 +77,10 @@ def parse_xlsx(data: bytes, *, max_uncompressed_bytes: int, max_ratio: int, max_
     try:
         for sheet in workbook.worksheets:
             collector.heading(sheet.title, SHEET_LEVEL)
+            before = len(collector.blocks)
             seen = add_table_rows(collector, _rows(sheet), max_rows=max_rows, rows_before=seen)
+            if len(collector.blocks) == before:
+                collector.blocks.pop()  # an empty sheet is no section (and a workbook of them has no text)
         title = (workbook.properties.title or "").strip() or None
     except ParseError:
         raise

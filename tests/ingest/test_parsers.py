@@ -7,11 +7,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.parsers import (
+    CSV,
     DOCX,
+    EML,
     HTML,
     MARKDOWN,
     PDF,
     PLAIN,
+    PPTX,
+    XLSX,
     SUPPORTED_MEDIA_TYPES,
     Block,
     ParsedDocument,
@@ -58,7 +62,7 @@ def sniff_error(data: bytes, filename: str) -> ParseError:
 
 
 def test_supported_media_types_have_human_names():
-    assert set(SUPPORTED_MEDIA_TYPES) == {PDF, DOCX, HTML, MARKDOWN, PLAIN}
+    assert set(SUPPORTED_MEDIA_TYPES) == {PDF, DOCX, HTML, MARKDOWN, PLAIN, PPTX, XLSX, CSV, EML}
     assert all(name for name in SUPPORTED_MEDIA_TYPES.values())
 
 
@@ -122,7 +126,7 @@ def test_sniff_refuses_plain_zip_named_docx_as_mislabelled():
         (build.pe_bytes(), "setup.exe", "executable"),
         (build.png_bytes(), "scan.png", "image"),
         (build.build_zip({"a.txt": b"x"}), "bundle.zip", "zip"),
-        (build.build_zip({"xl/workbook.xml": b"<x/>"}), "budget.xlsx", "Excel"),
+        (build.build_zip({"content.xml": b"<x/>", "mimetype": b"x"}), "budget.ods", "OpenDocument"),
         (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "old.doc", "legacy"),
         (b"\x1f\x8b\x08\x00" + b"\x00" * 50, "logs.gz", "archive"),
         (bytes(range(256)) * 4, "blob.bin", "binary"),
@@ -136,7 +140,7 @@ def test_sniff_refuses_unsupported_types(data, filename, described):
 
 def test_sniff_legacy_doc_named_doc_is_unsupported_not_mislabelled():
     error = sniff_error(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "old.doc")
-    assert "PDF, Word (.docx)" in error.message
+    assert "PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), CSV, e-mail (.eml)" in error.message
 
 
 @pytest.mark.parametrize("data", [b"", b"   \n\t ", b"\xef\xbb\xbf  \n"])
@@ -546,7 +550,7 @@ def test_sniff_recognises_docx_from_the_head_of_the_file_alone():
     docx_head = build.build_docx()[:4096]
     assert sniff_media_type(docx_head, "handbook") == DOCX
     xlsx_head = build.build_zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": b"<w/>" * 5000})[:2048]
-    assert sniff_error(xlsx_head, "budget.xlsx").code == "unsupported_type"
+    assert sniff_media_type(xlsx_head, "budget.xlsx") == XLSX
 
 
 @pytest.mark.parametrize("text", [b"MZ Bank travel rules apply.\n", b"BZh is how this note starts.\n"])
