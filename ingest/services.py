@@ -320,6 +320,10 @@ def document_fail(document_id: int, *, code: str, message: str) -> None:
         return
     if document.searchable:
         message += " The previously indexed content keeps answering."
+    else:
+        serving = Document.objects.filter(lineage=document.lineage, searchable=True).exclude(pk=document.pk).first()
+        if serving is not None:
+            message += f" Version {serving.version} keeps answering."
     try:
         _move(document_id, DocumentStatus.FAILED, error_code=code, error_message=message)
     except (IllegalTransition, DocumentGone):
