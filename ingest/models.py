@@ -128,6 +128,10 @@ class DocumentQuerySet(models.QuerySet):
             if lineages[d.title.lower()] - {d.lineage}
         }
 
+    def namesakes(self, document: Document) -> DocumentQuerySet:
+        """Other documents (not versions of `document`) with its title, case aside."""
+        return self.filter(title__iexact=document.title).exclude(lineage=document.lineage)
+
     def in_progress(self) -> DocumentQuerySet:
         return self.filter(status__in=IN_PROGRESS)
 

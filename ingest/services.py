@@ -134,10 +134,12 @@ def document_upload(
 ) -> UploadResult:
     """Store an uploaded file as a new document (or a new version) and queue it for processing.
 
-    Identical bytes are recognised as a duplicate and cause no work; a file whose title or file name matches a
-    current document (or that is uploaded with `replaces`) becomes that document's next version; so does, once
-    it is parsed, one whose own title (first heading, document properties) matches (`_version_by_parsed_title`).
-    An e-mail's attachment (`attached_to`) is a document of its own, never another document's version.
+    Identical bytes are recognised as a duplicate and cause no work. A file uploaded with `replaces`, or whose file
+    name or upload title (given, else read from the file name) matches a current document's, becomes that
+    document's next version: decided here, so the upload's message says it. The title inside the file (its first
+    heading) does not decide, since two departments' "Expenses policy" are two documents; the document page
+    names its namesakes and says how to make it one's next version instead. An e-mail's attachment
+    (`attached_to`) is never another document's version.
     """
     try:
         name = safe_filename(filename)
@@ -402,7 +404,6 @@ def _process(document: Document) -> None:
         return
     if document.auto_title and parsed.title:
         document.title = parsed.title.strip()[:300]
-        _version_by_parsed_title(document)
         Document.objects.filter(pk=document.pk).update(title=document.title, auto_title=False)
     _move(
         document.id,
@@ -426,46 +427,6 @@ def _process(document: Document) -> None:
         _attachments_upload(document, parsed.attachments)
         watch.lap("attachments")
     logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
-
-
-def _version_candidates(document: Document):
-    """Current documents a new upload may become the next version of: the demo corpus only for demo uploads, and
-    no failed first upload (it is no version to follow; a failed reindex still serves and is)."""
-    candidates = Document.objects.current().exclude(status=DocumentStatus.FAILED, searchable=False)
-    if not document.access_groups.filter(demo=True).exists():
-        candidates = candidates.own()
-    return candidates
-
-
-def _version_by_parsed_title(document: Document) -> None:
-    """A first upload whose own title, read from the file, is an existing document's becomes that document's next
-    version, as if it had been uploaded under that title: "handbook-2025.docx" titled "Employee Handbook"
-    follows "Employee Handbook". Only on first processing, for a document uploaded without a title, on its own
-    (not an attachment, not already a version); `document.title` is the title read from the file."""
-    if document.replaces_id or document.attached_to_id or document.version != 1:
-        return
-    with transaction.atomic():
-        target = (
-            _version_candidates(document)
-            .exclude(lineage=document.lineage)
-            .filter(title__iexact=document.title)
-            .order_by("-version")
-            .first()
-        )
-        if target is None or Document.objects.filter(lineage=document.lineage).exclude(pk=document.pk).exists():
-            return
-        _lock_lineage(target.lineage)
-        latest = Document.objects.filter(lineage=target.lineage).order_by("-version").values_list("version", flat=True)
-        document.lineage = target.lineage
-        document.version = latest[0] + 1
-        document.replaces = target
-        document.title = target.title
-        Document.objects.filter(pk=document.pk).update(
-            lineage=document.lineage, version=document.version, replaces=target, title=document.title
-        )
-        if not document.access_groups.exists():  # uploaded without readers: the document's readers, as on upload
-            document.access_groups.set(target.access_groups.all())
-    logger.info("document %s is version %s of document %s (same title)", document.pk, document.version, target.pk)
 
 
 def _attachments_upload(mail: Document, attachments: Sequence[Attachment]) -> None:

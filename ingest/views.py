@@ -115,6 +115,7 @@ def document_detail(request, document_id: int):
             "access_form": AccessForm(initial={"access_groups": document.access_groups.all()}),
             "untrusted_count": document.chunks.filter(untrusted=True).count(),
             "attachments": document.attachments.exclude(status=DocumentStatus.DELETED).order_by("pk"),
+            "namesakes": Document.objects.current().namesakes(document).order_by("pk")[:5],
         },
     )
 

@@ -119,32 +119,39 @@ HANDBOOK_2024 = b"# Employee Handbook\n\nHolidays: 25 days a year.\n"
 HANDBOOK_2025 = b"# Employee Handbook\n\nHolidays: 27 days a year.\n"
 
 
-def test_a_file_whose_own_title_is_an_existing_documents_becomes_its_next_version():
-    finance = AccessGroupFactory(name="Finance")
-    old = ingest(HANDBOOK_2024, "handbook.md", access_groups=[finance])
-    assert old.title == "Employee Handbook"
+def test_a_file_named_as_the_documents_title_becomes_its_next_version():
+    old = ingest(HANDBOOK_2024, "handbook-2024.md")
+    assert old.title == "Employee Handbook"  # read from the file
+    result = upload(HANDBOOK_2025, "Employee Handbook.md")
+    assert result.outcome == "new_version"
+    assert result.message == (
+        "Employee Handbook.md is queued as version 2 of “Employee Handbook”; the current version keeps answering "
+        "until it is ready."
+    )
+    assert (result.document.lineage, result.document.replaces) == (old.lineage, old)
+
+
+def test_a_file_only_titled_inside_like_a_document_stays_its_own_and_its_page_says_how_to_replace(
+    client, knowledge_admin
+):
+    # Two departments' "Employee Handbook" are two documents: the title inside a file does not make versions.
+    old = ingest(HANDBOOK_2024, "handbook.md")
     result = upload(HANDBOOK_2025, "handbook-2025.md")
-    assert result.outcome == "queued"  # not known before the file is read
+    assert result.outcome == "queued" and result.message == "handbook-2025.md is queued for processing."
     services.document_process(result.document.pk)
     new = Document.objects.get(pk=result.document.pk)
-    old.refresh_from_db()
-    assert (new.lineage, new.version, new.replaces) == (old.lineage, 2, old)
-    assert (new.status, old.status) == (DocumentStatus.READY, DocumentStatus.SUPERSEDED)
-    assert list(new.access_groups.all()) == [finance]
-    assert Document.objects.current().filter(title__iexact="Employee Handbook").count() == 1
+    assert new.title == old.title and new.lineage != old.lineage
+    client.force_login(knowledge_admin)
+    page = client.get(f"/documents/{new.pk}/").content.decode()
+    assert "Also titled" in page and f'href="/documents/{old.pk}/"' in page and "Upload new version" in page
+    # The older one's page names the newer one as well.
+    assert f'href="/documents/{new.pk}/"' in client.get(f"/documents/{old.pk}/").content.decode()
 
 
-def test_a_file_uploaded_with_its_own_title_stays_its_own_document():
+def test_a_file_uploaded_with_replaces_is_the_next_version_whatever_its_name(db):
     old = ingest(HANDBOOK_2024, "handbook.md")
-    new = ingest(HANDBOOK_2025, "handbook-2025.md", title="Handbook draft")
-    assert new.lineage != old.lineage and new.title == "Handbook draft"
-
-
-def test_a_file_titled_like_a_failed_first_upload_is_a_new_document():
-    failed = ingest(HANDBOOK_2024, "handbook.md")
-    Document.objects.filter(pk=failed.pk).update(status=DocumentStatus.FAILED, searchable=False)
-    new = ingest(HANDBOOK_2025, "handbook-2025.md")
-    assert new.lineage != failed.lineage and new.version == 1
+    result = upload(HANDBOOK_2025, "hb.md", replaces=old, title=old.title)
+    assert result.outcome == "new_version" and result.document.lineage == old.lineage
 
 
 # --- messages ------------------------------------------------------------------------------------------------------
