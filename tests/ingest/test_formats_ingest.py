@@ -183,3 +183,20 @@ def test_passage_counts_are_pluralised(count, shown):
     document.chunks_embedded = 1
     html = render_to_string("ingest/_status.html", {"document": document})
     assert f"1 of {shown} embedded" in html
+
+
+# --- tables shown as tables ----------------------------------------------------------------------------------------
+
+
+def test_the_reader_search_results_and_document_page_show_a_sheet_as_tables(client, employee, knowledge_admin):
+    document = ingest(build.build_csv(40), "leave.csv")
+    client.force_login(employee)
+    reader = client.get(f"/read/{document.pk}/").content.decode()
+    assert reader.count("<table>") == document.chunks.count() >= 2  # every passage's rows under the header
+    assert "<th>Employee</th><th>Department</th>" in reader and "<td>Person 39</td>" in reader
+    assert "Person 39 | Finance" not in reader
+    client.force_login(knowledge_admin)
+    results = client.get("/search/", {"q": "Person 12 Sales leave", "mode": "bm25", "k": 3}).content.decode()
+    assert "<th>Employee</th>" in results and "<td>Person 12</td>" in results
+    page = client.get(f"/documents/{document.pk}/").content.decode()
+    assert "<th>Employee</th>" in page
