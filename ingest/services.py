@@ -115,7 +115,11 @@ def _hash_and_size(source: File) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _head(source: File, length: int = 64 * 1024) -> bytes:
+# What is read of an upload to tell its type (zip local headers, mail headers, the PDF marker all come early).
+SNIFF_HEAD_BYTES = 64 * 1024
+
+
+def _head(source: File, length: int = SNIFF_HEAD_BYTES) -> bytes:
     source.seek(0)
     data = source.read(length)
     source.seek(0)
@@ -435,7 +439,7 @@ def _attachments_upload(mail: Document, attachments: Sequence[Attachment]) -> No
     groups = list(mail.access_groups.all())
     for attachment in attachments:
         try:
-            sniff_media_type(attachment.data[: 64 * 1024], attachment.filename)
+            sniff_media_type(attachment.data[:SNIFF_HEAD_BYTES], attachment.filename)
         except ParseError:
             continue  # images, archives, programs...: not a document to read
         result = document_upload(

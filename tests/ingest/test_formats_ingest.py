@@ -60,7 +60,7 @@ def mail_with_attachments() -> bytes:
         attachments=[
             ("policy.pdf", build.policy_pdf(), "application/pdf"),
             ("leave.csv", build.build_csv(5), "text/csv"),
-            ("logo.png", build.png_bytes(), "image/png"),
+            ("setup.exe", build.elf_bytes(), "application/octet-stream"),
             ("broken.docx", build.build_docx()[:500], "application/octet-stream"),
         ]
     )
@@ -71,9 +71,9 @@ def test_a_mails_readable_attachments_become_documents_linked_to_it_with_its_rea
     mail = ingest(mail_with_attachments(), "cap.eml", access_groups=[finance])
     assert mail.status == DocumentStatus.READY
     attachments = {document.filename: document for document in mail.attachments.all()}
-    # The image and anything else the product cannot read stay named in the mail only.
+    # A program, and anything else the product cannot read, stays named in the mail only.
     assert set(attachments) == {"policy.pdf", "leave.csv", "broken.docx"}
-    assert any("logo.png" in text for text in mail.chunks.values_list("text", flat=True))
+    assert any("setup.exe" in text for text in mail.chunks.values_list("text", flat=True))
     for document in attachments.values():
         assert list(document.access_groups.all()) == [finance]
         assert document.version == 1 and document.replaces is None
