@@ -14,7 +14,6 @@ from ingest.parsers.common import (
     ParseError,
     add_table_rows,
     finish_document,
-    strip_invisible,
 )
 from ingest.parsers.decode import decode_text
 from ingest.parsers.plain import parse_plain
@@ -34,7 +33,9 @@ def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
 
 
 def parse_csv(data: bytes, *, max_rows: int) -> ParsedDocument:
-    text = strip_invisible(decode_text(data))
+    # No strip_invisible over the whole text: each cell is cleaned as it is read, and a file far over the row
+    # limit must not be walked character by character before reading stops (a 36 MB CSV: 8 s -> 1 s).
+    text = decode_text(data)
     reader = csv.reader(io.StringIO(text, newline=""), _dialect(text[:CSV_SNIFF_CHARS]))
     collector = BlockCollector()
     try:
