@@ -153,7 +153,7 @@ def _end_to_end(files: list[tuple[str, bytes]], units: int) -> dict:
     passages = 0
     for name, data in files:
         result = services.document_upload(source=ContentFile(data, name=name), filename=name)
-        assert result.accepted, result.message
+        assert result.accepted and result.document is not None, result.message
         services.document_process(result.document.pk)
         document = Document.objects.get(pk=result.document.pk)
         assert document.status == DocumentStatus.READY, document.error_message
