@@ -106,3 +106,24 @@ def test_no_passage_cuts_a_row_and_each_repeats_the_header(media_type, make):
         assert all(line in row_lines for line in lines), chunk.text  # whole rows only
     # Every row is in some passage.
     assert {line for chunk in holding_rows for line in chunk.text.split("\n")} == set(row_lines)
+
+
+def test_a_wide_sheets_passages_repeat_its_header_within_the_passage_budget():
+    import openpyxl
+
+    columns = [f"Quarterly figure {n}" for n in range(16)]  # a header of ~70 tokens
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(columns)
+    for row in range(60):
+        sheet.append([f"v{row}-{n}" for n in range(16)])
+    out = io.BytesIO()
+    workbook.save(out)
+    doc = parse(out.getvalue(), XLSX)
+    header_line = " | ".join(columns)
+    chunks = chunk_document(doc, target_tokens=180, max_tokens=210, overlap_tokens=24)
+    assert len(chunks) >= 10
+    for chunk in chunks:
+        assert chunk.text.startswith(header_line + "\n"), chunk.text[:200]
+        # The header counts against the budget: the passage still fits what the model reads (256 tokens).
+        assert chunk.token_count <= 180 + 24, chunk.token_count
