@@ -558,7 +558,7 @@ KB_MAX_UNCOMPRESSED_BYTES = env_int("KB_MAX_UNCOMPRESSED_MB", 200, minimum=1) * 
 KB_MAX_COMPRESSION_RATIO = env_int("KB_MAX_COMPRESSION_RATIO", 100, minimum=2)
 # Spreadsheets and CSV files with more non-empty rows than this are refused (the message names this limit).
 # Measured (make bench, tests/bench/test_formats_bench.py): 6-column rows make ~4 rows per passage, so
-# 50,000 rows are ~12,300 passages: 17 s to parse and chunk, ~4 minutes of embedding at the pipeline's
+# 50,000 rows are ~12,800 passages: 13-15 s to parse and chunk, ~4 minutes of embedding at the pipeline's
 # 52-56 passages/s. A bigger table is an export for a database, not a document people ask questions of.
 KB_MAX_TABLE_ROWS = env_int("KB_MAX_TABLE_ROWS", 50_000, minimum=1)
 # An e-mail's attachments become documents of their own; past this many only the first are (a mail carrying
