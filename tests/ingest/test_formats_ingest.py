@@ -200,3 +200,11 @@ def test_the_reader_search_results_and_document_page_show_a_sheet_as_tables(clie
     assert "<th>Employee</th>" in results and "<td>Person 12</td>" in results
     page = client.get(f"/documents/{document.pk}/").content.decode()
     assert "<th>Employee</th>" in page
+
+
+def test_the_api_lists_an_attachment_with_its_mail(client, knowledge_admin):
+    mail = ingest(build.build_eml(attachments=[("leave.csv", build.build_csv(5), "text/csv")]), "cap.eml")
+    attachment = mail.attachments.get()
+    client.force_login(knowledge_admin)
+    rows = {row["id"]: row for row in client.get("/api/v1/documents").json()}
+    assert rows[attachment.pk]["attached_to_id"] == mail.pk and rows[mail.pk]["attached_to_id"] is None
