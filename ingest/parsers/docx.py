@@ -94,9 +94,14 @@ def parse_docx(data: bytes, *, max_uncompressed_bytes: int, max_ratio: int) -> P
     ).close()
     try:
         document = docx.Document(io.BytesIO(data))
-        items = list(document.iter_inner_content())
-    except Exception as exc:  # python-docx raises KeyError, ValueError, lxml errors... on damaged parts
-        raise _corrupt_docx() from exc
+        return _docx_document(document, list(document.iter_inner_content()))
+    except ParseError:
+        raise
+    except Exception as exc:  # python-docx raises KeyError, ValueError, AttributeError, lxml errors... on damaged
+        raise _corrupt_docx() from exc  # parts, some only when a paragraph's style or the properties are read
+
+
+def _docx_document(document: Any, items: list[Any]) -> ParsedDocument:
     collector = BlockCollector()
     title = None
     list_lines: list[str] = []
