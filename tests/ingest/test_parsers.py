@@ -582,8 +582,22 @@ _VALID = {
     HTML: build.build_html(),
     MARKDOWN: build.build_markdown(),
     PLAIN: build.cp1252_text(),
+    PPTX: build.build_pptx(),
+    XLSX: build.build_xlsx(),
+    CSV: build.build_csv(20),
+    EML: build.build_eml(attachments=[("leave.csv", build.build_csv(3), "text/csv")]),
 }
-_FILENAMES = {PDF: "policy.pdf", DOCX: "handbook.docx", HTML: "page.html", MARKDOWN: "notes.md", PLAIN: "notes.txt"}
+_FILENAMES = {
+    PDF: "policy.pdf",
+    DOCX: "handbook.docx",
+    HTML: "page.html",
+    MARKDOWN: "notes.md",
+    PLAIN: "notes.txt",
+    PPTX: "review.pptx",
+    XLSX: "budget.xlsx",
+    CSV: "leave.csv",
+    EML: "mail.eml",
+}
 
 
 JUNK = st.binary(min_size=1, max_size=64) | st.sampled_from(
@@ -672,3 +686,31 @@ def test_every_parse_error_on_arbitrary_bytes_is_readable(data, media_type):
         parse(data, media_type)
     except ParseError as error:
         assert_readable(error)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+@pytest.mark.parametrize(
+    ("media_type", "parts"),
+    [
+        (PPTX, ["ppt/presentation.xml", "ppt/slides/slide2.xml", "ppt/slides/slide3.xml", "[Content_Types].xml"]),
+        (XLSX, ["xl/workbook.xml", "xl/worksheets/sheet1.xml", "xl/sharedStrings.xml", "[Content_Types].xml"]),
+    ],
+)
+def test_office_files_with_damaged_xml_inside_an_intact_zip_parse_or_fail_readably(media_type, parts, data):
+    with zipfile.ZipFile(io.BytesIO(_VALID[media_type])) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    part = data.draw(st.sampled_from([name for name in parts if name in entries]))
+    xml = bytearray(entries[part])
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        at = data.draw(st.integers(min_value=0, max_value=len(xml) - 1))
+        replacement = data.draw(st.sampled_from([b"", b"<", b">", b"&", b"\x00", b"<row>", b"</sheetData>", b"\xff"]))
+        del xml[at : at + data.draw(st.integers(min_value=0, max_value=32))]
+        xml[at:at] = replacement
+    entries[part] = bytes(xml)
+    try:
+        doc = parse(build.build_zip(entries), media_type)
+    except ParseError as error:
+        assert_readable(error)
+    else:
+        assert_offsets_match(doc)
