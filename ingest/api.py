@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.shortcuts import get_object_or_404
-from ninja import File, Form, Router, Schema, Status
+from ninja import Field, File, Form, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
@@ -44,6 +44,7 @@ class DocumentOut(Schema):
     ocr_pages: list[OcrPageOut]
     ocr_confidence: float | None
     access_groups: list[str]
+    attached_to_id: int | None = Field(None, description="The e-mail this file was attached to, if any")
     created_at: datetime
     ready_at: datetime | None
 

@@ -25,9 +25,13 @@ DEFAULT_TARGET_TOKENS = 220
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_OVERLAP_TOKENS = 32
 # Bumped when the same document and settings give different chunks (evaluation indexes are then rebuilt).
-CHUNKER_VERSION = 2  # 2: a chunk that begins inside a table repeats the table's header row
-# A longer first line is not repeated: it is hardly a header, and a chunk may exceed its budget by this much.
-TABLE_HEADER_MAX_TOKENS = 48
+# 2: a chunk that begins inside a table repeats the table's header row; 3: the overlap never begins inside a row,
+# and the repeated header counts against the chunk's budget (headers up to 96 tokens)
+CHUNKER_VERSION = 3
+# The repeated header row counts against a chunk's budget, so a header of this many tokens still leaves about
+# half a passage (at the default target of 180) for rows; a longer first line is hardly a header and is not
+# repeated. 96 covers the header of a 15-20 column spreadsheet (48 did not: a 12-column sheet lost its header).
+TABLE_HEADER_MAX_TOKENS = 96
 
 _NON_SPACE = re.compile(r"\S+")
 _LIST_ITEM_CONTINUATION = re.compile(r"^\s")
@@ -229,10 +233,14 @@ class _Chunker:
     def _pack(self, path: tuple[str, ...], pieces: list[_Piece]) -> None:
         current: list[_Piece] = []
         previous: tuple[int, int] | None = None  # own span of the previous chunk in this section
+        header_cost = 0  # tokens of the header row the current chunk will repeat, out of its budget
         for piece in pieces:
-            if current and self._tokens(current[0].start, piece.end) > self.target:
+            if current and self._tokens(current[0].start, piece.end) + header_cost > self.target:
                 previous = self._emit(path, current, previous)
                 current = []
+            if not current:
+                header = self._table_header(piece.start)
+                header_cost = self.count(*header) if header else 0
             current.append(piece)
         if current:
             self._emit(path, current, previous)
@@ -273,8 +281,17 @@ class _Chunker:
                 break
             if self._tokens(sentence_start, end) > self.maximum + self.overlap:
                 break
+            if self._inside_row(sentence_start):
+                continue  # a sentence inside a table cell: the overlap starts at a whole row or not at all
             best = sentence_start
         return best
+
+    def _inside_row(self, position: int) -> bool:
+        """Whether `position` falls after the start of a table row (overlap must not begin there)."""
+        for table_start, _, table_end in self.tables:
+            if table_start < position < table_end:
+                return self.text[position - 1] != "\n"
+        return False
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:

@@ -12,7 +12,10 @@ class UploadForm(forms.Form):
     # view reads the uploads from request.FILES.getlist("files"), since a file field keeps only the last.
     files = forms.FileField(  # type: ignore[assignment]
         widget=MultipleFileInput(attrs={"multiple": True}),
-        help_text="PDF, Word (.docx), HTML, Markdown or plain text; several at once are fine.",
+        help_text=(
+            "PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), CSV, e-mail (.eml), HTML, Markdown or plain text; "
+            "several at once are fine."
+        ),
     )
     access_groups = forms.ModelMultipleChoiceField(
         queryset=AccessGroup.objects.all(),

@@ -139,6 +139,10 @@ class DocumentQuerySet(models.QuerySet):
             if lineages[d.title.lower()] - {d.lineage}
         }
 
+    def namesakes(self, document: Document) -> DocumentQuerySet:
+        """Other documents (not versions of `document`) with its title, case aside."""
+        return self.filter(title__iexact=document.title).exclude(lineage=document.lineage)
+
     def in_progress(self) -> DocumentQuerySet:
         return self.filter(status__in=IN_PROGRESS)
 
@@ -171,6 +175,10 @@ class Document(models.Model):
     lineage = models.UUIDField(default=uuid.uuid4, db_index=True)
     version = models.PositiveIntegerField(default=1)
     replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced_by")
+    # The e-mail this file was attached to; it is a document of its own (its own versions, status, passages).
+    attached_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="attachments"
+    )
     status = models.CharField(max_length=20, choices=DocumentStatus.choices, default=DocumentStatus.QUEUED)
     # True while this version's chunks answer questions; stays True during a reindex so that there is no
     # downtime, and through a failed reindex (the previous index keeps serving).

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -28,7 +29,8 @@ from django.utils import timezone
 from ingest.chunker import ChunkDraft, chunk_document
 from ingest.filenames import UnsafeFilename, safe_filename
 from ingest.models import IN_PROGRESS, TRANSITIONS, Chunk, Document, DocumentStatus
-from ingest.parsers import ParseError, parse, sniff_media_type
+from ingest.parsers import Attachment, ParseError, parse, sniff_media_type
+from ingest.parsers.common import IMAGE_MEDIA_TYPES, is_empty
 from ingest.parsers.ocr import ocr_progress, ocr_report_of
 from kb.audit.models import AuditKind
 from kb.audit.services import access_groups_audit, document_audit, document_upload_audit
@@ -83,6 +85,8 @@ def parse_upload(data: bytes, media_type: str):
         media_type,
         max_uncompressed_bytes=settings.KB_MAX_UNCOMPRESSED_BYTES,
         max_compression_ratio=settings.KB_MAX_COMPRESSION_RATIO,
+        max_table_rows=settings.KB_MAX_TABLE_ROWS,
+        max_email_attachments=settings.KB_MAX_EMAIL_ATTACHMENTS,
     )
 
 
@@ -112,7 +116,11 @@ def _hash_and_size(source: File) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _head(source: File, length: int = 64 * 1024) -> bytes:
+# What is read of an upload to tell its type (zip local headers, mail headers, the PDF marker all come early).
+SNIFF_HEAD_BYTES = 64 * 1024
+
+
+def _head(source: File, length: int = SNIFF_HEAD_BYTES) -> bytes:
     source.seek(0)
     data = source.read(length)
     source.seek(0)
@@ -127,11 +135,16 @@ def document_upload(
     title: str | None = None,
     access_groups: Iterable | None = None,
     replaces: Document | None = None,
+    attached_to: Document | None = None,
 ) -> UploadResult:
     """Store an uploaded file as a new document (or a new version) and queue it for processing.
 
-    Identical bytes are recognised as a duplicate and cause no work; a file whose title matches a
-    current document (or that is uploaded with `replaces`) becomes that document's next version.
+    Identical bytes are recognised as a duplicate and cause no work. A file uploaded with `replaces`, or whose file
+    name or upload title (given, else read from the file name) matches a current document's, becomes that
+    document's next version: decided here, so the upload's message says it. The title inside the file (its first
+    heading) does not decide, since two departments' "Expenses policy" are two documents; the document page
+    names its namesakes and says how to make it one's next version instead. An e-mail's attachment
+    (`attached_to`) is never another document's version.
     """
     try:
         name = safe_filename(filename)
@@ -144,18 +157,26 @@ def document_upload(
     if size > settings.KB_MAX_UPLOAD_BYTES:
         return UploadResult("refused", too_large_message(name))
 
-    duplicate = Document.objects.current().filter(sha256=sha256).order_by("created_at").first()
-    if duplicate is not None:
-        state = "" if duplicate.status != DocumentStatus.FAILED else f" (it failed: {duplicate.error_message})"
+    # Empty files are all "identical"; each is simply empty, whatever was uploaded before.
+    empty = size == 0 or is_empty(_head(source))
+    duplicate = None if empty else Document.objects.current().filter(sha256=sha256).order_by("created_at").first()
+    if duplicate is not None and duplicate.status == DocumentStatus.FAILED:
         return UploadResult(
             "duplicate",
-            f"{name} is identical to “{duplicate.title}” (version {duplicate.version}){state}; nothing was changed.",
+            f"{name} cannot be used: {duplicate.error_message} (The same file was uploaded before as "
+            f"“{duplicate.title}”; nothing was changed.)",
+            duplicate,
+        )
+    if duplicate is not None:
+        return UploadResult(
+            "duplicate",
+            f"{name} is identical to “{duplicate.title}” (version {duplicate.version}); nothing was changed.",
             duplicate,
         )
 
     auto_title = not (title or "").strip()
     title = (title or "").strip() or title_from_filename(name)
-    if replaces is None:
+    if replaces is None and attached_to is None:
         # Same title, or same file name: the next version of that document.
         candidates = Document.objects.current()
         if not any(getattr(group, "demo", False) for group in access_groups or ()):
@@ -185,6 +206,7 @@ def document_upload(
                 size=size,
                 media_type=media_type,
                 uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
+                attached_to=attached_to,
             )
             if replaces is not None:
                 _lock_lineage(replaces.lineage)
@@ -305,6 +327,10 @@ def document_fail(document_id: int, *, code: str, message: str) -> None:
         return
     if document.searchable:
         message += " The previously indexed content keeps answering."
+    else:
+        serving = Document.objects.filter(lineage=document.lineage, searchable=True).exclude(pk=document.pk).first()
+        if serving is not None:
+            message += f" Version {serving.version} keeps answering."
     try:
         _move(document_id, DocumentStatus.FAILED, error_code=code, error_message=message)
     except (IllegalTransition, DocumentGone):
@@ -418,6 +444,9 @@ def _process(document: Document) -> None:
     watch.lap("injection check")
     _finalize(document.id, drafts, vectors, terms, injections)
     watch.lap("write")
+    if parsed.attachments:
+        _attachments_upload(document, parsed.attachments)
+        watch.lap("attachments")
     logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
 
 
@@ -427,6 +456,27 @@ def _ocr_progress(document_id: int, done: int, total: int) -> None:
     )
     if not updated:
         raise DocumentGone(document_id)
+
+
+def _attachments_upload(mail: Document, attachments: Sequence[Attachment]) -> None:
+    """Each attachment the product can read becomes a document of its own, linked to the mail, with its readers;
+    the others are only named in the mail's text. Idempotent: a reindexed mail finds its attachments duplicates."""
+    groups = list(mail.access_groups.all())
+    for attachment in attachments:
+        try:
+            media_type = sniff_media_type(attachment.data[:SNIFF_HEAD_BYTES], attachment.filename)
+        except ParseError:
+            continue  # archives, programs...: not a document to read
+        if media_type in IMAGE_MEDIA_TYPES:
+            continue  # logos and signatures far more often than scans: named in the mail's text, not read by OCR
+        result = document_upload(
+            source=ContentFile(attachment.data, name=attachment.filename),
+            filename=attachment.filename,
+            uploaded_by=mail.uploaded_by,
+            access_groups=groups,
+            attached_to=mail,
+        )
+        logger.info("attachment %s of document %s: %s", attachment.filename, mail.pk, result.message)
 
 
 def _embed_with_progress(document_id: int, inputs: list[str]) -> list:

@@ -18,6 +18,11 @@ from kb.accounts.roles import Role
 manage_documents = role_required(Role.KNOWLEDGE_ADMIN)
 
 
+def plural(count: int, noun: str) -> str:
+    """ "1 passage", "2 passages": a count with its noun (nouns here take an s)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _document_for_admin(request, document_id: int) -> Document:
     return get_object_or_404(Document.objects.exclude(status=DocumentStatus.DELETED), pk=document_id)
 
@@ -86,8 +91,8 @@ def document_upload(request):
     if len(files) > 10:
         messages.success(
             request,
-            f"{len(files)} files: {counts['queued']} queued, {counts['new_version']} new versions, "
-            f"{counts['duplicate']} duplicates, {counts['failed'] + counts['refused']} not accepted.",
+            f"{len(files)} files: {counts['queued']} queued, {plural(counts['new_version'], 'new version')}, "
+            f"{plural(counts['duplicate'], 'duplicate')}, {counts['failed'] + counts['refused']} not accepted.",
         )
     return redirect("document_list")
 
@@ -109,6 +114,8 @@ def document_detail(request, document_id: int):
             "replace_form": ReplaceForm(),
             "access_form": AccessForm(initial={"access_groups": document.access_groups.all()}),
             "untrusted_count": document.chunks.filter(untrusted=True).count(),
+            "attachments": document.attachments.exclude(status=DocumentStatus.DELETED).order_by("pk"),
+            "namesakes": Document.objects.current().namesakes(document).order_by("pk")[:5],
         },
     )
 
@@ -147,7 +154,8 @@ def documents_demo_remove(request):
     count = services.demo_corpus_remove()
     if count:
         messages.success(
-            request, f"The demo documents were deleted ({count} versions); manage.py demo --load loads them again."
+            request,
+            f"The demo documents were deleted ({plural(count, 'version')}); manage.py demo --load loads them again.",
         )
     else:
         messages.info(request, "There were no demo documents left to delete.")
@@ -171,7 +179,8 @@ def document_reindex(request, document_id: int):
 @require_POST
 def documents_reindex_all(request):
     count = services.documents_reindex()
-    messages.info(request, f"{count} documents are queued for reindexing; their current index keeps answering.")
+    queued = f"{plural(count, 'document')} {'is' if count == 1 else 'are'} queued for reindexing"
+    messages.info(request, f"{queued}; {'its' if count == 1 else 'their'} current index keeps answering.")
     return redirect("document_list")
 
 

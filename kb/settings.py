@@ -596,6 +596,14 @@ if KB_CHUNK_OVERLAP_TOKENS >= KB_CHUNK_MAX_TOKENS:
 # DOCX files are zip archives: refuse any whose contents would inflate beyond these (zip bombs).
 KB_MAX_UNCOMPRESSED_BYTES = env_int("KB_MAX_UNCOMPRESSED_MB", 200, minimum=1) * 1024 * 1024
 KB_MAX_COMPRESSION_RATIO = env_int("KB_MAX_COMPRESSION_RATIO", 100, minimum=2)
+# Spreadsheets and CSV files with more non-empty rows than this are refused (the message names this limit).
+# Measured (make bench, tests/bench/test_formats_bench.py): 6-column rows make ~4 rows per passage, so
+# 50,000 rows are ~12,800 passages: 13-15 s to parse and chunk, ~4 minutes of embedding at the pipeline's
+# 52-56 passages/s. A bigger table is an export for a database, not a document people ask questions of.
+KB_MAX_TABLE_ROWS = env_int("KB_MAX_TABLE_ROWS", 50_000, minimum=1)
+# An e-mail's attachments become documents of their own; past this many only the first are (a mail carrying
+# hundreds of files is an archive dump, better uploaded as files).
+KB_MAX_EMAIL_ATTACHMENTS = env_int("KB_MAX_EMAIL_ATTACHMENTS", 50, minimum=0)
 # A task with no heartbeat for this long is taken as lost (worker killed, message dropped) and re-run.
 KB_INGEST_STALL_SECONDS = env_int("KB_INGEST_STALL_SECONDS", 300, minimum=1)
 # A queued document is re-sent only after this long: in a backlog it is waiting its turn, not lost.

@@ -5,8 +5,8 @@ returns a `ParsedDocument` whose blocks keep the structure the chunker splits on
 tables, code) and, for PDFs, the page each block came from. Every input we refuse raises `ParseError` with a
 machine code and a sentence an admin can act on.
 
-One module per format (plain, markdown, html, docx, pdf), with `sniff` and `decode` beside them and the shared
-types in `common`; this module is the entry point and dispatches by media type.
+One module per format (plain, markdown, html, docx, pdf, pptx, xlsx, csv, eml), with `sniff` and `decode` beside
+them and the shared types in `common`; this module is the entry point and dispatches by media type.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from __future__ import annotations
 from ingest.parsers.common import (
     BLOCK_SEPARATOR,
     CODE,
+    CSV,
     DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_EMAIL_ATTACHMENTS,
+    DEFAULT_MAX_TABLE_ROWS,
     DEFAULT_MAX_UNCOMPRESSED_BYTES,
     DOCX,
+    EML,
     HEADING,
     HTML,
     IMAGE_MEDIA_TYPES,
@@ -25,8 +29,11 @@ from ingest.parsers.common import (
     PARAGRAPH,
     PDF,
     PLAIN,
+    PPTX,
     SUPPORTED_MEDIA_TYPES,
     TABLE,
+    XLSX,
+    Attachment,
     Block,
     ParsedDocument,
     ParseError,
@@ -38,21 +45,29 @@ from ingest.parsers.common import (
     is_empty,
     supported_list,
 )
+from ingest.parsers.csv import parse_csv
 from ingest.parsers.decode import decode_text
 from ingest.parsers.docx import parse_docx
+from ingest.parsers.eml import parse_eml
 from ingest.parsers.html import parse_html
 from ingest.parsers.image import parse_image
 from ingest.parsers.markdown import parse_markdown
 from ingest.parsers.pdf import parse_pdf
 from ingest.parsers.plain import parse_plain
+from ingest.parsers.pptx import parse_pptx
 from ingest.parsers.sniff import sniff_media_type
+from ingest.parsers.xlsx import parse_xlsx
 
 __all__ = [
     "BLOCK_SEPARATOR",
     "CODE",
+    "CSV",
     "DEFAULT_MAX_COMPRESSION_RATIO",
+    "DEFAULT_MAX_EMAIL_ATTACHMENTS",
+    "DEFAULT_MAX_TABLE_ROWS",
     "DEFAULT_MAX_UNCOMPRESSED_BYTES",
     "DOCX",
+    "EML",
     "HEADING",
     "HTML",
     "LIST",
@@ -60,8 +75,11 @@ __all__ = [
     "PARAGRAPH",
     "PDF",
     "PLAIN",
+    "PPTX",
     "SUPPORTED_MEDIA_TYPES",
     "TABLE",
+    "XLSX",
+    "Attachment",
     "Block",
     "ParseError",
     "ParsedDocument",
@@ -85,6 +103,8 @@ def parse(
     *,
     max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
     max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO,
+    max_table_rows: int = DEFAULT_MAX_TABLE_ROWS,
+    max_email_attachments: int = DEFAULT_MAX_EMAIL_ATTACHMENTS,
 ) -> ParsedDocument:
     """Parse `data` as `media_type` (usually from `sniff_media_type`); raise ParseError for every bad input."""
     if is_empty(data):
@@ -99,6 +119,19 @@ def parse(
         return parse_pdf(data)
     if media_type == DOCX:
         return parse_docx(data, max_uncompressed_bytes=max_uncompressed_bytes, max_ratio=max_compression_ratio)
+    if media_type == PPTX:
+        return parse_pptx(data, max_uncompressed_bytes=max_uncompressed_bytes, max_ratio=max_compression_ratio)
+    if media_type == XLSX:
+        return parse_xlsx(
+            data,
+            max_uncompressed_bytes=max_uncompressed_bytes,
+            max_ratio=max_compression_ratio,
+            max_rows=max_table_rows,
+        )
+    if media_type == CSV:
+        return parse_csv(data, max_rows=max_table_rows)
+    if media_type == EML:
+        return parse_eml(data, max_attachments=max_email_attachments)
     if media_type == HTML:
         return parse_html(data)
     if media_type == MARKDOWN:

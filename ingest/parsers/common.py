@@ -3,10 +3,12 @@ the collector that keeps the heading path while a parser emits blocks."""
 
 from __future__ import annotations
 
+import io
 import re
 import unicodedata
-from collections.abc import Iterable
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -18,6 +20,10 @@ PNG = "image/png"
 JPEG = "image/jpeg"
 TIFF = "image/tiff"
 IMAGE_MEDIA_TYPES = frozenset({PNG, JPEG, TIFF})
+PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+CSV = "text/csv"
+EML = "message/rfc822"
 
 SUPPORTED_MEDIA_TYPES: dict[str, str] = {
     PDF: "PDF document",
@@ -28,6 +34,10 @@ SUPPORTED_MEDIA_TYPES: dict[str, str] = {
     PNG: "PNG image (read by OCR)",
     JPEG: "JPEG image (read by OCR)",
     TIFF: "TIFF image (read by OCR)",
+    PPTX: "PowerPoint presentation (.pptx)",
+    XLSX: "Excel workbook (.xlsx)",
+    CSV: "CSV table",
+    EML: "E-mail (.eml)",
 }
 
 HEADING = "heading"
@@ -38,6 +48,13 @@ CODE = "code"
 
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_COMPRESSION_RATIO = 100
+# The product's default is the setting KB_MAX_TABLE_ROWS (kb/settings.py says how it was chosen).
+DEFAULT_MAX_TABLE_ROWS = 50_000
+# The product's default is the setting KB_MAX_EMAIL_ATTACHMENTS.
+DEFAULT_MAX_EMAIL_ATTACHMENTS = 50
+# Cells are joined with this in a table block's row; a "|" inside a cell becomes "/" so that columns stay
+# countable (the chunker, the extractive answerer and the passage renderer all split rows on "|").
+CELL_SEPARATOR = " | "
 # How many bytes are enough to tell text from binary and to spot an HTML document's start and charset.
 SNIFF_BYTES = 4096
 LIST_INDENT = "  "
@@ -72,6 +89,14 @@ class Block:
     level: int = 0
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file inside another (an e-mail's attachment), indexed as a document of its own linked to its container."""
+
+    filename: str
+    data: bytes
+
+
 @dataclass
 class ParsedDocument:
     media_type: str
@@ -80,6 +105,7 @@ class ParsedDocument:
     offsets: list[tuple[int, int]]
     title: str | None
     page_count: int | None
+    attachments: list[Attachment] = field(default_factory=list)
 
 
 BLOCK_SEPARATOR = "\n\n"
@@ -175,7 +201,10 @@ def empty_error() -> ParseError:
 
 
 def supported_list() -> str:
-    return "PDF, Word (.docx), HTML, Markdown, plain text or a PNG, JPEG or TIFF image"
+    return (
+        "PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), CSV, e-mail (.eml), HTML, Markdown, plain text "
+        "or a PNG, JPEG or TIFF image"
+    )
 
 
 def finish_document(
@@ -191,3 +220,93 @@ def finish_document(
         # its lines are its content.
         blocks = [Block(PARAGRAPH, block.text, block.heading_path[:-1], block.page) for block in blocks]
     return document_from_blocks(media_type, blocks, title=title, page_count=page_count)
+
+
+def table_row(cells: Iterable[str]) -> str:
+    """One table row as a line of the table block's text; empty only when every cell is."""
+    values = [clean_inline(cell).replace("|", "/") for cell in cells]
+    return CELL_SEPARATOR.join(values) if any(values) else ""
+
+
+def too_many_rows_error(limit: int) -> ParseError:
+    return ParseError(
+        "too_many_rows",
+        f"The table has more than {limit:,} rows, the limit for one document (KB_MAX_TABLE_ROWS); split it into "
+        "smaller files (for example one per year or per department) and upload those.",
+    )
+
+
+# --- Office files are zip archives ------------------------------------------------------------------------
+
+# Small members (styles, settings) of ordinary documents can compress extremely well; a per-member ratio only
+# means "bomb" once the member is big enough to hurt.
+ZIP_RATIO_MIN_MEMBER_BYTES = 1024 * 1024
+
+
+def open_office_zip(
+    data: bytes, *, kind: str, main_part: str, corrupt: ParseError, max_uncompressed_bytes: int, max_ratio: int
+) -> zipfile.ZipFile:
+    """The archive of a .docx/.pptx/.xlsx, refused as a zip bomb from the sizes its directory records (checking
+    must not inflate the bomb it looks for), or as `corrupt` when it is no zip or lacks its `main_part`."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise corrupt from exc
+    total = sum(member.file_size for member in members)
+    compressed = sum(member.compress_size for member in members)
+    too_big = total > max_uncompressed_bytes
+    too_dense = total > ZIP_RATIO_MIN_MEMBER_BYTES and total > max_ratio * max(compressed, 1)
+    dense_member = any(
+        member.file_size > ZIP_RATIO_MIN_MEMBER_BYTES and member.file_size > max_ratio * max(member.compress_size, 1)
+        for member in members
+    )
+    if too_big or too_dense or dense_member:
+        archive.close()
+        raise ParseError(
+            "zip_bomb",
+            f"The {kind} would expand to an unreasonable size when opened (a possible zip bomb); "
+            "open and re-save it, or ask the author for a normal copy.",
+        )
+    if main_part not in archive.namelist():
+        archive.close()
+        raise corrupt
+    return archive
+
+
+# --- spreadsheets and CSV ---------------------------------------------------------------------------------
+
+
+def add_table_rows(
+    collector: BlockCollector, rows: Iterable[Sequence[str]], *, max_rows: int, rows_before: int = 0
+) -> int:
+    """Add a sheet's rows as blocks: each run of non-empty rows is a table whose first row is its header (a blank
+    row ends it, so a sheet's title line or notes under it are not taken for one); a run of one row is a paragraph.
+    Returns the number of non-empty rows seen so far; raises `too_many_rows` past `max_rows` without reading on.
+    """
+    seen = rows_before
+    run: list[list[str]] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        width = max(len(row) for row in run)
+        if len(run) == 1:
+            collector.add(PARAGRAPH, "; ".join(cell for cell in run[0] if cell))
+        else:
+            collector.add(TABLE, "\n".join(table_row(row + [""] * (width - len(row))) for row in run))
+        run.clear()
+
+    for raw in rows:
+        cells = [clean_inline(cell) for cell in raw]
+        while cells and not cells[-1]:
+            cells.pop()
+        if not cells:
+            flush()
+            continue
+        seen += 1
+        if seen > max_rows:
+            raise too_many_rows_error(max_rows)
+        run.append(cells)
+    flush()
+    return seen

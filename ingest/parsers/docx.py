@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import zipfile
 from typing import Any
 
 import docx
@@ -22,41 +21,13 @@ from ingest.parsers.common import (
     ParseError,
     clean_inline,
     finish_document,
+    open_office_zip,
+    table_row,
 )
-
-# Small members (styles, settings) of ordinary documents can compress extremely well; a per-member ratio only
-# means "bomb" once the member is big enough to hurt.
-ZIP_RATIO_MIN_MEMBER_BYTES = 1024 * 1024
 
 _DOCX_HEADING_STYLE = re.compile(r"^heading\s+(\d)$", re.IGNORECASE)
 # Styles inherit: a custom "Policy Heading" based on "Heading 2" is a level-2 heading.
 DOCX_STYLE_INHERITANCE_DEPTH = 4
-
-
-def _check_zip(data: bytes, *, max_uncompressed_bytes: int, max_ratio: int) -> zipfile.ZipFile:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise _corrupt_docx() from exc
-    total = sum(member.file_size for member in members)
-    compressed = sum(member.compress_size for member in members)
-    # Only the sizes recorded in the zip directory are read: checking must not inflate the bomb it looks for.
-    too_big = total > max_uncompressed_bytes
-    too_dense = total > ZIP_RATIO_MIN_MEMBER_BYTES and total > max_ratio * max(compressed, 1)
-    dense_member = any(
-        member.file_size > ZIP_RATIO_MIN_MEMBER_BYTES and member.file_size > max_ratio * max(member.compress_size, 1)
-        for member in members
-    )
-    if too_big or too_dense or dense_member:
-        raise ParseError(
-            "zip_bomb",
-            "The Word file would expand to an unreasonable size when opened (a possible zip bomb); "
-            "open and re-save it in Word, or ask the author for a normal copy.",
-        )
-    if "word/document.xml" not in archive.namelist():
-        raise _corrupt_docx()
-    return archive
 
 
 def _corrupt_docx() -> ParseError:
@@ -105,19 +76,32 @@ def _docx_table(table: Table) -> str:
             if cell._tc is previous:
                 continue
             previous = cell._tc
-            cells.append(clean_inline(cell.text))
-        if any(cells):
-            rows.append(" | ".join(cells))
+            cells.append(cell.text)
+        row_text = table_row(cells)
+        if row_text:
+            rows.append(row_text)
     return "\n".join(rows)
 
 
 def parse_docx(data: bytes, *, max_uncompressed_bytes: int, max_ratio: int) -> ParsedDocument:
-    _check_zip(data, max_uncompressed_bytes=max_uncompressed_bytes, max_ratio=max_ratio).close()
+    open_office_zip(
+        data,
+        kind="Word file",
+        main_part="word/document.xml",
+        corrupt=_corrupt_docx(),
+        max_uncompressed_bytes=max_uncompressed_bytes,
+        max_ratio=max_ratio,
+    ).close()
     try:
         document = docx.Document(io.BytesIO(data))
-        items = list(document.iter_inner_content())
-    except Exception as exc:  # python-docx raises KeyError, ValueError, lxml errors... on damaged parts
-        raise _corrupt_docx() from exc
+        return _docx_document(document, list(document.iter_inner_content()))
+    except ParseError:
+        raise
+    except Exception as exc:  # python-docx raises KeyError, ValueError, AttributeError, lxml errors... on damaged
+        raise _corrupt_docx() from exc  # parts, some only when a paragraph's style or the properties are read
+
+
+def _docx_document(document: Any, items: list[Any]) -> ParsedDocument:
     collector = BlockCollector()
     title = None
     list_lines: list[str] = []

@@ -20,6 +20,7 @@ from ingest.parsers.common import (
     ParsedDocument,
     clean_inline,
     finish_document,
+    table_row,
 )
 from ingest.parsers.decode import decode_text
 
@@ -199,9 +200,8 @@ def _html_definition_lines(node: LexborNode) -> list[str]:
 def _html_table(node: LexborNode) -> str:
     rows = []
     for row in node.css("tr"):
-        cells = [
-            clean_inline(cell.text(deep=True, separator=" ") or "") for cell in row.iter() if cell.tag in ("td", "th")
-        ]
-        if any(cells):
-            rows.append(" | ".join(cells))
+        cells = [cell.text(deep=True, separator=" ") or "" for cell in row.iter() if cell.tag in ("td", "th")]
+        row_text = table_row(cells)
+        if row_text:
+            rows.append(row_text)
     return "\n".join(rows)

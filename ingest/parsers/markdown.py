@@ -18,6 +18,7 @@ from ingest.parsers.common import (
     ParsedDocument,
     clean_inline,
     finish_document,
+    table_row,
 )
 from ingest.parsers.decode import decode_text
 from ingest.parsers.html import html_fragment_text
@@ -124,4 +125,4 @@ def _markdown_table(tokens: list[Token]) -> str:
             rows.append([])
         elif token.type == "inline" and rows:
             rows[-1].append(clean_inline(_markdown_inline(token)))
-    return "\n".join(" | ".join(row) for row in rows if any(row))
+    return "\n".join(text for text in map(table_row, rows) if text)

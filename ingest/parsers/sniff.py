@@ -10,15 +10,19 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from ingest.parsers.common import (
+    CSV,
     DOCX,
+    EML,
     HTML,
     JPEG,
     MARKDOWN,
     PDF,
     PLAIN,
     PNG,
+    PPTX,
     SNIFF_BYTES,
     TIFF,
+    XLSX,
     ParseError,
     empty_error,
     is_empty,
@@ -44,8 +48,26 @@ _EXTENSION_KINDS = {
     ".jpeg": JPEG,
     ".tif": TIFF,
     ".tiff": TIFF,
+    ".pptx": PPTX,
+    ".xlsx": XLSX,
+    ".csv": CSV,
+    ".tsv": CSV,
+    ".eml": EML,
 }
-_TEXT_FAMILY = frozenset({HTML, MARKDOWN, PLAIN})
+_TEXT_FAMILY = frozenset({HTML, MARKDOWN, PLAIN, CSV, EML})
+# Office Open XML files: the part that makes a zip one of them, and the type an unreadable zip with that
+# extension is taken for (the parser then says it is damaged).
+_OFFICE_MAIN_PARTS = {"word/document.xml": DOCX, "ppt/presentation.xml": PPTX, "xl/workbook.xml": XLSX}
+# Parts every Office Open XML file has, whatever its kind.
+_OFFICE_SHARED_PARTS = ("[Content_Types]", "_rels/", "docProps/")
+_OFFICE_FOLDERS = {DOCX: "word/", PPTX: "ppt/", XLSX: "xl/"}
+_OFFICE_DESCRIPTIONS = {DOCX: "a Word document", PPTX: "a PowerPoint presentation", XLSX: "an Excel workbook"}
+# A password-protected .docx/.xlsx/.pptx is an OLE compound file holding the encrypted package under this name.
+_ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
+# An e-mail starts with header lines; these names tell it from other "Key: value" text (YAML, HTTP dumps).
+_MAIL_HEADER = re.compile(rb"^(from|to|subject|date|message-id|received|return-path|mime-version|cc)\s*:", re.I)
+_HEADER_LINE = re.compile(rb"^([A-Za-z][A-Za-z0-9-]*\s*:|[ \t]+\S)")
+MAIL_HEADERS_NEEDED = 2
 
 
 @dataclass(frozen=True)
@@ -90,7 +112,13 @@ def _detect(data: bytes, ext: str) -> _Detected:
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _detect_zip(data, ext)
     if head.startswith(_OLE_MAGIC):
-        return _Detected(None, "a legacy Office file (.doc, .xls or .ppt)")
+        if _ENCRYPTED_PACKAGE in data:
+            raise ParseError(
+                "encrypted_office",
+                "The file is password-protected; open it, remove the password (File > Info > Protect) and upload "
+                "it again.",
+            )
+        return _Detected(None, "a legacy or password-protected Office file (.doc, .xls or .ppt)")
     if head.startswith(_EXECUTABLE_MAGIC) or (head.startswith(b"MZ") and b"\x00" in head[:_DOS_HEADER_BYTES]):
         return _Detected(None, "an executable program")
     if head.startswith(_OCR_IMAGE_MAGIC[0]):
@@ -109,6 +137,10 @@ def _detect(data: bytes, ext: str) -> _Detected:
         return _Detected(None, "binary data")
     if _looks_like_html(head, ext):
         return _Detected(HTML, "an HTML page")
+    if (ext == ".eml" or ext not in _EXTENSION_KINDS) and _looks_like_mail(head):
+        return _Detected(EML, "an e-mail")
+    if ext in (".csv", ".tsv"):
+        return _Detected(CSV, "a CSV table")
     return _Detected(MARKDOWN if ext in (".md", ".markdown") else PLAIN, "text")
 
 
@@ -120,18 +152,18 @@ def _detect_zip(data: bytes, ext: str) -> _Detected:
         # The directory sits at the end of a zip, so a truncated file (or just the head of an upload) has none;
         # the local headers at the start still name the first members, and Office writes its main part early.
         names = _zip_local_names(data)
-        if not names and ext == ".docx":
-            return _Detected(DOCX, "a Word document")  # damaged: the parser will say so
-    if "word/document.xml" in names:
-        return _Detected(DOCX, "a Word document")
-    if any(name.startswith("xl/") for name in names):
-        return _Detected(None, "an Excel workbook")
-    if any(name.startswith("ppt/") for name in names):
-        return _Detected(None, "a PowerPoint presentation")
+    for part, media_type in _OFFICE_MAIN_PARTS.items():
+        if part in names:
+            return _Detected(media_type, _OFFICE_DESCRIPTIONS[media_type])
+    for media_type, folder in _OFFICE_FOLDERS.items():
+        # Only the head of a big file was read, or the file is damaged: its folders still say what it is.
+        if any(name.startswith(folder) for name in names):
+            return _Detected(media_type, _OFFICE_DESCRIPTIONS[media_type])
+    claimed = _EXTENSION_KINDS.get(ext)
+    if claimed in _OFFICE_FOLDERS and all(name.startswith(_OFFICE_SHARED_PARTS) for name in names):
+        return _Detected(claimed, _OFFICE_DESCRIPTIONS[claimed])  # damaged: the parser will say so
     if "content.xml" in names or "mimetype" in names:
         return _Detected(None, "an OpenDocument file")
-    if ext == ".docx" and any(name.startswith(("word/", "[Content_Types]")) for name in names):
-        return _Detected(DOCX, "a Word document")
     return _Detected(None, "a zip archive")
 
 
@@ -161,13 +193,31 @@ _HTML_WEAK_START = re.compile(
 )
 
 
+def _looks_like_mail(head: bytes) -> bool:
+    """Header lines from the first line to a blank one, enough of them mail headers."""
+    lines = head.lstrip(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").split(b"\n")
+    known = 0
+    for line in lines[:-1]:  # the last may be cut off by the sniffing window
+        if not line.strip():
+            return known >= MAIL_HEADERS_NEEDED
+        if not _HEADER_LINE.match(line):
+            return False
+        known += bool(_MAIL_HEADER.match(line))
+    return known >= MAIL_HEADERS_NEEDED
+
+
+_NAMED_TEXT = (".md", ".markdown", ".txt", ".text", ".csv", ".tsv", ".eml")
+
+
 def _looks_like_html(head: bytes, ext: str) -> bool:
     start = head.lstrip(b"\xef\xbb\xbf").lstrip()
     if _HTML_STRONG_START.match(start):
         return True
     # Markdown and text files legitimately start with a tag now and then (README badges); only trust the weak
     # signal when the name does not say what the file is.
-    return ext not in (".md", ".markdown", ".txt", ".text") and bool(_HTML_WEAK_START.match(start))
+    return ext not in (".md", ".markdown", ".txt", ".text", ".csv", ".tsv", ".eml") and bool(
+        _HTML_WEAK_START.match(start)
+    )
 
 
 def sniff_media_type(data: bytes, filename: str) -> str:

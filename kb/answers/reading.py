@@ -34,20 +34,29 @@ def _match_words(text: str, start: int, words: list[str]) -> int | None:
 
 
 def reading_passages(chunks) -> list[dict]:
-    """The chunks as continuous text: the overlap a chunk repeats from the one before is not shown twice, and
-    a heading is shown where the section changes."""
+    """The chunks as continuous text: the overlap a chunk repeats from the one before is not shown twice (a chunk's
+    own text is its last `char_end - char_start` characters), a chunk that continues a table keeps the header row
+    the chunker repeated for it (so each passage's rows read as a table), and a heading is shown where the section
+    changes."""
     passages = []
-    previous_end = 0
     previous_path: list[str] | None = None
     for chunk in chunks:
-        skip = max(0, min(previous_end - chunk.char_start, len(chunk.text)))
+        own_length = max(0, min(chunk.char_end - chunk.char_start, len(chunk.text)))
+        text = chunk.text[len(chunk.text) - own_length :] if own_length else chunk.text
+        first_line = chunk.text.split("\n", 1)[0]
+        own_first_line = text.lstrip().split("\n", 1)[0]
+        if text != chunk.text and _is_row(own_first_line) and _is_row(first_line) and first_line != own_first_line:
+            text = first_line + "\n" + text.lstrip()
         passages.append(
             {
                 "chunk": chunk,
-                "text": chunk.text[skip:].lstrip() if skip < len(chunk.text) else "",
+                "text": text.strip(),
                 "heading": chunk.heading_path if chunk.heading_path != previous_path else None,
             }
         )
-        previous_end = max(previous_end, chunk.char_end)
         previous_path = chunk.heading_path
     return passages
+
+
+def _is_row(line: str) -> bool:
+    return "|" in line.strip().strip("|")

@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from ingest.models import Document
@@ -199,7 +200,9 @@ def citation_panel(request, exchange_id: int, n: int):
     if document is not None:
         context["detail"] = title_details(request.user, [document.pk]).get(document.pk, "")
     if chunk is not None:
-        context["before"], context["quote"], context["after"] = reading.highlight(chunk.text, citation["quote"])
+        before, quote, _ = reading.highlight(chunk.text, citation["quote"])
+        # Sanitized by nh3 inside passage_html; the quote is marked cell by cell when it is a table row.
+        context["passage"] = mark_safe(rendering.passage_html(chunk.text, (len(before), len(before) + len(quote))))  # noqa: S308
     return render(request, "answers/citation_panel.html", context)
 
 

@@ -72,3 +72,44 @@ def test_a_quoted_table_row_renders_as_a_small_table_with_its_source_link():
     assert "<table>" in html and "<th>City</th>" in html and "<td>£55</td>" in html
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>" not in html
     assert 'data-n="1"' in html and "|" not in html
+
+
+# --- passages (reader, source panel, search results) -----------------------------------------------------------
+
+
+def test_a_passage_shows_its_table_as_a_table_and_its_prose_as_text():
+    from kb.answers.rendering import passage_html
+
+    text = "Per diem *rates* <b>apply</b>.\nSecond line.\n\nCity | Meals | Hotel\nLondon | £55 | £210\nParis | €50 |"
+    html = passage_html(text)
+    assert html.startswith("<p>Per diem *rates* &lt;b&gt;apply&lt;/b&gt;.<br>Second line.</p><table>")
+    assert "<th>City</th><th>Meals</th><th>Hotel</th>" in html
+    assert "<td>London</td><td>£55</td><td>£210</td>" in html
+    assert "<td>Paris</td><td>€50</td><td></td>" in html  # an empty last cell keeps its column
+    assert "|" not in html and "<b>" not in html and "\n<" not in html
+
+
+def test_one_line_with_a_pipe_is_text_not_a_table():
+    from kb.answers.rendering import passage_html
+
+    assert passage_html("Choose yes | no in the form.") == "<p>Choose yes | no in the form.</p>"
+
+
+def test_a_highlight_is_marked_inside_each_cell_it_covers():
+    from kb.answers.rendering import passage_html
+
+    text = "Intro sentence. The quoted one.\n\nCity | Meals\nLondon | £55\nParis | €50"
+    quote = text.index("The quoted")
+    assert "Intro sentence. <mark>The quoted one.</mark>" in passage_html(text, (quote, quote + 15))
+    row = text.index("London")
+    html = passage_html(text, (row, row + len("London | £55")))
+    assert "<td><mark>London</mark></td><td><mark>£55</mark></td>" in html
+    assert "<td>Paris</td>" in html
+
+
+def test_cell_text_cannot_inject_markup_or_markdown():
+    from kb.answers.rendering import passage_html
+
+    html = passage_html("A | B\n<img src=x onerror=alert(1)> | [link](javascript:alert(1))\n**x** | `y`")
+    assert "<img" not in html and "<a" not in html and "<strong>" not in html and "<code>" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "[link](javascript:alert(1))" in html

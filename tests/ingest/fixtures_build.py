@@ -316,3 +316,135 @@ Deep text.
 def cp1252_text() -> bytes:
     text = "Caf\u00e9 au lait \u2013 na\u00efve r\u00e9sum\u00e9.\n\nThe \u201csmart quotes\u201d cost 5 \u20ac.\n"
     return text.encode("cp1252")
+
+
+# --- PowerPoint, Excel, CSV, e-mail ---------------------------------------------------------------------------
+
+
+def build_pptx(*, notes: bool = True) -> bytes:
+    """A three-slide deck: a title slide, a bullet slide with notes, and a slide with a table."""
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    deck = Presentation()
+    deck.core_properties.title = "Quarterly Review"
+    title_slide = deck.slides.add_slide(deck.slide_layouts[0])
+    title_slide.shapes.title.text = "Quarterly Review Q3"
+    title_slide.placeholders[1].text = "Finance team, October"
+    bullets = deck.slides.add_slide(deck.slide_layouts[1])
+    bullets.shapes.title.text = "Travel budget"
+    body = bullets.placeholders[1].text_frame
+    body.text = "Train travel is preferred under four hours"
+    for text, level in (("First class only over three hours", 1), ("Hotels capped at 180 euros", 0)):
+        paragraph = body.add_paragraph()
+        paragraph.text = text
+        paragraph.level = level
+    if notes:
+        bullets.notes_slide.notes_text_frame.text = "Remind managers that the cap applies from November."
+    table_slide = deck.slides.add_slide(deck.slide_layouts[5])
+    table_slide.shapes.title.text = "Per diem by city"
+    rows = [("City", "Meals", "Hotel"), ("London", "£55", "£210"), ("Paris", "€50", "€190"), ("Berlin", "€45", "€150")]
+    table = table_slide.shapes.add_table(len(rows), 3, Inches(1), Inches(2), Inches(6), Inches(2)).table
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+    out = io.BytesIO()
+    deck.save(out)
+    return out.getvalue()
+
+
+def build_xlsx(rows_per_sheet: int = 3) -> bytes:
+    """A workbook of two sheets: a title line above an expenses table, and a sheet of headcount."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    expenses = workbook.active
+    expenses.title = "Expenses"
+    expenses.append(["Travel expenses 2025"])
+    expenses.append([])
+    expenses.append(["City", "Meals", "Hotel", "Share"])
+    cities = ["London", "Paris", "Berlin", "Madrid", "Rome"]
+    for index in range(rows_per_sheet):
+        expenses.append([cities[index % len(cities)] + ("" if index < len(cities) else f" {index}"), 55.0, 210, 0.25])
+        expenses.cell(row=expenses.max_row, column=4).number_format = "0%"
+    people = workbook.create_sheet("Headcount")
+    people.append(["Department", "People"])
+    people.append(["Finance", 12])
+    people.append(["Sales", 40])
+    workbook.create_sheet("Empty")
+    workbook.properties.title = "Budget 2025"
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
+def build_xlsx_with_cached_formula() -> bytes:
+    """A workbook whose formula carries the value Excel computed, as Excel saves it (XlsxWriter writes the cached
+    value; openpyxl cannot, it does not compute formulas)."""
+    import xlsxwriter
+
+    out = io.BytesIO()
+    workbook = xlsxwriter.Workbook(out, {"in_memory": True})
+    sheet = workbook.add_worksheet("Totals")
+    sheet.write_row(0, 0, ["Item", "Amount"])
+    sheet.write_row(1, 0, ["Hotel", 180])
+    sheet.write_row(2, 0, ["Meals", 55])
+    sheet.write(3, 0, "Total")
+    sheet.write_formula(3, 1, "=SUM(B2:B3)", None, 235)
+    workbook.close()
+    return out.getvalue()
+
+
+def encrypt_office(data: bytes, password: str) -> bytes:
+    """The file password-protected the way Office does it (an OLE container with the encrypted package)."""
+    import msoffcrypto.format.ooxml
+
+    out = io.BytesIO()
+    msoffcrypto.format.ooxml.OOXMLFile(io.BytesIO(data)).encrypt(password, out)
+    return out.getvalue()
+
+
+def build_pptx_bomb(uncompressed_bytes: int) -> bytes:
+    """A zip that claims to be a PowerPoint file whose presentation.xml inflates to `uncompressed_bytes` of zeros."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", b'<?xml version="1.0"?><Types/>')
+        with archive.open("ppt/presentation.xml", "w", force_zip64=True) as member:
+            for piece in _zeros(uncompressed_bytes):
+                member.write(piece)
+    return out.getvalue()
+
+
+def build_csv(rows: int, *, delimiter: str = ",") -> bytes:
+    lines = [delimiter.join(["Employee", "Department", "Start date", "Days of leave"])]
+    lines += [
+        delimiter.join([f"Person {n}", "Finance" if n % 2 else "Sales", "2024-01-15", str(20 + n % 10)])
+        for n in range(rows)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def build_eml(*, attachments: Sequence[tuple[str, bytes, str]] = (), html: bool = False) -> bytes:
+    """A mail with a plain (or HTML only) body and the given (filename, data, media type) attachments."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"] = "New hotel cap from November"
+    message["From"] = "Alice Martin <alice@example.com>"
+    message["To"] = "Managers <managers@example.com>"
+    message["Date"] = "Mon, 06 Oct 2025 09:30:00 +0200"
+    body = (
+        "Hello all,\n\nFrom November the hotel cap is 180 euros per night in every city.\n\n"
+        "- Book early\n- Use the travel desk\n\nAlice"
+    )
+    if html:
+        message.set_content(
+            "<html><body><p>Hello all,</p><p>From November the hotel cap is 180 euros per night.</p></body></html>",
+            subtype="html",
+        )
+    else:
+        message.set_content(body)
+    for filename, data, media_type in attachments:
+        maintype, subtype = media_type.split("/", 1)
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return message.as_bytes()

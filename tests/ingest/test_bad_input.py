@@ -50,6 +50,13 @@ BAD_FILES = [
     ("photo.gif", lambda: b"GIF89a" + b"\x00" * 64, "unsupported_type"),  # images other than PNG/JPEG/TIFF
     ("bomb.docx", lambda: build.build_docx_bomb(300 * 1024 * 1024), "zip_bomb"),
     ("junk.txt", lambda: bytes(range(256)) * 40, "mislabelled"),  # binary data named .txt
+    ("zero.docx", lambda: b"", "empty"),
+    ("deck.pptx", lambda: build.build_pptx()[:3000], "corrupt_pptx"),
+    ("bomb.pptx", lambda: build.build_pptx_bomb(300 * 1024 * 1024), "zip_bomb"),
+    ("budget.xlsx", lambda: build.build_xlsx()[:2000], "corrupt_xlsx"),
+    ("secret.xlsx", lambda: build.encrypt_office(build.build_xlsx(), "hunter2"), "encrypted_office"),
+    ("huge.csv", lambda: build.build_csv(1_000_000), "too_many_rows"),
+    ("broken.csv", lambda: b"a,b\n" + b'x,"' + b"y" * 200_000 + b'"\n', "corrupt_csv"),
 ]
 
 

@@ -7,12 +7,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.parsers import (
+    CSV,
     DOCX,
+    EML,
     HTML,
     MARKDOWN,
     PDF,
     PLAIN,
+    PPTX,
     SUPPORTED_MEDIA_TYPES,
+    XLSX,
     Block,
     ParsedDocument,
     ParseError,
@@ -59,7 +63,7 @@ def sniff_error(data: bytes, filename: str) -> ParseError:
 
 
 def test_supported_media_types_have_human_names():
-    assert set(SUPPORTED_MEDIA_TYPES) == {PDF, DOCX, HTML, MARKDOWN, PLAIN} | IMAGE_MEDIA_TYPES
+    assert set(SUPPORTED_MEDIA_TYPES) == {PDF, DOCX, HTML, MARKDOWN, PLAIN, PPTX, XLSX, CSV, EML} | IMAGE_MEDIA_TYPES
     assert all(name for name in SUPPORTED_MEDIA_TYPES.values())
 
 
@@ -123,7 +127,7 @@ def test_sniff_refuses_plain_zip_named_docx_as_mislabelled():
         (build.pe_bytes(), "setup.exe", "executable"),
         (b"GIF89a" + b"\x00" * 64, "anim.gif", "image"),
         (build.build_zip({"a.txt": b"x"}), "bundle.zip", "zip"),
-        (build.build_zip({"xl/workbook.xml": b"<x/>"}), "budget.xlsx", "Excel"),
+        (build.build_zip({"content.xml": b"<x/>", "mimetype": b"x"}), "budget.ods", "OpenDocument"),
         (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "old.doc", "legacy"),
         (b"\x1f\x8b\x08\x00" + b"\x00" * 50, "logs.gz", "archive"),
         (bytes(range(256)) * 4, "blob.bin", "binary"),
@@ -137,7 +141,7 @@ def test_sniff_refuses_unsupported_types(data, filename, described):
 
 def test_sniff_legacy_doc_named_doc_is_unsupported_not_mislabelled():
     error = sniff_error(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "old.doc")
-    assert "PDF, Word (.docx)" in error.message
+    assert "PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), CSV, e-mail (.eml)" in error.message
 
 
 @pytest.mark.parametrize("data", [b"", b"   \n\t ", b"\xef\xbb\xbf  \n"])
@@ -548,7 +552,7 @@ def test_sniff_recognises_docx_from_the_head_of_the_file_alone():
     docx_head = build.build_docx()[:4096]
     assert sniff_media_type(docx_head, "handbook") == DOCX
     xlsx_head = build.build_zip({"[Content_Types].xml": b"<Types/>", "xl/workbook.xml": b"<w/>" * 5000})[:2048]
-    assert sniff_error(xlsx_head, "budget.xlsx").code == "unsupported_type"
+    assert sniff_media_type(xlsx_head, "budget.xlsx") == XLSX
 
 
 @pytest.mark.parametrize("text", [b"MZ Bank travel rules apply.\n", b"BZh is how this note starts.\n"])
@@ -580,8 +584,22 @@ _VALID = {
     HTML: build.build_html(),
     MARKDOWN: build.build_markdown(),
     PLAIN: build.cp1252_text(),
+    PPTX: build.build_pptx(),
+    XLSX: build.build_xlsx(),
+    CSV: build.build_csv(20),
+    EML: build.build_eml(attachments=[("leave.csv", build.build_csv(3), "text/csv")]),
 }
-_FILENAMES = {PDF: "policy.pdf", DOCX: "handbook.docx", HTML: "page.html", MARKDOWN: "notes.md", PLAIN: "notes.txt"}
+_FILENAMES = {
+    PDF: "policy.pdf",
+    DOCX: "handbook.docx",
+    HTML: "page.html",
+    MARKDOWN: "notes.md",
+    PLAIN: "notes.txt",
+    PPTX: "review.pptx",
+    XLSX: "budget.xlsx",
+    CSV: "leave.csv",
+    EML: "mail.eml",
+}
 
 
 JUNK = st.binary(min_size=1, max_size=64) | st.sampled_from(
@@ -670,3 +688,31 @@ def test_every_parse_error_on_arbitrary_bytes_is_readable(data, media_type):
         parse(data, media_type)
     except ParseError as error:
         assert_readable(error)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+@pytest.mark.parametrize(
+    ("media_type", "parts"),
+    [
+        (PPTX, ["ppt/presentation.xml", "ppt/slides/slide2.xml", "ppt/slides/slide3.xml", "[Content_Types].xml"]),
+        (XLSX, ["xl/workbook.xml", "xl/worksheets/sheet1.xml", "xl/sharedStrings.xml", "[Content_Types].xml"]),
+    ],
+)
+def test_office_files_with_damaged_xml_inside_an_intact_zip_parse_or_fail_readably(media_type, parts, data):
+    with zipfile.ZipFile(io.BytesIO(_VALID[media_type])) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    part = data.draw(st.sampled_from([name for name in parts if name in entries]))
+    xml = bytearray(entries[part])
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        at = data.draw(st.integers(min_value=0, max_value=len(xml) - 1))
+        replacement = data.draw(st.sampled_from([b"", b"<", b">", b"&", b"\x00", b"<row>", b"</sheetData>", b"\xff"]))
+        del xml[at : at + data.draw(st.integers(min_value=0, max_value=32))]
+        xml[at:at] = replacement
+    entries[part] = bytes(xml)
+    try:
+        doc = parse(build.build_zip(entries), media_type)
+    except ParseError as error:
+        assert_readable(error)
+    else:
+        assert_offsets_match(doc)
