@@ -207,6 +207,9 @@ def document_upload(
                 media_type=media_type,
                 uploaded_by=uploaded_by if getattr(uploaded_by, "pk", None) else None,
                 attached_to=attached_to,
+                # Residency follows the content: an attachment of a marked mail is marked; a new version keeps the
+                # mark of the version it replaces (below).
+                internal_models_only=bool(attached_to is not None and attached_to.internal_models_only),
             )
             if replaces is not None:
                 _lock_lineage(replaces.lineage)
@@ -219,6 +222,7 @@ def document_upload(
                     + 1
                 )
                 document.replaces = replaces
+                document.internal_models_only = document.internal_models_only or replaces.internal_models_only
             if failure is not None:
                 document.status = DocumentStatus.FAILED
                 document.error_code = failure.code
@@ -606,6 +610,9 @@ def document_delete(*, document: Document) -> None:
     if document.original:
         stored = document.original
         transaction.on_commit(lambda: stored.delete(save=False))
+    # An e-mail's attachments came with it: they go with it.
+    for attachment in Document.objects.filter(attached_to=document).exclude(status=DocumentStatus.DELETED):
+        document_delete(document=attachment)
 
 
 def document_reindex(*, document: Document) -> bool:
@@ -638,12 +645,34 @@ def documents_reindex_stale_embeddings() -> int:
 
 
 @transaction.atomic
+def documents_with_their_own(document_ids: Iterable[int]) -> set[int]:
+    """These documents with every version of each and, transitively, the attachments of any of them: what a
+    change of readers, residency or existence must reach, since an e-mail's attachments carry its content."""
+    found: set[int] = set()
+    frontier = set(document_ids)
+    while frontier:
+        found |= frontier
+        lineages = Document.objects.filter(pk__in=frontier).values_list("lineage", flat=True)
+        versions = set(Document.objects.filter(lineage__in=lineages).values_list("pk", flat=True))
+        attachments = set(Document.objects.filter(attached_to__in=versions | frontier).values_list("pk", flat=True))
+        frontier = (versions | attachments) - found
+    return found
+
+
+def documents_set_internal_models_only(*, document_ids: Iterable[int], marked: bool) -> set[int]:
+    """Mark (or unmark) documents "internal models only", with all their versions and attachments; returns the
+    ids changed."""
+    ids = documents_with_their_own(document_ids)
+    Document.objects.filter(pk__in=ids).update(internal_models_only=marked)
+    return ids
+
+
 def document_set_access_groups(*, document: Document, groups: Iterable) -> None:
-    """Set who may read every version of this document (none: every employee)."""
+    """Set who may read every version of this document and its attachments (none: every employee)."""
     groups = list(groups)
     _lock_lineage(document.lineage)  # a version uploaded meanwhile copies the new readers, not the old
     before = list(document.access_groups.values_list("name", flat=True))
-    for version in Document.objects.filter(lineage=document.lineage):
+    for version in Document.objects.filter(pk__in=documents_with_their_own([document.pk])):
         version.access_groups.set(groups)
     index_version_bump()
     access_groups_audit(document=document, before=before, after=[group.name for group in groups])

@@ -96,6 +96,70 @@ def test_a_follow_up_in_a_conversation_under_the_rule_stays_internal(fake_anthro
     assert outside_requests(fake_anthropic, fake_openai) == []
 
 
+def test_a_follow_up_to_a_cached_answer_that_quotes_a_marked_document_stays_internal(
+    fake_anthropic, fake_openai, corpus, hr_employee
+):
+    corpus.leave.internal_models_only = True
+    corpus.leave.save()
+    services.ask(LEAVE_QUESTION, hr_employee)
+    cached = services.ask(LEAVE_QUESTION, hr_employee)  # a new conversation, answered from the cache
+    assert cached["cached"] and Exchange.objects.get(pk=cached["exchange_id"]).routing in ({}, None)
+    follow_up = services.ask(
+        "And the hotel limit in Amsterdam?", hr_employee, conversation_id=cached["conversation_id"]
+    )
+    assert follow_up["model"] == SELFHOSTED_LINK
+    assert outside_requests(fake_anthropic, fake_openai) == []
+
+
+def test_an_earlier_answer_that_cites_a_marked_document_restricts_the_conversation(corpus, hr_employee):
+    """Whatever recorded the earlier turn (a cache hit records no route) and whenever the document was marked,
+    an answer in the history that cites it keeps the conversation's next turns internal."""
+    from kb.answers.models import Conversation
+    from kb.answers.pipeline.route import _conversation_restricted
+    from kb.answers.pipeline.types import Opened, Turn
+
+    conversation = Conversation.objects.create(user=hr_employee)
+    earlier = Exchange.objects.create(
+        conversation=conversation,
+        user=hr_employee,
+        question=LEAVE_QUESTION,
+        answer=f"Parents get {LEAVE_TEXT} [1].",
+        citations=[{"n": 1, "document_id": corpus.leave.pk}],
+    )
+    now = Exchange.objects.create(conversation=conversation, user=hr_employee, question="And the hotel limit?")
+    opened = Opened(now.pk, conversation.pk, (Turn(earlier.question, earlier.answer, ""),))
+    assert not _conversation_restricted(opened)
+    corpus.leave.internal_models_only = True
+    corpus.leave.save()
+    assert _conversation_restricted(opened)
+    assert not _conversation_restricted(Opened(now.pk, conversation.pk, ()))
+
+
+def test_new_versions_and_attachments_keep_the_mark(corpus, knowledge_admin):
+    from django.core.files.base import ContentFile
+
+    from ingest.services import document_upload, documents_set_internal_models_only
+
+    documents_set_internal_models_only(document_ids=[corpus.leave.pk], marked=True)
+    result = document_upload(
+        source=ContentFile(b"Parents get eighteen weeks of paid leave.", name="leave-v2.txt"),
+        filename="leave-v2.txt",
+        uploaded_by=knowledge_admin,
+        replaces=corpus.leave,
+    )
+    assert result.document.internal_models_only
+    attachment = document_upload(
+        source=ContentFile(b"Attached: the parental leave form.", name="form.txt"),
+        filename="form.txt",
+        uploaded_by=knowledge_admin,
+        attached_to=result.document,
+    ).document
+    assert attachment.internal_models_only
+    documents_set_internal_models_only(document_ids=[corpus.leave.pk], marked=False)
+    attachment.refresh_from_db()
+    assert not attachment.internal_models_only  # the mark is lifted on every version and attachment too
+
+
 def test_the_command_marks_documents_and_groups_and_audits_it(corpus):
     import io
 

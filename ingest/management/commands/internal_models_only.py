@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from ingest.models import Document
+from ingest.services import documents_set_internal_models_only
 from kb.accounts.models import AccessGroup
 from kb.audit.models import AuditKind
 from kb.audit.services import audit_record
@@ -9,7 +10,8 @@ from kb.audit.services import audit_record
 
 class Command(BaseCommand):
     help = (
-        "Mark documents, or every document of access groups, 'internal models only': their passages go only to "
+        "Mark documents (with all their versions and attachments), or every document of access groups, 'internal "
+        "models only': their passages go only to "
         "models on the company's own infrastructure (KB_ENDPOINTS entries marked internal) or the extractive "
         "answer. --off lifts the mark."
     )
@@ -32,11 +34,11 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"no access group named {', '.join(sorted(unknown))}: create it with access_group")
         marked = not off
-        Document.objects.filter(pk__in=document).update(internal_models_only=marked)
+        changed = documents_set_internal_models_only(document_ids=document, marked=marked)
         AccessGroup.objects.filter(name__in=group).update(internal_models_only=marked)
         audit_record(
             kind=AuditKind.ACCESS_GROUPS,
-            data={"internal_models_only": marked, "documents": sorted(document), "groups": sorted(group)},
+            data={"internal_models_only": marked, "documents": sorted(changed), "groups": sorted(group)},
         )
         state = "internal models only" if marked else "any model"
         names = [f"document {d.pk} ({d.title})" for d in documents] + [f"group {g.name}" for g in groups]

@@ -104,10 +104,21 @@ def restricted_documents(document_ids: set[int]) -> tuple[int, ...]:
 
 
 def _conversation_restricted(opened: Opened) -> bool:
-    """An earlier turn under the rule: its answer (in the history given to the model) quotes restricted text."""
-    return bool(opened.history) and (
-        Exchange.objects.filter(conversation_id=opened.conversation_id, routing__residency=True).exists()
-    )
+    """An earlier turn whose answer (in the history given to the model) may quote restricted text: it was
+    answered under the rule, or it cites a document marked today (a cached answer is recorded without a route,
+    and a document may have been marked since)."""
+    if not opened.history:
+        return False
+    earlier = Exchange.objects.filter(conversation_id=opened.conversation_id).exclude(pk=opened.exchange_id)
+    if earlier.filter(routing__residency=True).exists():
+        return True
+    cited = {
+        citation.get("document_id")
+        for citations in earlier.values_list("citations", flat=True)
+        for citation in citations or ()
+        if isinstance(citation, dict)
+    }
+    return bool(restricted_documents({document_id for document_id in cited if isinstance(document_id, int)}))
 
 
 def _residency(chain: list[str]) -> tuple[list[str], list[str]]:
