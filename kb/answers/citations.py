@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kb.guard.output import answer_sentences
+from kb.guard.output import answer_sentences, claim_text
 from kb.text import keywords, split_sentences
 
 # [1], [2, 3], [2; 3] (a run like [1][2] is two markers).
@@ -74,7 +74,7 @@ def citations(answer: str, cited: list[int], sources: Mapping[int, Source]) -> l
         for match in MARKER.finditer(sentence):
             for number in _numbers(match):
                 if number in claims:
-                    claims[number].append(_claim_text(MARKER.sub("", sentence)))
+                    claims[number].append(claim_text(MARKER.sub("", sentence)))
     result = []
     for n in cited:
         source = sources[n]
@@ -90,19 +90,6 @@ def citations(answer: str, cited: list[int], sources: Mapping[int, Source]) -> l
             }
         )
     return result
-
-
-_TABLE_SEPARATOR = re.compile(r"^[\s>]*\|(?:\s*:?-{3,}:?\s*\|)+\s*$")
-
-
-def _claim_text(sentence: str) -> str:
-    """What a claim states: for a quoted table, its rows below the header (the header names the columns of
-    every row; the row is what answers, and what the citation should show)."""
-    lines = sentence.splitlines()
-    for i, line in enumerate(lines):
-        if _TABLE_SEPARATOR.match(line) and lines[i + 1 :]:
-            return "\n".join(lines[i + 1 :])
-    return sentence
 
 
 def best_quote(text: str, claim: str) -> str:

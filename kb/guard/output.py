@@ -224,6 +224,19 @@ def _is_claim(sentence: str) -> bool:
     return len(_WORD.findall(text)) >= MIN_CLAIM_WORDS
 
 
+_TABLE_SEPARATOR = re.compile(r"^[\s>]*\|(?:\s*:?-{3,}:?\s*\|)+\s*$")
+
+
+def claim_text(sentence: str) -> str:
+    """What a claim states: for a quoted table, its rows below the header. The header names the columns of every
+    row; counting its words as evidence would let any row under a real header look supported."""
+    lines = sentence.splitlines()
+    for i, line in enumerate(lines):
+        if _TABLE_SEPARATOR.match(line) and lines[i + 1 :]:
+            return "\n".join(lines[i + 1 :])
+    return sentence
+
+
 def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tuple[float, list[int]]]:
     from kb.search import embeddings
 
@@ -234,7 +247,7 @@ def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tu
     needed = sorted({n for cited in cited_per_sentence for n in cited})
     if not needed:
         return [(0.0, []) for _ in sentences]
-    texts = [MARKER.sub("", s).strip() for s in sentences]
+    texts = [claim_text(MARKER.sub("", s)).strip() for s in sentences]
     # A passage's vector is stored with its chunk (of its text with title and section) and given with it;
     # passages without one are embedded here.
     missing = [n for n in needed if sources[n].vector is None]

@@ -164,3 +164,13 @@ def test_a_quoted_table_row_with_its_header_is_supported_by_its_table(db):
     verdict = GroundingGuard().scan(ctx)
     assert verdict.action == Action.ALLOW, ctx.grounding
     assert UNSUPPORTED not in ctx.answer and all(item["supported"] for item in ctx.grounding)
+
+
+def test_a_made_up_row_under_a_real_header_is_not_supported(db):
+    invented = (
+        "> | City | Meals per day | Hotel per night |\n> | --- | --- | --- |\n> | Reykjavik | ISK 90000 | ISK 30000 |\n"
+        ">\n> [4]"
+    )
+    ctx = context(invented, sources={4: Source(4, 40, 400, PER_DIEM_TABLE)}, cited=[4])
+    GroundingGuard().scan(ctx)
+    assert [item["supported"] for item in ctx.grounding] == [False], ctx.grounding
