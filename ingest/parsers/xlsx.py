@@ -54,6 +54,9 @@ def cell_text(value: Any, number_format: str = "General") -> str:
 
 
 def _rows(sheet: Any) -> Iterator[list[str]]:
+    # The sheet's declared size (<dimension>) is not trusted: read-only mode pads every row to it, so one cell in
+    # column XFD of row 1,000,000 would make a 5 KB file take hours. Rows are read as the file holds them.
+    sheet.reset_dimensions()
     for row in sheet.iter_rows():
         yield [cell_text(cell.value, getattr(cell, "number_format", "General")) for cell in row]
 

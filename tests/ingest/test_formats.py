@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import zipfile
 
+import openpyxl
 import pytest
 
 from ingest.parsers import CSV, EML, LIST, PARAGRAPH, PLAIN, PPTX, TABLE, XLSX, ParseError, parse, sniff_media_type
@@ -249,3 +250,18 @@ def test_every_new_format_error_is_readable():
     ):
         assert_readable(error)
     assert isinstance(parse_error(b"", CSV), ParseError)
+
+
+@pytest.mark.timeout(60)  # read by the declared size, this 5 KB file took ~8 ms per row: minutes, then the limit
+def test_an_xlsx_whose_declared_size_is_huge_is_read_as_its_cells():
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet["A1"], sheet["B1"], sheet["A2"], sheet["B2"] = "City", "Rate", "Oslo", 67
+    sheet["XFD20000"] = "far away"
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    parsed = parse(buffer.getvalue(), XLSX)
+    assert [(block.kind, block.text) for block in parsed.blocks][1:] == [
+        ("table", "City | Rate\nOslo | 67"),
+        ("paragraph", "far away"),
+    ]
