@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PIL import ImageSequence
+from PIL import Image, ImageSequence
 
 from ingest.parsers.common import BlockCollector, ParsedDocument, ParseError, finish_document
 from ingest.parsers.ocr import (
@@ -27,7 +27,10 @@ def parse_image(data: bytes, media_type: str) -> ParsedDocument:
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ParseError("image_too_large", f"This image cannot be read: {too_large_problem(width, height, limits)}.")
-    frames = getattr(image, "n_frames", 1)
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except (OSError, ValueError, TypeError, SyntaxError, EOFError) as exc:  # a damaged later frame of a TIFF
+        raise open_image_failed() from exc
     if frames > MAX_IMAGE_PAGES:
         raise ParseError(
             "too_many_pages",
@@ -40,9 +43,22 @@ def parse_image(data: bytes, media_type: str) -> ParsedDocument:
         try:
             for number, frame in enumerate(ImageSequence.Iterator(image), start=1):
                 step(number - 1)
+                # Each frame of a TIFF has its own size: check it before decoding (a small first page can hide a
+                # huge second one).
+                frame_width, frame_height = frame.size
+                if frame_width * frame_height > limits.max_pixels:
+                    raise ParseError(
+                        "image_too_large",
+                        f"Page {number} of this image cannot be read: "
+                        f"{too_large_problem(frame_width, frame_height, limits)}.",
+                    )
                 frame.load()
                 pages.append(read_page(frame, number, collector, limits))
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise ParseError(
+                "image_too_large", f"This image cannot be read: a page is far larger than OCR allows ({exc})."
+            ) from exc
+        except (OSError, ValueError, TypeError, SyntaxError, EOFError) as exc:
             raise open_image_failed() from exc
     report = OcrReport(pages=tuple(pages))
     if not report.read_pages:

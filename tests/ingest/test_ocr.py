@@ -83,6 +83,20 @@ def test_images_are_read_by_ocr(name, fmt, media_type):
     assert ocr_report_of(document).read_pages == [1]
 
 
+def test_a_tiff_whose_later_page_is_huge_or_damaged_fails_clearly():
+    small, huge = Image.new("1", (100, 100), 1), Image.new("1", (14000, 14000), 1)  # 196 megapixels, 1 bit each
+    out = io.BytesIO()
+    small.save(out, "TIFF", save_all=True, append_images=[huge], compression="group4")
+    with pytest.raises(ParseError) as raised:
+        parse(out.getvalue(), TIFF)
+    assert raised.value.code == "image_too_large" and "Page 2" in raised.value.message
+    damaged = bytearray(out.getvalue())
+    damaged[-60:] = b"\xff" * 60  # the second page's directory
+    with pytest.raises(ParseError) as raised:
+        parse(bytes(damaged), TIFF)
+    assert raised.value.code in {"corrupt_image", "image_too_large", "ocr_unreadable"}
+
+
 def test_a_multi_page_tiff_keeps_its_page_numbers():
     pages = ocr_scans.render_pages(
         [ocr_scans.Line("First page: the office opens at eight.")] * 3
