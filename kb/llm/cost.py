@@ -17,7 +17,8 @@ FREE = (0.0, 0.0, 0.0, 0.0)
 def price_for(model: str, *, metered: bool = True) -> tuple[float, float, float, float]:
     """(input, output, cache write, cache read) USD per million tokens, by the longest matching name prefix;
     an unknown model of a vendor (`metered`) costs as much as the dearest known one, so that a budget never
-    under-counts; an unknown model on a self-hosted server (KB_ENDPOINTS) costs nothing per token."""
+    under-counts; an unknown model on the company's own server (a KB_ENDPOINTS entry marked internal) costs nothing
+    per token."""
     prices = settings.KB_MODEL_PRICES
     matches = [prefix for prefix in prices if model.startswith(prefix)]
     if matches:
@@ -31,8 +32,10 @@ def link_price(link: str) -> tuple[float, float, float, float]:
     """The price of a chain link (`anthropic:M`, `openai:M`, `ENDPOINT:M`, `extractive`)."""
     if link == "extractive":
         return FREE
-    kind, _, model = link.partition(":")
-    return price_for(model, metered=kind in ("anthropic", "openai"))
+    from kb.llm.providers import provider_for  # providers import this module
+
+    provider = provider_for(link)
+    return price_for(provider.model, metered=provider.metered)
 
 
 def cost_usd(model: str, usage: Usage, *, metered: bool = True) -> float:

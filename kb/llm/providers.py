@@ -202,13 +202,14 @@ class OpenAICompatibleProvider(Provider):
         self.endpoint = endpoint
         self.link = f"{endpoint.name}:{model}"
         self.internal = endpoint.internal
-        # A model on a named server is billed by no one per token unless the price table names it.
-        self.metered = endpoint.name == OPENAI.name
+        # A model on the company's own server is billed by no one per token unless the price table names it; a
+        # named endpoint outside (a hosted vendor's) is, and costs as the dearest known model until it is priced.
+        self.metered = not endpoint.internal
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | StreamEnd]:
         client = openai_client(self.endpoint)
         # OpenAI's newer models take only max_completion_tokens; servers of other makers know max_tokens.
-        limit = {"max_completion_tokens" if self.metered else "max_tokens": request.max_tokens}
+        limit = {"max_completion_tokens" if self.endpoint.name == OPENAI.name else "max_tokens": request.max_tokens}
         stream = await client.chat.completions.create(
             model=self.model,
             messages=[{"role": "system", "content": request.system}, {"role": "user", "content": request.user}],

@@ -207,12 +207,18 @@ def test_a_mixed_chain_falls_from_anthropic_to_openai_and_back(fake_openai, fake
 
 
 def test_prices_cover_both_providers(settings):
+    settings.KB_ENDPOINTS = {
+        "selfhosted": Endpoint("selfhosted", "http://127.0.0.1:9/v1", internal=True),
+        # a named endpoint outside the company (a hosted vendor's server) is billed
+        "hosted": Endpoint("hosted", "https://llm.example.com/v1", internal=False),
+    }
     assert link_price("anthropic:claude-haiku-5-5") == (1.0, 5.0, 1.25, 0.10)
     assert link_price("openai:gpt-4.1-mini") == (0.40, 1.60, 0.40, 0.10)
     assert link_price("openai:gpt-4.1") == (2.0, 8.0, 2.0, 0.50)
     # An unknown vendor model costs the dearest price; an unknown self-hosted one nothing.
     assert link_price("openai:gpt-99") == max(settings.KB_MODEL_PRICES.values(), key=lambda p: (p[1], p[0]))
     assert link_price("selfhosted:llama-3.1-70b") == (0, 0, 0, 0)
+    assert link_price("hosted:mixtral-8x22b") == max(settings.KB_MODEL_PRICES.values(), key=lambda p: (p[1], p[0]))
     usage = Usage(input_tokens=1000, output_tokens=100, cache_read_input_tokens=4000, cache_creation_input_tokens=10)
     assert cost_usd("gpt-4.1", usage) == round((1000 * 2 + 100 * 8 + 4000 * 0.5 + 10 * 2) / 1e6, 6)
 
