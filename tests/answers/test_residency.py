@@ -47,7 +47,7 @@ def test_a_group_marked_internal_only_sends_its_passages_to_internal_links_only(
     assert exchange.routing["residency"] is True
     assert exchange.routing["restricted_documents"] == [corpus.leave.pk]
     assert exchange.routing["withheld"] == [PRIMARY, OPENAI_LINK]
-    assert exchange.routing["chain"] == [SELFHOSTED_LINK, EXTRACTIVE]
+    assert exchange.routing["chain"] == exchange.chain == [SELFHOSTED_LINK, EXTRACTIVE]
     event = AuditEvent.objects.filter(kind="exchange").latest("pk")
     assert event.data["routing"]["residency"] is True
 

@@ -130,6 +130,8 @@ def finish(begun: Begun, ending: Ending) -> dict:
         cache=trace.cache,
         route=trace.route.get("tier", ""),
         routing=trace.route,
+        # The chain the route chose (a tier's, narrowed by budget and residency), not KB_MODELS, once routed.
+        **({"chain": trace.route["chain"]} if trace.route.get("chain") else {}),
         passages=_passages_record(retrieved),
         search_query=retrieved.result.query if retrieved else "",
         evidence_score=begun.evidence_score,
