@@ -52,6 +52,13 @@ class DocumentOut(Schema):
     def resolve_access_groups(obj: Document) -> list[str]:
         return [group.name for group in obj.access_groups.all()]
 
+    @staticmethod
+    def resolve_attached_to_id(obj: Document, context) -> int | None:
+        # Named only to whoever may read the mail: an id is a document's existence.
+        if obj.attached_to_id is None:
+            return None
+        return obj.attached_to_id if _visible(context["request"]).filter(pk=obj.attached_to_id).exists() else None
+
 
 class UploadOut(Schema):
     filename: str

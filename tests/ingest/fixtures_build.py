@@ -35,11 +35,21 @@ def _pdf_string(text: str) -> bytes:
     return b"(" + escaped.encode("cp1252") + b")"
 
 
-def _page_content(lines: Sequence[str]) -> bytes:
-    """A content stream that writes one line per entry; an empty entry leaves a blank line, as a paragraph gap."""
+TABLE_COLUMN_WIDTH = 150
+
+
+def _page_content(lines: Sequence[str | tuple[str, ...]]) -> bytes:
+    """A content stream that writes one line per entry; an empty entry leaves a blank line, as a paragraph gap,
+    and a tuple is a table row: its cells start TABLE_COLUMN_WIDTH points apart."""
     ops = [b"BT", f"/F1 {FONT_SIZE} Tf {LINE_HEIGHT} TL {LEFT_MARGIN} {TOP_BASELINE} Td".encode()]
     for line in lines:
-        if line:
+        if isinstance(line, tuple):
+            for index, cell in enumerate(line):
+                if index:
+                    ops.append(f"{TABLE_COLUMN_WIDTH} 0 Td".encode())
+                ops.append(_pdf_string(cell) + b" Tj")
+            ops.append(f"{-TABLE_COLUMN_WIDTH * (len(line) - 1)} 0 Td".encode())
+        elif line:
             ops.append(_pdf_string(line) + b" Tj")
         ops.append(b"T*")
     ops.append(b"ET")
@@ -90,7 +100,7 @@ class _PdfAssembler:
 
 
 def build_pdf(
-    pages: Sequence[Sequence[str]],
+    pages: Sequence[Sequence[str | tuple[str, ...]]],
     *,
     title: str | None = None,
     outline: Sequence[OutlineItem] = (),

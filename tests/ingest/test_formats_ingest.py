@@ -208,3 +208,16 @@ def test_the_api_lists_an_attachment_with_its_mail(client, knowledge_admin):
     client.force_login(knowledge_admin)
     rows = {row["id"]: row for row in client.get("/api/v1/documents").json()}
     assert rows[attachment.pk]["attached_to_id"] == mail.pk and rows[mail.pk]["attached_to_id"] is None
+
+
+def test_the_api_names_the_mail_only_to_whoever_may_read_it(client, employee):
+    mail = ingest(build.build_eml(attachments=[("leave.csv", build.build_csv(5), "text/csv")]), "cap.eml")
+    attachment = mail.attachments.get()
+    services.document_process(attachment.pk)
+    client.force_login(employee)
+    response = client.get(f"/api/v1/documents/{attachment.pk}")
+    assert response.status_code == 200, response.content
+    assert response.json()["attached_to_id"] == mail.pk
+    # The mail gone (an attachment uploaded again on its own stays): its id is no longer named.
+    Document.objects.filter(pk=mail.pk).update(searchable=False)
+    assert client.get(f"/api/v1/documents/{attachment.pk}").json()["attached_to_id"] is None
