@@ -4,7 +4,6 @@ tested end to end in tests/answers/test_residency.py."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -57,15 +56,6 @@ def test_documents_spanned_counts_documents_both_legs_rank_near_the_top(settings
     settings.KB_ROUTE_AGREED_RANK = 1
     assert documents_spanned([Hit(1, 1, 2), Hit(2, 2, 1)]) == 0
     assert documents_spanned([]) == 0
-
-
-def test_the_router_costs_well_under_a_millisecond(settings):
-    hits = [Hit(n % 3, n + 1, 8 - n) for n in range(8)]
-    question = "I'm going to a conference in Munich. What comes out of my training budget, and the hotel limit?"
-    started = time.perf_counter()
-    for _ in range(1000):
-        tier_for(question, follow_up=False, documents=documents_spanned(hits))
-    assert (time.perf_counter() - started) / 1000 < 0.001
 
 
 def test_without_routes_the_chain_is_the_budgets_and_the_route_is_recorded(corpus, employee, settings):
