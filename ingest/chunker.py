@@ -27,7 +27,7 @@ DEFAULT_OVERLAP_TOKENS = 32
 # Bumped when the same document and settings give different chunks (evaluation indexes are then rebuilt).
 # 2: a chunk that begins inside a table repeats the table's header row; 3: the overlap never begins inside a row,
 # and the repeated header counts against the chunk's budget (headers up to 96 tokens)
-CHUNKER_VERSION = 3
+CHUNKER_VERSION = 4
 # The repeated header row counts against a chunk's budget, so a header of this many tokens still leaves about
 # half a passage (at the default target of 180) for rows; a longer first line is hardly a header and is not
 # repeated. 96 covers the header of a 15-20 column spreadsheet (48 did not: a 12-column sheet lost its header).
@@ -236,7 +236,9 @@ class _Chunker:
         header_cost = 0  # tokens of the header row the current chunk will repeat, out of its budget
         for piece in pieces:
             if current and self._tokens(current[0].start, piece.end) + header_cost > self.target:
-                previous = self._emit(path, current, previous)
+                # A header row alone is no passage: the next chunk, inside its table, repeats it anyway.
+                if not self._repeated_header(current[0].start, current[-1].end):
+                    previous = self._emit(path, current, previous)
                 current = []
             if not current:
                 header = self._table_header(piece.start)
@@ -264,6 +266,15 @@ class _Chunker:
             )
         )
         return start, end
+
+    def _repeated_header(self, start: int, end: int) -> bool:
+        """Whether [start, end) is just a table's header row, short enough to be repeated in its next chunk."""
+        return any(
+            start == table_start
+            and end <= header_end + 1
+            and self.count(table_start, header_end) <= TABLE_HEADER_MAX_TOKENS
+            for table_start, header_end, _ in self.tables
+        )
 
     def _table_header(self, text_start: int) -> tuple[int, int] | None:
         """The span of the header row of the table that `text_start` falls in after that row, if any."""

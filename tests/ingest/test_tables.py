@@ -127,3 +127,19 @@ def test_a_wide_sheets_passages_repeat_its_header_within_the_passage_budget():
         assert chunk.text.startswith(header_line + "\n"), chunk.text[:200]
         # The header counts against the budget: the passage still fits what the model reads (256 tokens).
         assert chunk.token_count <= 180 + 24, chunk.token_count
+
+
+def test_no_passage_is_only_a_header_row():
+    """A first row too long to join its header: the header goes with that row's passage (it is repeated there),
+    never alone as a passage of column names."""
+    import csv
+
+    out = io.StringIO()
+    long_details = " ".join(f"clause{n} applies to all staff" for n in range(25))
+    csv.writer(out).writerows([["Policy", "Owner", "Details"], ["Travel", "Finance", long_details], ["Leave", "HR", "x"]])
+    doc = parse(out.getvalue().encode(), CSV)
+    chunks = chunk_document(doc, target_tokens=80, max_tokens=100, overlap_tokens=20)
+    assert chunks and all(chunk.text.strip() != "Policy | Owner | Details" for chunk in chunks), [
+        chunk.text for chunk in chunks
+    ]
+    assert any("Leave | HR | x" in chunk.text for chunk in chunks)
