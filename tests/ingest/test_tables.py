@@ -136,7 +136,8 @@ def test_no_passage_is_only_a_header_row():
 
     out = io.StringIO()
     long_details = " ".join(f"clause{n} applies to all staff" for n in range(25))
-    csv.writer(out).writerows([["Policy", "Owner", "Details"], ["Travel", "Finance", long_details], ["Leave", "HR", "x"]])
+    rows = [["Policy", "Owner", "Details"], ["Travel", "Finance", long_details], ["Leave", "HR", "x"]]
+    csv.writer(out).writerows(rows)
     doc = parse(out.getvalue().encode(), CSV)
     chunks = chunk_document(doc, target_tokens=80, max_tokens=100, overlap_tokens=20)
     assert chunks and all(chunk.text.strip() != "Policy | Owner | Details" for chunk in chunks), [
