@@ -27,8 +27,8 @@ DEFAULT_OVERLAP_TOKENS = 32
 # Bumped when the same document and settings give different chunks (evaluation indexes are then rebuilt).
 # 2: a chunk that begins inside a table repeats the table's header row; 3: the overlap never begins inside a row,
 # and the repeated header counts against the chunk's budget (headers up to 96 tokens); 4: a header row is never a
-# chunk on its own
-CHUNKER_VERSION = 4
+# chunk on its own; 5: tables in a PDF's text layer are tables
+CHUNKER_VERSION = 5
 # The repeated header row counts against a chunk's budget, so a header of this many tokens still leaves about
 # half a passage (at the default target of 180) for rows; a longer first line is hardly a header and is not
 # repeated. 96 covers the header of a 15-20 column spreadsheet (48 did not: a 12-column sheet lost its header).

@@ -23,12 +23,14 @@ from ingest.parsers.common import (
     NUMBERED_HEADING,
     PARAGRAPH,
     PDF,
+    TABLE,
     BlockCollector,
     ParsedDocument,
     ParseError,
     clean_inline,
     finish_document,
     strip_invisible,
+    table_row,
 )
 from ingest.parsers.ocr import (
     OcrLimits,
@@ -54,6 +56,14 @@ PDF_TYPICAL_LINE_PERCENTILE = 0.8
 PDF_RUNNING_LINE_MIN_PAGES = 3
 # Outline titles are sometimes wrapped over a few lines in the page text.
 PDF_OUTLINE_MAX_WRAPPED_LINES = 3
+# Tables in the text layer: pypdf's layout mode keeps horizontal positions, so cells are runs of words parted by
+# at least PDF_TABLE_GAP spaces (words of one cell are one or two apart). A table is at least PDF_TABLE_MIN_ROWS
+# lines in a row with the same number of cells (two or more) starting within PDF_TABLE_ALIGN characters of the
+# first row's, so that a justified paragraph's wide word gaps, which do not line up, are not taken for one.
+PDF_TABLE_GAP = 3
+PDF_TABLE_MIN_ROWS = 2
+PDF_TABLE_ALIGN = 8
+_LAYOUT_CELL = re.compile(rf"\S+(?: {{1,{PDF_TABLE_GAP - 1}}}\S+)*")
 
 _PAGE_NUMBER_LINE = re.compile(r"^(page\s*)?\d+(\s*(of|/)\s*\d+)?$", re.IGNORECASE)
 _SMALL_TITLE_WORDS = frozenset(
@@ -115,9 +125,44 @@ def parse_pdf(data: bytes) -> ParsedDocument:
     if page_count == 0:
         raise ParseError("no_text", "The PDF has no pages; export it again from the original document.")
     scanned = [index for index, text in enumerate(page_texts) if not text.strip()]
+    tables = {index: _table_rows(reader.pages[index]) for index, text in enumerate(page_texts) if text.strip()}
     if not scanned:
-        return _layout(reader, [_pdf_lines(text) for text in page_texts], {}, page_count)
-    return _parse_with_ocr(data, reader, page_texts, scanned)
+        return _layout(reader, [_pdf_lines(text) for text in page_texts], {}, page_count, tables)
+    return _parse_with_ocr(data, reader, page_texts, scanned, tables)
+
+
+def _table_rows(page: Any) -> dict[str, list[str]]:
+    """The page's table rows from its layout text, keyed by the line pypdf's plain text gives for the same row (the
+    cells joined by single spaces); {} when layout extraction fails (the page is then read as text only)."""
+    try:
+        layout = page.extract_text(extraction_mode="layout") or ""
+    except Exception:  # layout mode is an extra; the plain text was read already
+        logger.info("layout text unavailable for a page; its tables are read as text", exc_info=True)
+        return {}
+    rows: dict[str, list[str]] = {}
+    run: list[list[tuple[int, str]]] = []
+
+    def close() -> None:
+        if len(run) >= PDF_TABLE_MIN_ROWS:
+            for cells in run:
+                rows[" ".join(" ".join(text.split()) for _, text in cells)] = [text for _, text in cells]
+        run.clear()
+
+    for line in layout.splitlines():
+        cells = [(match.start(), match.group()) for match in _LAYOUT_CELL.finditer(line)]
+        aligned = (
+            bool(run)
+            and len(cells) == len(run[0])
+            and all(abs(start - first) <= PDF_TABLE_ALIGN for (start, _), (first, _) in zip(cells, run[0], strict=True))
+        )
+        if len(cells) >= 2 and (aligned or not run):
+            run.append(cells)
+            continue
+        close()
+        if len(cells) >= 2:
+            run.append(cells)
+    close()
+    return rows
 
 
 def _layout(
@@ -125,15 +170,18 @@ def _layout(
     lines: list[list[str]],
     scanned: dict[int, Callable[[BlockCollector, int], None]],
     page_count: int,
+    tables: dict[int, dict[str, list[str]]],
 ) -> ParsedDocument:
     outline = _pdf_outline(reader)
     pages = _drop_running_lines(lines)
     collector = BlockCollector()
-    _PdfLayout(collector, pages, outline, scanned).run()
+    _PdfLayout(collector, pages, outline, scanned, tables).run()
     return finish_document(collector, PDF, title=_pdf_title(reader), page_count=page_count)
 
 
-def _parse_with_ocr(data: bytes, reader: PdfReader, page_texts: list[str], scanned: list[int]) -> ParsedDocument:
+def _parse_with_ocr(
+    data: bytes, reader: PdfReader, page_texts: list[str], scanned: list[int], tables: dict[int, dict[str, list[str]]]
+) -> ParsedDocument:
     """OCR the pages without a text layer (those with nothing drawn on them are blank, not unread), the others
     as text; blocks keep their page numbers either way."""
     import pypdfium2
@@ -162,6 +210,7 @@ def _parse_with_ocr(data: bytes, reader: PdfReader, page_texts: list[str], scann
                     [_pdf_lines(text) for text in page_texts],
                     {index: reader_for(index) for index in to_read},
                     len(page_texts),
+                    tables,
                 )
             except ParseError as exc:
                 if exc.code != "no_text":
@@ -304,11 +353,14 @@ class _PdfLayout:
         pages: list[list[str]],
         outline: list[_OutlineEntry],
         scanned: dict[int, Callable[[BlockCollector, int], None]],
+        tables: dict[int, dict[str, list[str]]],
     ) -> None:
         self.collector = collector
         self.pages = pages
         self.outline = outline
         self.scanned = scanned  # page index -> reads that page by OCR into the collector
+        self.tables = tables  # page index -> its table rows' plain lines -> their cells
+        self.rows: list[list[str]] = []
         lengths = sorted(len(line) for page in pages for line in page)
         self.typical = lengths[int(len(lengths) * PDF_TYPICAL_LINE_PERCENTILE)] if lengths else 0
         self.paragraph: list[str] = []
@@ -326,8 +378,17 @@ class _PdfLayout:
                 self.scanned[index](self.collector, self.page)
                 continue
             position = 0
+            rows = self.tables.get(index, {})
             while position < len(lines):
                 hit = hits.get(position)
+                cells = rows.get(" ".join(lines[position].split())) if hit is None else None
+                if cells is not None:
+                    self.flush_paragraph()
+                    self.flush_list()
+                    self.rows.append(cells)
+                    position += 1
+                    continue
+                self.flush_rows()
                 if hit is None:
                     self.line(lines[position], previous=lines[position - 1] if position else None)
                     position += 1
@@ -392,7 +453,17 @@ class _PdfLayout:
             self.collector.add(LIST, "\n".join(self.items), self.page)
             self.items = []
 
+    def flush_rows(self) -> None:
+        if len(self.rows) >= PDF_TABLE_MIN_ROWS:
+            width = max(len(cells) for cells in self.rows)
+            text = "\n".join(table_row(cells + [""] * (width - len(cells))) for cells in self.rows)
+            self.collector.add(TABLE, text, self.page)
+        elif self.rows:  # a lone row of a table the running headers took the rest of: plain text
+            self.collector.add(PARAGRAPH, " ".join(self.rows[0]), self.page)
+        self.rows = []
+
     def flush(self) -> None:
+        self.flush_rows()
         self.flush_paragraph()
         self.flush_list()
 

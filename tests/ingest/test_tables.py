@@ -8,7 +8,8 @@ import io
 import pytest
 
 from ingest.chunker import chunk_document
-from ingest.parsers import CSV, DOCX, HTML, MARKDOWN, PPTX, TABLE, XLSX, parse
+from ingest.parsers import CSV, DOCX, HTML, MARKDOWN, PARAGRAPH, PDF, PPTX, TABLE, XLSX, parse
+from tests.ingest import fixtures_build as build
 
 HEADER = ["Case", "Decision", "Owner"]
 # Cells with sentences inside: the overlap between passages is taken on sentences, and must not start in a cell.
@@ -144,3 +145,29 @@ def test_no_passage_is_only_a_header_row():
         chunk.text for chunk in chunks
     ]
     assert any("Leave | HR | x" in chunk.text for chunk in chunks)
+
+
+def test_a_pdf_tables_rows_are_a_table_under_their_header():
+    """The text layer's table (cells placed in columns) is a table block: pypdf's plain text joins the cells of a
+    row with spaces, its layout text keeps the columns apart."""
+    rows = [("City", "Meals per day", "Hotel per night")]
+    rows += [(f"City {n}", f"{40 + n} EUR", f"{150 + n} EUR") for n in range(30)]
+    page = ["Daily allowances", "", "Allowances per city are listed below.", *rows, "", "Ask the travel desk."]
+    doc = parse(build.build_pdf([page]), PDF)
+    tables = [block for block in doc.blocks if block.kind == TABLE]
+    assert len(tables) == 1 and tables[0].page == 1
+    lines = tables[0].text.split("\n")
+    assert lines[:2] == ["City | Meals per day | Hotel per night", "City 0 | 40 EUR | 150 EUR"] and len(lines) == 31
+    assert any(block.kind == PARAGRAPH and "travel desk" in block.text for block in doc.blocks)
+    chunks = chunk_document(doc, target_tokens=60, max_tokens=80, overlap_tokens=20)
+    holding = [chunk.text.split("\n") for chunk in chunks if "EUR" in chunk.text]
+    assert len(holding) >= 2
+    for chunk_lines in holding:  # each passage of the table has the header above its first row
+        first_row = next(i for i, line in enumerate(chunk_lines) if line.startswith("City ") and "EUR" in line)
+        assert lines[0] in chunk_lines[:first_row], chunk_lines
+
+
+def test_wide_word_gaps_that_do_not_line_up_are_not_a_table():
+    page = ["Staff   may   claim meals", "only when   travelling far from   the office.", "Receipts are kept."]
+    doc = parse(build.build_pdf([page]), PDF)
+    assert [block.kind for block in doc.blocks] == [PARAGRAPH]
