@@ -133,7 +133,10 @@ def route(scope: Scope, opened: Opened, evidence: Evidence, trace: Trace) -> Rou
         documents = documents_spanned(hits)
         tier, why = tier_for(evidence.model_request.question, follow_up=bool(opened.history), documents=documents)
         spent = {"user_spent": scope.spent.get("user_spent", 0.0), "global_spent": scope.spent.get("global_spent", 0.0)}
-        chain = budget_links(list(settings.KB_ROUTES.get(tier, settings.KB_MODELS)), **spent).links
+        decision = budget_links(list(settings.KB_ROUTES.get(tier, settings.KB_MODELS)), **spent)
+        chain = decision.links
+        if decision.notice:
+            trace.notices.append(decision.notice)
     else:
         tier, why, chain = DEFAULT, ("KB_ROUTES unset",), list(scope.chain)
     trace.latency["route_ms"] = ms_since(started)

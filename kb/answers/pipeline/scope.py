@@ -39,7 +39,7 @@ def scope(request: AskRequest, trace: Trace) -> Scope:
     )
     spent = {"user_spent": user_spent, "global_spent": _global_spent_today()}
     decision = budget_links(list(settings.KB_MODELS), **spent)
-    if decision.notice:
+    if decision.notice and not settings.KB_ROUTES:  # with routes, the route stage says what the tier's budget did
         trace.notices.append(decision.notice)
     return Scope(
         read=read,

@@ -79,6 +79,7 @@ def test_each_tier_takes_its_own_chain_within_the_budget(corpus, employee, setti
     routed = route(scope, hard.opened, hard.evidence, hard.trace)
     assert routed.tier == STRONG and routed.chain == (EXTRACTIVE,)
     assert {"procedure wording", "several questions"} <= set(routed.why)
+    assert len(hard.trace.notices) == 1  # the tier's budget says what it did, once
 
 
 def test_an_exchange_records_its_route_and_the_strong_tier_answers_a_comparison(
