@@ -236,10 +236,10 @@ class _Chunker:
         previous: tuple[int, int] | None = None  # own span of the previous chunk in this section
         header_cost = 0  # tokens of the header row the current chunk will repeat, out of its budget
         for piece in pieces:
-            if current and self._tokens(current[0].start, piece.end) + header_cost > self.target:
-                # A header row alone is no passage: the next chunk, inside its table, repeats it anyway.
-                if not self._repeated_header(current[0].start, current[-1].end):
-                    previous = self._emit(path, current, previous)
+            too_long = current and self._tokens(current[0].start, piece.end) + header_cost > self.target
+            # A header row alone is no passage: it opens the chunk of its first row (which would repeat it anyway).
+            if too_long and not self._repeated_header(current[0].start, current[-1].end):
+                previous = self._emit(path, current, previous)
                 current = []
             if not current:
                 header = self._table_header(piece.start)
