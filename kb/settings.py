@@ -539,12 +539,13 @@ KB_INJECTION_THRESHOLD_OTHER_LANGUAGES = env_float(
 )
 KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0.804, minimum=0.0, maximum=1.0)
 # Toxicity classifier thresholds (kb/guard/data/toxicity_model.json records how each was chosen and the held-out
-# figures; `python -m kb.evaluation.train_toxicity` retrains and re-chooses them). Questions: the lowest threshold
-# keeping each held-out ordinary set (employee questions' second half, tests/data/guard/ordinary_questions_dev.txt,
-# doc2dial dev dialogues not fitted) at <= 1% blocked. Answer sentences: the lowest flagging no demo-corpus
-# sentence and <= 1% of held-out SQuAD passage sentences. Figures (Davidson test split): README "Guardrails".
-KB_TOXICITY_THRESHOLD = env_float("KB_TOXICITY_THRESHOLD", 0.5, minimum=0.0, maximum=1.0)
-KB_ANSWER_TOXICITY_THRESHOLD = env_float("KB_ANSWER_TOXICITY_THRESHOLD", 0.5, minimum=0.0, maximum=1.0)
+# figures; `python -m kb.evaluation.train_toxicity` retrains and re-chooses them). Each has a floor, the lowest
+# keeping held-out ordinary texts within budget (questions: <= 1% of each of the employee questions' second half,
+# tests/data/guard/ordinary_questions_dev.txt and doc2dial dev dialogues not fitted; answer sentences: no demo-corpus
+# sentence, <= 1% of held-out SQuAD sentences), and sits at or above it where recall minus false-positive rate is
+# highest on Davidson's val split (never fitted, not the reported test split). Figures: README "Guardrails".
+KB_TOXICITY_THRESHOLD = env_float("KB_TOXICITY_THRESHOLD", 0.26, minimum=0.0, maximum=1.0)
+KB_ANSWER_TOXICITY_THRESHOLD = env_float("KB_ANSWER_TOXICITY_THRESHOLD", 0.153, minimum=0.0, maximum=1.0)
 # A sentence whose support (0.5 x similarity + 0.5 x keyword share, against what it cites) is below this is
 # marked unsupported (tests/guard/test_output.py shows the separation; README "Guardrails").
 KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, maximum=1.0)

@@ -11,7 +11,7 @@ Why these choices:
 - Toxic = Davidson's "hatespeech" or "offensive" (its `toxic` field). The offensive class is mostly slurs and
   sexual insults aimed at people, which is what an abusive question or a toxic answer sentence looks like; hate
   speech alone is 1,135 training tweets, too few to learn from. Davidson's own split is kept: train is fitted,
-  val is not used, test is only measured (recall and precision at the chosen thresholds).
+  val places the thresholds (below), test is only measured (recall and precision at the chosen thresholds).
 - Tweets are cleaned before embedding (HTML entities, "RT", @mentions, links, hashtags' "#"): those are Twitter
   markers, and the classifier must not learn "looks like a tweet" as "toxic".
 - Davidson's "neither" tweets are not what employees ask, so ordinary questions and passages are fitted too: the
@@ -19,7 +19,10 @@ Why these choices:
   trainer's rule) and doc2dial dev dialogues (60% of them; the rest choose the threshold).
 - The penalty and the weight of the employee/doc2dial questions are chosen by 5-fold cross-validation on the
   training rows (Davidson toxic recall at the threshold that flags <= 1% of each kind of ordinary question).
-- Thresholds are chosen on held-out ordinary texts only, never on the toxic tweets whose recall they report:
+- Thresholds are never chosen on the toxic tweets whose recall they report (Davidson test). Each has a floor set
+  by held-out ordinary texts and is placed at or above it where recall minus false-positive rate is highest on
+  Davidson's val split (not fitted): the floor alone (lowest within budget) flagged 26% of held-out 'neither'
+  tweets and 2.3% of doc2dial's test turns. Floors:
   questions, the lowest threshold flagging <= 1% of each of the employee questions' second half, the guard's dev
   questions (tests/data/guard/ordinary_questions_dev.txt) and doc2dial's held-out dev dialogues (rules included);
   answer sentences, the lowest flagging no sentence of the demo corpus and <= 1% of held-out SQuAD passage
@@ -73,8 +76,11 @@ from kb.text import fold, split_sentences
 
 QUESTION_FPR_BUDGET = 0.01
 SENTENCE_FPR_BUDGET = 0.01
-REGULARISATION_GRID = (1e-4, 1e-3, 1e-2)
-ORDINARY_WEIGHT_GRID = (1.0, 4.0, 16.0)
+REGULARISATION_GRID = (1e-4, 1e-3)
+ORDINARY_WEIGHT_GRID = (4.0, 16.0)
+# Davidson's "neither" tweets x this weight: without it the regression learns "a tweet" rather than "abuse" (a
+# first run flagged 78% of the held-out neither tweets at 99.7% recall).
+NEITHER_WEIGHT_GRID = (1.0, 4.0, 16.0)
 CV_FOLDS = 5
 # Sources of ordinary questions whose weight `ordinary_weight` multiplies (the texts the guard really sees).
 CONVERSATIONAL_SOURCES = ("employee", "doc2dial")
@@ -147,19 +153,22 @@ def load_sets(eval_dir: Path = DEFAULT_EVAL_DIR) -> tuple[Sets, dict[str, list[E
     return sets, tweets
 
 
-def source_weights(examples: Sequence[Example], ordinary_weight: float) -> np.ndarray:
-    """Classes weigh the same; within the ordinary class each source weighs the same (Davidson's 'neither'
-    tweets as much as the employee questions), the conversational ones x `ordinary_weight`."""
+def source_weights(examples: Sequence[Example], ordinary_weight: float, neither_weight: float = 1.0) -> np.ndarray:
+    """Classes weigh the same; within the ordinary class each source weighs the same, then the conversational
+    ones x `ordinary_weight` and Davidson's 'neither' tweets x `neither_weight`."""
     counts: dict[tuple[int, str], int] = {}
     for example in examples:
         counts[example.label, example.source] = counts.get((example.label, example.source), 0) + 1
     per_class = {label: sum(1 for key in counts if key[0] == label) for label in (0, 1)}
     weights = np.array([1.0 / (counts[e.label, e.source] * per_class[e.label]) for e in examples])
-    return weights * np.array([ordinary_weight if e.source in CONVERSATIONAL_SOURCES else 1.0 for e in examples])
+    factor = {source: ordinary_weight for source in CONVERSATIONAL_SOURCES} | {"davidson_neither": neither_weight}
+    return weights * np.array([factor.get(e.source, 1.0) for e in examples])
 
 
-def fit(x: np.ndarray, y: np.ndarray, examples: Sequence[Example], l2: float, weight: float) -> InjectionModel:
-    coef, intercept = fit_logistic(x, y, source_weights(examples, weight), l2)
+def fit(
+    x: np.ndarray, y: np.ndarray, examples: Sequence[Example], l2: float, weight: float, neither: float
+) -> InjectionModel:
+    coef, intercept = fit_logistic(x, y, source_weights(examples, weight, neither), l2)
     return InjectionModel(coef=coef, intercept=intercept, metadata={})
 
 
@@ -167,30 +176,57 @@ def _scored(examples: Sequence[Example], probabilities: np.ndarray) -> list[Scor
     return [Scored(e.label, float(p), first_rule(e.text)) for e, p in zip(examples, probabilities, strict=True)]
 
 
-def select(x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) -> tuple[tuple[float, float], list]:
-    """(l2, ordinary weight) with the best out-of-fold Davidson recall at <= 1% of each ordinary question
-    source (employee, SQuAD, doc2dial) flagged; folds by a hash of the text."""
+def select(x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) -> tuple[tuple[float, float, float], list]:
+    """(l2, ordinary weight, neither weight) with the best out-of-fold Davidson toxic recall minus Davidson
+    'neither' false-positive rate, at the threshold flagging <= 1% of each ordinary question source (employee,
+    SQuAD, doc2dial); folds by a hash of the text."""
     fold = np.array([int(_hash_unit(f"tox-cv:{e.text}") * CV_FOLDS) for e in examples])
     grid = []
-    for weight in ORDINARY_WEIGHT_GRID:
-        for l2 in REGULARISATION_GRID:
-            oof = np.zeros(len(examples))
-            for k in range(CV_FOLDS):
-                train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-                model = fit(x[train], y[train], [examples[int(i)] for i in train], l2, weight)
-                oof[test] = model.probabilities(x[test])
-            scored = _scored(examples, oof)
-            by_source: dict[str, list[Scored]] = {}
-            for example, item in zip(examples, scored, strict=True):
-                by_source.setdefault(example.source, []).append(item)
-            threshold = choose_threshold(
-                [(by_source[s], QUESTION_FPR_BUDGET) for s in ("employee", "squad", "doc2dial")]
-            )
-            recall = float(np.mean([item.score >= threshold or item.rule for item in by_source["davidson_toxic"]]))
-            grid.append({"l2": l2, "ordinary_weight": weight, "threshold": threshold, "recall": round(recall, 4)})
-            print(f"  cv {grid[-1]}", file=sys.stderr)
-    best = max(grid, key=lambda row: row["recall"])
-    return (best["l2"], best["ordinary_weight"]), grid
+    for neither in NEITHER_WEIGHT_GRID:
+        for weight in ORDINARY_WEIGHT_GRID:
+            for l2 in REGULARISATION_GRID:
+                oof = np.zeros(len(examples))
+                for k in range(CV_FOLDS):
+                    train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+                    model = fit(x[train], y[train], [examples[int(i)] for i in train], l2, weight, neither)
+                    oof[test] = model.probabilities(x[test])
+                by_source: dict[str, list[Scored]] = {}
+                for example, item in zip(examples, _scored(examples, oof), strict=True):
+                    by_source.setdefault(example.source, []).append(item)
+                threshold = choose_threshold(
+                    [(by_source[s], QUESTION_FPR_BUDGET) for s in ("employee", "squad", "doc2dial")]
+                )
+
+                recall, neither_fpr = (
+                    float(np.mean([item.rule is not None or item.score >= threshold for item in by_source[source]]))
+                    for source in ("davidson_toxic", "davidson_neither")
+                )
+                grid.append(
+                    {
+                        "l2": l2,
+                        "ordinary_weight": weight,
+                        "neither_weight": neither,
+                        "threshold": threshold,
+                        "recall": round(recall, 4),
+                        "neither_fpr": round(neither_fpr, 4),
+                        "objective": round(recall - neither_fpr, 4),
+                    }
+                )
+                print(f"  cv {grid[-1]}", file=sys.stderr)
+    best = max(grid, key=lambda row: row["objective"])
+    return (best["l2"], best["ordinary_weight"], best["neither_weight"]), grid
+
+
+def balanced_threshold(validation: list[Scored], floor: float) -> float:
+    """The threshold (to 3 decimals, not below `floor`) maximising recall minus false-positive rate on Davidson's
+    validation split: never fitted and not the reported test split. The ordinary-question rule alone gives the
+    lowest threshold within budget, which on the held-out tweets flagged a quarter of the 'neither' ones and on
+    doc2dial's test turns 2.3% ("hg", "yes, who doesn't")."""
+    positives = np.array([item.score for item in validation if item.label])
+    negatives = np.array([item.score for item in validation if not item.label])
+    candidates = np.round(np.arange(max(floor, 0.001), 1.0, 0.001), 3)
+    value = [float((positives >= c).mean() - (negatives >= c).mean()) for c in candidates]
+    return float(candidates[int(np.argmax(value))])
 
 
 def score_sets(groups: dict[str, list[Example]], model: InjectionModel, cache: Path | None) -> dict[str, list[Scored]]:
@@ -303,17 +339,25 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
     print(f"training rows: {len(sets.train)} {_sizes(sets.train)}", file=sys.stderr)
     x = embed_texts([e.text for e in sets.train], cache)
     y = np.array([e.label for e in sets.train], dtype=np.float64)
-    (l2, weight), grid = select(x, y, sets.train)
-    print(f"chosen: l2 {l2}, ordinary weight {weight}", file=sys.stderr)
-    model = fit(x, y, sets.train, l2, weight)
+    (l2, weight, neither), grid = select(x, y, sets.train)
+    print(f"chosen: l2 {l2}, ordinary weight {weight}, neither weight {neither}", file=sys.stderr)
+    model = fit(x, y, sets.train, l2, weight, neither)
 
     questions = score_sets(sets.questions, model, cache)
     words = gate_words(sets.train)
     print(f"gate: {len(words)} words", file=sys.stderr)
     documents = gated(sets.documents, score_sets(sets.documents, model, cache), words)
-    question_threshold = choose_threshold([(questions[s], QUESTION_FPR_BUDGET) for s in QUESTION_NEGATIVE_POOL])
-    answer_threshold = choose_threshold(
+    question_floor = choose_threshold([(questions[s], QUESTION_FPR_BUDGET) for s in QUESTION_NEGATIVE_POOL])
+    answer_floor = choose_threshold(
         [(documents["demo_sentences"], 0.0), (documents["squad_sentences"], SENTENCE_FPR_BUDGET)]
+    )
+    validation = {"davidson_val": tweets["val"]}
+    question_threshold = balanced_threshold(score_sets(validation, model, cache)["davidson_val"], question_floor)
+    gated_validation = gated(validation, score_sets(validation, model, cache), words)["davidson_val"]
+    answer_threshold = balanced_threshold(gated_validation, answer_floor)
+    print(
+        f"floors {question_floor} / {answer_floor} -> thresholds {question_threshold} / {answer_threshold}",
+        file=sys.stderr,
     )
     question_figures = figures(questions, question_threshold)
     sentence_figures = figures(documents, answer_threshold)
@@ -332,10 +376,12 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
             "kind": "logistic",
             "l2": l2,
             "ordinary_weight": weight,
+            "neither_weight": neither,
             "toxic": "Davidson hatespeech or offensive (its `toxic` field); tweets cleaned by clean_tweet",
             "cross_validation": {
-                "rule": f"{CV_FOLDS} folds of the training rows; Davidson toxic recall at the threshold flagging "
-                "<= 1% of each of the employee, SQuAD and doc2dial training questions",
+                "rule": f"{CV_FOLDS} folds of the training rows; Davidson toxic recall minus Davidson neither "
+                "false-positive rate at the threshold flagging <= 1% of each of the employee, SQuAD and doc2dial "
+                "training questions",
                 "grid": grid,
             },
             "seed": SEED,
@@ -344,20 +390,25 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
             "not_fitted": "Davidson val and test; employee questions' second half; tests/data/guard ordinary "
             "questions; doc2dial held-out dev dialogues and all its test documents; held-out SQuAD articles; the "
             "demo corpus and golden set",
+            "threshold_floors": {"KB_TOXICITY_THRESHOLD": question_floor, "KB_ANSWER_TOXICITY_THRESHOLD": answer_floor},
             "thresholds": {
                 "KB_TOXICITY_THRESHOLD": question_threshold,
                 "KB_ANSWER_TOXICITY_THRESHOLD": answer_threshold,
             },
             "threshold_rule": {
-                "KB_TOXICITY_THRESHOLD": f"lowest with false-positive rate <= {QUESTION_FPR_BUDGET:.0%} on each of "
-                f"the held-out {', '.join(QUESTION_NEGATIVE_POOL)} question sets, rules included",
+                "KB_TOXICITY_THRESHOLD": "maximises recall minus false-positive rate on Davidson's val split (not "
+                "fitted, not reported), not below the floor: the lowest with false-positive rate <= "
+                f"{QUESTION_FPR_BUDGET:.0%} on each of the held-out {', '.join(QUESTION_NEGATIVE_POOL)} question "
+                "sets, rules included",
                 "answer_gate": f"an answer sentence is scored only with a rule hit or a word used by >= "
                 f"{GATE_MIN_COUNT} toxic training tweets, >= {GATE_MIN_SHARE:.0%} of its Davidson training tweets "
                 "toxic, and by no ordinary training text (gate_words); the answer-sentence figures include the gate",
-                "KB_ANSWER_TOXICITY_THRESHOLD": "lowest flagging no sentence of the demo corpus and <= "
+                "KB_ANSWER_TOXICITY_THRESHOLD": "maximises recall minus false-positive rate on Davidson's val split "
+                "through the gate, not below the floor: the lowest flagging no sentence of the demo corpus and <= "
                 f"{SENTENCE_FPR_BUDGET:.0%} of the held-out SQuAD passages' sentences",
             },
             "reported_not_chosen_on": [*REPORTED_QUESTION_SETS, "davidson_test"],
+            "davidson_val": "used only to place each threshold above its floor (balanced_threshold), never fitted",
             "held_out": {"questions": question_figures, "answer_sentences": sentence_figures},
             "check": {"what": "re-measured by tests/guard/test_toxicity.py (see check_sets)", "questions": check},
             "eval_files_sha256": sets.files,
