@@ -508,8 +508,10 @@ KB_INPUT_GUARDS = env_list(
         "kb.guard.input.RateLimitGuard",
         "kb.guard.input.InFlightGuard",
         "kb.guard.input.PiiGuard",
-        "kb.guard.input.InjectionGuard",
+        # Before injection: abuse aimed at the assistant ("you stupid bot, ...") also scores as injection (0.95),
+        # and its answer should be the calm one, not "reads like an attempt to change the instructions".
         "kb.guard.input.ToxicityGuard",
+        "kb.guard.input.InjectionGuard",
     ],
 )
 KB_OUTPUT_GUARDS = env_list(
