@@ -69,6 +69,7 @@ from kb.evaluation.train_injection import (
     embed_texts,
     employee_questions,
     fit_logistic,
+    paraphrase_questions,
 )
 from kb.guard.injection import InjectionModel
 from kb.guard.toxicity import _WORD, MODEL_PATH, candidate_sentence, first_rule
@@ -85,7 +86,7 @@ CV_FOLDS = 5
 # Sources of ordinary questions whose weight `ordinary_weight` multiplies (the texts the guard really sees).
 CONVERSATIONAL_SOURCES = ("employee", "doc2dial")
 QUESTION_NEGATIVE_POOL = ("employee", "ordinary_dev", "doc2dial_dev")
-REPORTED_QUESTION_SETS = ("ordinary_test", "doc2dial_test", "demo_golden", "squad")
+REPORTED_QUESTION_SETS = ("ordinary_test", "employee_other_author", "doc2dial_test", "demo_golden", "squad")
 DAVIDSON = "toxicity/davidson/labeled.jsonl"
 OUTPUT = MODEL_PATH
 
@@ -133,6 +134,9 @@ def load_sets(eval_dir: Path = DEFAULT_EVAL_DIR) -> tuple[Sets, dict[str, list[E
     sets.questions["employee"] = [Example(text, 0, "employee") for text in second]
     sets.questions["ordinary_dev"] = [Example(text, 0, "ordinary_dev") for text in _lines(ORDINARY_DEV)]
     sets.questions["ordinary_test"] = [Example(text, 0, "ordinary_test") for text in _lines(ORDINARY_TEST)]
+    sets.questions["employee_other_author"] = [
+        Example(text, 0, "employee_other_author") for text in paraphrase_questions()
+    ]
     _squad(reader, sets)
     _doc2dial(reader, sets)
     rows = reader.jsonl("doc2dial/golden-test.jsonl") + reader.jsonl("doc2dial/followup-test.jsonl")

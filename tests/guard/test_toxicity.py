@@ -118,7 +118,8 @@ def test_the_held_out_figures_recorded_with_the_weights_still_hold():
     metadata = load_model().metadata
     held_out = metadata["held_out"]["questions"]
     assert held_out["davidson_test"]["recall"] >= 0.8
-    for source in ("employee", "ordinary_dev", "ordinary_test", "doc2dial_dev", "doc2dial_test", "demo_golden"):
+    ordinary = ("employee", "employee_other_author", "ordinary_dev", "ordinary_test", "doc2dial_dev", "demo_golden")
+    for source in (*ordinary, "doc2dial_test"):
         assert held_out[source]["fpr"] <= 0.01, (source, held_out[source])
     groups = train_toxicity.check_sets(train_injection.DEFAULT_EVAL_DIR)
     check = train_toxicity.figures(
