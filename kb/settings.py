@@ -508,12 +508,20 @@ KB_INPUT_GUARDS = env_list(
         "kb.guard.input.RateLimitGuard",
         "kb.guard.input.InFlightGuard",
         "kb.guard.input.PiiGuard",
+        # Before injection: abuse aimed at the assistant ("you stupid bot, ...") also scores as injection (0.95),
+        # and its answer should be the calm one, not "reads like an attempt to change the instructions".
+        "kb.guard.input.ToxicityGuard",
         "kb.guard.input.InjectionGuard",
     ],
 )
 KB_OUTPUT_GUARDS = env_list(
     "KB_OUTPUT_GUARDS",
-    ["kb.guard.output.CitationGuard", "kb.guard.output.LeakGuard", "kb.guard.output.GroundingGuard"],
+    [
+        "kb.guard.output.CitationGuard",
+        "kb.guard.output.LeakGuard",
+        "kb.guard.output.GroundingGuard",
+        "kb.guard.output.ToxicityOutputGuard",
+    ],
 )
 # Questions per user in any 60 seconds (0: no limit); beyond it a 429 says when to retry.
 KB_RATE_LIMIT_PER_MINUTE = env_int("KB_RATE_LIMIT_PER_MINUTE", 20, minimum=0)
@@ -532,6 +540,14 @@ KB_INJECTION_THRESHOLD_OTHER_LANGUAGES = env_float(
     "KB_INJECTION_THRESHOLD_OTHER_LANGUAGES", 0.832, minimum=0.0, maximum=1.0
 )
 KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0.804, minimum=0.0, maximum=1.0)
+# Toxicity classifier thresholds (kb/guard/data/toxicity_model.json records how each was chosen and the held-out
+# figures; `python -m kb.evaluation.train_toxicity` retrains and re-chooses them). Each has a floor, the lowest
+# keeping held-out ordinary texts within budget (questions: <= 1% of each of the employee questions' second half,
+# tests/data/guard/ordinary_questions_dev.txt and doc2dial dev dialogues not fitted; answer sentences: no demo-corpus
+# sentence, <= 1% of held-out SQuAD sentences), and sits at or above it where recall minus false-positive rate is
+# highest on Davidson's val split (never fitted, not the reported test split). Figures: README "Guardrails".
+KB_TOXICITY_THRESHOLD = env_float("KB_TOXICITY_THRESHOLD", 0.26, minimum=0.0, maximum=1.0)
+KB_ANSWER_TOXICITY_THRESHOLD = env_float("KB_ANSWER_TOXICITY_THRESHOLD", 0.153, minimum=0.0, maximum=1.0)
 # A sentence whose support (0.5 x similarity + 0.5 x keyword share, against what it cites) is below this is
 # marked unsupported (tests/guard/test_output.py shows the separation; README "Guardrails").
 KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, maximum=1.0)

@@ -177,3 +177,33 @@ BLOCKED_ANSWER = (
     "This question was not answered: it reads like an attempt to change the assistant's instructions rather "
     "than a question about the documents ({reason}). If that is a mistake, rephrase it as a plain question."
 )
+
+
+class ToxicityGuard:
+    """An abusive question (insults, slurs, hate) is not answered: a calm message instead, the exchange recorded
+    with the verdict, no model called. A trained classifier on the question's embedding (threshold
+    KB_TOXICITY_THRESHOLD) plus narrow rules for abuse aimed at someone (kb/guard/toxicity.py); a swear word in a
+    frustrated but real question ("my damn laptop won't boot") is left alone."""
+
+    name = "toxicity"
+    before_record = False
+    # The reason ("classifier score 0.93") is recorded with the verdict, not shown: the reply stays calm.
+    blocked_answer = (
+        "This message was not answered: it reads as abusive. kb answers questions about the documents; if "
+        "something is not working, describe the problem in plain words and ask again."
+    )
+
+    def scan(self, context: InputContext) -> Verdict:
+        from kb.guard.toxicity import is_toxic, toxicity_scores
+
+        (result,) = toxicity_scores([context.text], np.asarray([context.embedding()]))
+        threshold = settings.KB_TOXICITY_THRESHOLD
+        details = {"threshold": threshold, "rule": result.rule}
+        if is_toxic(result, threshold):
+            reason = (
+                f"matches the rule '{result.rule}'"
+                if result.rule
+                else f"classifier score {result.score:.2f} ≥ {threshold}"
+            )
+            return Verdict(self.name, Action.BLOCK, score=result.score, reason=reason, details=details)
+        return Verdict(self.name, Action.ALLOW, score=result.score, details=details)

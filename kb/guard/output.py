@@ -268,3 +268,49 @@ def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tu
 
 
 BLOCKED_OUTPUT = "This answer was withheld: {reason}. The question is recorded; try asking it another way."
+
+
+TOXIC_REMOVED = "[removed: offensive language]"
+
+
+class ToxicityOutputGuard:
+    """A sentence of the answer that reads as abusive (insults, slurs, hate; the model's own words or a quoted
+    passage's) is replaced by [removed: offensive language], its markers with it, and a notice says so. Only
+    sentences with a word of the trained gate list or a rule hit are embedded and scored (threshold
+    KB_ANSWER_TOXICITY_THRESHOLD, kb/guard/toxicity.py), so an ordinary answer costs a word lookup."""
+
+    name = "toxicity"
+
+    def scan(self, context: OutputContext) -> Verdict:
+        from kb.guard.toxicity import candidate_sentence, is_toxic, toxicity_scores
+
+        if not context.answer.strip():
+            return Verdict(self.name, Action.ALLOW)
+        sentences = answer_sentences(context.answer)
+        suspects = [(i, without_markers(s).strip()) for i, s in enumerate(sentences) if candidate_sentence(s)]
+        if not suspects:
+            return Verdict(self.name, Action.ALLOW, score=0.0)
+        scores = toxicity_scores([text for _, text in suspects])
+        threshold = settings.KB_ANSWER_TOXICITY_THRESHOLD
+        removed = [i for (i, _), s in zip(suspects, scores, strict=True) if is_toxic(s, threshold)]
+        top = max(s.score for s in scores)
+        if not removed:
+            return Verdict(self.name, Action.ALLOW, score=top, details={"threshold": threshold})
+        rewritten = list(sentences)
+        for i in removed:
+            trailing = sentences[i][len(sentences[i].rstrip()) :]
+            rewritten[i] = TOXIC_REMOVED + trailing
+            if i and not rewritten[i - 1][-1:].isspace():
+                rewritten[i] = " " + rewritten[i]
+        context.answer = "".join(rewritten)
+        return Verdict(
+            self.name,
+            Action.MASK,
+            score=top,
+            reason=f"removed {len(removed)} sentence(s) of offensive language",
+            details={
+                "threshold": threshold,
+                "removed": len(removed),
+                "notice": f"{len(removed)} sentence(s) of this answer were removed as offensive language.",
+            },
+        )

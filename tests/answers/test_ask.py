@@ -15,6 +15,7 @@ from ingest import services as ingest_services
 from kb import metrics
 from kb.answers import services
 from kb.answers.models import Exchange, Outcome
+from kb.guard.input import ToxicityGuard
 from kb.llm.providers import EXTRACTIVE_LABEL
 from tests.conftest import FALLBACK, PRIMARY, ask_and_leave
 from tests.fake_anthropic import Reply, passages_of
@@ -274,6 +275,20 @@ def test_an_injection_is_blocked_with_the_reason_and_recorded(fake_anthropic, co
     exchange = Exchange.objects.get(pk=result["exchange_id"])
     assert exchange.outcome == Outcome.BLOCKED
     assert any(v["guard"] == "injection" and v["action"] == "block" for v in exchange.guard_verdicts)
+
+
+def test_an_abusive_question_gets_a_calm_message_is_recorded_and_no_model_is_called(fake_anthropic, corpus, employee):
+    result = services.ask("You stupid useless bot, fuck you and your hotel policy.", employee)
+    assert result["outcome"] == "blocked" and result["refused"] and result["refusal_reason"] == "blocked_toxicity"
+    assert result["answer"] == ToxicityGuard.blocked_answer and fake_anthropic.requests == []
+    exchange = Exchange.objects.get(pk=result["exchange_id"])
+    assert exchange.outcome == Outcome.BLOCKED and exchange.answer == ToxicityGuard.blocked_answer
+    assert any(v["guard"] == "toxicity" and v["action"] == "block" for v in exchange.guard_verdicts)
+
+
+def test_a_frustrated_but_real_question_is_answered(fake_anthropic, corpus, employee):
+    result = services.ask("What the hell is the damn hotel limit per night in Amsterdam?", employee)
+    assert result["outcome"] != "blocked" and fake_anthropic.requests
 
 
 def test_too_many_questions_a_minute_get_a_429_that_says_when(client, fake_anthropic, corpus, employee, settings):

@@ -58,7 +58,7 @@ def input_guard(request: AskRequest, trace: Trace) -> Guarded:
                 block = Stop(
                     Ending(
                         outcome=Outcome.BLOCKED,
-                        answer=BLOCKED_ANSWER.format(reason=verdict.reason),
+                        answer=getattr(guard, "blocked_answer", BLOCKED_ANSWER).format(reason=verdict.reason),
                         refused=True,
                         refusal_reason=f"blocked_{verdict.guard}",
                     )

@@ -72,6 +72,8 @@ def output_guard(begun: Begun, evidence: Evidence, draft: Ending) -> Ending:
                     refused=True,
                     refusal_reason=f"blocked_{verdict.guard}",
                 )
+            if verdict.details.get("notice"):
+                trace.notices.append(verdict.details["notice"])
             if verdict.action == Action.FLAG and verdict.guard == "citations":
                 trace.notices.append("This answer cites no source: treat it with care.")
     parsed = citation_parser.parse(context.answer, set(evidence.sources))

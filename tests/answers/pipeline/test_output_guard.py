@@ -10,7 +10,7 @@ from kb.answers import citations as citation_parser
 from kb.answers.models import Outcome
 from kb.answers.pipeline.output_guard import guard_sources, output_guard
 from kb.answers.pipeline.types import Ending
-from kb.guard.output import BLOCKED_OUTPUT, UNSUPPORTED
+from kb.guard.output import BLOCKED_OUTPUT, TOXIC_REMOVED, UNSUPPORTED
 from kb.text import split_sentences
 from tests.answers.pipeline.conftest import stage_inputs
 
@@ -43,8 +43,18 @@ def test_a_supported_cited_answer_passes_with_its_grounding(corpus, employee):
     assert [c["n"] for c in ending.citations] == [1]
     (sentence,) = ending.grounding
     assert sentence["supported"] and sentence["cited"] == [1]
-    assert verdicts(inputs) == {"citations": "allow", "leaks": "allow", "grounding": "allow"}
+    assert verdicts(inputs) == {"citations": "allow", "leaks": "allow", "grounding": "allow", "toxicity": "allow"}
     assert "output_guards_ms" in inputs.trace.latency and inputs.trace.notices == []
+
+
+def test_an_abusive_sentence_of_an_answer_is_removed_with_a_notice(corpus, employee):
+    inputs = stage_inputs(employee)
+    answer = "The hotel limit is 180 euros per night in Amsterdam [1]. Only a stupid bitch would ask that [1]."
+    ending = guarded(inputs, answer)
+    assert ending.answer.startswith("The hotel limit is 180 euros per night in Amsterdam [1].")
+    assert "bitch" not in ending.answer and TOXIC_REMOVED in ending.answer and ending.outcome == Outcome.ANSWERED
+    assert verdicts(inputs)["toxicity"] == "mask"
+    assert "1 sentence(s) of this answer were removed as offensive language." in inputs.trace.notices
 
 
 def test_an_unsupported_sentence_is_marked_and_loses_its_citation(corpus, employee):
