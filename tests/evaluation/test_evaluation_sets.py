@@ -25,6 +25,7 @@ EXPECTED = {
     "demo": DEV,
     "blind-handbook": DEV,
     "blind-clinic": TEST,
+    "blind-utility": TEST,
     "doc2dial-dev": DEV,
     "doc2dial-test": TEST,
     "doc2dial-followup-dev": DEV,

@@ -6,8 +6,8 @@ not fitted to (issue #16, GUIDE §6). `manage.py evaluate_sets` runs several of 
 
 The sets:
 - `demo` (dev): the demo corpus (ingest/demo) and its golden set, which kb was built on;
-- `blind-handbook` (dev) and `blind-clinic` (test): golden sets written blind, by sessions that had not read
-  kb's code or settings, on fictional organisations' documents (tests/data/golden/<name>/golden.jsonl on
+- `blind-handbook` (dev), `blind-clinic` and `blind-utility` (test): golden sets written blind, by sessions
+  that had not read kb's code or settings, on fictional organisations' documents (tests/data/golden/<name>/golden.jsonl on
   its docs/ folder);
 - `doc2dial-dev`, `doc2dial-test`: doc2dial's first user turns on its 273 public-service documents, split by
   document (../shared/eval/doc2dial). All answerable; the questions that the human agent answered with a
@@ -119,6 +119,9 @@ def evaluation_sets() -> dict[str, EvaluationSet]:
                       golden / "blind-handbook" / "golden.jsonl", golden / "blind-handbook" / "docs"),
         EvaluationSet("blind-clinic", TEST, "a second organisation's policies, written blind; never tuned on",
                       golden / "blind-clinic" / "golden.jsonl", golden / "blind-clinic" / "docs"),
+        EvaluationSet("blind-utility", TEST, "a third organisation's policies (a water utility), written blind; "
+                      "nobody working on kb has read its questions", golden / "blind-utility" / "golden.jsonl",
+                      golden / "blind-utility" / "docs"),
     ]  # fmt: skip
     for split, role in (("dev", DEV), ("test", TEST)):
         sets.append(
