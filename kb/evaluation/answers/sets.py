@@ -7,8 +7,8 @@ not fitted to (issue #16, GUIDE §6). `manage.py evaluate_sets` runs several of 
 The sets:
 - `demo` (dev): the demo corpus (ingest/demo) and its golden set, which kb was built on;
 - `blind-handbook` (dev), `blind-clinic` and `blind-utility` (test): golden sets written blind, by sessions
-  that had not read kb's code or settings, on fictional organisations' documents (tests/data/golden/<name>/golden.jsonl on
-  its docs/ folder);
+  that had not read kb's code or settings, on fictional organisations' documents
+  (tests/data/golden/<name>/golden.jsonl on its docs/ folder);
 - `doc2dial-dev`, `doc2dial-test`: doc2dial's first user turns on its 273 public-service documents, split by
   document (../shared/eval/doc2dial). All answerable; the questions that the human agent answered with a
   question (the sidecar's `agent_asked_back`) are kind `asked_back`, reported apart;

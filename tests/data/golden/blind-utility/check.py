@@ -4,6 +4,7 @@
 Usage: python3 check.py [path/to/golden.jsonl]
 Exit status 0 when every check passes, 1 otherwise.
 """
+
 import html
 import json
 import os
@@ -17,8 +18,19 @@ GOLDEN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "golden.jsonl"
 
 REQUIRED = ["id", "question", "answerable", "doc", "section", "answer", "must_include", "kind"]
 OPTIONAL = ["follows"]
-KINDS = {"lookup", "table", "paraphrase", "colloquial", "typo", "procedure", "multi_doc",
-         "followup", "near_miss", "out_of_scope", "injection"}
+KINDS = {
+    "lookup",
+    "table",
+    "paraphrase",
+    "colloquial",
+    "typo",
+    "procedure",
+    "multi_doc",
+    "followup",
+    "near_miss",
+    "out_of_scope",
+    "injection",
+}
 UNANSWERABLE_KINDS = {"near_miss", "out_of_scope", "injection"}
 
 errors = []
@@ -41,13 +53,16 @@ def load_doc(name):
     if name.endswith(".html"):
         plain = raw
         # mark headings, then strip tags
-        plain = re.sub(r"<h[1-6][^>]*>(.*?)</h[1-6]>",
-                       lambda m: "\n@@H@@" + re.sub(r"<[^>]+>", "", m.group(1)) + "@@/H@@\n",
-                       plain, flags=re.S | re.I)
+        plain = re.sub(
+            r"<h[1-6][^>]*>(.*?)</h[1-6]>",
+            lambda m: "\n@@H@@" + re.sub(r"<[^>]+>", "", m.group(1)) + "@@/H@@\n",
+            plain,
+            flags=re.S | re.I,
+        )
         plain = html.unescape(re.sub(r"<[^>]+>", " ", plain))
         out, pos = [], 0
         for m in re.finditer(r"@@H@@(.*?)@@/H@@", plain, flags=re.S):
-            out.append(plain[pos:m.start()])
+            out.append(plain[pos : m.start()])
             headings.append((norm_ws(html.unescape(m.group(1))), sum(len(x) for x in out)))
             out.append(m.group(1))
             pos = m.end()
@@ -140,9 +155,8 @@ def main():
             err(n, f"{qid}: must_include must be a list of non-empty strings")
             mi = []
         # follows
-        if "follows" in q:
-            if q["follows"] not in seen_set:
-                err(n, f"{qid}: follows {q['follows']!r} is not an earlier id")
+        if "follows" in q and q["follows"] not in seen_set:
+            err(n, f"{qid}: follows {q['follows']!r} is not an earlier id")
         if kind == "followup" and "follows" not in q:
             err(n, f"{qid}: followup item without follows")
         # doc
