@@ -190,6 +190,8 @@ def respell(text: str, vocabulary: Mapping[str, int], known: Callable[[str], boo
     from rapidfuzz import process
     from rapidfuzz.distance import OSA
 
+    choices = list(vocabulary)
+
     def fix(match: re.Match[str]) -> str:
         word = match.group()
         if len(word) < RESPELL_MIN_LETTERS or not word.isalpha() or not word.islower():
@@ -197,7 +199,7 @@ def respell(text: str, vocabulary: Mapping[str, int], known: Callable[[str], boo
         if word in vocabulary or known(word):
             return word
         limit = 1 if len(word) < RESPELL_LONG else 2
-        near = process.extract(word, list(vocabulary), scorer=OSA.distance, score_cutoff=limit, limit=None)
+        near = process.extract(word, choices, scorer=OSA.distance, score_cutoff=limit, limit=None)
         if not near:
             return word
         best = min(near, key=lambda hit: (hit[1], -vocabulary[hit[0]], hit[0]))

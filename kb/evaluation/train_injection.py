@@ -733,10 +733,11 @@ def _table(title: str, rows: dict[str, dict[str, Any]], threshold: float | Quest
     return "\n".join(lines)
 
 
-def _sizes(examples: Sequence[Example]) -> dict[str, int]:
+def sizes_by_source(examples: Sequence[Example], positive: str = "injection") -> dict[str, int]:
+    """How many examples of each source and label ("source:injection", "source:ordinary"), for the metadata."""
     sizes: dict[str, int] = {}
     for example in examples:
-        key = f"{example.source}:{'injection' if example.label else 'ordinary'}"
+        key = f"{example.source}:{positive if example.label else 'ordinary'}"
         sizes[key] = sizes.get(key, 0) + 1
     return dict(sorted(sizes.items()))
 
@@ -748,7 +749,7 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
 
     started = time.perf_counter()
     sets = load_sets(eval_dir)
-    print(f"training rows: {len(sets.train)} {_sizes(sets.train)}", file=sys.stderr)
+    print(f"training rows: {len(sets.train)} {sizes_by_source(sets.train)}", file=sys.stderr)
     x = embed_texts([example.text for example in sets.train], cache)
     y = np.array([example.label for example in sets.train], dtype=np.float64)
     candidate, grid = select_candidate(x, y, sets.train)
@@ -800,7 +801,7 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
             },
             "seed": SEED,
             "held_out_fraction": HELD_OUT_FRACTION,
-            "training_rows": _sizes(sets.train),
+            "training_rows": sizes_by_source(sets.train),
             "weighting": "each source equal within its class, classes equal, employee and doc2dial questions x "
             "employee_weight",
             "not_fitted": "SciFact (CC BY-NC, evaluation only); employee questions' second half; doc2dial's held-out "

@@ -70,6 +70,7 @@ from kb.evaluation.train_injection import (
     employee_questions,
     fit_logistic,
     paraphrase_questions,
+    sizes_by_source,
 )
 from kb.guard.injection import InjectionModel
 from kb.guard.toxicity import _WORD, MODEL_PATH, candidate_sentence, first_rule
@@ -277,14 +278,6 @@ def _table(title: str, rows: dict[str, dict[str, Any]], threshold: float) -> str
     return "\n".join(lines)
 
 
-def _sizes(examples: Sequence[Example]) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for e in examples:
-        key = f"{e.source}:{'toxic' if e.label else 'ordinary'}"
-        sizes[key] = sizes.get(key, 0) + 1
-    return dict(sorted(sizes.items()))
-
-
 # Answer gate: a word is on the list when at least this many toxic training tweets use it, at least this share of
 # the Davidson training tweets using it are toxic (the base rate is 83%), and no ordinary training text uses it.
 GATE_MIN_COUNT = 5
@@ -340,7 +333,7 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
 
     started = time.perf_counter()
     sets, tweets = load_sets(eval_dir)
-    print(f"training rows: {len(sets.train)} {_sizes(sets.train)}", file=sys.stderr)
+    print(f"training rows: {len(sets.train)} {sizes_by_source(sets.train, 'toxic')}", file=sys.stderr)
     x = embed_texts([e.text for e in sets.train], cache)
     y = np.array([e.label for e in sets.train], dtype=np.float64)
     (l2, weight, neither), grid = select(x, y, sets.train)
@@ -389,8 +382,8 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
                 "grid": grid,
             },
             "seed": SEED,
-            "training_rows": _sizes(sets.train),
-            "davidson_sizes": {split: _sizes(rows) for split, rows in tweets.items()},
+            "training_rows": sizes_by_source(sets.train, "toxic"),
+            "davidson_sizes": {split: sizes_by_source(rows, "toxic") for split, rows in tweets.items()},
             "not_fitted": "Davidson val and test; employee questions' second half; tests/data/guard ordinary "
             "questions; doc2dial held-out dev dialogues and all its test documents; held-out SQuAD articles; the "
             "demo corpus and golden set",

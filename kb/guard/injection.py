@@ -221,6 +221,20 @@ class InjectionModel:
         # tanh form of the sigmoid: no overflow warning for large negative logits.
         return 0.5 * (1.0 + np.tanh(0.5 * logits))
 
+    def score_texts(self, texts: list[str], vectors: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities for texts; vectors: their embeddings from kb.search.embeddings.embed (unit-length) when
+        the caller already has them (the ask path does), otherwise computed here."""
+        if vectors is None:
+            from kb.search.embeddings import embed  # needs Django settings and torch: only when not given
+
+            vectors = embed(list(texts))
+        vectors = np.asarray(vectors)
+        if vectors.shape != (len(texts), self.dimensions):
+            raise ValueError(
+                f"expected one {self.dimensions}-d vector per text ({len(texts)}), got shape {vectors.shape}"
+            )
+        return self.probabilities(vectors)
+
     def as_json(self) -> dict[str, Any]:
         """The weights in the shipped file's layout (without the metadata)."""
         record: dict[str, Any] = {
@@ -264,15 +278,7 @@ def injection_scores(texts: list[str], vectors: np.ndarray | None = None) -> lis
     already has them; otherwise computed here."""
     if not texts:
         return []
-    model = load_model()
-    if vectors is None:
-        from kb.search.embeddings import embed  # needs Django settings and torch: only when not given
-
-        vectors = embed(list(texts))
-    vectors = np.asarray(vectors)
-    if vectors.shape != (len(texts), model.dimensions):
-        raise ValueError(f"expected one {model.dimensions}-d vector per text ({len(texts)}), got shape {vectors.shape}")
-    probabilities = model.probabilities(vectors)
+    probabilities = load_model().score_texts(texts, vectors)
     return [
         InjectionScore(score=float(p), rule=first_rule(text), english=looks_english(text))
         for text, p in zip(texts, probabilities, strict=True)

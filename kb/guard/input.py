@@ -141,6 +141,14 @@ _PLAIN_WORDS = {
 }
 
 
+def _classifier_verdict(name: str, flagged: bool, score: float, rule: str | None, details: dict) -> Verdict:
+    """A block saying why (the rule, or the score against the threshold in `details`), or an allow."""
+    if not flagged:
+        return Verdict(name, Action.ALLOW, score=score, details=details)
+    reason = f"matches the rule '{rule}'" if rule else f"classifier score {score:.2f} ≥ {details['threshold']}"
+    return Verdict(name, Action.BLOCK, score=score, reason=reason, details=details)
+
+
 class InjectionGuard:
     """A question that tries to override the assistant's instructions is blocked: a trained classifier on the
     question's embedding (threshold KB_INJECTION_THRESHOLD, or KB_INJECTION_THRESHOLD_OTHER_LANGUAGES for a question
@@ -163,14 +171,7 @@ class InjectionGuard:
             settings.KB_INJECTION_THRESHOLD if result.english else settings.KB_INJECTION_THRESHOLD_OTHER_LANGUAGES
         )
         details = {"threshold": threshold, "rule": result.rule, "english": result.english}
-        if is_injection(result, threshold):
-            reason = (
-                f"matches the rule '{result.rule}'"
-                if result.rule
-                else f"classifier score {result.score:.2f} ≥ {threshold}"
-            )
-            return Verdict(self.name, Action.BLOCK, score=result.score, reason=reason, details=details)
-        return Verdict(self.name, Action.ALLOW, score=result.score, details=details)
+        return _classifier_verdict(self.name, is_injection(result, threshold), result.score, result.rule, details)
 
 
 BLOCKED_ANSWER = (
@@ -199,11 +200,4 @@ class ToxicityGuard:
         (result,) = toxicity_scores([context.text], np.asarray([context.embedding()]))
         threshold = settings.KB_TOXICITY_THRESHOLD
         details = {"threshold": threshold, "rule": result.rule}
-        if is_toxic(result, threshold):
-            reason = (
-                f"matches the rule '{result.rule}'"
-                if result.rule
-                else f"classifier score {result.score:.2f} ≥ {threshold}"
-            )
-            return Verdict(self.name, Action.BLOCK, score=result.score, reason=reason, details=details)
-        return Verdict(self.name, Action.ALLOW, score=result.score, details=details)
+        return _classifier_verdict(self.name, is_toxic(result, threshold), result.score, result.rule, details)

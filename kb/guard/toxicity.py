@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kb.guard.injection import InjectionModel, model_from_json
+from kb.guard import injection
+from kb.guard.injection import InjectionModel
 from kb.text import fold
 
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "toxicity_model.json"
@@ -77,25 +78,16 @@ def first_rule(text: str) -> str | None:
     return None
 
 
-@functools.cache
 def load_model(path: Path = MODEL_PATH) -> InjectionModel:
     """The weights (a logistic regression in the injection model's layout) and their metadata."""
-    return model_from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+    return injection.load_model(path)
 
 
 def toxicity_scores(texts: list[str], vectors: np.ndarray | None = None) -> list[ToxicityScore]:
     """vectors: the texts' embeddings from kb.search.embeddings.embed when the caller has them; else computed."""
     if not texts:
         return []
-    model = load_model()
-    if vectors is None:
-        from kb.search.embeddings import embed
-
-        vectors = embed(list(texts))
-    vectors = np.asarray(vectors)
-    if vectors.shape != (len(texts), model.dimensions):
-        raise ValueError(f"expected one {model.dimensions}-d vector per text ({len(texts)}), got shape {vectors.shape}")
-    probabilities = model.probabilities(vectors)
+    probabilities = load_model().score_texts(texts, vectors)
     return [ToxicityScore(float(p), first_rule(text)) for text, p in zip(texts, probabilities, strict=True)]
 
 
