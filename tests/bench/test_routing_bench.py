@@ -47,6 +47,8 @@ INDEXED = {
     "demo (dev)": (BASE / "ingest" / "demo", GOLDEN / "demo.jsonl"),
     "blind-handbook (dev)": (GOLDEN / "blind-handbook" / "docs", GOLDEN / "blind-handbook" / "golden.jsonl"),
     "blind-clinic (test)": (GOLDEN / "blind-clinic" / "docs", GOLDEN / "blind-clinic" / "golden.jsonl"),
+    # Written after the routing rules, by a session that saw none of them: the blind figure.
+    "blind-utility (test)": (GOLDEN / "blind-utility" / "docs", GOLDEN / "blind-utility" / "golden.jsonl"),
 }
 QUESTIONS_ONLY = {
     "doc2dial (dev)": EVAL / "doc2dial/golden-dev.jsonl",
