@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "kb.guard",
     "kb.answers",
     "kb.audit",
+    "kb.ops",
     "ingest",
     "kb.evaluation",  # offline tooling: evaluate_retrieval, evaluate_answers (nothing at runtime imports it)
 ]

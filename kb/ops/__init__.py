@@ -1,0 +1,1 @@
+"""Operations: answer configurations, staged rollouts and rollback, SLOs and burn rates, the Operations page."""
