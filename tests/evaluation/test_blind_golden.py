@@ -1,6 +1,6 @@
 """The blind golden set (tests/data/golden/blind-handbook): written by someone who had not seen kb's code,
-settings or other sets, from the golden format alone. A dev set (sets.py); blind-clinic is the held-out one. Here
-only its shape is checked; `evaluate_answers` measures kb on it."""
+settings or other sets, from the golden format alone. A dev set (sets.py); blind-utility and blind-software are
+the held-out ones. Here only the sets' shapes are checked; `evaluate_answers` measures kb on them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from kb.evaluation.answers.golden import golden_load
 
@@ -44,3 +46,22 @@ def test_the_third_blind_set_loads_and_its_authors_check_passes():
     assert sum(item.follows is not None for item in items) == 6
     done = subprocess.run([sys.executable, "check.py"], cwd=UTILITY, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "OK" in done.stdout.splitlines()[-1], done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "questions", "documents", "follow_ups"),
+    [("blind-retail", 116, 13, 6), ("blind-software", 117, 12, 7)],
+)
+def test_the_session_26_blind_sets_load_and_their_authors_checks_pass(name, questions, documents, follow_ups):
+    """Written blind in session 26 from the golden format alone: blind-retail (dev) for learning the extractive
+    answerer's decision, blind-software (test, never read). Only their shapes are checked here."""
+    folder = BLIND.parent / name
+    items = golden_load(folder / "golden.jsonl")
+    names = {path.name for path in (folder / "docs").iterdir()}
+    assert len(items) == questions and len(names) == documents
+    assert {doc for item in items for doc in item.docs} <= names
+    assert sum(item.follows is not None for item in items) == follow_ups
+    assert sum(item.injection for item in items) == 6
+    done = subprocess.run([sys.executable, "check.py"], cwd=folder, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "passed" in done.stdout.strip().splitlines()[-1].lower()

@@ -24,8 +24,10 @@ from kb.evaluation.answers.sets import (
 EXPECTED = {
     "demo": DEV,
     "blind-handbook": DEV,
-    "blind-clinic": TEST,
+    "blind-clinic": DEV,
     "blind-utility": TEST,
+    "blind-retail": DEV,
+    "blind-software": TEST,
     "doc2dial-dev": DEV,
     "doc2dial-test": TEST,
     "doc2dial-followup-dev": DEV,

@@ -6,11 +6,12 @@
      "kind": "paraphrase"}
 
 `doc` names the expected document by file name (a list when several documents answer it, null when none
-does); `section` is the last heading of the passage that answers it (null when unknown); `answer` is a
-reference answer for people reading the report; `must_include` lists facts that a correct answer states
-(matched after normalisation, see `metrics.fact_found`); `kind` groups questions in the report. Questions
-with `answerable: false` should be declined; `kind: "injection"` marks prompt-injection attempts, scored by
-the block rate instead of the refusal metrics.
+does); `section` is the last heading of the passage that answers it (a list, one per doc, when several
+documents answer it; null when unknown); `answer` is a reference answer for people reading the report;
+`must_include` lists facts that a correct answer states (matched after normalisation, see
+`metrics.fact_found`); `kind` groups questions in the report. Questions with `answerable: false` should be
+declined; `kind: "injection"` marks prompt-injection attempts, scored by the block rate instead of the
+refusal metrics.
 
 A follow-up question is asked in a conversation, in one of two ways:
 - `"follows": "travel-03"`: the id of an earlier question of the same file; it is asked in that question's
@@ -44,12 +45,13 @@ class GoldenItem:
     question: str
     answerable: bool
     docs: tuple[str, ...]  # expected document file names; empty when no document answers it
-    section: str | None
+    section: str | None  # shown in reports; several documents' sections joined by " / "
     answer: str
     must_include: tuple[str, ...]
     kind: str
     follows: str | None = None  # the id of the earlier question whose conversation this one continues
     context: tuple[tuple[str, str], ...] = ()  # earlier turns (role, text), oldest first
+    sections: tuple[str, ...] = ()  # every expected section (one per document for a multi-document question)
 
     @property
     def injection(self) -> bool:
@@ -65,12 +67,16 @@ def _item(row: object) -> GoldenItem:
     doc = row["doc"]
     docs = (doc,) if isinstance(doc, str) else tuple(doc or ())
     facts = row["must_include"] or []
+    section = row["section"]
+    sections = (section,) if isinstance(section, str) else tuple(section) if isinstance(section, list) else ()
+    if section is not None and not isinstance(section, str | list):
+        sections = (section,)  # refused by the checks below
     checks = [
         (isinstance(row["id"], str | int) and str(row["id"]).strip(), "id must be a non-empty string"),
         (isinstance(row["question"], str) and row["question"].strip(), "question must be a non-empty string"),
         (isinstance(row["answerable"], bool), "answerable must be true or false"),
         (all(isinstance(d, str) and d for d in docs), "doc must be a file name, a list of them, or null"),
-        (row["section"] is None or isinstance(row["section"], str), "section must be a string or null"),
+        (all(isinstance(x, str) for x in sections), "section must be a string, a list of them (one per doc), or null"),
         (isinstance(row["answer"], str), "answer must be a string"),
         (isinstance(facts, list) and all(isinstance(f, str) and f.strip() for f in facts),
          "must_include must be a list of strings"),
@@ -86,12 +92,13 @@ def _item(row: object) -> GoldenItem:
         question=row["question"],
         answerable=row["answerable"],
         docs=docs,
-        section=row["section"] or None,
+        section=" / ".join(sections) or None,
         answer=row["answer"],
         must_include=tuple(facts),
         kind=row["kind"].strip(),
         follows=follows,
         context=context,
+        sections=tuple(x for x in sections if x),
     )
 
 

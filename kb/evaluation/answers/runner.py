@@ -265,7 +265,7 @@ def _record(
         for c in result.get("citations", [])
     ]
     hit_rank = next((rank for rank, p in enumerate(retrieved, 1) if p["document"] in expected), None)
-    section = (item.section or "").casefold()
+    sections = {section.casefold() for section in item.sections}
     found = [] if declined else [fact for fact in item.must_include if metrics.fact_found(fact, answer)]
     # Whether it answered or not: what the passages given to the model held of the facts asked.
     in_passages = [fact for fact in item.must_include if metrics.fact_in_passages(fact, passage_texts)]
@@ -291,8 +291,8 @@ def _record(
         "evidence_score": None if evidence is None else round(evidence, 4),
         "retrieved": retrieved,
         "hit_rank": hit_rank,
-        "section_hit": any(p["document"] in expected and p["section"].casefold() == section for p in retrieved)
-        if section
+        "section_hit": any(p["document"] in expected and p["section"].casefold() in sections for p in retrieved)
+        if sections
         else None,
         "citations": citations,
         "cited_total": len(citations),
