@@ -92,6 +92,10 @@ for _slo in ("availability", "first_token", "quality"):  # exported at 0 from th
     SLO_BAD_EVENTS.labels(_slo)
 
 
+SLO_BURN_HELP = "Error ratio over the window / error budget (1: the 30-day budget lasts exactly 30 days)"
+SLO_LEFT_HELP = "Share of the error budget of the last 30 days not yet spent (negative: overspent)"
+
+
 class SloCollector:
     """Each SLO's target, burn rates over 1h/6h/3d and error budget left over the SLO period, computed from the
     exchanges on record at each scrape (kb.ops.slo.slo_report: one aggregate query over the last 30 days' rows
@@ -99,8 +103,10 @@ class SloCollector:
 
     def describe(self):
         yield GaugeMetricFamily("kb_slo_objective", "SLO target (share of good events)", labels=["slo"])
-        yield GaugeMetricFamily("kb_slo_burn_rate", "Error ratio over the window / error budget", labels=["slo", "window"])
-        yield GaugeMetricFamily("kb_slo_budget_remaining", "Share of the 30-day error budget left", labels=["slo"])
+        yield GaugeMetricFamily(
+            "kb_slo_burn_rate", "Error ratio over the window / error budget", labels=["slo", "window"]
+        )
+        yield GaugeMetricFamily("kb_slo_budget_remaining", SLO_LEFT_HELP, labels=["slo"])
 
     def collect(self):
         from kb.ops import slo
@@ -114,8 +120,10 @@ class SloCollector:
         except Exception as error:  # no database, or not migrated yet: say nothing rather than break /metrics
             logger.warning("SLO metrics unavailable: %s", error)
             return
-        burn = GaugeMetricFamily("kb_slo_burn_rate", "Error ratio over the window / error budget", labels=["slo", "window"])
-        left = GaugeMetricFamily("kb_slo_budget_remaining", "Share of the 30-day error budget left", labels=["slo"])
+        burn = GaugeMetricFamily(
+            "kb_slo_burn_rate", "Error ratio over the window / error budget", labels=["slo", "window"]
+        )
+        left = GaugeMetricFamily("kb_slo_budget_remaining", SLO_LEFT_HELP, labels=["slo"])
         for status in report:
             for figure in status.shown_windows:
                 burn.add_metric([status.name, figure.window], figure.burn_rate)

@@ -166,7 +166,9 @@ class Counts:
         return (self.bad / self.events) / (1 - target)
 
 
-def slo_counts(*, now: datetime, slos: Sequence[Slo], windows: Mapping[str, timedelta]) -> dict[tuple[str, str], Counts]:
+def slo_counts(
+    *, now: datetime, slos: Sequence[Slo], windows: Mapping[str, timedelta]
+) -> dict[tuple[str, str], Counts]:
     """Events and bad events per (SLO, window ending at `now`), in one aggregate query: one range scan of the
     exchanges created within the longest window (index answers_exchange_time on created_at), each figure a
     filtered COUNT over it; the rating is a left join on answers_feedback's unique exchange_id."""
@@ -216,6 +218,14 @@ class SloStatus:
         return next(figure for figure in self.windows if figure.window == PERIOD)
 
     @property
+    def target_label(self) -> str:
+        return f"{self.target * 100:g} %"
+
+    @property
+    def budget_remaining_percent(self) -> float:
+        return self.budget_remaining * 100
+
+    @property
     def status(self) -> str:
         return "alerting" if self.alerts else "ok"
 
@@ -242,7 +252,9 @@ def slo_report(*, now: datetime | None = None) -> list[SloStatus]:
             for window in WINDOWS
         )
         rates = {figure.window: figure.burn_rate for figure in figures}
-        alerts = tuple(alert for alert in ALERTS if rates[alert.long] > alert.factor and rates[alert.short] > alert.factor)
+        alerts = tuple(
+            alert for alert in ALERTS if rates[alert.long] > alert.factor and rates[alert.short] > alert.factor
+        )
         report.append(
             SloStatus(
                 name=slo.name,
