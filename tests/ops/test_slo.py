@@ -5,11 +5,14 @@ tests/ops/test_slo_rules.py."""
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -300,3 +303,18 @@ def test_the_slo_partial_renders_the_report(employee):
     assert html.count("<tr") == 1 + len(slo.SLO_NAMES)
     empty = render_to_string("ops/_slo.html", {"slos": []})
     assert "No SLOs" in empty
+
+
+def test_the_slo_report_command_prints_the_figures(employee):
+    now = timezone.now()
+    add(employee, now, timedelta(minutes=2), 7)
+    add(employee, now, timedelta(minutes=2), 3, outcome=Outcome.FAILED)
+    out = StringIO()
+    call_command("slo_report", stdout=out)
+    line = next(line for line in out.getvalue().splitlines() if line.startswith("availability"))
+    assert "99.5 %" in line and "60.00" in line and "alerting (page: fast, medium, slow)" in line
+    out = StringIO()
+    call_command("slo_report", "--json", stdout=out)
+    rows = {row["slo"]: row for row in json.loads(out.getvalue())}
+    assert rows["availability"]["windows"]["1h"] == {"events": 10, "bad": 3, "burn_rate": pytest.approx(60.0)}
+    assert rows["quality"]["windows"]["1h"]["events"] == 10 and rows["quality"]["status"] == "ok"
