@@ -317,4 +317,4 @@ def test_the_slo_report_command_prints_the_figures(employee):
     call_command("slo_report", "--json", stdout=out)
     rows = {row["slo"]: row for row in json.loads(out.getvalue())}
     assert rows["availability"]["windows"]["1h"] == {"events": 10, "bad": 3, "burn_rate": pytest.approx(60.0)}
-    assert rows["quality"]["windows"]["1h"]["events"] == 10 and rows["quality"]["status"] == "ok"
+    assert rows["quality"]["windows"]["1h"]["events"] == 7 and rows["quality"]["status"] == "ok"
