@@ -647,9 +647,9 @@ KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum
 KB_METRICS_TOKEN = env_str("KB_METRICS_TOKEN", "")
 # Service level objectives (kb/ops/slo.py; README "SLOs and alerts"). Each target is a policy choice, not a
 # measurement: what share of events may go wrong before operators stop shipping changes and fix reliability.
-# Availability: 99.5 % of finished questions answered without a failure or a fallback (a budget of ~3.6 hours of
-# total outage a month); the chain's extractive fallback keeps answering, so a failing model burns this budget
-# without an outage.
+# Availability: 99.5 % of finished questions answered without a failure: no failed model call (even one a retry
+# made good), no fallback link (a budget of ~3.6 hours of total outage a month); the chain's retries and its
+# extractive fallback keep answering, so a failing model burns this budget without an outage.
 KB_SLO_AVAILABILITY = env_float("KB_SLO_AVAILABILITY", 0.995, minimum=0.5, maximum=0.9999)
 # First token: 95 % of streamed answers show text within 5 s. A model's own first token takes 1-4 s (README,
 # "Scaling": a fake model at 2-4 s gave 2.4-3.9 s of overhead at p95 under load), and the chain gives up on a

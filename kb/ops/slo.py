@@ -3,8 +3,9 @@
 Three SLOs, each a share of good events among the events it counts (targets in settings, KB_SLO_*):
 
 - availability: finished questions (answered, cached, refused, blocked or failed; a client that went away is not
-  counted) answered without a failure: bad is an exchange that failed or was answered by a fallback link because
-  the first link of its chain failed (timeout, error, open breaker);
+  counted) answered without a failure: bad is an exchange that failed, met a failed model call (even one a retry
+  made good: the asker waited for it, or saw the text start again), or was answered by a fallback link (the first
+  link failed or its breaker was open). A model failing 30 % of its calls makes ~30 % of questions bad;
 - first_token: exchanges whose answer text started streaming, good when the first text came within
   KB_SLO_FIRST_TOKEN_SECONDS;
 - quality: answers (answered or cached, not refusals), bad when a sentence was marked unsupported by the
@@ -44,6 +45,7 @@ WINDOWS: dict[str, timedelta] = {
 SHOWN_WINDOWS = ("1h", "6h", "3d")  # on /metrics and the Operations page; 5m and 30m only confirm alerts
 
 ANSWERING = (Outcome.ANSWERED, Outcome.CACHED)
+FAILED_CALL = "failed"  # an attempt's outcome in Exchange.attempts (kb.llm.chain.Attempt)
 FINISHED = (Outcome.ANSWERED, Outcome.CACHED, Outcome.REFUSED, Outcome.BLOCKED, Outcome.FAILED)
 
 
@@ -87,7 +89,7 @@ def slo_definitions() -> tuple[Slo, ...]:
             "Questions answered without a failure",
             settings.KB_SLO_AVAILABILITY,
             events=Q(outcome__in=FINISHED),
-            bad=Q(outcome=Outcome.FAILED) | Q(fallback_used=True),
+            bad=Q(outcome=Outcome.FAILED) | Q(fallback_used=True) | Q(attempts__contains=[{"outcome": FAILED_CALL}]),
         ),
         Slo(
             "first_token",
@@ -110,13 +112,20 @@ SLO_NAMES = ("availability", "first_token", "quality")
 
 
 def exchange_slo_results(
-    *, outcome: str, refused: bool, fallback_used: bool, latency: Mapping, grounding: Sequence[Mapping]
+    *,
+    outcome: str,
+    refused: bool,
+    fallback_used: bool,
+    attempts: Sequence[Mapping],
+    latency: Mapping,
+    grounding: Sequence[Mapping],
 ) -> dict[str, bool]:
     """The SLOs a just-finished exchange counts for, each with whether it is bad: the `Slo.events`/`Slo.bad`
     rules in Python, without the rating (which comes later). tests/ops/test_slo.py checks that both agree."""
     results: dict[str, bool] = {}
     if outcome in FINISHED:
-        results["availability"] = outcome == Outcome.FAILED or fallback_used
+        failed_call = any(attempt.get("outcome") == FAILED_CALL for attempt in attempts)
+        results["availability"] = outcome == Outcome.FAILED or fallback_used or failed_call
     if "first_token_ms" in latency and outcome != Outcome.PENDING:
         results["first_token"] = latency["first_token_ms"] > settings.KB_SLO_FIRST_TOKEN_SECONDS * 1000
     if outcome in ANSWERING and not refused:
@@ -125,11 +134,22 @@ def exchange_slo_results(
 
 
 def slo_count_exchange(
-    *, outcome: str, refused: bool, fallback_used: bool, latency: Mapping, grounding: Sequence[Mapping]
+    *,
+    outcome: str,
+    refused: bool,
+    fallback_used: bool,
+    attempts: Sequence[Mapping],
+    latency: Mapping,
+    grounding: Sequence[Mapping],
 ) -> None:
     """Count a finished exchange on the SLO counters (kb_slo_events_total, kb_slo_bad_events_total)."""
     results = exchange_slo_results(
-        outcome=outcome, refused=refused, fallback_used=fallback_used, latency=latency, grounding=grounding
+        outcome=outcome,
+        refused=refused,
+        fallback_used=fallback_used,
+        attempts=attempts,
+        latency=latency,
+        grounding=grounding,
     )
     for name, bad in results.items():
         metrics.SLO_EVENTS.labels(name).inc()
@@ -147,6 +167,7 @@ def slo_count_rating(*, exchange: Exchange, previous: str | None, rating: str) -
         outcome=exchange.outcome,
         refused=exchange.refused,
         fallback_used=exchange.fallback_used,
+        attempts=exchange.attempts,
         latency=exchange.latency,
         grounding=exchange.grounding,
     )

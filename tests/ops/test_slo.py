@@ -25,6 +25,9 @@ from tests.fake_anthropic import Reply
 
 HOTEL = "What is the hotel limit per night in Amsterdam?"
 SUPPORTED = [{"sentence": "A.", "cited": [1], "score": 0.9, "supported": True}]
+OK_CALL = {"link": PRIMARY, "attempt": 1, "outcome": "ok", "reason": ""}
+FAILED_CALL = {"link": PRIMARY, "attempt": 1, "outcome": "failed", "reason": "529", "status": 529}
+SKIPPED_CALL = {"link": PRIMARY, "attempt": 0, "outcome": "skipped", "reason": "circuit_open"}
 UNSUPPORTED = [*SUPPORTED, {"sentence": "B.", "cited": [], "score": 0.1, "supported": False}]
 
 
@@ -57,9 +60,11 @@ def test_availability_burn_rates_and_budget_per_window(employee):
     # Last 5 minutes: 20 answered, 1 failed.
     add(employee, now, 2 * minutes, 20)
     add(employee, now, 2 * minutes, outcome=Outcome.FAILED)
-    # 40 minutes ago: 78 answered, 1 answered by a fallback link.
-    add(employee, now, 40 * minutes, 78)
-    add(employee, now, 40 * minutes, fallback_used=True)
+    # 40 minutes ago: 77 answered, 1 answered by a fallback link, 1 by the first link after a failed call (a retry).
+    add(employee, now, 40 * minutes, 76)
+    add(employee, now, 40 * minutes, attempts=[OK_CALL])
+    add(employee, now, 40 * minutes, fallback_used=True, attempts=[FAILED_CALL, FAILED_CALL, OK_CALL])
+    add(employee, now, 40 * minutes, attempts=[FAILED_CALL, OK_CALL])
     # 3 hours ago: 100 refused or blocked (answers too), none bad; 2 days ago: 800 cached, 2 failed.
     add(employee, now, 3 * hours, 50, outcome=Outcome.REFUSED, refused=True)
     add(employee, now, 3 * hours, 50, outcome=Outcome.BLOCKED, refused=True)
@@ -79,19 +84,19 @@ def test_availability_burn_rates_and_budget_per_window(employee):
     assert counts(availability) == {
         "5m": (21, 1),
         "30m": (21, 1),
-        "1h": (100, 2),
-        "6h": (200, 2),
-        "3d": (1000, 4),
-        "30d": (2000, 7),
+        "1h": (100, 3),
+        "6h": (200, 3),
+        "3d": (1000, 5),
+        "30d": (2000, 8),
     }
     assert availability.target == 0.995
     assert availability.burn_rate("5m") == pytest.approx((1 / 21) / 0.005)
-    assert availability.burn_rate("1h") == pytest.approx(4.0)
-    assert availability.burn_rate("6h") == pytest.approx(2.0)
-    assert availability.burn_rate("3d") == pytest.approx(0.8)
-    # 7 bad of the 10 the period allows (0.5 % of 2,000): 30 % of the budget left.
-    assert availability.budget_remaining == pytest.approx(0.3)
-    # 1 h burns at 4 (< 14.4), 6 h at 2 (< 6), 3 d at 0.8 (< 1): no alert.
+    assert availability.burn_rate("1h") == pytest.approx(6.0)
+    assert availability.burn_rate("6h") == pytest.approx(3.0)
+    assert availability.burn_rate("3d") == pytest.approx(1.0)
+    # 8 bad of the 10 the period allows (0.5 % of 2,000): 20 % of the budget left.
+    assert availability.budget_remaining == pytest.approx(0.2)
+    # 1 h burns at 6 (< 14.4), 6 h at 3 (< 6), 3 d at 1 (not above 1): no alert.
     assert availability.alerts == () and availability.status == "ok"
     assert [figure.window for figure in availability.shown_windows] == ["1h", "6h", "3d"]
 
@@ -167,15 +172,16 @@ def test_the_python_rules_and_the_database_rules_agree(employee):
             Outcome.values,
             [False, True],  # refused
             [False, True],  # fallback_used
+            [[], [OK_CALL], [FAILED_CALL, OK_CALL], [SKIPPED_CALL]],
             [{}, {"first_token_ms": 120.0}, {"first_token_ms": 7000.0}],
             [[], SUPPORTED, UNSUPPORTED],
         )
     )
     exchanges = []
-    for outcome, refused, fallback_used, latency, grounding in combinations:
+    for outcome, refused, fallback_used, attempts, latency, grounding in combinations:
         exchanges += add(
             employee, now, timedelta(minutes=3), outcome=outcome, refused=refused, fallback_used=fallback_used,
-            latency=latency, grounding=grounding,
+            attempts=attempts, latency=latency, grounding=grounding,
         )  # fmt: skip
     for definition in slo.slo_definitions():
         counted = set(Exchange.objects.filter(definition.events).values_list("pk", flat=True))
@@ -184,7 +190,7 @@ def test_the_python_rules_and_the_database_rules_agree(employee):
         for exchange in exchanges:
             results = slo.exchange_slo_results(
                 outcome=exchange.outcome, refused=exchange.refused, fallback_used=exchange.fallback_used,
-                latency=exchange.latency, grounding=exchange.grounding,
+                attempts=exchange.attempts, latency=exchange.latency, grounding=exchange.grounding,
             )  # fmt: skip
             if definition.name in results:
                 expected_counted.add(exchange.pk)
@@ -238,18 +244,28 @@ def test_the_ask_path_counts_each_exchange_on_the_slo_counters(fake_anthropic, c
     assert delta[("availability", "events")] == 1 and delta[("availability", "bad")] == 1
     assert delta[("first_token", "events")] == 1 and ("first_token", "bad") not in delta
 
-    # The database figures count the same two exchanges.
+    fake_anthropic.then(Reply(status=529))  # overloaded once: the retry answers, but the asker waited for it
+    retried = services.ask("How long must passwords be?", employee)
+    assert retried["model"] == PRIMARY and not retried["fallback_used"]
+    after_retry = _snapshot()
+    delta = _delta(after_fallback, after_retry)
+    assert delta[("availability", "events")] == 1 and delta[("availability", "bad")] == 1
+
+    # The database figures count the same three exchanges.
     availability = by_name(slo.slo_report())["availability"]
-    assert counts(availability)["5m"] == (2, 1)
+    assert counts(availability)["5m"] == (3, 2)
 
     # A rating "not helpful" turns the good answer's quality event bad, once; a refusal's rating counts nothing.
     exchange = Exchange.objects.get(pk=answered["exchange_id"])
     assert exchange.grounding and all(item["supported"] for item in exchange.grounding)
     services.feedback_give(exchange=exchange, user=employee, rating="down", reason="wrong")
     services.feedback_give(exchange=exchange, user=employee, rating="down", reason="outdated")
-    assert _delta(after_fallback, _snapshot()) == {("quality", "bad"): 1}
+    assert _delta(after_retry, _snapshot()) == {("quality", "bad"): 1}
     quality = counts(by_name(slo.slo_report())["quality"])["5m"]
-    assert quality[1] == 1 + (not fallback["refused"] and any(not g["supported"] for g in fallback["grounding"]))
+    flagged = sum(
+        not result["refused"] and any(not g["supported"] for g in result["grounding"]) for result in (fallback, retried)
+    )
+    assert quality[1] == 1 + flagged
 
 
 def test_a_rating_counts_only_on_an_answer_the_quality_slo_counted(employee):

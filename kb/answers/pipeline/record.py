@@ -160,8 +160,8 @@ def finish(begun: Begun, ending: Ending) -> dict:
         )
     metrics.ASK_OUTCOMES.labels(ending.outcome).inc()
     slo_count_exchange(
-        outcome=ending.outcome, refused=ending.refused, fallback_used=ending.fallback_used, latency=trace.latency,
-        grounding=ending.grounding,
+        outcome=ending.outcome, refused=ending.refused, fallback_used=ending.fallback_used, attempts=ending.attempts,
+        latency=trace.latency, grounding=ending.grounding,
     )  # fmt: skip
     return result
 
@@ -181,5 +181,7 @@ def record_rejected(*, user, question: str, reason: str) -> int:
     )
     exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=exchange.pk))
     metrics.ASK_OUTCOMES.labels(Outcome.BLOCKED).inc()
-    slo_count_exchange(outcome=Outcome.BLOCKED, refused=True, fallback_used=False, latency={}, grounding=[])
+    slo_count_exchange(
+        outcome=Outcome.BLOCKED, refused=True, fallback_used=False, attempts=[], latency={}, grounding=[]
+    )
     return exchange.pk
