@@ -194,7 +194,7 @@ def slo_counts(
     created within the longest window, each figure a filtered COUNT over it; the rating is a left join on
     answers_feedback's unique exchange_id. The range is on the index answers_exchange_time (created_at), which
     PostgreSQL uses when the window is a small part of the table (a year of exchanges kept); when it is most of the
-    table it scans the table. 50,000 exchanges in the period: 0.16 s (tests/bench/test_slo_bench.py)."""
+    table it scans the table. 50,000 exchanges in the period: 0.13-0.16 s (tests/bench/test_slo_bench.py)."""
     start = now - max(windows.values())
     aggregates = {}
     for slo in slos:
