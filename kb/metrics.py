@@ -82,6 +82,58 @@ class AuditChainCollector:
 
 REGISTRY.register(AuditChainCollector())
 
+# SLO events as they happen, for Prometheus' burn-rate rules (deploy/prometheus/kb-slo.rules.yml): every event is
+# counted once when its exchange is recorded; a bad one also on the second counter (a quality event again when
+# its answer is rated not helpful later). Counted by the process that records the exchange, a web process.
+SLO_EVENTS = Counter("kb_slo_events_total", "Events counted by an SLO (finished exchanges it applies to)", ["slo"])
+SLO_BAD_EVENTS = Counter("kb_slo_bad_events_total", "Events that went against an SLO", ["slo"])
+for _slo in ("availability", "first_token", "quality"):  # exported at 0 from the start, so that rate() has a base
+    SLO_EVENTS.labels(_slo)
+    SLO_BAD_EVENTS.labels(_slo)
+
+
+SLO_BURN_HELP = "Error ratio over the window / error budget (1: the 30-day budget lasts exactly 30 days)"
+SLO_LEFT_HELP = "Share of the error budget of the last 30 days not yet spent (negative: overspent)"
+
+
+class SloCollector:
+    """Each SLO's target, burn rates over 1h/6h/3d and error budget left over the SLO period, computed from the
+    exchanges on record at each scrape (kb.ops.slo.slo_report: one aggregate query over the last 30 days' rows
+    by the created_at index), so that every web process reports the same figures."""
+
+    def describe(self):
+        yield GaugeMetricFamily("kb_slo_objective", "SLO target (share of good events)", labels=["slo"])
+        yield GaugeMetricFamily(
+            "kb_slo_burn_rate", "Error ratio over the window / error budget", labels=["slo", "window"]
+        )
+        yield GaugeMetricFamily("kb_slo_budget_remaining", SLO_LEFT_HELP, labels=["slo"])
+
+    def collect(self):
+        from kb.ops import slo
+
+        objective = GaugeMetricFamily("kb_slo_objective", "SLO target (share of good events)", labels=["slo"])
+        for definition in slo.slo_definitions():
+            objective.add_metric([definition.name], definition.target)
+        yield objective  # from settings: the alert rules need it even when the database does not answer
+        try:
+            report = slo.slo_report()
+        except Exception as error:  # no database, or not migrated yet: say nothing rather than break /metrics
+            logger.warning("SLO metrics unavailable: %s", error)
+            return
+        burn = GaugeMetricFamily(
+            "kb_slo_burn_rate", "Error ratio over the window / error budget", labels=["slo", "window"]
+        )
+        left = GaugeMetricFamily("kb_slo_budget_remaining", SLO_LEFT_HELP, labels=["slo"])
+        for status in report:
+            for figure in status.shown_windows:
+                burn.add_metric([status.name, figure.window], figure.burn_rate)
+            left.add_metric([status.name], status.budget_remaining)
+        yield burn
+        yield left
+
+
+REGISTRY.register(SloCollector())
+
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 

@@ -645,6 +645,20 @@ KB_READYZ_TIMEOUT_S = env_float("KB_READYZ_TIMEOUT_S", 2.0, minimum=0.1, maximum
 # /metrics answers callers on this machine; a scraper elsewhere sends this as a bearer token. Empty (the
 # default): no remote scraping, since metrics name routes, models and failure counts.
 KB_METRICS_TOKEN = env_str("KB_METRICS_TOKEN", "")
+# Service level objectives (kb/ops/slo.py; README "SLOs and alerts"). Each target is a policy choice, not a
+# measurement: what share of events may go wrong before operators stop shipping changes and fix reliability.
+# Availability: 99.5 % of finished questions answered without a failure: no failed model call (even one a retry
+# made good), no fallback link (a budget of ~3.6 hours of total outage a month); the chain's retries and its
+# extractive fallback keep answering, so a failing model burns this budget without an outage.
+KB_SLO_AVAILABILITY = env_float("KB_SLO_AVAILABILITY", 0.995, minimum=0.5, maximum=0.9999)
+# First token: 95 % of streamed answers show text within 5 s. A model's own first token takes 1-4 s, the pipeline
+# before the model call 0.3 s at p50 and 0.5 s at p95 under load (README, load test on one web process), and the
+# chain gives up on a link after KB_LLM_FIRST_TOKEN_TIMEOUT_S (10 s): 5 s is a slow answer, not yet a timeout.
+KB_SLO_FIRST_TOKEN_SECONDS = env_float("KB_SLO_FIRST_TOKEN_SECONDS", 5.0, minimum=0.1, maximum=300.0)
+KB_SLO_FIRST_TOKEN_TARGET = env_float("KB_SLO_FIRST_TOKEN_TARGET", 0.95, minimum=0.5, maximum=0.9999)
+# Quality: 90 % of answers with every sentence supported by what it cites and not rated "not helpful". No month
+# of real traffic has been measured yet: start loose and tighten to what a month shows.
+KB_SLO_QUALITY = env_float("KB_SLO_QUALITY", 0.90, minimum=0.5, maximum=0.9999)
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise EnvError(f"LOG_LEVEL={LOG_LEVEL!r} is not a level: use DEBUG, INFO, WARNING, ERROR or CRITICAL")

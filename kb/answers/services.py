@@ -33,6 +33,7 @@ from kb.answers.pipeline.types import AskRequest, Begun, Ending, Stop
 from kb.audit.services import audit_record, exchange_audit
 from kb.guard import pii
 from kb.guard.base import GuardError
+from kb.ops.slo import slo_count_rating
 from kb.text import has_lone_surrogates, text_clean
 from kb.unavailable import RETRY_AFTER_S, unavailability
 
@@ -224,6 +225,7 @@ def feedback_give(*, exchange: Exchange, user, rating: str, reason: str = "", co
         raise AskError(INVALID_TEXT.format(what="comment"))
     # Stored, audited and exported: personal data and secrets in it are masked as in a question.
     comment = pii.mask(comment).text
+    previous = Feedback.objects.filter(exchange=exchange).values_list("rating", flat=True).first()
     with transaction.atomic():
         feedback, _ = Feedback.objects.update_or_create(
             exchange=exchange,
@@ -231,6 +233,7 @@ def feedback_give(*, exchange: Exchange, user, rating: str, reason: str = "", co
                       "comment": comment},
         )  # fmt: skip
         _audit_feedback(feedback)
+    slo_count_rating(exchange=exchange, previous=previous, rating=rating)
     return feedback
 
 

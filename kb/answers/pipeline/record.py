@@ -14,6 +14,7 @@ from kb.answers.pipeline.input_guard import check_before_record
 from kb.answers.pipeline.types import AskRequest, Begun, Ending, Guarded, Opened, Retrieved, Scope, Trace, Turn
 from kb.audit.services import exchange_audit
 from kb.llm import cache
+from kb.ops.slo import slo_count_exchange
 from kb.text import has_lone_surrogates
 
 ASK_LOCK = 7301  # advisory lock class of "a user's asks being opened" (the second key is the user's id)
@@ -158,6 +159,10 @@ def finish(begun: Begun, ending: Ending) -> dict:
             exchange_id=begun.opened.exchange_id,
         )
     metrics.ASK_OUTCOMES.labels(ending.outcome).inc()
+    slo_count_exchange(
+        outcome=ending.outcome, refused=ending.refused, fallback_used=ending.fallback_used, attempts=ending.attempts,
+        latency=trace.latency, grounding=ending.grounding,
+    )  # fmt: skip
     return result
 
 
@@ -176,4 +181,7 @@ def record_rejected(*, user, question: str, reason: str) -> int:
     )
     exchange_audit(exchange=Exchange.objects.select_related("user").get(pk=exchange.pk))
     metrics.ASK_OUTCOMES.labels(Outcome.BLOCKED).inc()
+    slo_count_exchange(
+        outcome=Outcome.BLOCKED, refused=True, fallback_used=False, attempts=[], latency={}, grounding=[]
+    )
     return exchange.pk
