@@ -27,6 +27,8 @@ class AuditKind(models.TextChoices):
     EXPORT = "export", "Export"
     PURGE = "purge", "Purge"
     LEGAL_HOLD = "legal_hold", "Legal hold"
+    CONFIGURATION = "configuration", "Answer configuration"  # kb/ops: created
+    ROLLOUT = "rollout", "Rollout"  # kb/ops: created, evaluated, started, share changed, promoted, rolled back
 
 
 # Outcomes of an exchange as the answer pipeline records them (kb.answers.models.Outcome; audit does not
