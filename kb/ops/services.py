@@ -80,7 +80,7 @@ def configuration_create(
     if AnswerConfiguration.objects.filter(name=name).exists():
         raise OpsError(f"A configuration named {name!r} exists already: configurations never change, pick a new name.")
     try:
-        prompt = prompts.get(prompt_version)
+        prompts.get(prompt_version)  # the id (answer-v2); the exchange records its hashed version
     except prompts.PromptError as error:
         raise OpsError(str(error)) from None
     chain = _chain("the model chain", list(models))
@@ -88,10 +88,10 @@ def configuration_create(
     with transaction.atomic():
         configuration = AnswerConfiguration.objects.create(
             name=name,
-            prompt_version=prompt.version,
+            prompt_version=prompt_version,
             chain=chain,
             routes=checked_routes,
-            fingerprint=AnswerConfiguration.fingerprint_of(prompt.version, chain, checked_routes),
+            fingerprint=AnswerConfiguration.fingerprint_of(prompt_version, chain, checked_routes),
             from_environment=from_environment,
             note=note,
             created_by=actor if getattr(actor, "is_authenticated", False) else None,
