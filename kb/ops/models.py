@@ -96,3 +96,6 @@ class Deployment(models.Model):
     current = models.ForeignKey(AnswerConfiguration, null=True, on_delete=models.PROTECT, related_name="+")
     stamp = models.CharField(max_length=32)
     changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"deployment: {self.current}"

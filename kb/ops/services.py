@@ -152,11 +152,13 @@ def _share_check(share: int) -> int:
 def rollout_create(*, candidate: AnswerConfiguration, actor=None) -> Rollout:
     """A rollout of `candidate` against the current configuration, to be evaluated before it gets any traffic."""
     deployment = deployment_get()
+    current = deployment.current
+    assert current is not None  # deployment_get stores the environment's when none is current
     if Rollout.objects.open().exists():
         raise OpsError("Another rollout is open: promote it or roll it back first.")
-    if candidate.fingerprint == deployment.current.fingerprint:
+    if candidate.fingerprint == current.fingerprint:
         raise OpsError(f"{candidate.name} answers exactly as the current configuration: nothing to roll out.")
-    rollout = Rollout.objects.create(candidate=candidate, baseline=deployment.current, created_by=actor)
+    rollout = Rollout.objects.create(candidate=candidate, baseline=current, created_by=actor)
     _audit("rollout", "created", actor, **_rollout_data(rollout))
     return rollout
 

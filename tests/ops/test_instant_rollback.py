@@ -77,8 +77,6 @@ def test_after_the_rollback_no_new_exchange_uses_the_rolled_back_configuration(a
         before = [pk for asker in server_askers for sent, pk in asker.answers if sent < rolled_back_at - 1]
         after = [pk for asker in server_askers for sent, pk in asker.answers if sent > rolled_back_at]
         assert before and after
-        assert set(Exchange.objects.filter(pk__in=before).values_list("configuration_id", flat=True)) == {
-            candidate.pk
-        }
+        assert set(Exchange.objects.filter(pk__in=before).values_list("configuration_id", flat=True)) == {candidate.pk}
         assert set(Exchange.objects.filter(pk__in=after).values_list("configuration_id", flat=True)) == {baseline}
     assert all(server.process.poll() is None for server in servers)  # the same processes, not restarted

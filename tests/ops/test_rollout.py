@@ -141,7 +141,10 @@ def test_a_good_candidate_is_promoted_to_everyone_by_the_admin(model, knowledge_
     for result in ask_round(ask, on_current[:5], 0):
         assert result["model"] == FALLBACK and result["configuration"]["id"] == candidate.pk
     assert [e.data["action"] for e in AuditEvent.objects.filter(kind="rollout").order_by("seq")] == [
-        "created", "evaluated", "started", "promoted"
+        "created",
+        "evaluated",
+        "started",
+        "promoted",
     ]
 
 
@@ -150,13 +153,13 @@ def test_the_shadow_evaluation_refuses_to_start_a_prompt_below_the_current_floor
     rollout = shadow.rollout_evaluate(rollout_id=services.rollout_create(candidate=candidate).pk)
     assert rollout.state == RolloutState.REJECTED and rollout.evaluation_passed is False
     assert "cited_answer_rate" in rollout.reason
-    with pytest.raises(services.OpsError, match="rejected|cannot be started"):
+    with pytest.raises(services.OpsError, match=r"rejected|cannot be started"):
         services.rollout_start(rollout=rollout, share=5)
     assert not Exchange.objects.filter(configuration=candidate).exists()
 
 
 def test_configurations_are_checked_and_never_changed(knowledge_admin, settings):
-    with pytest.raises(services.OpsError, match="not a prompt id|no prompt"):
+    with pytest.raises(services.OpsError, match=r"not a prompt id|no prompt"):
         services.configuration_create(name="x", prompt_version="answer-v99", models=["extractive"])
     with pytest.raises(services.OpsError, match="unknown link"):
         services.configuration_create(name="x", prompt_version="answer-v2", models=["nonsense"])

@@ -1,14 +1,14 @@
 """Answer configurations and rollouts from the command line (the Operations page does the same):
 
-  ops_rollout list
-  ops_rollout configure NAME --prompt answer-v2 --models anthropic:claude-haiku-5-5,extractive [--routes R] [--note N]
-  ops_rollout create NAME            a rollout of configuration NAME against the current one
-  ops_rollout evaluate ID            the shadow evaluation, here and now (it prints the verdict)
-  ops_rollout start ID --share 5     only after a passing evaluation
-  ops_rollout share ID 25
-  ops_rollout promote ID
-  ops_rollout rollback ID [--reason R]
-  ops_rollout check [ID]             judge rolling rollouts now (beat does every minute)
+ops_rollout list
+ops_rollout configure NAME --prompt answer-v2 --models anthropic:claude-haiku-5-5,extractive [--routes R] [--note N]
+ops_rollout create NAME            a rollout of configuration NAME against the current one
+ops_rollout evaluate ID            the shadow evaluation, here and now (it prints the verdict)
+ops_rollout start ID --share 5     only after a passing evaluation
+ops_rollout share ID 25
+ops_rollout promote ID
+ops_rollout rollback ID [--reason R]
+ops_rollout check [ID]             judge rolling rollouts now (beat does every minute)
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class Command(BaseCommand):
 
     def _list(self, **options):
         current = config.snapshot().current or config.environment()
-        self.stdout.write(f"current: {current.name} (prompt {current.prompt_version}, chain {','.join(current.models)})")
+        self.stdout.write(
+            f"current: {current.name} (prompt {current.prompt_version}, chain {','.join(current.models)})"
+        )
         for c in AnswerConfiguration.objects.order_by("pk"):
             self.stdout.write(f"configuration {c.pk} {c.name}: prompt {c.prompt_version}, chain {','.join(c.chain)}")
         for r in Rollout.objects.select_related("candidate", "baseline").order_by("pk"):
