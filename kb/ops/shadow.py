@@ -19,7 +19,7 @@ from django.core.management import CommandError, call_command
 from django.test.utils import override_settings
 
 from kb.ops import services
-from kb.ops.models import AnswerConfiguration, Rollout
+from kb.ops.models import AnswerConfiguration, Rollout, RolloutState
 
 # Metrics where lower is better; every other one named is better higher.
 LOWER_IS_BETTER = frozenset({"false_refusal_rate", "injection_leak_rate", "fallback_rate", "ordinary_blocked_rate"})
@@ -60,6 +60,8 @@ def compare(current: dict, candidate: dict, *, metrics: list[str], tolerance: fl
 def rollout_evaluate(*, rollout_id: int) -> Rollout:
     """Run the shadow evaluation of a rollout and record its verdict."""
     rollout = Rollout.objects.select_related("candidate", "baseline").get(pk=rollout_id)
+    if rollout.state != RolloutState.EVALUATING:  # a task queued twice, or the rollout was dropped meanwhile
+        return rollout
     sets, failures = [], []
     for golden, corpus in settings.KB_ROLLOUT_GOLDEN:
         try:
