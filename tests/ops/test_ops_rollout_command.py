@@ -41,3 +41,14 @@ def test_configure_evaluate_start_promote_from_the_command_line(settings, corpus
     assert "current: v1" in listing and "promoted" in listing
     with pytest.raises(CommandError, match="nothing to roll back"):
         run("rollback", str(rollout.pk))
+
+
+def test_the_audit_page_lists_rollout_events_with_what_happened(settings, client, compliance):
+    settings.KB_MODELS = ["extractive"]
+    run("configure", "v1", "--prompt", "answer-v1", "--models", "extractive")
+    run("create", "v1")
+    run("rollback", str(Rollout.objects.get().pk), "--reason", "changed my mind")
+    client.force_login(compliance)
+    page = client.get("/audit/").content.decode()
+    assert "Configuration v1: prompt answer-v1" in page
+    assert "of v1 rolled_back (0 %): changed my mind" in page
