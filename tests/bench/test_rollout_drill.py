@@ -129,6 +129,13 @@ def test_drill_a_flaky_candidate_model_is_rolled_back_within_the_minimum_sample(
     check_started = time.perf_counter()
     services.rollout_figures(rollout=rollout)
     check_ms = (time.perf_counter() - check_started) * 1000
+    # What every question pays for rollbacks to reach it at once: reading the deployment's stamp.
+    reads = []
+    for _ in range(500):
+        read_started = time.perf_counter()
+        config.snapshot()
+        reads.append((time.perf_counter() - read_started) * 1000)
+    reads.sort()
     result = {
         "drill": "flaky_candidate_rolled_back",
         "failure_rate": FAILURE_RATE,
@@ -147,6 +154,8 @@ def test_drill_a_flaky_candidate_model_is_rolled_back_within_the_minimum_sample(
         "asks_after_rollback_on_candidate": late,
         "candidate_model_calls": flaky.calls,
         "figures_query_ms": round(check_ms, 1),
+        "state_read_ms_p50": round(reads[len(reads) // 2], 3),
+        "state_read_ms_p95": round(reads[int(len(reads) * 0.95)], 3),
         "wall_s": round(rolled_back_seen - started, 1),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
