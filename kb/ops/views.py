@@ -24,8 +24,16 @@ def ops_home(request):
     rollouts = Rollout.objects.select_related("candidate", "baseline").order_by("-pk")
     open_rollout = rollouts.filter(state__in=[RolloutState.EVALUATING, RolloutState.ROLLING]).first()
     state = config.snapshot()
+    environment = config.environment()
     context = {
-        "current": state.current or config.environment(),
+        "current": state.current or environment,
+        # The environment's variables changed since a configuration was stored: they answer only once rolled out.
+        "environment_differs": state.current is not None
+        and (
+            (environment.prompt_version, environment.models, dict(environment.routes))
+            != (state.current.prompt_version, state.current.models, dict(state.current.routes))
+        ),
+        "environment": environment,
         "configurations": AnswerConfiguration.objects.order_by("-pk")[:50],
         "open_rollout": open_rollout,
         "figures": services.rollout_figures(rollout=open_rollout) if open_rollout else {},

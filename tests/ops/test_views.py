@@ -54,6 +54,14 @@ def test_a_new_configuration_from_the_form_is_checked(client, knowledge_admin, s
     assert made.routes == {"fast": ["extractive"]} and made.created_by == knowledge_admin
 
 
+def test_the_page_says_when_the_environment_no_longer_answers(client, knowledge_admin, rollout, settings):
+    client.force_login(knowledge_admin)
+    assert "ops-environment-differs" not in client.get("/ops/").content.decode()
+    settings.KB_PROMPT_VERSION = "answer-v1"
+    page = client.get("/ops/").content.decode()
+    assert "ops-environment-differs" in page and "does not\n    answer until" in page
+
+
 def test_others_cannot_act(client, employee, compliance, rollout):
     for user in (employee, compliance):
         client.force_login(user)
