@@ -676,3 +676,40 @@ LOGGING = {
         "django.request": {"filters": ["client_errors_in_one_line"]},
     },
 }
+
+# --- Answer configurations and rollouts (kb/ops) ------------------------------------------------------------
+# A candidate is judged against the current configuration on exchanges since its rollout started (kb/ops/figures.py).
+# Minimum questions on each side before any figure may roll it back: 30 is where the normal approximation of the
+# two-proportion test holds for rates near 10 %, and it is enough to tell a model failing 30 % of calls or answers
+# that cite nothing from a healthy baseline (tests/bench/test_rollout_drill.py: rolled back at the 30th question);
+# subtler regressions wait for the test to become significant, however many questions that takes.
+KB_ROLLOUT_MIN_SAMPLE = env_int("KB_ROLLOUT_MIN_SAMPLE", 30, minimum=5)
+# One-sided significance of each rate test. 0.01, not 0.05: five rates are tested after every candidate exchange
+# (repeated looks), and a healthy candidate rolled back by chance costs a release; 0.05 / 5 metrics = 0.01.
+KB_ROLLOUT_SIGNIFICANCE = env_float("KB_ROLLOUT_SIGNIFICANCE", 0.01, minimum=1e-6, maximum=0.5)
+# A rate (errors, fallbacks, refusals, unsupported answers, thumbs-down) is worse only when it exceeds the current
+# configuration's by more than this (absolute): 5 points is the smallest change an owner would act on.
+KB_ROLLOUT_RATE_MARGIN = env_float("KB_ROLLOUT_RATE_MARGIN", 0.05, minimum=0.0, maximum=1.0)
+# First-token p95 is worse past +50 % and +500 ms together (the fake model's p95 varies by ~30 % run to run on
+# 2 shared cores; half a second is what a reader notices); cost per answered question past +50 %.
+KB_ROLLOUT_LATENCY_MARGIN = env_float("KB_ROLLOUT_LATENCY_MARGIN", 0.5, minimum=0.0)
+KB_ROLLOUT_LATENCY_MARGIN_MS = env_float("KB_ROLLOUT_LATENCY_MARGIN_MS", 500.0, minimum=0.0)
+KB_ROLLOUT_COST_MARGIN = env_float("KB_ROLLOUT_COST_MARGIN", 0.5, minimum=0.0)
+# The shares the Operations page offers, in percent (5-10 % first, as the practice goes).
+KB_ROLLOUT_SHARES = [int(_share) for _share in env_list("KB_ROLLOUT_SHARES", ["5", "10", "25", "50", "100"])]
+# Shadow evaluation before any traffic: golden set(s) as `GOLDEN=CORPUS_DIR` pairs, comma-separated (a BEIR
+# corpus.jsonl works as the corpus too); the candidate may not fall below the current configuration on these
+# metrics by more than the tolerance (0.02: one question in fifty; the demo set's answers are deterministic).
+KB_ROLLOUT_GOLDEN = [
+    (BASE_DIR / _golden.partition("=")[0], BASE_DIR / _golden.partition("=")[2] if "=" in _golden else None)
+    for _golden in env_list("KB_ROLLOUT_GOLDEN", ["tests/data/golden/demo.jsonl=ingest/demo"])
+]
+KB_ROLLOUT_EVAL_METRICS = env_list(
+    "KB_ROLLOUT_EVAL_METRICS",
+    ["hit_at_k", "citation_precision", "cited_answer_rate", "must_include_recall", "refusal_recall",
+     "false_refusal_rate", "injection_leak_rate"],
+)  # fmt: skip
+KB_ROLLOUT_EVAL_TOLERANCE = env_float("KB_ROLLOUT_EVAL_TOLERANCE", 0.02, minimum=0.0, maximum=1.0)
+# Ask only the first N golden questions (0: all); the full demo set takes ~30 s per configuration on 2 cores.
+KB_ROLLOUT_EVAL_LIMIT = env_int("KB_ROLLOUT_EVAL_LIMIT", 0, minimum=0)
+CELERY_BEAT_SCHEDULE["ops-rollouts-check"] = {"task": "ops.rollouts_check", "schedule": 60.0}

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from ingest import views as ingest_views
 from kb import health
@@ -38,6 +38,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics_view, name="metrics"),
+    path("ops/", include("kb.ops.urls")),  # Operations: answer configurations and rollouts (kb/ops)
 ]
 
 # A lost database connection answers 503 with what to do (kb/unavailable.py); anything else is a 500.

@@ -73,6 +73,10 @@ ROUTES = [
     ("GET", "/healthz", EVERYONE),
     ("GET", "/readyz", EVERYONE),
     ("GET", "/metrics", EVERYONE),
+    ("GET", "/ops/", ADMINS),
+    ("POST", "/ops/configurations", ADMINS),
+    ("POST", "/ops/rollouts", ADMINS),
+    ("POST", "/ops/rollouts/1", ADMINS),
 ]
 # Routes whose allowed roles may still get a 404 (another asker's object, routes that need an argument).
 NOT_FOUND_FOR_OTHERS = {"/c/{conversation}/", "/exchanges/{exchange}/", "/exchanges/{exchange}/sources/1",

@@ -67,6 +67,10 @@ class Exchange(models.Model):
         default=dict, help_text="Tier, why, the chain used, and whether the internal-models-only rule applied"
     )
     prompt_version = models.CharField(max_length=100, blank=True)
+    # The answer configuration (kb/ops) that answered; null: the environment's, before any was stored.
+    configuration = models.ForeignKey(
+        "ops.AnswerConfiguration", null=True, blank=True, on_delete=models.PROTECT, related_name="exchanges"
+    )
     fallback_used = models.BooleanField(default=False)
     attempts = models.JSONField(default=list)
     notices = models.JSONField(default=list)
@@ -91,6 +95,8 @@ class Exchange(models.Model):
             models.Index(fields=["created_at"], name="answers_exchange_time"),
             # The abandoned-exchange sweep reads only the few pending rows (services.exchanges_close_abandoned).
             models.Index(fields=["created_at"], condition=models.Q(outcome="pending"), name="answers_exchange_pending"),
+            # A rollout's figures read one configuration's exchanges since the rollout started (kb/ops/figures.py).
+            models.Index(fields=["configuration", "created_at"], name="answers_exchange_config_time"),
         ]
 
     def __str__(self) -> str:

@@ -27,6 +27,8 @@ class AuditKind(models.TextChoices):
     EXPORT = "export", "Export"
     PURGE = "purge", "Purge"
     LEGAL_HOLD = "legal_hold", "Legal hold"
+    CONFIGURATION = "configuration", "Answer configuration"  # kb/ops: created
+    ROLLOUT = "rollout", "Rollout"  # kb/ops: created, evaluated, started, share changed, promoted, rolled back
 
 
 # Outcomes of an exchange as the answer pipeline records them (kb.answers.models.Outcome; audit does not
@@ -168,6 +170,14 @@ class AuditEvent(models.Model):
             )
         if self.kind == AuditKind.LEGAL_HOLD:
             return ("Placed: " if data.get("active") else "Lifted: ") + str(data.get("reason", ""))
+        if self.kind == AuditKind.CONFIGURATION:
+            configuration = data.get("configuration") or {}
+            return f"Configuration {configuration.get('name', '')}: prompt {configuration.get('prompt_version', '')}"
+        if self.kind == AuditKind.ROLLOUT:
+            candidate = (data.get("candidate") or {}).get("name", "")
+            share = data.get("share", 0)
+            line = f"Rollout {data.get('rollout_id')} of {candidate} {data.get('action', '')} ({share} %)"
+            return line + (f": {data['reason']}" if data.get("reason") else "")
         return ""
 
 

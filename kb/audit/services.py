@@ -150,6 +150,7 @@ def exchange_audit(*, exchange) -> AuditEvent:
         "passages": passages,
         "evidence_score": exchange.evidence_score,
         "prompt_version": exchange.prompt_version,
+        "configuration_id": getattr(exchange, "configuration_id", None),  # kb/ops: the answer configuration
         "chain": exchange.chain,
         "routing": exchange.routing,  # tier, why, the chain used, whether the internal-models-only rule applied
         "model": exchange.model,

@@ -3,6 +3,8 @@ one hash-chained audit event, whatever happened - answered, cached, refused, blo
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -14,6 +16,7 @@ from kb.answers.pipeline.input_guard import check_before_record
 from kb.answers.pipeline.types import AskRequest, Begun, Ending, Guarded, Opened, Retrieved, Scope, Trace, Turn
 from kb.audit.services import exchange_audit
 from kb.llm import cache
+from kb.ops.services import exchange_recorded
 from kb.ops.slo import slo_count_exchange
 from kb.text import has_lone_surrogates
 
@@ -58,6 +61,7 @@ def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Tr
             question=question,
             chain=list(scope.chain),
             prompt_version=scope.prompt.version,
+            configuration_id=scope.configuration.id if scope.configuration else None,
             guard_verdicts=trace.verdicts,
         )
     return Opened(exchange_id=exchange.pk, conversation_id=conversation.pk, history=history)
@@ -101,6 +105,7 @@ def result_of(begun: Begun, ending: Ending, total_ms: float) -> dict:
         "usage": {**ending.usage.as_dict(), "cost_usd": ending.cost_usd},
         "outcome": ending.outcome,
         "prompt_version": begun.scope.prompt.version,
+        "configuration": begun.scope.configuration.as_record() if begun.scope.configuration else None,
         "notices": trace.notices,
         "nearest_documents": ending.nearest,
         "cache": trace.cache,
@@ -163,6 +168,10 @@ def finish(begun: Begun, ending: Ending) -> dict:
         outcome=ending.outcome, refused=ending.refused, fallback_used=ending.fallback_used, attempts=ending.attempts,
         latency=trace.latency, grounding=ending.grounding,
     )  # fmt: skip
+    configuration = begun.scope.configuration
+    if configuration is not None and configuration.rollout_id is not None:
+        # A rollout's candidate is judged on its exchanges as they are recorded (kb/ops: rolled back when worse).
+        transaction.on_commit(partial(exchange_recorded, rollout_id=configuration.rollout_id, arm=configuration.arm))
     return result
 
 

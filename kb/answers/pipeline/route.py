@@ -26,6 +26,7 @@ from kb.answers.models import Exchange
 from kb.answers.pipeline.types import Evidence, Opened, Routed, Scope, Trace, ms_since
 from kb.llm.cost import budget_links
 from kb.llm.providers import EXTRACTIVE, provider_for
+from kb.ops.config import environment
 from kb.search.retrieval import SearchHit
 
 FAST, STRONG, DEFAULT = "fast", "strong", "default"
@@ -129,11 +130,12 @@ def _residency(chain: list[str]) -> tuple[list[str], list[str]]:
 def route(scope: Scope, opened: Opened, evidence: Evidence, trace: Trace) -> Routed:
     started = time.perf_counter()
     hits = evidence.retrieved.result.hits
-    if settings.KB_ROUTES:
+    configuration = scope.configuration or environment()
+    if configuration.routes:
         documents = documents_spanned(hits)
         tier, why = tier_for(evidence.model_request.question, follow_up=bool(opened.history), documents=documents)
         spent = {"user_spent": scope.spent.get("user_spent", 0.0), "global_spent": scope.spent.get("global_spent", 0.0)}
-        decision = budget_links(list(settings.KB_ROUTES.get(tier, settings.KB_MODELS)), **spent)
+        decision = budget_links(list(configuration.routes.get(tier, configuration.models)), **spent)
         chain = decision.links
         if decision.notice:
             trace.notices.append(decision.notice)

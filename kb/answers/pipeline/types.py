@@ -19,6 +19,7 @@ import numpy as np
 from kb.answers.citations import Source
 from kb.llm.prompts import Prompt
 from kb.llm.providers import ModelRequest, Usage
+from kb.ops.config import Configuration
 from kb.search.retrieval import ReadScope, SearchResult
 
 
@@ -71,6 +72,7 @@ class Scope:
     chain: tuple[str, ...]
     namespace: str  # the caches' key: scope + index version + prompt version + chain
     spent: Mapping[str, float] = field(default_factory=dict)  # today's spending: user_spent, global_spent
+    configuration: Configuration | None = None  # the answer configuration (kb/ops); None: the environment's
 
 
 @dataclass(frozen=True)
