@@ -1,0 +1,158 @@
+"""Off-limits topics: questions the company does not want kb to answer itself (legal advice about an individual
+case, medical advice, another employee's pay ...), recognised by meaning from the examples a knowledge admin
+wrote for each topic.
+
+How: each topic has a small logistic regression on the sentence embedding kb already computes for every question
+(all-MiniLM-L6-v2, 384-d), trained when a topic is saved (`train_weights`, a few milliseconds of Newton steps):
+its examples against every other topic's examples, every topic's near-miss examples ("where is the pay review
+timetable?" for "another employee's pay") and a shipped list of ordinary employee questions
+(kb/guard/data/topic_background.txt). A question is off limits when the highest topic probability reaches
+KB_TOPIC_THRESHOLD. An answer is checked sentence by sentence with KB_ANSWER_TOPIC_THRESHOLD.
+
+Chosen on the dev half of tests/data/topics/questions.jsonl against nearest-example and centroid similarity
+(kb/evaluation/calibrate_topics.py; README "Off-limits topics"): with the same examples the classifier had the
+higher recall at the precision asked for, because it learns which words of a topic's examples matter (a named
+colleague, "should I") rather than how alike two questions read overall.
+
+Pure: the guard is given a `TopicMatcher` (kb/guard/topic_store.py builds it from the Topic rows and caches it per
+process) and the question's vector the ask path computed already: a check is one (topics x 384) product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+REFUSE = "refuse"
+HAND_TO_PERSON = "hand_to_person"
+# L2 strength of the per-topic classifiers (scikit-learn's C: larger fits the examples more closely); chosen on
+# the dev half with the threshold (kb/evaluation/calibrate_topics.py).
+DEFAULT_C = 10.0
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One active topic as the guard needs it (no database row)."""
+
+    id: int
+    name: str
+    response: str  # REFUSE or HAND_TO_PERSON
+    message: str
+    contact: str
+    weight: np.ndarray  # (d,) the trained classifier
+    bias: float
+
+    def answer(self) -> str:
+        """What the asker reads instead of an answer: the topic's message and, when the question goes to a person,
+        whom to ask (kb has no escalation of its own yet, so the contact is named)."""
+        message = self.message.strip()
+        if self.response == HAND_TO_PERSON and self.contact.strip():
+            return f"{message} Please ask {self.contact.strip()}."
+        return message
+
+
+@dataclass(frozen=True)
+class TopicMatch:
+    topic: TopicSpec | None  # the most probable topic (None when no topic is configured)
+    probability: float
+
+    def off_limits(self, threshold: float) -> bool:
+        return self.topic is not None and self.probability >= threshold
+
+    def as_details(self, threshold: float) -> dict:
+        return {
+            "topic": self.topic.name if self.topic else None,
+            "topic_id": self.topic.id if self.topic else None,
+            "threshold": threshold,
+        }
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+class TopicMatcher:
+    """Every active topic's classifier in one matrix: a question costs one product."""
+
+    def __init__(self, topics: Sequence[TopicSpec]) -> None:
+        self.topics = tuple(topics)
+        self._weights = np.stack([t.weight for t in self.topics]).astype(np.float32) if self.topics else None
+        self._bias = np.asarray([t.bias for t in self.topics], dtype=np.float32)
+
+    def __bool__(self) -> bool:
+        return bool(self.topics)
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """(texts, topics) probabilities for unit-length embeddings (kb.search.embeddings.embed rows)."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if self._weights is None:
+            return np.zeros((len(vectors), 0), dtype=np.float32)
+        return _sigmoid(vectors @ self._weights.T + self._bias)
+
+    def match_many(self, vectors: np.ndarray) -> list[TopicMatch]:
+        probabilities = self.probabilities(vectors)
+        if not self.topics:
+            return [TopicMatch(None, 0.0) for _ in range(len(probabilities))]
+        best = probabilities.argmax(axis=1)
+        return [TopicMatch(self.topics[int(j)], float(probabilities[i, j])) for i, j in enumerate(best)]
+
+    def match(self, vector: np.ndarray) -> TopicMatch:
+        return self.match_many(np.asarray([vector]))[0]
+
+
+EMPTY = TopicMatcher(())
+
+
+def train_weights(
+    examples: Sequence[np.ndarray], negatives: np.ndarray, background: np.ndarray, c: float = DEFAULT_C
+) -> list[tuple[np.ndarray, float]]:
+    """One (weight, bias) per topic: its examples (rows of unit vectors) against the other topics' examples, the
+    near-miss examples and the background questions; classes weighted alike ("balanced"), L2 penalty 1/(2c) on
+    the weight (not the bias), as scikit-learn's LogisticRegression(C=c, class_weight="balanced") fits."""
+    trained = []
+    for i, own in enumerate(examples):
+        others = [e for j, e in enumerate(examples) if j != i and len(e)]
+        rest = np.concatenate([*others, negatives, background]) if others or len(negatives) or len(background) else None
+        if not len(own) or rest is None or not len(rest):
+            raise ValueError("a topic needs examples, and something that is not the topic to tell it from")
+        x = np.concatenate([own, rest]).astype(np.float64)
+        y = np.concatenate([np.ones(len(own)), np.zeros(len(rest))])
+        sample = np.where(y == 1, len(y) / (2 * len(own)), len(y) / (2 * len(rest)))
+        trained.append(_newton(x, y, sample, c))
+    return trained
+
+
+def _newton(x: np.ndarray, y: np.ndarray, sample: np.ndarray, c: float, steps: int = 50) -> tuple[np.ndarray, float]:
+    features = np.hstack([x, np.ones((len(x), 1))])
+    theta = np.zeros(features.shape[1])
+    penalty = np.full(features.shape[1], 1.0 / c)
+    penalty[-1] = 0.0  # the bias is not penalised
+    for _ in range(steps):
+        p = _sigmoid(features @ theta)
+        gradient = features.T @ (sample * (p - y)) + penalty * theta
+        hessian = (features * (sample * p * (1 - p))[:, None]).T @ features + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-7:
+            break
+    return theta[:-1].astype(np.float32), float(theta[-1])
+
+
+def lines(text: str) -> list[str]:
+    """An admin's examples, one per line: blank lines and surrounding spaces dropped, each once."""
+    seen: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and line.lower() not in seen:
+            seen[line.lower()] = line
+    return list(seen.values())
+
+
+def vector_to_bytes(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def vector_from_bytes(data: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype=np.float32).copy()
