@@ -27,6 +27,7 @@ class AuditKind(models.TextChoices):
     EXPORT = "export", "Export"
     PURGE = "purge", "Purge"
     LEGAL_HOLD = "legal_hold", "Legal hold"
+    TOPIC_CHANGE = "topic_change", "Off-limits topic changed"
 
 
 # Outcomes of an exchange as the answer pipeline records them (kb.answers.models.Outcome; audit does not

@@ -7,12 +7,12 @@ mention the topic legitimately ("where is the pay review timetable?"), each with
 by the rule: dev when the first byte of sha256(question) is even, else test. The topics' own examples and near-miss
 examples are kb/guard/data/default_topics.json (none of them in the question set).
 
-Chosen on dev only: among the methods (nearest example; topic centroid; a per-topic logistic regression, kb/guard/topics.py,
-with C in 1, 3, 10, 30), thresholds on a 0.01 grid: per method the highest threshold with precision >= 0.9, recall >= 0.9
-and <= 1% of the first half of tests/data/employee_questions.txt blocked; then the method with the best dev F1. Reported on
-the test half
-and, as false positives, on ordinary employee questions (tests/data/employee_questions.txt, the guard's held-out
-ordinary questions, the golden sets' questions; blind-utility is counted, never read or printed).
+Chosen on dev only: among the methods (nearest example; topic centroid; a per-topic logistic regression,
+kb/guard/topics.py, with C in 1, 3, 10, 30) and thresholds on a 0.01 grid: per method the highest threshold with
+precision >= 0.9, recall >= 0.9 and <= 1% of the first half of tests/data/employee_questions.txt blocked; then the
+method with the best dev F1. Reported on the test half and, as false positives, on ordinary employee questions (the
+second half of tests/data/employee_questions.txt, the guard's held-out ordinary questions, the golden sets' questions;
+blind-utility is counted, never read or printed).
 
 Answers: an answer sentence is matched like a question; its threshold is the lowest at which no sentence of the demo
 corpus nor of the blind-handbook/blind-clinic documents is flagged (ordinary answers), plus 0.02; recall is reported on
@@ -260,8 +260,9 @@ def run() -> dict:
     scorer = METHODS[chosen["method"]](topics)
     threshold = chosen["threshold"]
     report = {
-        "rule": f"per method the highest threshold with dev precision >= {MIN_PRECISION}, recall >= {MIN_RECALL} and <= {MAX_ORDINARY_DEV_FP:.0%} of the "
-        "first half of employee_questions.txt blocked, then the method with the best dev F1 there; split fixed by sha256(question)[0] parity",
+        "rule": f"per method the highest threshold with dev precision >= {MIN_PRECISION}, recall >= {MIN_RECALL} and "
+        f"<= {MAX_ORDINARY_DEV_FP:.0%} of the first half of employee_questions.txt blocked, then the method with the "
+        "best dev F1 there; split fixed by sha256(question)[0] parity",
         **chosen,
         "test": figures(test, scorer(embed([r["question"] for r in test])), threshold),
         "ordinary_false_positives": {},

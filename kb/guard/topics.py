@@ -156,3 +156,90 @@ def vector_to_bytes(vector: np.ndarray) -> bytes:
 
 def vector_from_bytes(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype=np.float32).copy()
+
+
+# --- The guards (listed in KB_INPUT_GUARDS / KB_OUTPUT_GUARDS) ----------------------------------------------------
+
+OFF_LIMITS = "off_limits"  # the refusal reason of a question or answer on an off-limits topic
+ANSWER_WITHHELD = "This answer was withheld: it strays into a topic kb does not answer ({name})."
+
+
+def _blocked(guard: str, match: TopicMatch, threshold: float, reason: str, answer: str):
+    from kb.guard.base import Action, Verdict
+
+    assert match.topic is not None
+    details = match.as_details(threshold) | {
+        "response": match.topic.response,
+        "answer": answer,
+        "refusal_reason": OFF_LIMITS,
+    }
+    return Verdict(guard, Action.BLOCK, score=round(match.probability, 4), reason=reason, details=details)
+
+
+class TopicGuard:
+    """A question on an off-limits topic is not answered: the topic's message (and whom to ask) instead, the
+    exchange recorded with the verdict, no model called. The ask path passes the active topics' matcher
+    (`InputContext.topics`) and the question's embedding; threshold KB_TOPIC_THRESHOLD."""
+
+    name = "topics"
+    before_record = False
+    needs_topics = True
+
+    def scan(self, context):
+        from django.conf import settings
+
+        from kb.guard.base import Action, Verdict
+
+        matcher = getattr(context, "topics", None)
+        if not matcher:
+            return Verdict(self.name, Action.ALLOW)
+        match = matcher.match(context.embedding())
+        threshold = settings.KB_TOPIC_THRESHOLD
+        if not match.off_limits(threshold):
+            return Verdict(
+                self.name, Action.ALLOW, score=round(match.probability, 4), details=match.as_details(threshold)
+            )
+        assert match.topic is not None
+        reason = f"off-limits topic “{match.topic.name}” (score {match.probability:.2f} ≥ {threshold})"
+        return _blocked(self.name, match, threshold, reason, match.topic.answer())
+
+
+class TopicOutputGuard:
+    """An answer with a sentence on an off-limits topic is withheld, with the topic's message. Each sentence is
+    matched like a question (threshold KB_ANSWER_TOPIC_THRESHOLD); its embedding is the one the grounding guard
+    computed when it ran first (`OutputContext.vectors`), so an ordinary answer costs one small product."""
+
+    name = "topics"
+    needs_topics = True
+
+    def scan(self, context):
+        from django.conf import settings
+
+        from kb.guard.base import Action, Verdict
+        from kb.guard.output import UNSUPPORTED, answer_sentences, claim_key
+
+        matcher = getattr(context, "topics", None)
+        if not matcher or context.refused or not context.answer.strip():
+            return Verdict(self.name, Action.ALLOW)
+        # As the grounding guard embedded them (its [unsupported] mark is not part of the sentence).
+        keys = (claim_key(s.replace(UNSUPPORTED, "")) for s in answer_sentences(context.answer))
+        texts = [t for t in keys if len(t.split()) >= 4]
+        if not texts:
+            return Verdict(self.name, Action.ALLOW)
+        known = context.vectors
+        missing = [t for t in texts if t not in known]
+        if missing:
+            from kb.search import embeddings
+
+            known.update(zip(missing, embeddings.embed(missing), strict=True))
+        matches = matcher.match_many(np.stack([known[t] for t in texts]))
+        best = max(matches, key=lambda m: m.probability)
+        threshold = settings.KB_ANSWER_TOPIC_THRESHOLD
+        if not best.off_limits(threshold):
+            return Verdict(
+                self.name, Action.ALLOW, score=round(best.probability, 4), details=best.as_details(threshold)
+            )
+        assert best.topic is not None
+        reason = f"a sentence reads as the off-limits topic “{best.topic.name}” (score {best.probability:.2f})"
+        answer = f"{ANSWER_WITHHELD.format(name=best.topic.name)} {best.topic.answer()}"
+        return _blocked(self.name, best, threshold, reason, answer)
