@@ -51,7 +51,10 @@ def test_the_shipped_threshold_holds_on_the_test_half_it_was_not_chosen_on():
     matches = _matcher_from_defaults().match_many(embed([normalise(r["question"]) for r in test]))
     threshold = settings.KB_TOPIC_THRESHOLD
     flagged = [m.off_limits(threshold) for m in matches]
-    right = [f and r["label"] == "on_topic" and m.topic.name == r["topic"] for f, m, r in zip(flagged, matches, test)]
+    right = [
+        f and r["label"] == "on_topic" and m.topic.name == r["topic"]
+        for f, m, r in zip(flagged, matches, test, strict=True)
+    ]
     precision = sum(right) / sum(flagged)
     recall = sum(right) / sum(r["label"] == "on_topic" for r in test)
     assert precision >= 0.9 and recall >= 0.85, (precision, recall)
