@@ -561,6 +561,10 @@ KB_ANSWER_TOXICITY_THRESHOLD = env_float("KB_ANSWER_TOXICITY_THRESHOLD", 0.153, 
 # blind-handbook and blind-clinic documents, 1,422 sentences: 0.889) + 0.02. Figures: README "Off-limits topics".
 KB_TOPIC_THRESHOLD = env_float("KB_TOPIC_THRESHOLD", 0.63, minimum=0.0, maximum=1.0)
 KB_ANSWER_TOPIC_THRESHOLD = env_float("KB_ANSWER_TOPIC_THRESHOLD", 0.91, minimum=0.0, maximum=1.0)
+# How often a web process checks whether the topics changed (seconds; 0: before every question). A change shows in the
+# process that made it at once, in the others within this; checking per ask cost 0.5 ms p50 / 2 ms p95 of the guards'
+# 5 ms budget (tests/bench/test_topic_guard_bench.py).
+KB_TOPIC_REFRESH_S = env_float("KB_TOPIC_REFRESH_S", 2.0, minimum=0.0, maximum=3600.0)
 # A sentence whose support (0.5 x similarity + 0.5 x keyword share, against what it cites) is below this is
 # marked unsupported (tests/guard/test_output.py shows the separation; README "Guardrails").
 KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, maximum=1.0)

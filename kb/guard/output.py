@@ -302,7 +302,10 @@ class ToxicityOutputGuard:
         suspects = [(i, without_markers(s).strip()) for i, s in enumerate(sentences) if candidate_sentence(s)]
         if not suspects:
             return Verdict(self.name, Action.ALLOW, score=0.0)
-        scores = toxicity_scores([text for _, text in suspects])
+        # The grounding guard's embeddings of these sentences when it ran first (nothing embedded twice).
+        known = [context.vectors.get(claim_key(sentences[i])) for i, _ in suspects]
+        given = np.stack(known) if all(v is not None for v in known) else None
+        scores = toxicity_scores([text for _, text in suspects], given)
         threshold = settings.KB_ANSWER_TOXICITY_THRESHOLD
         removed = [i for (i, _), s in zip(suspects, scores, strict=True) if is_toxic(s, threshold)]
         top = max(s.score for s in scores)

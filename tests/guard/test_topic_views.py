@@ -34,6 +34,16 @@ def _form(**overrides) -> dict:
     } | overrides
 
 
+@pytest.fixture(autouse=True)
+def _no_topics_left_behind():
+    """Each process caches the active topics for KB_TOPIC_REFRESH_S: none may outlive the test's database."""
+    from kb.guard.services import forget_matcher
+
+    forget_matcher()
+    yield
+    forget_matcher()
+
+
 @pytest.fixture
 def topic(knowledge_admin, client):
     client.force_login(knowledge_admin)

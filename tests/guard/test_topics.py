@@ -26,6 +26,16 @@ QUESTIONS = Path(settings.BASE_DIR) / "tests" / "data" / "topics" / "questions.j
 PAY = "Another employee's pay or performance"
 
 
+@pytest.fixture(autouse=True)
+def _no_topics_left_behind():
+    """Each process caches the active topics for KB_TOPIC_REFRESH_S: none may outlive the test's database."""
+    from kb.guard.services import forget_matcher
+
+    forget_matcher()
+    yield
+    forget_matcher()
+
+
 @pytest.fixture
 def defaults(db):
     return services.topics_load_defaults()
