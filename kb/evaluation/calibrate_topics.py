@@ -174,10 +174,14 @@ def false_positive_rate(scored: Scored, threshold: float) -> dict:
     return {"n": n, "blocked": int(flagged.sum()), "rate": round(float(flagged.sum()) / n, 4) if n else None}
 
 
-METHODS = {
+def _classifier(c: float):
+    return lambda topics: classifier_scorer(topics, c)
+
+
+METHODS: dict = {
     "nearest_example": lambda topics: similarity_scorer(topics, "nearest"),
     "centroid": lambda topics: similarity_scorer(topics, "centroid"),
-    **{f"classifier_c{c:g}": (lambda topics, c=c: classifier_scorer(topics, c)) for c in (1.0, 3.0, 10.0, 30.0)},
+    **{f"classifier_c{c:g}": _classifier(c) for c in (1.0, 3.0, 10.0, 30.0)},
 }
 
 

@@ -303,8 +303,10 @@ class ToxicityOutputGuard:
         if not suspects:
             return Verdict(self.name, Action.ALLOW, score=0.0)
         # The grounding guard's embeddings of these sentences when it ran first (nothing embedded twice).
-        known = [context.vectors.get(claim_key(sentences[i])) for i, _ in suspects]
-        given = np.stack(known) if all(v is not None for v in known) else None
+        known = [
+            context.vectors[key] for key in (claim_key(sentences[i]) for i, _ in suspects) if key in context.vectors
+        ]
+        given = np.stack(known) if len(known) == len(suspects) else None
         scores = toxicity_scores([text for _, text in suspects], given)
         threshold = settings.KB_ANSWER_TOXICITY_THRESHOLD
         removed = [i for (i, _), s in zip(suspects, scores, strict=True) if is_toxic(s, threshold)]
