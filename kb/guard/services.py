@@ -61,19 +61,20 @@ def topics_train() -> int:
     Called in the transaction of every change; returns how many topics were trained."""
     from kb.search import embeddings
 
-    topics = list(Topic.objects.active().select_for_update().order_by("pk"))
-    forget_matcher()  # this process: at once; and again once committed, in case a question reloaded meanwhile
-    transaction.on_commit(forget_matcher)
-    if not topics:
-        return 0
-    examples = [_embed(lines(t.examples)) for t in topics]
-    negatives = _embed([n for t in topics for n in lines(t.negatives)])
-    trained = train_weights(examples, negatives, _background_vectors())
-    model = embeddings.model_id()
-    for topic, (weight, bias) in zip(topics, trained, strict=True):
-        topic.weight, topic.bias, topic.trained_for = vector_to_bytes(weight), bias, model
-        topic.save(update_fields=["weight", "bias", "trained_for", "updated_at"])
-    return len(topics)
+    with transaction.atomic():
+        topics = list(Topic.objects.active().select_for_update().order_by("pk"))
+        forget_matcher()  # this process: at once; and again once committed, in case a question reloaded meanwhile
+        transaction.on_commit(forget_matcher)
+        if not topics:
+            return 0
+        examples = [_embed(lines(t.examples)) for t in topics]
+        negatives = _embed([n for t in topics for n in lines(t.negatives)])
+        trained = train_weights(examples, negatives, _background_vectors())
+        model = embeddings.model_id()
+        for topic, (weight, bias) in zip(topics, trained, strict=True):
+            topic.weight, topic.bias, topic.trained_for = vector_to_bytes(weight), bias, model
+            topic.save(update_fields=["weight", "bias", "trained_for", "updated_at"])
+        return len(topics)
 
 
 FIELDS = ("name", "examples", "negatives", "response", "message", "contact", "active")
