@@ -116,13 +116,15 @@ def _record(action: str, topic: Topic, actor) -> None:
     )
 
 
-def topic_create(*, actor=None, **values) -> Topic:
+def topic_create(*, actor=None, train: bool = True, **values) -> Topic:
+    """train=False: the caller creates several and trains once (`topics_train`) in the same transaction."""
     values = _validate({k: values.get(k, "") for k in FIELDS if k in values})
     with transaction.atomic():
         if Topic.objects.filter(name__iexact=values["name"]).exists():
             raise TopicError(f"A topic named “{values['name']}” exists already; edit it instead.")
         topic = Topic.objects.create(**values)
-        topics_train()
+        if train:
+            topics_train()
         _record("created", topic, actor)
     return topic
 
@@ -152,21 +154,27 @@ def topics_load_defaults(*, actor=None) -> list[Topic]:
     a topic of the same name is left as it is."""
     data = json.loads(DEFAULT_TOPICS.read_text(encoding="utf-8"))
     created = []
-    for item in data["topics"]:
-        if Topic.objects.filter(name__iexact=item["name"]).exists():
-            continue
-        created.append(
-            topic_create(
-                actor=actor,
-                name=item["name"],
-                examples="\n".join(item["examples"]),
-                negatives="\n".join(item.get("negatives", [])),
-                response=item["response"],
-                message=item["message"],
-                contact=item.get("contact", ""),
-                active=True,
+    with transaction.atomic():
+        for item in data["topics"]:
+            if Topic.objects.filter(name__iexact=item["name"]).exists():
+                continue
+            created.append(
+                topic_create(
+                    actor=actor,
+                    train=False,
+                    name=item["name"],
+                    examples="\n".join(item["examples"]),
+                    negatives="\n".join(item.get("negatives", [])),
+                    response=item["response"],
+                    message=item["message"],
+                    contact=item.get("contact", ""),
+                    active=True,
+                )
             )
-        )
+        if created:
+            topics_train()
+    for topic in created:
+        topic.refresh_from_db()
     return created
 
 

@@ -37,11 +37,12 @@ def test_an_off_limits_question_is_answered_with_the_configured_response(app, pa
     sign_in(page, app.url, knowledge_admin)
     page.get_by_role("link", name="Topics").click()
     expect(page.get_by_role("heading", name="Off-limits topics")).to_be_visible()
-    page.get_by_role("button", name="Load the four shipped topics").click()
+    # Saving trains the topics' classifiers (a few seconds on 2 busy cores).
+    page.get_by_role("button", name="Load the four shipped topics").click(timeout=90_000)
     expect(page.get_by_role("link", name="Investment advice")).to_be_visible(timeout=30_000)
     page.get_by_role("link", name="Investment advice").click()
     page.get_by_label("Message shown instead of an answer").fill(MESSAGE)
-    page.get_by_role("button", name="Save").click()
+    page.get_by_role("button", name="Save").click(timeout=90_000)
     expect(page.get_by_text("“Investment advice” is saved.")).to_be_visible(timeout=30_000)
 
     page.context.clear_cookies()
