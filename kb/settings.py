@@ -513,6 +513,8 @@ KB_INPUT_GUARDS = env_list(
         # and its answer should be the calm one, not "reads like an attempt to change the instructions".
         "kb.guard.input.ToxicityGuard",
         "kb.guard.input.InjectionGuard",
+        # Last: an abusive or injected question gets its own answer, not a topic's message.
+        "kb.guard.topics.TopicGuard",
     ],
 )
 KB_OUTPUT_GUARDS = env_list(
@@ -522,6 +524,8 @@ KB_OUTPUT_GUARDS = env_list(
         "kb.guard.output.LeakGuard",
         "kb.guard.output.GroundingGuard",
         "kb.guard.output.ToxicityOutputGuard",
+        # After grounding, whose sentence embeddings it reuses.
+        "kb.guard.topics.TopicOutputGuard",
     ],
 )
 # Questions per user in any 60 seconds (0: no limit); beyond it a 429 says when to retry.
@@ -549,6 +553,18 @@ KB_DOCUMENT_INJECTION_THRESHOLD = env_float("KB_DOCUMENT_INJECTION_THRESHOLD", 0
 # highest on Davidson's val split (never fitted, not the reported test split). Figures: README "Guardrails".
 KB_TOXICITY_THRESHOLD = env_float("KB_TOXICITY_THRESHOLD", 0.26, minimum=0.0, maximum=1.0)
 KB_ANSWER_TOXICITY_THRESHOLD = env_float("KB_ANSWER_TOXICITY_THRESHOLD", 0.153, minimum=0.0, maximum=1.0)
+# Off-limits topics (kb/guard/topics.py: a logistic regression per topic on the question embedding, trained on the
+# admin's examples when a topic is saved). Questions: chosen by `python -m kb.evaluation.calibrate_topics` on the dev
+# half of tests/data/topics/questions.jsonl with the 4 default topics: the highest threshold with dev precision >= 0.9,
+# recall >= 0.9 and <= 1% of the first half of tests/data/employee_questions.txt blocked (dev: P 0.96, R 0.91, n=148;
+# test half: P 0.94, R 0.87, n=140). Answer sentences: the highest score of any ordinary document sentence (demo corpus,
+# blind-handbook and blind-clinic documents, 1,422 sentences: 0.889) + 0.02. Figures: README "Off-limits topics".
+KB_TOPIC_THRESHOLD = env_float("KB_TOPIC_THRESHOLD", 0.63, minimum=0.0, maximum=1.0)
+KB_ANSWER_TOPIC_THRESHOLD = env_float("KB_ANSWER_TOPIC_THRESHOLD", 0.91, minimum=0.0, maximum=1.0)
+# How often a web process checks whether the topics changed (seconds; 0: before every question). A change shows in the
+# process that made it at once, in the others within this; checking per ask cost 0.5 ms p50 / 2 ms p95 of the guards'
+# 5 ms budget (tests/bench/test_topic_guard_bench.py).
+KB_TOPIC_REFRESH_S = env_float("KB_TOPIC_REFRESH_S", 2.0, minimum=0.0, maximum=3600.0)
 # A sentence whose support (0.5 x similarity + 0.5 x keyword share, against what it cites) is below this is
 # marked unsupported (tests/guard/test_output.py shows the separation; README "Guardrails").
 KB_GROUNDING_MIN_SCORE = env_float("KB_GROUNDING_MIN_SCORE", 0.5, minimum=0.0, maximum=1.0)

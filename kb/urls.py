@@ -6,6 +6,7 @@ from kb.accounts import views as account_views
 from kb.answers import views as answer_views
 from kb.api import api
 from kb.audit import views as audit_views
+from kb.guard import views as guard_views
 from kb.search import views as search_views
 
 urlpatterns = [
@@ -27,6 +28,10 @@ urlpatterns = [
     path("documents/<int:document_id>/delete", ingest_views.document_delete, name="document_delete"),
     path("documents/<int:document_id>/reindex", ingest_views.document_reindex, name="document_reindex"),
     path("documents/<int:document_id>/access", ingest_views.document_access, name="document_access"),
+    path("topics/", guard_views.topic_list, name="topic_list"),
+    path("topics/defaults", guard_views.topics_load_defaults, name="topics_load_defaults"),
+    path("topics/<int:topic_id>/", guard_views.topic_edit, name="topic_edit"),
+    path("topics/<int:topic_id>/delete", guard_views.topic_delete, name="topic_delete"),
     path("audit/", audit_views.audit_home, name="audit_home"),
     path("audit/<int:seq>/", audit_views.audit_detail, name="audit_detail"),
     path("audit/analytics/", audit_views.audit_analytics, name="audit_analytics"),

@@ -19,6 +19,7 @@ from kb.answers import reading, rendering, services
 from kb.answers.api import request_id_of
 from kb.answers.models import Conversation, Exchange, Feedback, Outcome
 from kb.guard.input import QUESTION_TOO_LONG
+from kb.guard.topics import OFF_LIMITS
 from kb.llm.providers import EXTRACTIVE
 
 RECENT_CONVERSATIONS = 30
@@ -37,6 +38,8 @@ def outcome_badge(exchange: Exchange) -> tuple[str, str] | None:
     """The one badge an answer shows (its kind and label), or None for a model's answer as asked. One per
     exchange: a blocked question is refused too, but it is "blocked", not also "not covered"."""
     outcome = exchange.outcome
+    if outcome == Outcome.BLOCKED and exchange.refusal_reason == OFF_LIMITS:
+        return "off-limits", "Off-limits topic: not answered by kb"
     if outcome == Outcome.BLOCKED:
         return "blocked", "Blocked"
     if outcome == Outcome.FAILED:

@@ -29,6 +29,7 @@ class AuditKind(models.TextChoices):
     LEGAL_HOLD = "legal_hold", "Legal hold"
     CONFIGURATION = "configuration", "Answer configuration"  # kb/ops: created
     ROLLOUT = "rollout", "Rollout"  # kb/ops: created, evaluated, started, share changed, promoted, rolled back
+    TOPIC_CHANGE = "topic_change", "Off-limits topic changed"
 
 
 # Outcomes of an exchange as the answer pipeline records them (kb.answers.models.Outcome; audit does not

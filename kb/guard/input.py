@@ -27,6 +27,7 @@ class InputContext:
     vector: np.ndarray | None = None
     recent_asks: Sequence[datetime] = ()  # the user's ask times in the rate window, for the rate limit
     in_flight: int = 0  # the user's questions being answered right now
+    topics: Any = None  # the active off-limits topics' matcher (kb.guard.topics.TopicMatcher), given by the ask path
 
     def embedding(self) -> np.ndarray:
         """The masked question's embedding, computed once and shared with the caches and retrieval."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -52,6 +53,8 @@ class OutputContext:
     grounding: list[dict] = field(default_factory=list)
     # None when the asker may read every document (nothing to leak); given by the ask path otherwise.
     unreadable_search: UnreadableSearch | None = None
+    topics: Any = None  # the active off-limits topics' matcher (kb.guard.topics.TopicMatcher), given by the ask path
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # claim_key(sentence) -> embedding, shared
 
 
 def without_markers(text: str) -> str:
@@ -140,7 +143,7 @@ class GroundingGuard:
         claims = [(i, s) for i, s in enumerate(sentences) if _is_claim(s)]
         if not claims:
             return Verdict(self.name, Action.ALLOW)
-        scores = _support_scores([s for _, s in claims], context.sources)
+        scores = _support_scores([s for _, s in claims], context.sources, context.vectors)
         threshold = settings.KB_GROUNDING_MIN_SCORE
         unsupported = 0
         rewritten = list(sentences)
@@ -237,7 +240,14 @@ def claim_text(sentence: str) -> str:
     return sentence
 
 
-def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tuple[float, list[int]]]:
+def claim_key(sentence: str) -> str:
+    """The text of an answer sentence as it is embedded (no markers; a table's rows below its header)."""
+    return claim_text(MARKER.sub("", sentence)).strip()
+
+
+def _support_scores(
+    sentences: list[str], sources: dict[int, Source], store: dict[str, np.ndarray] | None = None
+) -> list[tuple[float, list[int]]]:
     from kb.search import embeddings
 
     # An untrusted passage supports nothing: a sentence that only it "supports" is unsupported.
@@ -247,12 +257,14 @@ def _support_scores(sentences: list[str], sources: dict[int, Source]) -> list[tu
     needed = sorted({n for cited in cited_per_sentence for n in cited})
     if not needed:
         return [(0.0, []) for _ in sentences]
-    texts = [claim_text(MARKER.sub("", s)).strip() for s in sentences]
+    texts = [claim_key(s) for s in sentences]
     # A passage's vector is stored with its chunk (of its text with title and section) and given with it;
     # passages without one are embedded here.
     missing = [n for n in needed if sources[n].vector is None]
     vectors = embeddings.embed(texts + [sources[n].text for n in missing])
     sentence_vectors = vectors[: len(texts)]
+    if store is not None:  # later guards (off-limits topics) reuse them
+        store.update(zip(texts, sentence_vectors, strict=True))
     passage_vectors = {n: np.asarray(sources[n].vector, dtype=np.float32) for n in needed if n not in missing}
     passage_vectors.update(zip(missing, vectors[len(texts) :], strict=True))
     results = []
@@ -290,7 +302,12 @@ class ToxicityOutputGuard:
         suspects = [(i, without_markers(s).strip()) for i, s in enumerate(sentences) if candidate_sentence(s)]
         if not suspects:
             return Verdict(self.name, Action.ALLOW, score=0.0)
-        scores = toxicity_scores([text for _, text in suspects])
+        # The grounding guard's embeddings of these sentences when it ran first (nothing embedded twice).
+        known = [
+            context.vectors[key] for key in (claim_key(sentences[i]) for i, _ in suspects) if key in context.vectors
+        ]
+        given = np.stack(known) if len(known) == len(suspects) else None
+        scores = toxicity_scores([text for _, text in suspects], given)
         threshold = settings.KB_ANSWER_TOXICITY_THRESHOLD
         removed = [i for (i, _), s in zip(suspects, scores, strict=True) if is_toxic(s, threshold)]
         top = max(s.score for s in scores)

@@ -45,8 +45,17 @@ def check_before_record(user, question: str) -> None:
             guard.scan(context)
 
 
+def topics_for(guards) -> object:
+    """The active off-limits topics' matcher when a configured guard needs it (one small query per ask)."""
+    if not any(getattr(guard, "needs_topics", False) for guard in guards):
+        return None
+    from kb.guard.services import active_matcher
+
+    return active_matcher()
+
+
 def input_guard(request: AskRequest, trace: Trace) -> Guarded:
-    context = InputContext(user=request.user, text=request.question)
+    context = InputContext(user=request.user, text=request.question, topics=topics_for(input_guards()))
     block = None
     with trace.timed("guards_ms"):
         for guard in input_guards():
@@ -55,12 +64,16 @@ def input_guard(request: AskRequest, trace: Trace) -> Guarded:
             verdict = guard.scan(context)
             trace.verdicts.append(verdict.as_dict())
             if verdict.blocked:
+                # A guard may give its own answer and reason (an off-limits topic's message, "off_limits").
+                answer = verdict.details.get("answer") or getattr(guard, "blocked_answer", BLOCKED_ANSWER).format(
+                    reason=verdict.reason
+                )
                 block = Stop(
                     Ending(
                         outcome=Outcome.BLOCKED,
-                        answer=getattr(guard, "blocked_answer", BLOCKED_ANSWER).format(reason=verdict.reason),
+                        answer=answer,
                         refused=True,
-                        refusal_reason=f"blocked_{verdict.guard}",
+                        refusal_reason=verdict.details.get("refusal_reason") or f"blocked_{verdict.guard}",
                     )
                 )
                 break

@@ -10,6 +10,7 @@ import dataclasses
 from ingest.models import Chunk, Document
 from kb.answers import citations as citation_parser
 from kb.answers.models import Outcome
+from kb.answers.pipeline.input_guard import topics_for
 from kb.answers.pipeline.types import Begun, Ending, Evidence
 from kb.guard import output as guards
 from kb.guard.base import Action, output_guards
@@ -58,6 +59,7 @@ def output_guard(begun: Begun, evidence: Evidence, draft: Ending) -> Ending:
         model=draft.model,
         placeholders=dict(begun.guarded.placeholders),
         unreadable_search=unreadable_search_for(begun.request.user),
+        topics=topics_for(output_guards()),
     )
     with trace.timed("output_guards_ms"):
         for guard in output_guards():
@@ -67,10 +69,10 @@ def output_guard(begun: Begun, evidence: Evidence, draft: Ending) -> Ending:
                 return dataclasses.replace(
                     draft,
                     outcome=Outcome.BLOCKED,
-                    answer=guards.BLOCKED_OUTPUT.format(reason=verdict.reason),
+                    answer=verdict.details.get("answer") or guards.BLOCKED_OUTPUT.format(reason=verdict.reason),
                     citations=[],
                     refused=True,
-                    refusal_reason=f"blocked_{verdict.guard}",
+                    refusal_reason=verdict.details.get("refusal_reason") or f"blocked_{verdict.guard}",
                 )
             if verdict.details.get("notice"):
                 trace.notices.append(verdict.details["notice"])

@@ -23,7 +23,7 @@ def test_personal_data_is_masked_and_each_guards_verdict_is_recorded(db, employe
     assert EMAIL not in guarded.question and "[EMAIL_1]" in guarded.question and "[PHONE_1]" in guarded.question
     assert guarded.placeholders["[EMAIL_1]"] == EMAIL and guarded.block is None
     # The limits ran before the exchange was recorded; the recorded guards ran here, in order.
-    assert [v["guard"] for v in trace.verdicts] == ["pii", "toxicity", "injection"]
+    assert [v["guard"] for v in trace.verdicts] == ["pii", "toxicity", "injection", "topics"]
     pii = trace.verdicts[0]
     assert pii["action"] == "mask" and "jane" not in str(pii) and pii["details"]["kinds"] == {"EMAIL": 1, "PHONE": 1}
     assert trace.verdicts[1]["action"] == "allow" and "guards_ms" in trace.latency
@@ -36,6 +36,7 @@ def test_a_plain_question_passes_with_the_embedding_the_injection_guard_computed
         ("pii", "allow"),
         ("toxicity", "allow"),
         ("injection", "allow"),
+        ("topics", "allow"),  # no topics configured
     ]
     np.testing.assert_allclose(guarded.vector, embeddings.embed([normalise(HOTEL)])[0], atol=1e-5)
 

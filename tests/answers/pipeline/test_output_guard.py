@@ -43,7 +43,9 @@ def test_a_supported_cited_answer_passes_with_its_grounding(corpus, employee):
     assert [c["n"] for c in ending.citations] == [1]
     (sentence,) = ending.grounding
     assert sentence["supported"] and sentence["cited"] == [1]
-    assert verdicts(inputs) == {"citations": "allow", "leaks": "allow", "grounding": "allow", "toxicity": "allow"}
+    assert verdicts(inputs) == {
+        "citations": "allow", "leaks": "allow", "grounding": "allow", "toxicity": "allow", "topics": "allow"
+    }  # fmt: skip
     assert "output_guards_ms" in inputs.trace.latency and inputs.trace.notices == []
 
 
