@@ -59,7 +59,9 @@ def test_the_page_says_when_the_environment_no_longer_answers(client, knowledge_
     assert "ops-environment-differs" not in client.get("/ops/").content.decode()
     settings.KB_PROMPT_VERSION = "answer-v1"
     page = client.get("/ops/").content.decode()
-    assert "ops-environment-differs" in page and "answer until it is stored as a configuration" in " ".join(page.split())
+    assert "ops-environment-differs" in page and "answer until it is stored as a configuration" in " ".join(
+        page.split()
+    )
 
 
 def test_others_cannot_act(client, employee, compliance, rollout):

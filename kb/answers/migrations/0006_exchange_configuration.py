@@ -6,21 +6,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('answers', '0005_exchange_route_and_routing'),
-        ('ops', '0001_initial'),
+        ("answers", "0005_exchange_route_and_routing"),
+        ("ops", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='exchange',
-            name='configuration',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='exchanges', to='ops.answerconfiguration'),
+            model_name="exchange",
+            name="configuration",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="exchanges",
+                to="ops.answerconfiguration",
+            ),
         ),
         migrations.AddIndex(
-            model_name='exchange',
-            index=models.Index(fields=['configuration', 'created_at'], name='answers_exchange_config_time'),
+            model_name="exchange",
+            index=models.Index(fields=["configuration", "created_at"], name="answers_exchange_config_time"),
         ),
     ]

@@ -4,15 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0003_checkpoints'),
+        ("audit", "0003_checkpoints"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='kind',
-            field=models.CharField(choices=[('exchange', 'Exchange'), ('feedback', 'Feedback'), ('document_upload', 'Document uploaded'), ('document_replace', 'Document replaced'), ('document_delete', 'Document deleted'), ('document_reindex', 'Document reindexed'), ('access_groups', 'Readers changed'), ('export', 'Export'), ('purge', 'Purge'), ('legal_hold', 'Legal hold'), ('configuration', 'Answer configuration'), ('rollout', 'Rollout')], max_length=32),
+            model_name="auditevent",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("exchange", "Exchange"),
+                    ("feedback", "Feedback"),
+                    ("document_upload", "Document uploaded"),
+                    ("document_replace", "Document replaced"),
+                    ("document_delete", "Document deleted"),
+                    ("document_reindex", "Document reindexed"),
+                    ("access_groups", "Readers changed"),
+                    ("export", "Export"),
+                    ("purge", "Purge"),
+                    ("legal_hold", "Legal hold"),
+                    ("configuration", "Answer configuration"),
+                    ("rollout", "Rollout"),
+                ],
+                max_length=32,
+            ),
         ),
     ]
