@@ -77,6 +77,10 @@ ROUTES = [
     ("POST", "/ops/configurations", ADMINS),
     ("POST", "/ops/rollouts", ADMINS),
     ("POST", "/ops/rollouts/1", ADMINS),
+    ("GET", "/topics/", ADMINS),
+    ("POST", "/topics/defaults", ADMINS),
+    ("GET", "/topics/1/", ADMINS),
+    ("POST", "/topics/1/delete", ADMINS),
 ]
 # Routes whose allowed roles may still get a 404 (another asker's object, routes that need an argument).
 NOT_FOUND_FOR_OTHERS = {"/c/{conversation}/", "/exchanges/{exchange}/", "/exchanges/{exchange}/sources/1",
