@@ -4,21 +4,29 @@ The passages are cut into quotable units: sentences, list items (steps) and tabl
 table's header row (the chunker repeats it in every chunk that holds part of a table). Each unit is scored by
 meaning (cosine of the embedding model's vectors of the question and the unit in its section's context), by
 the question's keywords it holds, and by whether it holds the kind of thing asked (an amount, a duration or
-date, a person or team, steps). The best unit must clear `Weights.answer` and no named thing of the question
-(a code, a number, a proper name) may be missing from every passage; else the answer is the prompt's "not
-covered", which the ask path shows as a refusal with the nearest documents. A passage flagged at ingestion as
-reading like instructions to a model is never quoted; the answer says that one was withheld.
+date, a person or team, steps). Whether to quote at all is decided by a small logistic model over signals of
+the question and its scored units (`Answerability`: how the best unit stands out from the others, the share
+of the question's words the passages hold, named things of the question no passage mentions, the question's
+length ...), fitted on dev sets with `manage.py calibrate_answers --write-model` (kb/llm/data/
+answerability.json). Below `KB_EXTRACTIVE_MIN_PROBABILITY` the answer is the prompt's "not covered", which the
+ask path shows as a refusal with the nearest documents. A passage flagged at ingestion as reading like
+instructions to a model is never quoted; the answer says that one was withheld.
 
-The weights and thresholds were chosen on dev sets only (the demo set, the blind handbook, doc2dial dev,
-SQuAD dev; `kb.evaluation.answers.calibrate`), never on the test sets (see the README's "Extractive answer").
+The weights, the model and its threshold were chosen on dev sets only (the demo set, blind-handbook,
+blind-clinic, blind-retail, doc2dial dev, SQuAD dev; `kb.evaluation.answers.calibrate`), never on the test
+sets (see the README's "Extractive answer").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -50,12 +58,7 @@ class Weights:
     kind: float = 0.0  # the unit holds the kind of thing asked (0 scored best on dev; it still ranks units for
     # embedding in `scored_units`)
     rank: float = 0.01  # per retrieval rank of the unit's passage
-    answer: float = 0.5  # the best unit's score that answers (KB_EXTRACTIVE_MIN_SCORE)
     keep: float = 0.12  # further units within this of the best are quoted too
-    # A named thing of the question that no passage mentions: "not covered" when the answer would be a table
-    # row or the thing is a code or year (a city with no per-diem row, a P5 priority, next year's holidays);
-    # otherwise (often the asker's situation: "flying to Singapore, ...") the answer needs this much more.
-    named: float = 0.1
 
 
 WEIGHTS = Weights()
@@ -247,13 +250,11 @@ def scored_units(question: str, passages: Sequence[Passage]) -> list[Scored]:
 
 
 def choose(scored: Sequence[Scored], weights: Weights) -> list[Unit]:
-    """The units to quote: the best if it answers, and those close behind it, within the length budget."""
+    """The units to quote: the best, and those close behind it, within the length budget."""
     if not scored:
         return []
     ranked = sorted(scored, key=lambda s: -s.score(weights))
     best = ranked[0].score(weights)
-    if best < weights.answer:
-        return []
     chosen: list[Unit] = []
     length = 0
     for candidate in ranked:
@@ -264,6 +265,85 @@ def choose(scored: Sequence[Scored], weights: Weights) -> list[Unit]:
         chosen.append(candidate.unit)
         length += len(candidate.unit.text)
     return chosen
+
+
+# --- answerability ------------------------------------------------------------------------------------------
+
+MODEL_PATH = Path(__file__).resolve().parent / "data" / "answerability.json"
+FEATURES = (
+    "best_score",  # the best unit's score (similarity + keyword share - rank, `Weights`)
+    "best_similarity",  # the highest similarity of any unit
+    "best_keyword_share",  # the best-scoring unit's share of the question's keywords
+    "over_median",  # the highest similarity minus the median unit's: one unit stands out
+    "over_second",  # ... minus the second highest
+    "missing_named",  # named things of the question no passage mentions (a city, a year, a code)
+    "missing_code",  # 1 when one of them holds a digit (a P5 priority, 2027)
+    "question_words_found",  # the share of the question's keywords anywhere in the passages
+    "question_length",  # log(1 + words): employees' longer questions carry their situation
+    "top3_similarity",  # the mean of the three highest similarities: the best relative to its neighbours
+)
+
+
+def answerability_features(question: str, passages: Sequence[Passage], scored: Sequence[Scored]) -> list[float]:
+    """The signals `Answerability` weighs, in FEATURES order (`scored` must not be empty)."""
+    best = max(scored, key=lambda s: s.score(WEIGHTS))
+    similarities = sorted((s.similarity for s in scored), reverse=True)
+    median = (
+        similarities[len(similarities) // 2]
+        if len(similarities) % 2
+        else ((similarities[len(similarities) // 2 - 1] + similarities[len(similarities) // 2]) / 2)
+    )
+    second = similarities[1] if len(similarities) > 1 else similarities[0]
+    missing = missing_named(question, passages)
+    wanted = keywords(question)
+    found: set[str] = set()
+    for p in passages:
+        found |= keywords(f"{p.title} {p.heading} {p.text}")
+    return [
+        best.score(WEIGHTS),
+        similarities[0],
+        best.keyword_share,
+        similarities[0] - median,
+        similarities[0] - second,
+        float(len(missing)),
+        float(any(_CODE.search(thing) for thing in missing)),
+        len(wanted & found) / len(wanted) if wanted else 0.0,
+        math.log1p(len(question.split())),
+        sum(similarities[:3]) / len(similarities[:3]),
+    ]
+
+
+@dataclass(frozen=True)
+class Answerability:
+    """P(the passages answer the question): a logistic model over standardised FEATURES."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+
+    def probability(self, features: Sequence[float]) -> float:
+        z = self.intercept + sum(
+            c * (x - m) / s for c, x, m, s in zip(self.coef, features, self.mean, self.scale, strict=True)
+        )
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    def as_json(self) -> dict:
+        return {"features": list(FEATURES), **dataclasses.asdict(self)}
+
+
+def answerability_from_json(data: dict) -> Answerability:
+    if list(data.get("features", ())) != list(FEATURES):
+        raise ValueError(f"the answerability model's features {data.get('features')} are not {list(FEATURES)}")
+    fields = {name: tuple(data[name]) for name in ("mean", "scale", "coef")}
+    if any(len(values) != len(FEATURES) for values in fields.values()):
+        raise ValueError("the answerability model needs one mean, scale and coefficient per feature")
+    return Answerability(**fields, intercept=float(data["intercept"]))
+
+
+@functools.cache
+def answerability() -> Answerability:
+    return answerability_from_json(json.loads(MODEL_PATH.read_text(encoding="utf-8")))
 
 
 def _steps_after(units: list[Unit], all_units: list[Unit]) -> list[Unit]:
@@ -314,30 +394,35 @@ def _table_line(cells: list[str], width: int | None = None) -> str:
     return "| " + " | ".join(cell.replace("|", "/") for cell in cells[: width or len(cells)]) + " |"
 
 
-def decide(question: str, passages: Sequence[Passage], scored: Sequence[Scored], weights: Weights) -> list[Unit]:
+def decide(
+    question: str,
+    passages: Sequence[Passage],
+    scored: Sequence[Scored],
+    *,
+    threshold: float,
+    model: Answerability | None = None,
+    weights: Weights = WEIGHTS,
+) -> list[Unit]:
     """The units to quote, or [] for "not covered" (see the module docstring)."""
-    missing = missing_named(question, passages)
-    if any(_CODE.search(thing) for thing in missing):
+    if not scored:
         return []
-    if missing:
-        weights = dataclasses.replace(weights, answer=weights.answer + weights.named)
+    model = model or answerability()
+    if model.probability(answerability_features(question, passages, scored)) < threshold:
+        return []
     chosen = choose(scored, weights)
-    if missing and any(unit.kind == ROW for unit in chosen):
-        return []
     if chosen and "steps" in asks_for(question):
         chosen = _steps_after(chosen, [s.unit for s in scored])
     return chosen
 
 
-def extractive_answer(question: str, passages: Sequence[Passage], weights: Weights | None = None) -> str:
+def extractive_answer(question: str, passages: Sequence[Passage]) -> str:
     """The quoted answer, or NOT_COVERED (with a note when a passage was withheld); "" without passages."""
     if not passages:
         return ""
-    if weights is None:
-        weights = dataclasses.replace(WEIGHTS, answer=settings.KB_EXTRACTIVE_MIN_SCORE)
     withheld = any(p.untrusted for p in passages)
     note = f"\n\n*{WITHHELD}*" if withheld else ""
-    chosen = decide(question, passages, scored_units(question, passages), weights)
+    scored = scored_units(question, passages)
+    chosen = decide(question, passages, scored, threshold=settings.KB_EXTRACTIVE_MIN_PROBABILITY)
     if not chosen:
         return NOT_COVERED + note
     return f"*{EXTRACTIVE_LABEL}*\n\n" + render(chosen, passages) + note

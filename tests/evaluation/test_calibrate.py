@@ -1,14 +1,22 @@
-"""Choosing the gate and the extractive weights on dev sets: replayed decisions, the gate rule, leave one out."""
+"""Choosing the gate, the answerability model and its threshold on dev sets: replayed decisions, the gate rule,
+the fit, leave one out."""
 
 from __future__ import annotations
 
 from kb.evaluation.answers import calibrate
 from kb.evaluation.answers.golden import GoldenItem
-from kb.llm.extractive import SENTENCE, WEIGHTS, Scored, Unit
+from kb.llm.extractive import FEATURES, SENTENCE, Answerability, Scored, Unit
 from kb.llm.providers import Passage
 
 TEXT = "The hotel limit in Amsterdam is 180 euros a night."
 PASSAGE = Passage(1, "Travel", "Hotels", "", TEXT)
+# P(answer) rises with the best similarity alone: 0.5 at similarity 0.5.
+BY_SIMILARITY = Answerability(
+    mean=(0.0,) * len(FEATURES),
+    scale=(1.0,) * len(FEATURES),
+    coef=tuple(20.0 if name == "best_similarity" else 0.0 for name in FEATURES),
+    intercept=-10.0,
+)
 
 
 def case(
@@ -20,10 +28,12 @@ def case(
     return calibrate.Case(item, gate, (PASSAGE,), (Scored(unit, similarity, 0.0, False),))
 
 
-def test_a_case_is_answered_only_when_its_best_unit_clears_the_bar_and_the_gate():
-    assert "180 euros" in calibrate.answer_of(case("hotel limit?", answerable=True, similarity=0.7), WEIGHTS, 0.45)
-    assert calibrate.answer_of(case("hotel limit?", answerable=True, similarity=0.3), WEIGHTS, 0.45) is None
-    assert calibrate.answer_of(case("hotel limit?", answerable=True, similarity=0.9, gate=0.2), WEIGHTS, 0.45) is None
+def test_a_case_is_answered_only_when_the_model_says_so_and_the_gate_lets_it_through():
+    answered = calibrate.answer_of(case("hotel limit?", answerable=True, similarity=0.7), BY_SIMILARITY, 0.5, 0.45)
+    assert "180 euros" in answered
+    assert calibrate.answer_of(case("hotel limit?", answerable=True, similarity=0.3), BY_SIMILARITY, 0.5, 0.45) is None
+    refused = calibrate.answer_of(case("limit?", answerable=True, similarity=0.9, gate=0.2), BY_SIMILARITY, 0.5, 0.45)
+    assert refused is None
 
 
 def test_figures_count_refusals_and_facts_per_set():
@@ -33,7 +43,7 @@ def test_figures_count_refusals_and_facts_per_set():
         case("c", answerable=False, similarity=0.1),
         case("d", answerable=False, similarity=0.9),
     ]
-    got = calibrate.figures(cases, WEIGHTS, 0.0)
+    got = calibrate.figures(cases, BY_SIMILARITY, 0.5, 0.0)
     assert got["false_refusal_rate"] == 0.5 and got["refusal_recall"] == 0.5 and got["refusal_precision"] == 0.5
     assert got["must_include_recall"] == 0.5 and got["context_recall"] == 1.0
 
@@ -44,12 +54,16 @@ def test_the_gate_sits_below_nearly_every_answerable_question_of_every_set():
     assert calibrate.gate_choose({"first": first, "second": second}) == round(0.5 - calibrate.GATE_MARGIN, 3)
 
 
-def test_calibration_chooses_a_bar_that_separates_and_reports_each_set_left_out():
-    one = [case(f"a{n}", answerable=True, similarity=0.75) for n in range(5)]
-    one += [case(f"u{n}", answerable=False, similarity=0.42) for n in range(5)]
-    two = [case(f"b{n}", answerable=True, similarity=0.7) for n in range(5)]
-    two += [case(f"v{n}", answerable=False, similarity=0.38) for n in range(5)]
+def test_the_fitted_model_separates_what_separates_and_each_set_is_reported_left_out():
+    one = [case(f"a{n}", answerable=True, similarity=0.75 + n / 100) for n in range(6)]
+    one += [case(f"u{n}", answerable=False, similarity=0.35 + n / 100) for n in range(6)]
+    two = [case(f"b{n}", answerable=True, similarity=0.7 + n / 100) for n in range(6)]
+    two += [case(f"v{n}", answerable=False, similarity=0.3 + n / 100) for n in range(6)]
     report = calibrate.calibrate({"one": one, "two": two})
-    assert 0.42 < report["weights"]["answer"] <= 0.7
-    assert report["per_set"]["one"]["false_refusal_rate"] == 0 and report["per_set"]["one"]["refusal_recall"] == 1
+    model = report["model"]
+    assert model["features"] == list(FEATURES)
+    assert model["coef"][FEATURES.index("best_similarity")] > 0  # more similar, likelier answered
+    for name in ("one", "two"):
+        assert report["per_set"][name]["false_refusal_rate"] == 0 and report["per_set"][name]["refusal_recall"] == 1
     assert set(report["leave_one_out"]) == {"one", "two"}
+    assert report["leave_one_out"]["one"]["figures"]["refusal_recall"] == 1

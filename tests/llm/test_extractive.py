@@ -126,3 +126,36 @@ def test_a_misspelt_question_is_read_with_the_passages_words():
     ]
     answer = extractive_answer("i lost my acess bdage, do i have to pay for a new one", passages)
     assert "> A lost access badge costs 15 euros to replace. [5]" in answer
+
+
+def test_the_shipped_answerability_model_matches_the_features_and_was_chosen_on_dev_sets_only():
+    import json
+
+    from kb.evaluation.answers.sets import TEST, evaluation_sets
+    from kb.llm.extractive import FEATURES, MODEL_PATH, answerability
+
+    data = json.loads(MODEL_PATH.read_text())
+    assert data["features"] == list(FEATURES) and len(data["coef"]) == len(FEATURES)
+    tests = {s.name for s in evaluation_sets().values() if s.role == TEST}
+    assert data["chosen_on"] and not set(data["chosen_on"]) & tests
+    assert 0.0 < answerability().probability(data["mean"]) < 1.0
+
+
+def test_the_threshold_on_the_models_probability_decides_whether_to_quote():
+    from kb.llm.extractive import FEATURES, Answerability, decide, scored_units
+
+    # A model that only looks at the best similarity: P = 0.5 where it is 0.5.
+    model = Answerability(
+        mean=(0.0,) * len(FEATURES),
+        scale=(1.0,) * len(FEATURES),
+        coef=tuple(20.0 if name == "best_similarity" else 0.0 for name in FEATURES),
+        intercept=-10.0,
+    )
+    question = "What is the hotel limit in Amsterdam?"
+    scored = scored_units(question, PASSAGES)
+    best = max(s.similarity for s in scored)
+    assert best > 0.5
+    quoted = decide(question, PASSAGES, scored, threshold=0.5, model=model)
+    assert quoted and "180 euros" in quoted[0].text
+    above = model.probability([best if name == "best_similarity" else 0.0 for name in FEATURES]) + 0.01
+    assert decide(question, PASSAGES, scored, threshold=above, model=model) == []

@@ -1,5 +1,6 @@
-"""manage.py calibrate_answers [--sets a,b] [--output F.json]: choose the evidence gate and the extractive
-answerer's weights on dev sets only (kb.evaluation.answers.calibrate), with the leave-one-set-out table."""
+"""manage.py calibrate_answers [--sets a,b] [--output F.json] [--write-model]: choose the evidence gate, the
+extractive answerer's answerability model and its threshold on dev sets only (kb.evaluation.answers.calibrate),
+with the leave-one-set-out table; --write-model writes the model to kb/llm/data/answerability.json."""
 
 from __future__ import annotations
 
@@ -13,18 +14,25 @@ from kb.evaluation import beir
 from kb.evaluation.answers import calibrate
 from kb.evaluation.answers import corpus as corpus_module
 from kb.evaluation.answers.sets import DEV, sets_select
+from kb.llm import extractive
 
-DEFAULT_SETS = ("demo", "blind-handbook", "doc2dial-dev", "squad-dev")
+DEFAULT_SETS = ("demo", "blind-handbook", "blind-clinic", "blind-retail", "doc2dial-dev", "squad-dev")
 
 
 class Command(BaseCommand):
-    help = "Choose KB_EVIDENCE_MIN_SCORE and the extractive answerer's weights on dev sets (never on test sets)."
+    help = (
+        "Choose KB_EVIDENCE_MIN_SCORE, the extractive answerability model and KB_EXTRACTIVE_MIN_PROBABILITY on dev "
+        "sets (never on test sets)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help="dev sets, comma-separated")
         parser.add_argument("--output", type=Path, default=Path(settings.KB_DATA_DIR) / "bench" / "calibration.json")
+        parser.add_argument(
+            "--write-model", action="store_true", help=f"write the fitted model to {extractive.MODEL_PATH}"
+        )
 
-    def handle(self, *args, sets: str, output: Path, **options):
+    def handle(self, *args, sets: str, output: Path, write_model: bool = False, **options):
         try:
             chosen = sets_select([name.strip() for name in sets.split(",") if name.strip()])
         except ValueError as exc:
@@ -49,5 +57,9 @@ class Command(BaseCommand):
         report = calibrate.calibrate(cases)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))
-        self.stdout.write(json.dumps({key: report[key] for key in ("gate", "weights", "objective")}, indent=2))
+        self.stdout.write(json.dumps({key: report[key] for key in ("gate", "threshold", "objective")}, indent=2))
+        if write_model:
+            model = {**report["model"], "threshold": report["threshold"], "chosen_on": sorted(cases)}
+            extractive.MODEL_PATH.write_text(json.dumps(model, indent=2) + "\n", encoding="utf-8")
+            self.stdout.write(f"model written to {extractive.MODEL_PATH}")
         self.stdout.write(f"written to {output}")
