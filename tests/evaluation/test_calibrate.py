@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kb.evaluation.answers import calibrate
 from kb.evaluation.answers.golden import GoldenItem
-from kb.llm.extractive import FEATURES, SENTENCE, Answerability, Scored, Unit
+from kb.llm.extractive import FEATURES, MODEL_MIN_UNITS, SENTENCE, Answerability, Scored, Unit
 from kb.llm.providers import Passage
 
 TEXT = "The hotel limit in Amsterdam is 180 euros a night."
@@ -25,7 +25,9 @@ def case(
     item = GoldenItem(question, question, answerable, ("t.md",) if answerable else (), None, "",
                       tuple(facts) if answerable else (), "lookup" if answerable else "near_miss")  # fmt: skip
     unit = Unit(0, 0, SENTENCE, TEXT)
-    return calibrate.Case(item, gate, (PASSAGE,), (Scored(unit, similarity, 0.0, False),))
+    # Filler units, so that the model decides (below MODEL_MIN_UNITS the old bar does).
+    filler = tuple(Scored(Unit(0, n, SENTENCE, f"Filler {n}."), 0.05, 0.0, False) for n in range(1, MODEL_MIN_UNITS))
+    return calibrate.Case(item, gate, (PASSAGE,), (Scored(unit, similarity, 0.0, False), *filler))
 
 
 def test_a_case_is_answered_only_when_the_model_says_so_and_the_gate_lets_it_through():

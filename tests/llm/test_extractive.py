@@ -142,7 +142,7 @@ def test_the_shipped_answerability_model_matches_the_features_and_was_chosen_on_
 
 
 def test_the_threshold_on_the_models_probability_decides_whether_to_quote():
-    from kb.llm.extractive import FEATURES, Answerability, decide, scored_units
+    from kb.llm.extractive import FEATURES, MODEL_MIN_UNITS, Answerability, decide, scored_units
 
     # A model that only looks at the best similarity: P = 0.5 where it is 0.5.
     model = Answerability(
@@ -152,10 +152,19 @@ def test_the_threshold_on_the_models_probability_decides_whether_to_quote():
         intercept=-10.0,
     )
     question = "What is the hotel limit in Amsterdam?"
-    scored = scored_units(question, PASSAGES)
+    canteen = " ".join(f"The canteen serves dish number {n} on day {n}." for n in range(1, 11))
+    passages = [*PASSAGES, Passage(4, "Canteen", "Menu", "", canteen)]  # enough units for the model to decide
+    scored = scored_units(question, passages)
+    assert len(scored) >= MODEL_MIN_UNITS
     best = max(s.similarity for s in scored)
     assert best > 0.5
-    quoted = decide(question, PASSAGES, scored, threshold=0.5, model=model)
+    quoted = decide(question, passages, scored, threshold=0.5, model=model)
     assert quoted and "180 euros" in quoted[0].text
     above = model.probability([best if name == "best_similarity" else 0.0 for name in FEATURES]) + 0.01
-    assert decide(question, PASSAGES, scored, threshold=above, model=model) == []
+    assert decide(question, passages, scored, threshold=above, model=model) == []
+
+
+def test_a_tiny_corpus_is_decided_by_the_bar_on_the_best_unit():
+    parking = [Passage(1, "Parking", "Parking", "", "Staff park in the P2 garage; the barrier code is 4711.")]
+    assert "P2 garage" in extractive_answer("Where do staff park?", parking)
+    assert extractive_answer("How many days of parental leave do I get?", parking).startswith(NOT_COVERED)
