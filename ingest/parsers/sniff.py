@@ -54,6 +54,8 @@ _EXTENSION_KINDS = {
     ".tsv": CSV,
     ".eml": EML,
 }
+# The file name extensions kb reads (what a folder import picks up).
+SUPPORTED_EXTENSIONS = frozenset(_EXTENSION_KINDS)
 _TEXT_FAMILY = frozenset({HTML, MARKDOWN, PLAIN, CSV, EML})
 # Office Open XML files: the part that makes a zip one of them, and the type an unreadable zip with that
 # extension is taken for (the parser then says it is damaged).

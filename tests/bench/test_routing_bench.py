@@ -28,6 +28,7 @@ from django.test import override_settings
 
 from ingest import services as ingest_services
 from ingest.models import Document
+from ingest.parsers.sniff import SUPPORTED_EXTENSIONS
 from kb.answers.pipeline.route import STRONG, documents_spanned, tier_for
 from kb.llm import prompts
 from kb.llm.cost import link_price
@@ -56,13 +57,12 @@ QUESTIONS_ONLY = {
     "doc2dial follow-ups (dev)": EVAL / "doc2dial/followup-dev.jsonl",
     "doc2dial follow-ups (test)": EVAL / "doc2dial/followup-test.jsonl",
 }
-DOCUMENT_SUFFIXES = {".md", ".txt", ".html", ".pdf", ".docx"}
 
 
 def _ingest_folder(folder: Path) -> None:
     with mock.patch.object(ingest_services, "enqueue_processing", lambda document_id: True):
         for path in sorted(folder.iterdir()):
-            if path.suffix not in DOCUMENT_SUFFIXES:
+            if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
                 continue
             upload = ingest_services.document_upload(
                 source=ContentFile(path.read_bytes(), name=path.name), filename=path.name

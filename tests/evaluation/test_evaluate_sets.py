@@ -76,3 +76,14 @@ def test_follow_up_questions_are_asked_after_their_conversation(tmp_path):
         query = follow_up["search_query"].casefold()  # as retrieval normalised it
         assert "amsterdam" in query and "hours" in query, query
         assert follow_up["context_facts"]["found"] == ["07:30 to 19:00"]
+
+
+def test_a_corpus_folder_takes_every_format_kb_reads(tmp_path):
+    from kb.evaluation.answers.corpus import corpus_source
+
+    for name in ("policy.md", "contacts.csv", "rates.xlsx", "deck.pptx", "mail.eml", "scan.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "script.py").write_text("print()")
+    (tmp_path / ".hidden.md").write_text("# no")
+    files = corpus_source(tmp_path).files
+    assert set(files) == {"policy.md", "contacts.csv", "rates.xlsx", "deck.pptx", "mail.eml", "scan.png", "notes.txt"}

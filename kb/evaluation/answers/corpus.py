@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from ingest.models import Chunk, Document, DocumentStatus
 from ingest.parsers import ParseError, sniff_media_type
+from ingest.parsers.sniff import SUPPORTED_EXTENSIONS
 from ingest.services import (
     chunk_from_draft,
     chunks_of,
@@ -38,9 +39,9 @@ from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
 
 # The file types the product ingests; other files in a corpus folder (scripts, notes) are left out.
-DOCUMENT_SUFFIXES = frozenset({".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt", ".text"})
+DOCUMENT_SUFFIXES = SUPPORTED_EXTENSIONS  # every format kb reads (CSV, spreadsheets, slides, e-mail, scans too)
 # Bumped when the way a folder becomes an index changes here: old evaluation indexes are then rebuilt.
-FOLDER_LOADER_VERSION = 2  # 2: passages flagged for injection as at ingest
+FOLDER_LOADER_VERSION = 3  # 2: passages flagged for injection as at ingest; 3: every format kb reads
 SNIFF_BYTES = 64 * 1024  # what the upload service reads to tell a file's type
 EVALUATION_USERNAME = "kb-evaluation"
 FOLDER, BEIR = "folder", "beir"
