@@ -25,6 +25,7 @@ import functools
 import json
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,11 +296,7 @@ def answerability_features(question: str, passages: Sequence[Passage], scored: S
     """The signals `Answerability` weighs, in FEATURES order (`scored` must not be empty)."""
     best = max(scored, key=lambda s: s.score(WEIGHTS))
     similarities = sorted((s.similarity for s in scored), reverse=True)
-    median = (
-        similarities[len(similarities) // 2]
-        if len(similarities) % 2
-        else ((similarities[len(similarities) // 2 - 1] + similarities[len(similarities) // 2]) / 2)
-    )
+    median = statistics.median(similarities)
     second = similarities[1] if len(similarities) > 1 else similarities[0]
     missing = missing_named(question, passages)
     wanted = keywords(question)

@@ -142,9 +142,10 @@ def gate_choose(sets: Mapping[str, Sequence[Case]]) -> float:
 
 def model_fit(sets: Mapping[str, Sequence[Case]], c: float = C) -> Answerability:
     """The logistic model over FEATURES on every scored case of the sets, each (set, answerable) group weighted
-    alike; scikit-learn here only (evaluation tooling), the product reads the fitted numbers."""
+    alike, fitted as the injection classifier is (`train_injection.fit_logistic`); the product reads the numbers."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+
+    from kb.evaluation.train_injection import fit_logistic
 
     rows, labels, groups = [], [], []
     for name, cases in sets.items():
@@ -160,12 +161,16 @@ def model_fit(sets: Mapping[str, Sequence[Case]], c: float = C) -> Answerability
     scale[scale == 0] = 1.0
     counts = {group: groups.count(group) for group in set(groups)}
     sample = np.asarray([len(groups) / counts[group] for group in groups])
-    fitted = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, labels, sample_weight=sample)
+    # C as scikit-learn's LogisticRegression reads it (penalty 1/(2C) against the summed weighted loss), which
+    # fit_logistic's mean loss takes as l2 = 1 / (C * total weight).
+    coef, intercept = fit_logistic(
+        (x - mean) / scale, np.asarray(labels, dtype=np.float64), sample, 1.0 / (c * sample.sum())
+    )
     return Answerability(
         mean=tuple(round(float(v), 6) for v in mean),
         scale=tuple(round(float(v), 6) for v in scale),
-        coef=tuple(round(float(v), 6) for v in fitted.coef_[0]),
-        intercept=round(float(fitted.intercept_[0]), 6),
+        coef=tuple(round(float(v), 6) for v in coef),
+        intercept=round(float(intercept), 6),
     )
 
 
