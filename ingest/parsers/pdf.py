@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 # Acrobat requires %%EOF within the last 1024 bytes; a file without it was cut off in transfer.
 PDF_EOF_SEARCH_BYTES = 1024
+DAMAGED_PAGE = "the page is damaged: it could not be loaded to be read"
 # PDF layout heuristics: a line shorter than this share of the document's typical line ends a paragraph when it
 # also ends a sentence (headings are short: see HEADING_MAX_CHARS).
 PDF_SHORT_LINE_RATIO = 0.8
@@ -193,13 +194,18 @@ def _parse_with_ocr(
         raise _corrupt_pdf() from exc
     results: dict[int, OcrPage] = {}
     try:
-        to_read = [index for index in scanned if _has_marks(pdf[index])]
+        to_read = [index for index in scanned if _has_marks(pdf, index)]
         with progress(len(to_read)) as step:
 
             def reader_for(index: int) -> Callable[[BlockCollector, int], None]:
                 def run(collector: BlockCollector, page: int) -> None:
                     step(len(results))
-                    image, dpi = _render(pdf[index], limits)
+                    try:
+                        image, dpi = _render(pdf[index], limits)
+                    except pypdfium2.PdfiumError:
+                        # A damaged page object: the page is reported unread, the others are kept.
+                        results[index] = OcrPage(page, problem=DAMAGED_PAGE)
+                        return
                     results[index] = read_page(image, page, collector, limits, dpi=dpi)
 
                 return run
@@ -228,8 +234,15 @@ def _parse_with_ocr(
     return with_ocr(document, report)
 
 
-def _has_marks(page: Any) -> bool:
-    """Whether anything is drawn on the page (an image, a path, a text object without extractable text)."""
+def _has_marks(pdf: Any, index: int) -> bool:
+    """Whether anything is drawn on the page (an image, a path, a text object without extractable text); a page
+    that cannot even be loaded is given to OCR, which reports it as damaged."""
+    import pypdfium2
+
+    try:
+        page = pdf[index]
+    except pypdfium2.PdfiumError:
+        return True
     return next(iter(page.get_objects(max_depth=1)), None) is not None
 
 

@@ -260,3 +260,17 @@ def test_a_failed_ocr_of_a_new_version_leaves_the_previous_version_serving():
     assert second.version == 2 and second.status == DocumentStatus.FAILED
     first.refresh_from_db()
     assert first.status == DocumentStatus.READY and first.searchable
+
+
+def test_a_page_pdfium_cannot_load_is_reported_unread_and_the_rest_kept():
+    """Found by the damaged-file property test: a page object damaged so that pypdf reads the file but pdfium
+    cannot load the page. The page is reported as damaged; the text the other page holds is kept."""
+    from pathlib import Path
+
+    from ingest.parsers.pdf import DAMAGED_PAGE
+
+    data = (Path(__file__).parent / "data" / "damaged_page.pdf").read_bytes()
+    document = parse(data, PDF)
+    report = ocr_report_of(document)
+    assert [(page.page, page.problem) for page in report.unreadable] == [(1, DAMAGED_PAGE)]
+    assert document.text.strip()
