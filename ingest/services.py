@@ -22,7 +22,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -356,23 +356,100 @@ def indexed_text(title: str, draft_text: str, heading_path: Sequence[str]) -> st
     return f"{passage_context(title, heading_path)}\n\n{draft_text}"
 
 
-def document_process(document_id: int) -> None:
-    """Parse, chunk, embed and index one document. Idempotent: re-running it on a finished document
-    does nothing, and on a half-finished one starts over and writes the same chunks once."""
-    document = Document.objects.filter(pk=document_id).first()
-    if document is None or document.status not in IN_PROGRESS:
+def document_process(document_id: int, *, batch: int = 1) -> None:
+    """Parse, chunk, embed and index one document, and with it up to `batch - 1` other queued small documents
+    (the worker passes KB_INGEST_BATCH_DOCUMENTS): their passages are embedded in one call, which is where many
+    small files lose their time. Idempotent: re-running it on a finished document does nothing, and on a
+    half-finished one whose worker is gone starts over and writes the same chunks once.
+
+    A document is claimed before it is worked on (moved to parsing in one locked transaction, `attempts` + 1);
+    its heartbeat, renewed at every step, is the lease: a document in progress with a recent heartbeat belongs
+    to a live worker and is left to it. A killed worker's documents go back to the queue when their lease
+    runs out (`documents_resume_stalled`) and are claimed again, once.
+    """
+    claimed = _claim(document_id, batch)
+    if not claimed:
         return
-    if document.attempts >= MAX_ATTEMPTS:
-        document_fail(
-            document_id,
-            code="gave_up",
-            message=f"Processing was interrupted {document.attempts} times; try Reindex, or split the file.",
-        )
-        return
+    finished: set[int] = set()
     try:
-        _process(document)
+        _process(claimed, finished)
     except DocumentGone:
-        logger.info("document %s was deleted while being processed; work dropped", document_id)
+        logger.info("the documents taken with %s were deleted while being processed; work dropped", document_id)
+    except (OperationalError, InterfaceError):
+        # Transient: the task retries the first document, which must then find itself claimable; the others
+        # it took go back to the queue, each to be processed on its own.
+        _release([document.pk for document in claimed if document.pk not in finished], send=claimed[1:])
+        raise
+    except BaseException:
+        # The first document's failure is the task's to report; the others go back to the queue.
+        _release([document.pk for document in claimed[1:] if document.pk not in finished])
+        raise
+
+
+def _claim(document_id: int, batch: int) -> list[Document]:
+    """`document_id` and up to `batch - 1` queued small documents, moved to parsing together; [] when the
+    document is finished, gone, or in progress under a live lease. Other workers' claims are skipped, not
+    waited for (SKIP LOCKED), so two workers never take the same document."""
+    now = timezone.now()
+    lease_start = now - timedelta(seconds=settings.KB_INGEST_STALL_SECONDS)
+    with transaction.atomic():
+        document = Document.objects.select_for_update().filter(pk=document_id).first()
+        if document is None or document.status not in IN_PROGRESS:
+            return []
+        if document.status != DocumentStatus.QUEUED and (document.heartbeat_at or now) > lease_start:
+            logger.info("document %s is in progress under a live lease; left to its worker", document_id)
+            return []
+        if document.attempts >= MAX_ATTEMPTS:
+            document_fail(
+                document_id,
+                code="gave_up",
+                message=f"Processing was interrupted {document.attempts} times; try Reindex, or split the file.",
+            )
+            return []
+        claimed = [document]
+        if batch > 1 and _batchable(document):
+            budget = settings.KB_INGEST_BATCH_MAX_BYTES
+            mates = (
+                Document.objects.select_for_update(skip_locked=True)
+                .filter(status=DocumentStatus.QUEUED, attempts__lt=MAX_ATTEMPTS, size__lte=budget)
+                .exclude(pk=document.pk)
+                .exclude(media_type__in=UNBATCHED_MEDIA_TYPES)
+                .order_by("id")[: batch - 1]
+            )
+            claimed += list(mates)
+        Document.objects.filter(pk__in=[d.pk for d in claimed]).update(
+            status=DocumentStatus.PARSING,
+            attempts=F("attempts") + 1,
+            heartbeat_at=now,
+            error_code="",
+            error_message="",
+            ocr_pages_done=0,
+            ocr_pages_total=0,
+        )
+    order = {d.pk: i for i, d in enumerate(claimed)}
+    return sorted(Document.objects.filter(pk__in=order), key=lambda d: order[d.pk])
+
+
+# Scans can take minutes of OCR: such a document is processed on its own, never holding up a batch.
+UNBATCHED_MEDIA_TYPES = ("application/pdf", *IMAGE_MEDIA_TYPES)
+
+
+def _batchable(document: Document) -> bool:
+    return document.size <= settings.KB_INGEST_BATCH_MAX_BYTES and document.media_type not in UNBATCHED_MEDIA_TYPES
+
+
+def _release(document_ids: Sequence[int], *, send: Sequence[Document] | None = None) -> None:
+    """Claimed documents back to the queue, and sent again (those in `send`, by default all), each on its own."""
+    to_send = {document.pk for document in send} if send is not None else set(document_ids)
+    for document_id in document_ids:
+        try:
+            moved = Document.objects.filter(
+                pk=document_id, status__in=[DocumentStatus.PARSING, DocumentStatus.EMBEDDING]
+            ).update(status=DocumentStatus.QUEUED, heartbeat_at=timezone.now())
+            if moved and document_id in to_send:
+                enqueue_processing(document_id)
+        except Exception:  # the database is down: the resumer finds them stalled later
+            logger.warning("could not release document %s; the resumer will", document_id, exc_info=True)
 
 
 class _Stopwatch:
@@ -382,51 +459,117 @@ class _Stopwatch:
         self.steps: dict[str, float] = {}
         self._last = time.perf_counter()
 
-    def lap(self, step: str) -> None:
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, step: str, *, share: int = 1) -> None:
+        """The time since the last lap, divided by `share` when it was spent for `share` documents at once."""
         now = time.perf_counter()
-        self.steps[step] = round((now - self._last) * 1000, 1)
+        self.steps[step] = round((now - self._last) * 1000 / share, 1)
         self._last = now
 
     def __str__(self) -> str:
         return ", ".join(f"{step} {ms:.0f} ms" for step, ms in self.steps.items())
 
 
-def _process(document: Document) -> None:
+@dataclass
+class _Prepared:
+    """A document parsed and chunked, waiting for its passages' vectors."""
+
+    document: Document
+    drafts: list[ChunkDraft]
+    inputs: list[str]
+    attachments: Sequence[Attachment]
+    watch: _Stopwatch
+
+
+def _process(claimed: list[Document], finished: set[int]) -> None:
+    """Parse and chunk each document, embed every passage in one call, then write each document in a
+    transaction of its own. A document that fails, or goes, on the way leaves the others to finish."""
+    prepared: list[_Prepared] = []
+    for position, document in enumerate(claimed):
+        try:
+            ready = _prepare(document)
+        except DocumentGone:
+            logger.info("document %s was deleted while being processed; work dropped", document.pk)
+            ready = None
+        except (OperationalError, InterfaceError):
+            if position == 0:
+                raise  # transient: the task retries it
+            _release([document.pk])
+            ready = None
+        except Exception:
+            if position == 0:
+                raise  # the task reports it
+            logger.exception("processing document %s failed", document.pk)
+            document_fail(document.pk, code="internal_error", message=INTERNAL_ERROR_MESSAGE)
+            ready = None
+        if ready is None:
+            finished.add(document.pk)
+        else:
+            prepared.append(ready)
+    if not prepared:
+        return
     watch = _Stopwatch()
-    _move(
-        document.id,
-        DocumentStatus.PARSING,
-        attempts=F("attempts") + 1,
-        error_code="",
-        error_message="",
-        ocr_pages_done=0,
-        ocr_pages_total=0,
-    )
+    inputs = [text for item in prepared for text in item.inputs]
+    vectors = _embed_with_progress(prepared, inputs)
+    watch.lap("embed", share=len(prepared))
+    terms = analyze(inputs)
+    watch.lap("keywords", share=len(prepared))
+    injections = injection_flags([draft.text for item in prepared for draft in item.drafts], vectors)
+    watch.lap("injection check", share=len(prepared))
+    start = 0
+    for item in prepared:
+        end = start + len(item.inputs)
+        item.watch.steps.update(watch.steps)
+        item.watch.restart()
+        try:
+            _finalize(item.document.pk, item.drafts, vectors[start:end], terms[start:end], injections[start:end])
+            item.watch.lap("write")
+            if item.attachments:
+                _attachments_upload(item.document, item.attachments)
+                item.watch.lap("attachments")
+            logger.info("document %s indexed: %s chunks; %s", item.document.pk, len(item.drafts), item.watch)
+        except DocumentGone:
+            logger.info("document %s was deleted while being processed; work dropped", item.document.pk)
+        finished.add(item.document.pk)
+        start = end
+
+
+INTERNAL_ERROR_MESSAGE = (
+    "An unexpected error stopped processing (it is in the worker's log); try Reindex, and "
+    "tell your administrator if it happens again."
+)
+
+
+def _prepare(document: Document) -> _Prepared | None:
+    """Read, parse and chunk a claimed document, and move it to embedding; None when it failed (said on it)."""
+    watch = _Stopwatch()
     try:
         with document.original.open("rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         document_fail(document.id, code="missing_file", message="The stored file is missing; upload it again.")
-        return
+        return None
     # Pages read by OCR take a second or more each: their count is the progress shown, and a heartbeat.
     token = ocr_progress.set(partial(_ocr_progress, document.id))
     try:
         parsed = parse_upload(data, document.media_type)
     except ParseError as exc:
         document_fail(document.id, code=exc.code, message=exc.message)
-        return
+        return None
     finally:
         ocr_progress.reset(token)
     ocr = ocr_report_of(parsed)
     watch.lap("read and parse")
-    Document.objects.filter(pk=document.id).update(heartbeat_at=timezone.now())
     drafts = chunks_of(parsed)
     if not drafts:
         document_fail(document.id, code="no_text", message="No text was found in this file.")
-        return
+        return None
+    changes = {}
     if document.auto_title and parsed.title:
         document.title = parsed.title.strip()[:300]
-        Document.objects.filter(pk=document.pk).update(title=document.title, auto_title=False)
+        changes = {"title": document.title, "auto_title": False}
     _move(
         document.id,
         DocumentStatus.EMBEDDING,
@@ -437,21 +580,11 @@ def _process(document: Document) -> None:
         ocr_pages=ocr.as_json()["pages"] if ocr else [],
         ocr_engine=ocr.engine if ocr else "",
         ocr_confidence=ocr.mean_confidence if ocr else None,
+        **changes,
     )
     watch.lap("chunk")
     inputs = [indexed_text(document.title, d.text, d.heading_path) for d in drafts]
-    vectors = _embed_with_progress(document.id, inputs)
-    watch.lap("embed")
-    terms = analyze(inputs)
-    watch.lap("keywords")
-    injections = injection_flags([d.text for d in drafts], vectors)
-    watch.lap("injection check")
-    _finalize(document.id, drafts, vectors, terms, injections)
-    watch.lap("write")
-    if parsed.attachments:
-        _attachments_upload(document, parsed.attachments)
-        watch.lap("attachments")
-    logger.info("document %s indexed: %s chunks; %s", document.id, len(drafts), watch)
+    return _Prepared(document, drafts, inputs, parsed.attachments, watch)
 
 
 def _ocr_progress(document_id: int, done: int, total: int) -> None:
@@ -483,18 +616,32 @@ def _attachments_upload(mail: Document, attachments: Sequence[Attachment]) -> No
         logger.info("attachment %s of document %s: %s", attachment.filename, mail.pk, result.message)
 
 
-def _embed_with_progress(document_id: int, inputs: list[str]) -> list:
+def _embed_with_progress(prepared: Sequence[_Prepared], inputs: list[str]) -> list:
+    """Vectors for `inputs` (the prepared documents' passages, in order), renewing every document's heartbeat
+    (its lease) and progress as they are made; stops when every document has gone."""
     # A progress write every eight batches (about a second): enough passages for embed() to group them by
-    # length, and one UPDATE per step costs nothing measurable.
+    # length, and one UPDATE per document and step costs nothing measurable.
     step = settings.KB_EMBEDDING_BATCH_SIZE * 8
+    ends = []
+    total = 0
+    for item in prepared:
+        total += len(item.inputs)
+        ends.append(total)
+    ids = [item.document.pk for item in prepared]
+    reported = [0] * len(prepared)
     vectors: list = []
     for start in range(0, len(inputs), step):
         vectors.extend(embeddings.embed(inputs[start : start + step]))
-        updated = Document.objects.filter(pk=document_id, status=DocumentStatus.EMBEDDING).update(
-            chunks_embedded=len(vectors), heartbeat_at=timezone.now()
-        )
-        if not updated:
-            raise DocumentGone(document_id)
+        alive = Document.objects.filter(pk__in=ids, status=DocumentStatus.EMBEDDING).update(heartbeat_at=timezone.now())
+        if not alive:
+            raise DocumentGone(ids[0])
+        for position, item in enumerate(prepared):
+            done = max(0, min(len(vectors), ends[position]) - (ends[position] - len(item.inputs)))
+            if done != reported[position]:
+                Document.objects.filter(pk=item.document.pk, status=DocumentStatus.EMBEDDING).update(
+                    chunks_embedded=done
+                )
+                reported[position] = done
     return vectors
 
 
@@ -698,7 +845,11 @@ def documents_resume_stalled(*, stalled_for: timedelta | None = None) -> list[in
     )
     stalled = list(Document.objects.filter(working | waiting).values_list("id", flat=True))
     for document_id in stalled:
-        Document.objects.filter(pk=document_id).update(heartbeat_at=timezone.now())
+        # Back in the queue: its lease is over, and the next worker to see it claims it afresh.
+        # (Still stalled when it is moved: a worker that renewed the lease meanwhile keeps it.)
+        Document.objects.filter(working | waiting, pk=document_id).update(
+            status=DocumentStatus.QUEUED, heartbeat_at=timezone.now()
+        )
         enqueue_processing(document_id)
     return stalled
 

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 )
 def process_document(document_id: int) -> None:
     try:
-        services.document_process(document_id)
+        services.document_process(document_id, batch=settings.KB_INGEST_BATCH_DOCUMENTS)
     except (OperationalError, InterfaceError):
         raise  # transient: Celery retries with backoff
     except SoftTimeLimitExceeded:
@@ -41,12 +41,7 @@ def process_document(document_id: int) -> None:
         # Anything else is a bug or a file we do not handle: say so on the document instead of leaving it
         # in progress to be retried until the resumer gives up with the wrong reason.
         logger.exception("processing document %s failed", document_id)
-        services.document_fail(
-            document_id,
-            code="internal_error",
-            message="An unexpected error stopped processing (it is in the worker's log); try Reindex, and "
-            "tell your administrator if it happens again.",
-        )
+        services.document_fail(document_id, code="internal_error", message=services.INTERNAL_ERROR_MESSAGE)
 
 
 @shared_task(name="ingest.resume_stalled", ignore_result=True)

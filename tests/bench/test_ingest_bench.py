@@ -4,6 +4,7 @@ text in the same run (target: >= 90%), and the worker's peak memory. Results: va
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -215,3 +216,46 @@ def _wait_ready(ids: list[int], worker, timeout: float = 1800) -> None:
             return
         time.sleep(0.25)
     pytest.fail("ingestion did not finish in time\n" + worker.output()[-2000:])
+
+
+def _small_documents(count: int) -> list[tuple[str, bytes]]:
+    """SciFact as one Markdown file per abstract (title as heading), the first `count` of the corpus's 5,183."""
+    if not SCIFACT.exists():
+        pytest.skip(f"{SCIFACT} is missing: the benchmark reads real prose from ../shared/eval/scifact")
+    documents = []
+    with SCIFACT.open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            documents.append((f"{row['_id']}.md", f"# {row['title']}\n\n{row['text']}\n".encode()))
+            if len(documents) == count:
+                break
+    return documents
+
+
+def test_ingestion_of_many_small_documents(test_database_url, tmp_path):
+    """Many small files (KB_BENCH_SMALL_DOCUMENTS of SciFact's one-abstract files, all 5,183 by default): what a
+    task, a transaction and an embedding call per document cost when each document has two or three passages."""
+    count = int(os.environ.get("KB_BENCH_SMALL_DOCUMENTS", "5183"))
+    corpus = _small_documents(count)
+    processes = settings.KB_WORKER_CONCURRENCY
+    env = subprocess_env(test_database_url, KB_DB_POOL_SIZE="0")
+    _purge_embedded_queue()
+    worker = Worker(env, tmp_path / "worker.log", concurrency=processes)
+    worker.start()
+    try:
+        result = _pipeline(corpus, worker)
+    finally:
+        worker.stop()
+    result.update(
+        {
+            "files_per_s": round(result["documents"] / result["pipeline_seconds"], 2),
+            "worker_processes": processes,
+            "batch_documents": settings.KB_INGEST_BATCH_DOCUMENTS,
+            "load_average": os.getloadavg(),
+        }
+    )
+    out = Path(settings.BASE_DIR) / "var" / "bench" / "ingest_small_documents.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\nsmall documents:", json.dumps(result))
+    assert result["documents"] == len(corpus)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.db import connection
+from django.utils import timezone
 
 from ingest import services
 from ingest.models import Chunk, Document, DocumentStatus
 from kb.search import embeddings
 from kb.search.models import IndexState
 from tests.factories import AccessGroupFactory
+from tests.ingest import fixtures_build as build
 
 pytestmark = pytest.mark.django_db
 
@@ -124,8 +128,9 @@ def test_processing_twice_gives_the_same_chunks_once(db):
     document = ingest(HANDBOOK)
     before = list(document.chunks.order_by("ordinal").values_list("ordinal", "text"))
     services.document_process(document.pk)  # finished: nothing to do
-    # A half-finished run (worker died while embedding) starts over and writes each chunk once.
-    Document.objects.filter(pk=document.pk).update(status=DocumentStatus.EMBEDDING)
+    # A half-finished run whose worker died while embedding (its lease ran out) starts over and writes each
+    # chunk once.
+    Document.objects.filter(pk=document.pk).update(status=DocumentStatus.EMBEDDING, heartbeat_at=LONG_AGO)
     services.document_process(document.pk)
     Document.objects.filter(pk=document.pk).update(status=DocumentStatus.QUEUED)
     services.document_process(document.pk)
@@ -133,6 +138,81 @@ def test_processing_twice_gives_the_same_chunks_once(db):
     assert document.status == DocumentStatus.READY
     assert list(document.chunks.order_by("ordinal").values_list("ordinal", "text")) == before
     assert_index_consistent()
+
+
+LONG_AGO = timezone.now() - timedelta(days=1)
+
+
+def test_a_document_in_progress_under_a_live_lease_is_left_to_its_worker(db):
+    document = upload(HANDBOOK).document
+    Document.objects.filter(pk=document.pk).update(status=DocumentStatus.PARSING, heartbeat_at=timezone.now())
+    services.document_process(document.pk)  # a duplicate message while another worker has it
+    document.refresh_from_db()
+    assert (document.status, document.attempts, document.chunks.count()) == (DocumentStatus.PARSING, 0, 0)
+    Document.objects.filter(pk=document.pk).update(heartbeat_at=LONG_AGO)  # that worker died
+    services.document_process(document.pk)
+    document.refresh_from_db()
+    assert (document.status, document.attempts) == (DocumentStatus.READY, 1)
+
+
+def small_files(count: int, start: int = 0) -> list[Document]:
+    return [
+        upload(
+            f"# Note {i}\n\nThe {i}th canteen rule concerns tray number {i * 7}.\n".encode(), f"note-{i}.md"
+        ).document
+        for i in range(start, start + count)
+    ]
+
+
+def test_queued_small_documents_are_processed_together_each_as_if_alone(db):
+    notes = small_files(5)
+    pdf = upload(build.policy_pdf(), "policy.pdf").document
+    later = small_files(1, start=5)  # beyond the batch
+    services.document_process(notes[2].pk, batch=5)
+    states = {d.pk: (d.status, d.attempts) for d in Document.objects.all()}
+    # The first document and the four oldest other queued small ones; the PDF (it may need OCR) waits its turn.
+    taken = [notes[2], notes[0], notes[1], notes[3], notes[4]]
+    assert all(states[d.pk] == (DocumentStatus.READY, 1) for d in taken)
+    assert states[pdf.pk] == states[later[0].pk] == (DocumentStatus.QUEUED, 0)
+    for i, note in enumerate(notes):
+        note.refresh_from_db()
+        assert note.title == f"Note {i}" and note.embedding_model == embeddings.model_id()
+        chunk = note.chunks.get()
+        assert f"tray number {i * 7}." in chunk.text
+        assert note.chunks_embedded == note.chunks_total == 1
+        # Its vector is its own passage's, not a neighbour's.
+        alone = embeddings.embed([services.indexed_text(note.title, chunk.text, chunk.heading_path)])[0]
+        assert float(np.dot(np.asarray(chunk.embedding), alone)) > 0.999
+    assert_index_consistent()
+
+
+def test_a_damaged_file_in_a_batch_fails_alone(db):
+    notes = small_files(2)
+    damaged = upload(build.build_docx()[:300], "damaged.docx").document
+    more = small_files(1, start=2)
+    services.document_process(notes[0].pk, batch=10)
+    damaged.refresh_from_db()
+    assert damaged.status == DocumentStatus.FAILED and damaged.error_message
+    assert set(
+        Document.objects.filter(pk__in=[notes[0].pk, notes[1].pk, more[0].pk]).values_list("status", flat=True)
+    ) == {DocumentStatus.READY}
+    assert_index_consistent()
+
+
+def test_when_a_batch_breaks_the_others_go_back_to_the_queue_and_are_sent_again(db, monkeypatch):
+    sent = []
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: sent.append(document_id) or True)
+    notes = small_files(3)
+
+    def broken(texts, **kwargs):
+        raise RuntimeError("the model broke")
+
+    monkeypatch.setattr(embeddings, "embed", broken)
+    with pytest.raises(RuntimeError):
+        services.document_process(notes[0].pk, batch=3)  # the task reports the first document's failure
+    assert sent == [notes[1].pk, notes[2].pk]
+    assert list(Document.objects.filter(pk__in=sent).values_list("status", flat=True)) == [DocumentStatus.QUEUED] * 2
+    assert not Chunk.objects.exists()
 
 
 def test_reindex_rebuilds_without_downtime(db):
@@ -301,3 +381,24 @@ def test_a_later_version_ready_first_wins_over_an_earlier_one(db):
     assert states == {1: "superseded", 2: "superseded", 3: "ready"}
     assert Document.objects.filter(lineage=v1.lineage, searchable=True).count() == 1
     assert_index_consistent()
+
+
+def test_a_transient_error_in_a_batch_leaves_the_first_document_to_the_task_s_retry(db, monkeypatch):
+    from django.db import OperationalError
+
+    sent = []
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: sent.append(document_id) or True)
+    notes = small_files(2)
+    real_embed = embeddings.embed
+
+    def failing_once(texts, **kwargs):
+        monkeypatch.setattr(embeddings, "embed", real_embed)
+        raise OperationalError("the connection was reset")
+
+    monkeypatch.setattr(embeddings, "embed", failing_once)
+    with pytest.raises(OperationalError):
+        services.document_process(notes[0].pk, batch=2)
+    assert sent == [notes[1].pk]  # the first is Celery's to retry: it is queued again, not sent twice
+    assert set(Document.objects.values_list("status", flat=True)) == {DocumentStatus.QUEUED}
+    services.document_process(notes[0].pk, batch=1)  # the retry
+    assert Document.objects.get(pk=notes[0].pk).status == DocumentStatus.READY

@@ -1,4 +1,5 @@
-"""Ingestion through real Celery workers: the `ingest --wait` command, and a worker killed mid-document."""
+"""Ingestion through real Celery workers: the `ingest --wait` command, and a worker killed mid-document and
+mid-batch."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
-from ingest.models import Document, DocumentStatus
+from ingest.models import Chunk, Document, DocumentStatus
 from tests.conftest import BASE_DIR, Worker, subprocess_env
 from tests.ingest import fixtures_build as build
 
@@ -133,3 +135,69 @@ def test_a_worker_killed_mid_document_is_finished_by_another_with_no_duplicates(
     ordinals = list(document.chunks.order_by("ordinal").values_list("ordinal", flat=True))
     assert ordinals == list(range(document.chunks_total))
     assert document.attempts == 2
+
+
+def test_a_worker_killed_mid_batch_has_each_document_finished_once_by_another(test_database_url, tmp_path):
+    # Ten small documents taken as one batch; small embedding steps, so that the kill lands between two.
+    env = subprocess_env(
+        test_database_url,
+        KB_EMBEDDING_BATCH_SIZE="4",
+        KB_INGEST_BATCH_DOCUMENTS="10",
+        KB_BROKER_DIR=str(tmp_path / "broker"),
+    )
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for n in range(10):
+        (folder / f"note-{n}.txt").write_text(
+            "\n\n".join(
+                f"Note {n}, rule {i}: requests of kind {n}-{i} go to desk {i}. "
+                + "Approvals follow the usual path. " * 25
+                for i in range(8)
+            )
+        )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "ingest", str(folder)], cwd=BASE_DIR, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    ids = list(Document.objects.filter(filename__startswith="note-").values_list("pk", flat=True))
+    assert len(ids) == 10
+    first = Worker(env, tmp_path / "first.log")
+    first.start()
+    try:
+        wait_for(
+            lambda: Document.objects.filter(
+                pk__in=ids, status=DocumentStatus.EMBEDDING, chunks_embedded__gt=0
+            ).exists(),
+            120,
+            "embedding to start",
+            first,
+        )
+    finally:
+        first.stop(signal.SIGKILL)
+    states = Counter(Document.objects.filter(pk__in=ids).values_list("status", flat=True))
+    assert states == {DocumentStatus.EMBEDDING: 10}  # all ten taken together, none written
+    assert not Chunk.objects.filter(document__in=ids).exists()
+
+    second = Worker(env, tmp_path / "second.log")
+    second.start()
+    try:
+        resent = subprocess.run(
+            [sys.executable, "manage.py", "reindex", "--stalled", "--stalled-for", "0"],
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert "10 stalled documents sent" in resent.stdout, resent.stderr
+        wait_for(
+            lambda: Document.objects.filter(pk__in=ids, status=DocumentStatus.READY).count() == 10,
+            240,
+            "the second worker to finish",
+            second,
+        )
+    finally:
+        second.stop()
+    for document in Document.objects.filter(pk__in=ids):
+        ordinals = list(document.chunks.order_by("ordinal").values_list("ordinal", flat=True))
+        assert ordinals == list(range(document.chunks_total)) and document.chunks_total >= 8
+        assert document.attempts == 2  # claimed once by each worker: never twice at the same time
