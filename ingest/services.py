@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -518,22 +519,67 @@ def _process(claimed: list[Document], finished: set[int]) -> None:
     watch.lap("keywords", share=len(prepared))
     injections = injection_flags([draft.text for item in prepared for draft in item.drafts], vectors)
     watch.lap("injection check", share=len(prepared))
+    written = _finalize_all(prepared, vectors, terms, injections)
+    watch.lap("write", share=len(prepared))
+    for item in prepared:
+        item.watch.steps.update(watch.steps)
+        finished.add(item.document.pk)
+        if item.document.pk not in written:
+            logger.info("document %s was deleted while being processed; work dropped", item.document.pk)
+            continue
+        if item.attachments:
+            item.watch.restart()
+            _attachments_upload(item.document, item.attachments)
+            item.watch.lap("attachments")
+        logger.info("document %s indexed: %s chunks; %s", item.document.pk, len(item.drafts), item.watch)
+
+
+@transaction.atomic
+def _finalize_all(prepared: Sequence[_Prepared], vectors: Sequence, terms: Sequence, injections: Sequence) -> set[int]:
+    """Write every prepared document in one transaction (one commit, one keyword-index update), each behind a
+    savepoint of its own so that one deleted meanwhile drops out alone; returns the ids written. Lineages are
+    locked in one global order (by lineage), so that two workers' batches cannot deadlock on them."""
+    offsets = {}
     start = 0
     for item in prepared:
-        end = start + len(item.inputs)
-        item.watch.steps.update(watch.steps)
-        item.watch.restart()
+        offsets[item.document.pk] = (start, start + len(item.inputs))
+        start += len(item.inputs)
+    index = _IndexChanges()
+    written = set()
+    for item in sorted(prepared, key=lambda item: str(item.document.lineage)):
+        first, last = offsets[item.document.pk]
         try:
-            _finalize(item.document.pk, item.drafts, vectors[start:end], terms[start:end], injections[start:end])
-            item.watch.lap("write")
-            if item.attachments:
-                _attachments_upload(item.document, item.attachments)
-                item.watch.lap("attachments")
-            logger.info("document %s indexed: %s chunks; %s", item.document.pk, len(item.drafts), item.watch)
+            _finalize(
+                item.document.pk,
+                item.drafts,
+                vectors[first:last],
+                terms[first:last],
+                injections[first:last],
+                index=index,
+            )
         except DocumentGone:
-            logger.info("document %s was deleted while being processed; work dropped", item.document.pk)
-        finished.add(item.document.pk)
-        start = end
+            continue
+        written.add(item.document.pk)
+    index.apply()
+    return written
+
+
+class _IndexChanges:
+    """Keyword-index changes of several documents' finalisation, applied at once at the end of their
+    transaction. A chunk written and removed in the same batch (two versions of one document in it) never
+    had postings: it is left out of both sides."""
+
+    def __init__(self) -> None:
+        self.add: list[tuple[int, Counter[str]]] = []
+        self.remove: list[int] = []
+
+    def apply(self) -> None:
+        added = {chunk_id for chunk_id, _ in self.add}
+        removed = set(self.remove)
+        index_apply(
+            add=[(chunk_id, counts) for chunk_id, counts in self.add if chunk_id not in removed],
+            remove=[chunk_id for chunk_id in self.remove if chunk_id not in added],
+        )
 
 
 INTERNAL_ERROR_MESSAGE = (
@@ -684,7 +730,11 @@ def _finalize(
     vectors: Sequence,
     terms: Sequence,
     injections: Sequence[tuple[float, bool]] | None = None,
+    *,
+    index: _IndexChanges | None = None,
 ) -> None:
+    """Write one document's chunks and make it the serving version; `index` collects the keyword-index changes
+    for the caller to apply (else they are applied here)."""
     lineage = Document.objects.values_list("lineage", flat=True).get(pk=document_id)
     _lock_lineage(lineage)
     document = Document.objects.select_for_update().get(pk=document_id)
@@ -714,10 +764,12 @@ def _finalize(
             for i, (draft, vector) in enumerate(zip(drafts, vectors, strict=True))
         ]
     )
-    index_apply(
-        add=[(chunk.id, term_counts) for chunk, term_counts in zip(new_chunks, terms, strict=True)],
-        remove=old_chunk_ids,
-    )
+    additions = [(chunk.id, term_counts) for chunk, term_counts in zip(new_chunks, terms, strict=True)]
+    if index is None:
+        index_apply(add=additions, remove=old_chunk_ids)
+    else:
+        index.add += additions
+        index.remove += old_chunk_ids
     Chunk.objects.filter(id__in=old_chunk_ids).delete()
     for old in retiring:
         old.status = DocumentStatus.SUPERSEDED

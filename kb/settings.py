@@ -648,7 +648,7 @@ KB_INGEST_SOFT_TIME_LIMIT_S = env_int("KB_INGEST_SOFT_TIME_LIMIT_S", 1800, minim
 # A worker takes up to this many queued small documents (text formats, each at most KB_INGEST_BATCH_MAX_BYTES)
 # together: parsed one by one, embedded in one call, each written in its own transaction. Chosen by
 # tests/bench/test_ingest_bench.py (see README "Ingestion speed").
-KB_INGEST_BATCH_DOCUMENTS = env_int("KB_INGEST_BATCH_DOCUMENTS", 1, minimum=1, maximum=1000)
+KB_INGEST_BATCH_DOCUMENTS = env_int("KB_INGEST_BATCH_DOCUMENTS", 16, minimum=1, maximum=1000)
 KB_INGEST_BATCH_MAX_BYTES = env_int("KB_INGEST_BATCH_MAX_BYTES", 256 * 1024, minimum=0)
 # OCR of scanned PDF pages and images (Tesseract; tests/bench/test_ocr_bench.py, README "OCR").
 # Resolution PDF pages are rendered at: Tesseract's character error rate was 0.03 % at 150 dpi and 0.65 % at

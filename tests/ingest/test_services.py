@@ -402,3 +402,35 @@ def test_a_transient_error_in_a_batch_leaves_the_first_document_to_the_task_s_re
     assert set(Document.objects.values_list("status", flat=True)) == {DocumentStatus.QUEUED}
     services.document_process(notes[0].pk, batch=1)  # the retry
     assert Document.objects.get(pk=notes[0].pk).status == DocumentStatus.READY
+
+
+def test_two_versions_of_a_document_in_one_batch_leave_the_newer_serving(db):
+    first = upload(HANDBOOK).document
+    second = upload(HANDBOOK + b"\nMeals at home are not reimbursed.\n").document
+    assert second.lineage == first.lineage and second.version == 2
+    others = small_files(2)
+    services.document_process(first.pk, batch=10)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, first.searchable) == (DocumentStatus.SUPERSEDED, False)
+    assert (second.status, second.searchable) == (DocumentStatus.READY, True)
+    assert not first.chunks.exists() and second.chunks.exists()
+    assert all(d.status == DocumentStatus.READY for d in Document.objects.filter(pk__in=[o.pk for o in others]))
+    assert_index_consistent()
+
+
+def test_a_document_deleted_before_its_batch_is_written_drops_out_alone(db, monkeypatch):
+    notes = small_files(3)
+    real_embed = embeddings.embed
+
+    def embed_then_delete(texts, **kwargs):
+        vectors = real_embed(texts, **kwargs)
+        Document.objects.filter(pk=notes[1].pk).update(status=DocumentStatus.DELETED)
+        return vectors
+
+    monkeypatch.setattr(embeddings, "embed", embed_then_delete)
+    services.document_process(notes[0].pk, batch=3)
+    statuses = dict(Document.objects.values_list("pk", "status"))
+    assert statuses == {notes[0].pk: "ready", notes[1].pk: "deleted", notes[2].pk: "ready"}
+    assert not Chunk.objects.filter(document=notes[1]).exists()
+    assert_index_consistent()
