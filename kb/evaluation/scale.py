@@ -1038,8 +1038,8 @@ def _loglog_svg(series: dict[str, list[tuple[float, float]]]) -> str:
         return "<p>No figures yet.</p>"
     xs = [math.log10(p[0]) for p in points]
     ys = [math.log10(p[1]) for p in points]
-    x0, x1 = math.floor(min(xs)), math.ceil(max(xs) + 1e-9)
-    y0, y1 = math.floor(min(ys)), math.ceil(max(ys) + 1e-9)
+    x0, x1 = math.floor(min(xs)), math.ceil(max(xs) - 1e-9)
+    y0, y1 = math.floor(min(ys)), math.ceil(max(ys) - 1e-9)
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
 
     def sx(x: float) -> float:
