@@ -32,6 +32,10 @@ Database: `kb_scale_<N>` (e.g. kb_scale_100000, kb_scale_1000000) on the server 
 kept in it: table scale_part (parts whose rows and postings are committed, one transaction per part) and
 scale_step (indexes built, with seconds). While parts are loading, the postings' primary key and chunk
 index and the HNSW index are dropped; the last step rebuilds them.
+
+From another checkout: `KB_DATA_DIR=/work/wt-scale/var` joins the same embedded server and var/scale cache
+(or DATABASE_URL=postgresql://postgres@/kb?host=/work/wt-scale/var/pg); `measure(N)` then times whichever
+bm25_leg and vector_leg that checkout's kb.search.retrieval has (exact BM25 here is its own SQL).
 """
 
 from __future__ import annotations
