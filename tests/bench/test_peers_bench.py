@@ -103,7 +103,18 @@ def _langchain(python: Path, url: str, log, **options) -> dict:
     log(f"LangChain: {' '.join(arguments[1:])}")
     run = subprocess.run(arguments, capture_output=True, text=True, env=env, timeout=5400, check=False)
     assert run.returncode == 0, f"the LangChain stack failed:\n{run.stderr[-3000:]}"
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    log(f"LangChain: {json.dumps(result)}")
+    return result
+
+
+def _keep(stage: str, result: dict) -> None:
+    """Each stage's figures as soon as it ends (var/bench/peers.partial.json): a run cut short keeps them."""
+    partial = OUT.with_suffix(".partial.json")
+    kept = json.loads(partial.read_text()) if partial.exists() else {}
+    kept[stage] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": os.getloadavg(), **result}
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps(kept, indent=2) + "\n")
 
 
 # --- the corpus -------------------------------------------------------------------------------------------
@@ -217,6 +228,7 @@ def test_kb_against_the_langchain_stack(test_database_url, tmp_path, capsys):
     env = subprocess_env(test_database_url, KB_DB_POOL_SIZE="0")
     log(f"model alone on {len(share)} of kb's {len(inputs)} passages ({processes} x {threads} threads)")
     model_rate = _model_alone(share, processes, threads, env, tmp_path)
+    _keep("model_alone", {"passages": len(share), "passages_per_s": round(model_rate, 2)})
 
     # (a) and (d) kb end to end through a real worker; SciFact is searched before the bench corpus (the same
     # abstracts under other names) goes in.
@@ -227,10 +239,14 @@ def test_kb_against_the_langchain_stack(test_database_url, tmp_path, capsys):
         log(f"kb: ingesting {len(files)} SciFact files")
         kb_scifact = _pipeline(files, worker)
         kb_scifact["files_per_s"] = round(kb_scifact["documents"] / kb_scifact["pipeline_seconds"], 2)
+        _keep("kb_scifact", kb_scifact)
         log(f"kb: {json.dumps(kb_scifact)}; searching")
         kb_search = _kb_search(claims, {name for name, _ in files})
+        _keep("kb_search", kb_search)
+        log(f"kb: {json.dumps(kb_search)}")
         log(f"kb: ingesting the {len(bench40)}-document bench corpus")
         kb_bench40 = _pipeline(bench40, worker)
+        _keep("kb_bench40", kb_bench40)
     finally:
         worker.stop()
 
@@ -239,7 +255,9 @@ def test_kb_against_the_langchain_stack(test_database_url, tmp_path, capsys):
     url = database_url_for(LANGCHAIN_DATABASE)
     queries, qrels = SCIFACT / "queries.jsonl", SCIFACT / "qrels" / "test.tsv"
     lc_scifact = _langchain(python, url, log, files=scifact_dir, collection="scifact", queries=queries, qrels=qrels)
+    _keep("langchain_scifact", lc_scifact)
     lc_bench40 = _langchain(python, url, log, files=bench40_dir, collection="bench40")
+    _keep("langchain_bench40", lc_bench40)
 
     # (e) LangChain's search at 100k passages, when the scale corpus is built.
     lc_scale = None
