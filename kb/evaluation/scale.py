@@ -50,7 +50,9 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +103,7 @@ def database_name(passages: int) -> str:
     return f"kb_scale_{passages}"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write via a temporary file and rename: a file that exists is complete (resumability)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two builds (100k, 1M) may write one part
@@ -338,7 +340,8 @@ def parts_ensure(root: Path, source: Source, passages: int, log: Callable[[str],
             )
             for p in made
         ]
-        _atomic_write(text_path, lambda tmp, lines=lines: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+        body = "\n".join(lines) + "\n"
+        _atomic_write(text_path, partial(Path.write_text, data=body, encoding="utf-8"))
         if part % 10 == 9 or part == parts - 1:
             log(f"generated part {part + 1} of {parts}")
     return parts
@@ -467,7 +470,7 @@ def postings_write(chunk_ids: list[int], texts: list[str]) -> None:
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS scale_tf (chunk_id bigint, lexeme text, tf int) ON COMMIT DELETE ROWS"
         )
-        params = {"ids": chunk_ids, "texts": texts, "config": settings.KB_TEXT_SEARCH_CONFIG}
+        params: dict[str, Any] = {"ids": chunk_ids, "texts": texts, "config": settings.KB_TEXT_SEARCH_CONFIG}
         cursor.execute(_TF_SQL, {**params, "max_length": MAX_TERM_LENGTH})
         cursor.execute(_TERMS_SQL)
         cursor.execute(_POSTINGS_SQL)
@@ -982,16 +985,17 @@ def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
         legs = {"vector": lambda v: [h.chunk_id for h in vector_leg(v, scope, depth)], "halfvec": half_leg}
         exact = [exact_vector(vectors[i], scope, RECALL_AT) for i in range(0, len(queries), RECALL_EVERY)]
         for label, leg in legs.items():
-            times, recall = [], []
+            times: list[float] = []
+            recall: list[float] = []
             for round_ in range(2):  # the first round warms the cache
                 times = []
-                for index, vector in enumerate(vectors):
+                for position, vector in enumerate(vectors):
                     with transaction.atomic():
                         began = time.perf_counter()
                         ids = leg(vector)
                         times.append((time.perf_counter() - began) * 1000)
-                    if round_ and index % RECALL_EVERY == 0:
-                        truth = exact[index // RECALL_EVERY]
+                    if round_ and position % RECALL_EVERY == 0:
+                        truth = exact[position // RECALL_EVERY]
                         recall.append(len(set(ids[:RECALL_AT]) & set(truth)) / max(1, len(truth)))
             result[label].update(_summary(times), recall_at_10=round(statistics.mean(recall), 4))
             log(f"{label}: {result[label]}")
