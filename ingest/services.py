@@ -379,7 +379,9 @@ def document_process(document_id: int, *, batch: int = 1) -> None:
     except (OperationalError, InterfaceError):
         # Transient: the task retries the first document, which must then find itself claimable; the others
         # it took go back to the queue, each to be processed on its own.
-        _release([document.pk for document in claimed if document.pk not in finished], send=claimed[1:])
+        if claimed[0].pk not in finished:
+            _release([claimed[0].pk], send=False)
+        _release([document.pk for document in claimed[1:] if document.pk not in finished])
         raise
     except BaseException:
         # The first document's failure is the task's to report; the others go back to the queue.
@@ -439,15 +441,14 @@ def _batchable(document: Document) -> bool:
     return document.size <= settings.KB_INGEST_BATCH_MAX_BYTES and document.media_type not in UNBATCHED_MEDIA_TYPES
 
 
-def _release(document_ids: Sequence[int], *, send: Sequence[Document] | None = None) -> None:
-    """Claimed documents back to the queue, and sent again (those in `send`, by default all), each on its own."""
-    to_send = {document.pk for document in send} if send is not None else set(document_ids)
+def _release(document_ids: Sequence[int], *, send: bool = True) -> None:
+    """Claimed documents back to the queue, and (`send`) sent again, each on its own."""
     for document_id in document_ids:
         try:
             moved = Document.objects.filter(
                 pk=document_id, status__in=[DocumentStatus.PARSING, DocumentStatus.EMBEDDING]
             ).update(status=DocumentStatus.QUEUED, heartbeat_at=timezone.now())
-            if moved and document_id in to_send:
+            if moved and send:
                 enqueue_processing(document_id)
         except Exception:  # the database is down: the resumer finds them stalled later
             logger.warning("could not release document %s; the resumer will", document_id, exc_info=True)

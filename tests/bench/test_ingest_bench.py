@@ -140,13 +140,7 @@ def test_ingestion_throughput_against_the_embedding_model(test_database_url, tmp
     env = subprocess_env(test_database_url, KB_DB_POOL_SIZE="0")
     model_rate = _model_alone(inputs, processes, threads, env, tmp_path)
 
-    _purge_embedded_queue()
-    worker = Worker(env, tmp_path / "worker.log", concurrency=processes)
-    worker.start()
-    try:
-        result = _pipeline(corpus, worker)
-    finally:
-        worker.stop()
+    result = _through_a_worker(corpus, env, processes, tmp_path)
     result.update(
         {
             "model_passages": len(inputs),
@@ -164,6 +158,17 @@ def test_ingestion_throughput_against_the_embedding_model(test_database_url, tmp
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("\ningestion benchmark:", json.dumps(result))
     assert result["chunks"] == len(inputs)
+
+
+def _through_a_worker(corpus: list[tuple[str, bytes]], env: dict[str, str], processes: int, folder: Path) -> dict:
+    """`corpus` indexed by a fresh worker of `processes` processes on an empty queue: `_pipeline`'s figures."""
+    _purge_embedded_queue()
+    worker = Worker(env, folder / "worker.log", concurrency=processes)
+    worker.start()
+    try:
+        return _pipeline(corpus, worker)
+    finally:
+        worker.stop()
 
 
 def _pipeline(corpus: list[tuple[str, bytes]], worker: Worker) -> dict:
@@ -239,13 +244,7 @@ def test_ingestion_of_many_small_documents(test_database_url, tmp_path):
     corpus = _small_documents(count)
     processes = settings.KB_WORKER_CONCURRENCY
     env = subprocess_env(test_database_url, KB_DB_POOL_SIZE="0")
-    _purge_embedded_queue()
-    worker = Worker(env, tmp_path / "worker.log", concurrency=processes)
-    worker.start()
-    try:
-        result = _pipeline(corpus, worker)
-    finally:
-        worker.stop()
+    result = _through_a_worker(corpus, env, processes, tmp_path)
     result.update(
         {
             "files_per_s": round(result["documents"] / result["pipeline_seconds"], 2),
