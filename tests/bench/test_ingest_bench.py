@@ -115,9 +115,8 @@ def _model_alone(inputs: list[str], processes: int, threads: int, env: dict[str,
     return len(inputs) / (max(finished) - start_at)
 
 
-def test_ingestion_throughput_against_the_embedding_model(test_database_url, tmp_path):
-    corpus = _corpus()
-    # The embedding model alone, on exactly the passages the pipeline will embed.
+def _passages_of(corpus: list[tuple[str, bytes]]) -> list[str]:
+    """Exactly the texts the pipeline will embed for `corpus` (Markdown files): each passage with its context."""
     inputs = []
     for name, data in corpus:
         parsed = parse(data, "text/markdown")
@@ -129,6 +128,12 @@ def test_ingestion_throughput_against_the_embedding_model(test_database_url, tmp
             overlap_tokens=settings.KB_CHUNK_OVERLAP_TOKENS,
         )
         inputs += [services.indexed_text(title, d.text, d.heading_path) for d in drafts]
+    return inputs
+
+
+def test_ingestion_throughput_against_the_embedding_model(test_database_url, tmp_path):
+    corpus = _corpus()
+    inputs = _passages_of(corpus)
     # In this process, with KB_TORCH_THREADS (for reference: what one process makes of all the cores)...
     embeddings.embed(inputs[:64])  # load and warm up
     started = time.perf_counter()
@@ -244,9 +249,14 @@ def test_ingestion_of_many_small_documents(test_database_url, tmp_path):
     corpus = _small_documents(count)
     processes = settings.KB_WORKER_CONCURRENCY
     env = subprocess_env(test_database_url, KB_DB_POOL_SIZE="0")
+    # The model alone on the same passages, laid out as the worker pool: what is left for everything else.
+    inputs = _passages_of(corpus)
+    model_rate = _model_alone(inputs, processes, worker_torch_threads(processes), env, tmp_path)
     result = _through_a_worker(corpus, env, processes, tmp_path)
     result.update(
         {
+            "model_passages_per_s": round(model_rate, 2),
+            "ratio": round(result["pipeline_chunks_per_s"] / model_rate, 3),
             "files_per_s": round(result["documents"] / result["pipeline_seconds"], 2),
             "worker_processes": processes,
             "batch_documents": settings.KB_INGEST_BATCH_DOCUMENTS,
@@ -258,3 +268,4 @@ def test_ingestion_of_many_small_documents(test_database_url, tmp_path):
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("\nsmall documents:", json.dumps(result))
     assert result["documents"] == len(corpus)
+    assert result["chunks"] == len(inputs)
