@@ -35,7 +35,7 @@ def _header(message: EmailMessage, name: str) -> str:
     try:
         value = message.get(name)
         return clean_inline(str(value)) if value is not None else ""
-    except (ValueError, IndexError, TypeError):  # a header too malformed for the policy to parse: left out
+    except (ValueError, IndexError, TypeError, AttributeError):  # too malformed for the policy to parse: left out
         return ""
 
 

@@ -217,6 +217,15 @@ def test_a_mail_has_its_subject_as_title_its_headers_then_its_body():
     assert doc.attachments == []
 
 
+def test_a_sender_header_the_mail_library_cannot_read_is_left_out_and_the_mail_kept():
+    # "From:" running into the next header: Python's header registry raises AttributeError on it.
+    data = b"Subject: New hotel cap\nFrom:Content-Type: multipart/mixed; boundary=x\n\nThe cap is 180 euros.\n"
+    doc = parse(data, EML)
+    assert doc.title == "New hotel cap"
+    assert "From:" not in doc.text
+    assert "The cap is 180 euros." in doc.text
+
+
 def test_an_html_only_mail_is_read_from_its_html():
     doc = parse(build.build_eml(html=True), EML)
     assert "hotel cap is 180 euros per night" in doc.text and "<p>" not in doc.text
