@@ -4,23 +4,31 @@ shadow evaluation has passed, raises its share, promotes it; then rolls the next
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection
 from playwright.sync_api import expect
 
-from kb.ops import config, shadow
+from kb.ops import config, shadow, views
 from kb.ops.models import Rollout
 from tests.browser.test_documents import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
+QUEUED: list[int] = []
+
+
 @pytest.fixture(autouse=True)
-def fresh_state(settings):
+def fresh_state(settings, monkeypatch):
     settings.KB_MODELS = ["extractive"]
     settings.KB_ROLLOUT_EVAL_LIMIT = 3
     config.forget()
+    # The test stands in for the worker: what the page queues is recorded, not left on the broker for a later
+    # test's worker to run against a database that no longer holds the rollout.
+    QUEUED.clear()
+    monkeypatch.setattr(views, "tasks", SimpleNamespace(rollout_evaluate=SimpleNamespace(delay=QUEUED.append)))
     yield
     config.forget()
 
@@ -49,6 +57,7 @@ def roll_out(page, live_server, name: str) -> Rollout:
     # The worker's job (a Celery task in production), run here on 3 golden questions.
     # (In a thread of its own: Playwright's event loop runs in this one.)
     rollout = Rollout.objects.get(candidate__name=name)
+    assert QUEUED[-1] == rollout.pk  # the page queued this rollout's evaluation
     worker = threading.Thread(target=_evaluate, args=(rollout.pk,))
     worker.start()
     worker.join(timeout=300)
