@@ -38,7 +38,7 @@ setup-test-system:
 	@bash tests/ensure_system_packages.sh
 
 test: setup setup-test-system
-	@$(VENV)/bin/pytest
+	@$(VENV)/bin/pytest -n 2 --dist loadfile
 
 bench: setup
 	@mkdir -p var/bench
