@@ -48,21 +48,57 @@ class Case:
     gate: float | None
     passages: tuple[Passage, ...]
     scored: tuple[Scored, ...]
+    query: str = ""  # what the answerer is given: a follow-up's standalone query (`search_queries`)
+
+    @property
+    def question(self) -> str:
+        return self.query or self.item.question
+
+
+def search_queries(items: Sequence[GoldenItem]) -> dict[str, str]:
+    """What the ask path searches for and gives the answerer for each question: a follow-up (`follows`, or
+    earlier turns in `context`) is rewritten into a standalone query turn after turn (`followup.standalone_query`),
+    any other question is itself. Replaying follow-ups as bare questions ("and once I hit 10 years?") would fit
+    the decision on questions the answerer never sees."""
+    from kb.answers.followup import standalone_query
+    from kb.evaluation.answers.golden import USER
+
+    by_id = {item.id: item for item in items}
+    queries: dict[str, str] = {}
+
+    def query_of(item: GoldenItem) -> str:
+        if item.id not in queries:
+            previous = None
+            if item.follows is not None and item.follows in by_id:
+                previous = query_of(by_id[item.follows])
+            else:
+                for role, text in item.context:
+                    if role == USER:
+                        previous = standalone_query(text, previous)
+            queries[item.id] = standalone_query(item.question, previous)
+        return queries[item.id]
+
+    for item in items:
+        query_of(item)
+    return queries
 
 
 def cases_retrieve(
     items: Iterable[GoldenItem], *, question_of: Callable[[GoldenItem], str] | None = None
 ) -> list[Case]:
-    """Retrieve and score every question on the current (isolated) index; injections are left out."""
+    """Retrieve and score every question on the current (isolated) index; injections are left out. Each
+    question is replayed as the ask path would search for it (`search_queries`) unless `question_of` says."""
     from ingest.models import Chunk, ReadScope
     from kb.search.retrieval import search_in_scope
 
+    items = list(items)
+    queries = search_queries(items)
     scope = ReadScope.all_documents()
     cases = []
     for item in items:
         if item.injection:
             continue
-        question = question_of(item) if question_of else item.question
+        question = question_of(item) if question_of else queries[item.id]
         result = search_in_scope(question, scope, settings.KB_ANSWER_PASSAGES)
         flagged = set(
             Chunk.objects.filter(pk__in=[hit.chunk_id for hit in result.hits], untrusted=True).values_list(
@@ -74,7 +110,7 @@ def cases_retrieve(
             for n, hit in enumerate(result.hits, 1)
         )
         scored = tuple(extractive.scored_units(question, passages)) if passages else ()
-        cases.append(Case(item, evidence_score(result), passages, scored))
+        cases.append(Case(item, evidence_score(result), passages, scored, question))
     return cases
 
 
@@ -82,7 +118,7 @@ def answer_of(case: Case, model: Answerability, threshold: float, gate: float) -
     """The answer's quoted text as the answerer would give it; None for a refusal (gate or answerer)."""
     if case.gate is None or case.gate < gate:
         return None
-    chosen = extractive.decide(case.item.question, case.passages, case.scored, threshold=threshold, model=model)
+    chosen = extractive.decide(case.question, case.passages, case.scored, threshold=threshold, model=model)
     return extractive.render(chosen, case.passages) if chosen else None
 
 
@@ -151,7 +187,7 @@ def model_fit(sets: Mapping[str, Sequence[Case]], c: float = C) -> Answerability
     for name, cases in sets.items():
         for case in cases:
             if case.scored:
-                rows.append(extractive.answerability_features(case.item.question, case.passages, case.scored))
+                rows.append(extractive.answerability_features(case.question, case.passages, case.scored))
                 labels.append(int(case.item.answerable))
                 groups.append((name, case.item.answerable))
     if len(set(labels)) < 2:
