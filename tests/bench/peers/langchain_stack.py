@@ -36,7 +36,7 @@ LEG_DEPTH = 100
 # Passages kept after fusion: enough for ten distinct documents (SciFact abstracts make ~2.3 passages each).
 FUSED_DEPTH = 30
 WARM_UP_QUERIES = 10
-SCALE_INSERT_BATCH = 2000
+INSERT_BATCH = 2000  # passages per PGVector call: one INSERT of 5 parameters each, at most 65,535 in all
 
 
 def log(message: str) -> None:
@@ -124,7 +124,10 @@ def ingest(files: Path, embeddings, connection: str, collection: str):
         use_jsonb=True,
     )
     store_s = time.perf_counter() - started - loaded_s - split_s
-    store.add_documents(passages)
+    # In slices: PGVector writes one INSERT per call, and PostgreSQL takes at most 65,535 parameters (five a
+    # passage), so SciFact's ~17k passages in one call fail; a team meets that error and slices as here.
+    for start in range(0, len(passages), INSERT_BATCH):
+        store.add_documents(passages[start : start + INSERT_BATCH])
     added_s = time.perf_counter() - started - loaded_s - split_s - store_s
     bm25 = BM25Retriever.from_documents(passages, k=LEG_DEPTH)
     seconds = time.perf_counter() - started
@@ -218,8 +221,8 @@ def scale_load(parts: Path, passages: int, embeddings, connection: str, collecti
         rows, vectors = rows[: passages - len(documents)], vectors[: passages - len(documents)]
         texts = [f"{row['title']}\n\n{row['text']}" for row in rows]
         metadatas = [{"doc_id": str(row["document"]), "n": row["n"]} for row in rows]
-        for start in range(0, len(texts), SCALE_INSERT_BATCH):
-            end = start + SCALE_INSERT_BATCH
+        for start in range(0, len(texts), INSERT_BATCH):
+            end = start + INSERT_BATCH
             store.add_embeddings(texts[start:end], vectors[start:end].tolist(), metadatas[start:end])
         documents += [Document(page_content=t, metadata=m) for t, m in zip(texts, metadatas, strict=True)]
         part += 1
