@@ -12,6 +12,7 @@ Rotterdam?". The rules are deliberately simple (no model call, so they work offl
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _LEAD = re.compile(
     r"^\s*(?:and|but|also|so|what about|how about|and what about|and how about|same for|what of)\b[\s,]*(?P<rest>.*?)"
@@ -48,3 +49,12 @@ def standalone_query(question: str, previous: str | None) -> str:
     if len(words) <= SHORT_QUESTION_WORDS or _PRONOUNS & set(words):
         return f"{previous.rstrip('?.! ')} {question}"
     return question
+
+
+def standalone_queries(questions: Sequence[str], previous: str | None = None) -> list[str]:
+    """The query of each question of a conversation, asked in turn after `previous` (`standalone_query`)."""
+    queries = []
+    for question in questions:
+        previous = standalone_query(question, previous)
+        queries.append(previous)
+    return queries

@@ -34,3 +34,15 @@ def test_follow_ups_become_standalone_queries(question, previous, expected):
 def test_chained_follow_ups_build_on_the_last_standalone_query():
     second = standalone_query("And in Rotterdam?", HOTEL)
     assert standalone_query("and in Utrecht", second) == "What is the hotel limit per night in Utrecht?"
+
+
+def test_a_conversation_s_queries_are_made_turn_after_turn():
+    from kb.answers.followup import standalone_queries
+
+    queries = standalone_queries(["What is the hotel limit in Amsterdam?", "And in Rotterdam?", "and in Utrecht?"])
+    assert queries == [
+        "What is the hotel limit in Amsterdam?",
+        "What is the hotel limit in Rotterdam?",
+        "What is the hotel limit in Utrecht?",
+    ]
+    assert standalone_queries(["And in Rotterdam?"], "What is the hotel limit in Amsterdam?") == queries[1:2]

@@ -18,7 +18,7 @@ kept fixed here: the model's features are made with them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -60,7 +60,7 @@ def search_queries(items: Sequence[GoldenItem]) -> dict[str, str]:
     earlier turns in `context`) is rewritten into a standalone query turn after turn (`followup.standalone_query`),
     any other question is itself. Replaying follow-ups as bare questions ("and once I hit 10 years?") would fit
     the decision on questions the answerer never sees."""
-    from kb.answers.followup import standalone_query
+    from kb.answers.followup import standalone_queries
     from kb.evaluation.answers.golden import USER
 
     by_id = {item.id: item for item in items}
@@ -68,14 +68,13 @@ def search_queries(items: Sequence[GoldenItem]) -> dict[str, str]:
 
     def query_of(item: GoldenItem) -> str:
         if item.id not in queries:
-            previous = None
             if item.follows is not None and item.follows in by_id:
-                previous = query_of(by_id[item.follows])
+                turns = [item.question]
+                previous: str | None = query_of(by_id[item.follows])
             else:
-                for role, text in item.context:
-                    if role == USER:
-                        previous = standalone_query(text, previous)
-            queries[item.id] = standalone_query(item.question, previous)
+                turns = [text for role, text in item.context if role == USER] + [item.question]
+                previous = None
+            queries[item.id] = standalone_queries(turns, previous)[-1]
         return queries[item.id]
 
     for item in items:
@@ -83,11 +82,9 @@ def search_queries(items: Sequence[GoldenItem]) -> dict[str, str]:
     return queries
 
 
-def cases_retrieve(
-    items: Iterable[GoldenItem], *, question_of: Callable[[GoldenItem], str] | None = None
-) -> list[Case]:
+def cases_retrieve(items: Iterable[GoldenItem]) -> list[Case]:
     """Retrieve and score every question on the current (isolated) index; injections are left out. Each
-    question is replayed as the ask path would search for it (`search_queries`) unless `question_of` says."""
+    question is replayed as the ask path would search for it (`search_queries`)."""
     from ingest.models import Chunk, ReadScope
     from kb.search.retrieval import search_in_scope
 
@@ -98,7 +95,7 @@ def cases_retrieve(
     for item in items:
         if item.injection:
             continue
-        question = question_of(item) if question_of else queries[item.id]
+        question = queries[item.id]
         result = search_in_scope(question, scope, settings.KB_ANSWER_PASSAGES)
         flagged = set(
             Chunk.objects.filter(pk__in=[hit.chunk_id for hit in result.hits], untrusted=True).values_list(

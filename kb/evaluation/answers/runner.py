@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from ingest.models import Chunk, Document
 from kb.answers import services
-from kb.answers.followup import standalone_query
+from kb.answers.followup import standalone_queries
 from kb.answers.models import Conversation, Exchange, Outcome
 from kb.evaluation import beir
 from kb.evaluation.answers import corpus as corpus_module
@@ -157,7 +157,7 @@ async def _ask_all(
 def conversation_from_context(user, turns: Sequence[tuple[str, str]]) -> int:
     """A conversation of `user`'s holding a golden line's earlier turns, as answered exchanges that the
     pipeline reads as history: each user turn with the agent's text after it as its answer, and the search
-    query the pipeline would have made of it (`followup.standalone_query`, turn after turn)."""
+    query the pipeline would have made of it (`followup.standalone_queries`)."""
     pairs: list[list[str]] = []
     for role, text in turns:
         if role == USER:
@@ -166,10 +166,9 @@ def conversation_from_context(user, turns: Sequence[tuple[str, str]]) -> int:
             pairs[-1][1] = f"{pairs[-1][1]} {text}".strip()
     conversation = Conversation.objects.create(user=user, title=pairs[0][0][:200])
     started = timezone.now() - timedelta(seconds=len(pairs) + 1)
-    query = None
+    queries = standalone_queries([question for question, _ in pairs])
     exchanges = []
-    for n, (question, answer) in enumerate(pairs):
-        query = standalone_query(question, query)
+    for n, ((question, answer), query) in enumerate(zip(pairs, queries, strict=True)):
         at = started + timedelta(seconds=n)
         exchanges.append(
             Exchange(
