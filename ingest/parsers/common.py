@@ -241,6 +241,9 @@ def too_many_rows_error(limit: int) -> ParseError:
 # Small members (styles, settings) of ordinary documents can compress extremely well; a per-member ratio only
 # means "bomb" once the member is big enough to hurt.
 ZIP_RATIO_MIN_MEMBER_BYTES = 1024 * 1024
+# What zipfile raises on a damaged archive: besides BadZipFile, a directory entry whose "version needed" byte is
+# damaged gives NotImplementedError ("zip file version 8.4"), odd names ValueError, cut files EOFError/OSError.
+ZIP_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError)
 
 
 def open_office_zip(
@@ -251,7 +254,7 @@ def open_office_zip(
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except ZIP_ERRORS as exc:
         raise corrupt from exc
     total = sum(member.file_size for member in members)
     compressed = sum(member.compress_size for member in members)

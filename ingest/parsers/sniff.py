@@ -23,6 +23,7 @@ from ingest.parsers.common import (
     SNIFF_BYTES,
     TIFF,
     XLSX,
+    ZIP_ERRORS,
     ParseError,
     empty_error,
     is_empty,
@@ -150,7 +151,7 @@ def _detect_zip(data: bytes, ext: str) -> _Detected:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except ZIP_ERRORS:
         # The directory sits at the end of a zip, so a truncated file (or just the head of an upload) has none;
         # the local headers at the start still name the first members, and Office writes its main part early.
         names = _zip_local_names(data)

@@ -358,6 +358,22 @@ def test_docx_truncated_is_corrupt():
     assert parse_error(data[: len(data) // 2], DOCX).code == "corrupt_docx"
 
 
+def _with_unsupported_zip_version(archive: bytes) -> bytes:
+    # The central directory's "version needed to extract" (offset 6) set to 8.4: zipfile refuses such an archive
+    # with NotImplementedError, not BadZipFile (found by the damaged-files property test).
+    data = bytearray(archive)
+    at = data.index(b"PK\x01\x02")
+    data[at + 6 : at + 8] = (84).to_bytes(2, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("media_type", "code"), [(DOCX, "corrupt_docx"), (XLSX, "corrupt_xlsx")])
+def test_a_zip_needing_an_unknown_zip_version_is_corrupt_and_still_sniffed(media_type, code):
+    damaged_file = _with_unsupported_zip_version(_VALID[media_type])
+    assert parse_error(damaged_file, media_type).code == code
+    assert sniff_media_type(damaged_file, _FILENAMES[media_type]) == media_type
+
+
 def test_zip_without_word_document_is_corrupt_docx():
     archive = build.build_zip({"[Content_Types].xml": b"<Types/>", "word/styles.xml": b"<styles/>"})
     assert parse_error(archive, DOCX).code == "corrupt_docx"
