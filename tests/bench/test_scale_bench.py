@@ -2,9 +2,10 @@
 
 `make bench` runs it (marker `bench`). The corpus (kb/evaluation/scale.py: SciFact sentences recombined into
 passages, vectors from the model's sentence vectors) is generated once under var/scale/ and loaded once into
-a database per size (`kb_scale_<N>`); later runs only measure. A first build of 1M passages takes hours on
-2 cores (mostly the HNSW index); KB_SCALE_PASSAGES picks the largest size (default 1,000,000; 100000 for a
-quick run). Results go to var/bench/scale.json and scale.html (a table per size and a log-log plot).
+a database per size (`kb_scale_<N>`); later runs only measure. A first build of 1M passages took 30 min on
+2 idle cores (loading 18, indexes 8) and measuring it 35 min; KB_SCALE_PASSAGES picks the largest size
+(default 1,000,000; 100000 for a quick run). Results go to var/bench/scale.json and scale.html (a table per
+size and a log-log plot).
 The goals are asserted at the largest size only: smaller sizes are there to show how each figure grows. From
 1M on, latency is measured on every third query (103) and recall on every ninth (35): scale.query_every.
 """
