@@ -815,7 +815,7 @@ def sizes() -> dict:
 
 def query_every(passages: int) -> int:
     """Measure on every n-th query: at 1M all 308 queries (each searched twice, a third of them also scanned
-    exactly) take over an hour, since BM25 reads ~10x the postings of 100k; every third keeps it near 25 min."""
+    exactly) take over an hour, since BM25 reads ~10x the postings of 100k; every third took 35 min (3 Dec)."""
     return 3 if passages >= 1_000_000 else 1
 
 
