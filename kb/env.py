@@ -71,6 +71,17 @@ def env_float(name: str, default: float, *, minimum: float | None = None, maximu
     return number
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, spelt in any case; returned as spelt in `choices`."""
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    for choice in choices:
+        if value.lower() == choice.lower():
+            return choice
+    raise EnvError(f"{name}={value!r} is not one of its values: use {', '.join(choices[:-1])} or {choices[-1]}")
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = _raw(name)
     if value is None or value == "":

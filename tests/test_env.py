@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.env import EnvError, env_bool, env_int, env_list, env_url
+from kb.env import EnvError, env_bool, env_choice, env_int, env_list, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,6 +29,18 @@ def test_int_checks_form_and_range(monkeypatch):
     monkeypatch.setenv("PORT", "70000")
     with pytest.raises(EnvError, match="PORT=70000 is out of range"):
         env_int("PORT", 8000, minimum=1, maximum=65535)
+
+
+def test_choice_accepts_any_case_and_refuses_other_values_naming_them(monkeypatch):
+    choices = ("auto", "float32", "bfloat16")
+    assert env_choice("KB_EMBEDDING_PRECISION", "auto", choices) == "auto"
+    monkeypatch.setenv("KB_EMBEDDING_PRECISION", " BFloat16 ")
+    assert env_choice("KB_EMBEDDING_PRECISION", "auto", choices) == "bfloat16"
+    monkeypatch.setenv("KB_EMBEDDING_PRECISION", "fp16")
+    with pytest.raises(
+        EnvError, match=r"^KB_EMBEDDING_PRECISION='fp16' is not one of its values: use auto, float32 or bfloat16$"
+    ):
+        env_choice("KB_EMBEDDING_PRECISION", "auto", choices)
 
 
 def test_list_refuses_empty_items(monkeypatch):

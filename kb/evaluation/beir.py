@@ -115,6 +115,9 @@ def index_fingerprint(corpus_sha256: str) -> str:
     parts = {
         "corpus": corpus_sha256,
         "model": embeddings.model_id(),
+        # Vectors of either precision are interchangeable in the product, but an evaluation compares settings:
+        # its index is made in the arithmetic it is measured in.
+        "precision": embeddings.precision(),
         "chunks": [settings.KB_CHUNK_TARGET_TOKENS, settings.KB_CHUNK_MAX_TOKENS, settings.KB_CHUNK_OVERLAP_TOKENS],
         "analyzer": settings.KB_TEXT_SEARCH_CONFIG,
         "loader": LOADER_VERSION,

@@ -45,6 +45,48 @@ def test_embed_returns_each_texts_own_vector_in_the_callers_order():
 
 
 @pytest.mark.parametrize(
+    ("setting", "amx", "expected"),
+    [
+        ("auto", True, "bfloat16"),
+        ("auto", False, "float32"),
+        ("float32", True, "float32"),
+        ("bfloat16", False, "bfloat16"),
+    ],
+)
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_matrix_units(monkeypatch, settings, setting, amx, expected):
+    monkeypatch.setattr(embeddings, "_cpu_has_amx", lambda: amx)
+    settings.KB_EMBEDDING_PRECISION = setting
+    assert embeddings.precision() == expected
+
+
+def test_bfloat16_vectors_are_interchangeable_with_float32_ones(settings):
+    """An index embedded under one precision is searched with questions embedded under the other (a setting
+    changed, a worker on another CPU): the vectors must agree far closer than any ranking margin."""
+    texts = [
+        "How many days of annual leave do I get after five years?",
+        "Employees accrue 2.08 days of annual leave per month; after five years of service the entitlement "
+        "rises to 28 days a year, and up to five unused days may be carried into the next year. " * 2,
+        "VPN",
+    ]
+    settings.KB_EMBEDDING_PRECISION = "float32"
+    exact = embeddings.embed(texts)
+    settings.KB_EMBEDDING_PRECISION = "bfloat16"
+    fast = embeddings.embed(texts)
+    assert fast.dtype == np.float32 and np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    assert (fast * exact).sum(axis=1).min() > 0.9995
+    assert not np.array_equal(fast[1], exact[1]), "the passage went through the bfloat16 path"
+
+
+def test_a_question_sized_pass_stays_in_float32(settings):
+    """Under BFLOAT16_MIN_TOKENS the matrix units do not pay: a question is embedded exactly as in float32."""
+    question = ["Can I carry unused leave into next year?"]
+    settings.KB_EMBEDDING_PRECISION = "float32"
+    exact = embeddings.embed(question)
+    settings.KB_EMBEDDING_PRECISION = "bfloat16"
+    assert np.array_equal(embeddings.embed(question), exact)
+
+
+@pytest.mark.parametrize(
     ("cores", "processes", "setting", "expected"), [(2, 2, 0, 1), (8, 2, 0, 4), (2, 3, 0, 1), (2, 2, 3, 3)]
 )
 def test_worker_processes_share_the_cores_unless_told(monkeypatch, settings, cores, processes, setting, expected):
