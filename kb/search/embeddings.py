@@ -239,8 +239,7 @@ def warm_up_in_background(*, always: bool = False) -> None:
 
     def _warm() -> None:
         try:
-            # Under bfloat16 a passage takes another path than a question (BFLOAT16_MIN_TOKENS): warm both.
-            embed(["warm-up", "warm-up " * 120] if precision() == "bfloat16" else ["warm-up"])
+            embed(["warm-up", "warm-up " * 120])  # a question's path and a passage's (see BFLOAT16_MIN_TOKENS)
         except Exception as exc:  # reported by /readyz; the web process still serves
             logger.error("embedding model not available: %s", exc)
 
