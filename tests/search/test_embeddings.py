@@ -44,6 +44,31 @@ def test_embed_returns_each_texts_own_vector_in_the_callers_order():
     assert np.allclose((together * alone).sum(axis=1), 1.0, atol=1e-4), "each row is its own text's vector"
 
 
+def test_embed_gives_the_vectors_of_the_models_own_encode():
+    """embed() runs the model's modules itself (not `encode`): the vectors must be the ones sentence-transformers
+    gives, so that an upgrade of it that changes its preprocessing shows here, not in the rankings."""
+    texts = ["VPN", "Expense claims are filed within 30 days of the trip. " * 12, "Who approves flights?"]
+    model = embeddings.get_model()
+    reference = model.encode(texts, batch_size=8, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.abs(embeddings.embed(texts, batch_size=8) - reference).max() < 1e-5
+
+
+def test_padding_to_a_multiple_is_masked_out_and_changes_nothing():
+    import torch
+
+    model = embeddings.get_model()
+    features = model.preprocess(["The travel desk books hotels and trains.", "VPN"])
+    assert features["input_ids"].shape[1] % 16 != 0
+    padded = embeddings._pad_to_multiple(features, 16, pad_id=model.tokenizer.pad_token_id)
+    assert padded["input_ids"].shape[1] % 16 == 0 and padded["input_ids"].shape[1] > features["input_ids"].shape[1]
+    assert int(padded["attention_mask"].sum()) == int(features["attention_mask"].sum())
+    assert embeddings._pad_to_multiple(padded, 16, pad_id=0) is padded  # already a multiple: left alone
+    with torch.inference_mode():
+        plain = model(features)["sentence_embedding"]
+        longer = model(padded)["sentence_embedding"]
+    assert torch.allclose(plain, longer, atol=1e-5), "padded positions are out of attention and pooling"
+
+
 @pytest.mark.parametrize(
     ("setting", "amx", "expected"),
     [
