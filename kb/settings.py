@@ -337,16 +337,15 @@ KB_EMBEDDING_MAX_SEQ_LENGTH = env_int("KB_EMBEDDING_MAX_SEQ_LENGTH", 256, minimu
 # (smaller activations stay in cache; below 8 the per-batch overhead wins).
 KB_EMBEDDING_BATCH_SIZE = env_int("KB_EMBEDDING_BATCH_SIZE", 8, minimum=1, maximum=512)
 # The forward pass's arithmetic. bfloat16 (torch autocast) runs the model's matrix products on the CPU's
-# bfloat16 matrix units (Intel AMX) and leaves the vectors within cosine 0.9999 of float32's. Measured on this
-# machine (2 cores, AMX, quiet host): the ingestion pipeline 1.87x float32's on the 40-document bench, 1.33x on
-# 500 small SciFact files; one pass of 8 passages of 128 / 256 tokens 2.6 / 2.7x; a question (12-24 tokens)
-# 0.9x, so passes under embeddings.BFLOAT16_MIN_TOKENS stay in float32. SciFact hybrid nDCG@10 0.7196 against
-# 0.7185, the blind test sets' answer figures unchanged (README "Ingestion speed"). Default float32: over all
-# 5,183 SciFact files a bfloat16 worker's peak memory reached 3.4 GB against 1.9 GB (2.1 GB after 500 files),
-# so it grows with the corpus; until that is bounded, bfloat16 is for those who choose it. "auto": bfloat16
-# where the CPU has AMX, float32 elsewhere (without it bfloat16 is emulated). The vectors of every choice are
-# interchangeable: changing it never needs a re-embedding.
-KB_EMBEDDING_PRECISION = env_choice("KB_EMBEDDING_PRECISION", "float32", ("auto", "float32", "bfloat16"))
+# bfloat16 matrix units (Intel AMX) and leaves the vectors within cosine 0.9999 of float32's. "auto" (default):
+# bfloat16 where the CPU has AMX, float32 elsewhere (without it bfloat16 is emulated). Measured on this machine
+# (2 cores, AMX, quiet host, 3 Dec): all 5,183 SciFact files end to end 26.2 passages/s against 15.6 in float32,
+# worker peak memory 1,789 MB against 1,892 (before embed() padded batches and bypassed model.encode it grew to
+# 3.4 GB: embeddings.BFLOAT16_PAD_MULTIPLE); the first 500 files 31.4 against 20.6 passages/s; a question
+# (12-24 tokens) is 0.9x, so passes under embeddings.BFLOAT16_MIN_TOKENS stay in float32. SciFact hybrid nDCG@10
+# and the blind test sets' answer figures as in float32 (README "Ingestion speed"). The vectors of every choice
+# are interchangeable: changing it never needs a re-embedding.
+KB_EMBEDDING_PRECISION = env_choice("KB_EMBEDDING_PRECISION", "auto", ("auto", "float32", "bfloat16"))
 KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
 # Worker processes (Celery's pool; each holds its own model, ~750 MB) and torch threads in each. Two
 # single-threaded processes beat one with two threads on 2 cores: one process's parsing and index writes
