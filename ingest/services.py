@@ -395,12 +395,18 @@ def _claim(document_id: int, batch: int) -> list[Document]:
     waited for (SKIP LOCKED), so two workers never take the same document."""
     now = timezone.now()
     lease_start = now - timedelta(seconds=settings.KB_INGEST_STALL_SECONDS)
+
+    def taken(status: str, heartbeat_at) -> bool:  # finished, gone, or another worker's under a live lease
+        return status not in IN_PROGRESS or (status != DocumentStatus.QUEUED and (heartbeat_at or now) > lease_start)
+
+    # Most messages of small documents find theirs already taken into another's batch: a plain read says so
+    # without a locking transaction (and its commit); the locked read below decides for the rest.
+    seen = Document.objects.filter(pk=document_id).values_list("status", "heartbeat_at").first()
+    if seen is None or taken(*seen):
+        return []
     with transaction.atomic():
         document = Document.objects.select_for_update().filter(pk=document_id).first()
-        if document is None or document.status not in IN_PROGRESS:
-            return []
-        if document.status != DocumentStatus.QUEUED and (document.heartbeat_at or now) > lease_start:
-            logger.info("document %s is in progress under a live lease; left to its worker", document_id)
+        if document is None or taken(document.status, document.heartbeat_at):
             return []
         if document.attempts >= MAX_ATTEMPTS:
             document_fail(
@@ -539,7 +545,13 @@ def _process(claimed: list[Document], finished: set[int]) -> None:
 def _finalize_all(prepared: Sequence[_Prepared], vectors: Sequence, terms: Sequence, injections: Sequence) -> set[int]:
     """Write every prepared document in one transaction (one commit, one keyword-index update), each behind a
     savepoint of its own so that one deleted meanwhile drops out alone; returns the ids written. Lineages are
-    locked in one global order (by lineage), so that two workers' batches cannot deadlock on them."""
+    locked in one global order (by lineage), so that two workers' batches cannot deadlock on them.
+
+    The commit does not wait for the write-ahead log to reach the disk (synchronous_commit off, this transaction
+    only): a database crash may lose the last such commits, whose documents are then still in progress and go back
+    to the queue when their lease runs out, as a killed worker's do. No audit event is written here."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
     offsets = {}
     start = 0
     for item in prepared:

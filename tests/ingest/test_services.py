@@ -186,6 +186,23 @@ def test_queued_small_documents_are_processed_together_each_as_if_alone(db):
     assert_index_consistent()
 
 
+def test_the_messages_of_documents_taken_into_a_batch_cost_one_read_each(db, django_assert_num_queries):
+    """Each small document still has its own message; once its document is done, or in another worker's batch
+    under a live lease, the message is answered by one plain read: no locking transaction, no commit."""
+    notes = small_files(3)
+    services.document_process(notes[0].pk, batch=3)
+    with django_assert_num_queries(1):
+        services.document_process(notes[1].pk, batch=3)  # done in notes[0]'s batch
+    other = small_files(1, start=3)[0]
+    Document.objects.filter(pk=other.pk).update(status=DocumentStatus.PARSING, heartbeat_at=timezone.now())
+    with django_assert_num_queries(1):
+        services.document_process(other.pk, batch=3)  # another worker's, under a live lease
+    assert Document.objects.get(pk=other.pk).status == DocumentStatus.PARSING
+    Document.objects.filter(pk=other.pk).update(heartbeat_at=LONG_AGO)  # that worker died: taken over
+    services.document_process(other.pk, batch=3)
+    assert Document.objects.get(pk=other.pk).status == DocumentStatus.READY
+
+
 def test_a_damaged_file_in_a_batch_fails_alone(db):
     notes = small_files(2)
     damaged = upload(build.build_docx()[:300], "damaged.docx").document
