@@ -125,9 +125,12 @@ def test_a_good_candidate_is_promoted_to_everyone_by_the_admin(model, knowledge_
     rollout = Rollout.objects.get()
     assert client.post(f"/ops/rollouts/{rollout.pk}", {"action": "start", "share": "10"}).status_code == 302
     assert Rollout.objects.get().state == RolloutState.EVALUATING  # refused: no passing evaluation yet
-    shadow.rollout_evaluate(rollout_id=rollout.pk)
+    evaluated = shadow.rollout_evaluate(rollout_id=rollout.pk)
+    assert evaluated.evaluation_passed, evaluated.evaluation
     client.post(f"/ops/rollouts/{rollout.pk}", {"action": "start", "share": "10"})
+    assert Rollout.objects.get().state == RolloutState.ROLLING
     on_candidate, on_current = askers(rollout.pk)
+    assert on_candidate, "no asker on the candidate's side"
     for n in range(3):
         for result in ask_round(ask, on_candidate + on_current[:5], n):
             assert result["citations"] or result["refused"], result  # cited, or "not covered"
