@@ -339,12 +339,12 @@ KB_EMBEDDING_BATCH_SIZE = env_int("KB_EMBEDDING_BATCH_SIZE", 8, minimum=1, maxim
 # The forward pass's arithmetic. bfloat16 (torch autocast) runs the model's matrix products on the CPU's
 # bfloat16 matrix units (Intel AMX) and leaves the vectors within cosine 0.9999 of float32's. "auto" (default):
 # bfloat16 where the CPU has AMX, float32 elsewhere (without it bfloat16 is emulated). Measured on this machine
-# (2 cores, AMX, quiet host, 3 Dec): all 5,183 SciFact files end to end 26.2 passages/s against 15.6 in float32,
-# worker peak memory 1,789 MB against 1,892 (before embed() padded batches and bypassed model.encode it grew to
-# 3.4 GB: embeddings.BFLOAT16_PAD_MULTIPLE); the first 500 files 31.4 against 20.6 passages/s; a question
-# (12-24 tokens) is 0.9x, so passes under embeddings.BFLOAT16_MIN_TOKENS stay in float32. SciFact hybrid nDCG@10
-# and the blind test sets' answer figures as in float32 (README "Ingestion speed"). The vectors of every choice
-# are interchangeable: changing it never needs a re-embedding.
+# (2 cores, AMX, quiet host, 3 Dec evening, both the same hour): all 5,183 SciFact files end to end 27.7 passages/s
+# against 19.6 in float32, worker peak memory 1,838 MB against 2,060 (before embed() padded batches and bypassed
+# model.encode it grew to 3.4 GB: embeddings.BFLOAT16_PAD_MULTIPLE); the 40-document bench 54.1 against 27.4; a
+# question (12-24 tokens) is 0.9x, so passes under embeddings.BFLOAT16_MIN_TOKENS stay in float32. SciFact
+# hybrid nDCG@10 and the blind test sets' answer figures as in float32 (README "Ingestion speed"). The vectors of
+# every choice are interchangeable: changing it never needs a re-embedding.
 KB_EMBEDDING_PRECISION = env_choice("KB_EMBEDDING_PRECISION", "auto", ("auto", "float32", "bfloat16"))
 KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
 # Worker processes (Celery's pool; each holds its own model, ~750 MB) and torch threads in each. Two
