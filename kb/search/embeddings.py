@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -226,13 +227,12 @@ def _forward(model: SentenceTransformer, texts: list[str]) -> np.ndarray:
     import torch
 
     features = model.preprocess(texts)
-    if not _in_bfloat16(features["input_ids"].numel()):
-        with torch.inference_mode():
-            out = model(features)["sentence_embedding"]
-    else:
+    arithmetic: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if _in_bfloat16(features["input_ids"].numel()):
         features = _pad_to_multiple(features, BFLOAT16_PAD_MULTIPLE, pad_id=model.tokenizer.pad_token_id or 0)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(features)["sentence_embedding"]
+        arithmetic = torch.autocast("cpu", dtype=torch.bfloat16)
+    with torch.inference_mode(), arithmetic:
+        out = model(features)["sentence_embedding"]
     return torch.nn.functional.normalize(out.float(), p=2, dim=1).numpy()
 
 
