@@ -7,15 +7,16 @@ the question's keywords it holds, and by whether it holds the kind of thing aske
 date, a person or team, steps). Whether to quote at all is decided by a small logistic model over signals of
 the question and its scored units (`Answerability`: how the best unit stands out from the others, the share
 of the question's words the passages hold, named things of the question no passage mentions, the question's
-length ...), fitted on dev sets with `manage.py calibrate_answers --write-model` (kb/llm/data/
+length ...) and over the question and its best unit read together by the embedding model (`pair_features`),
+fitted on dev sets with `manage.py calibrate_answers --write-model` (kb/llm/data/
 answerability.json); with fewer units than the model was fitted on, the bar that preceded it decides. Below
 `KB_EXTRACTIVE_MIN_PROBABILITY` the answer is the prompt's "not covered", which the ask path shows as a refusal
 with the nearest documents. A passage flagged at ingestion as reading like
 instructions to a model is never quoted; the answer says that one was withheld.
 
 The weights, the model and its threshold were chosen on dev sets only (the demo set, blind-handbook,
-blind-clinic, blind-retail, doc2dial dev, SQuAD dev; `kb.evaluation.answers.calibrate`), never on the test
-sets (see the README's "Extractive answer").
+blind-clinic, blind-retail, doc2dial dev; SQuAD dev checked, not fitted on; `kb.evaluation.answers.calibrate`),
+never on the test sets (see the README's "Extractive answer").
 """
 
 from __future__ import annotations
@@ -290,6 +291,7 @@ FEATURES = (
     "question_length",  # log(1 + words): employees' longer questions carry their situation
     "top3_similarity",  # the mean of the three highest similarities: the best relative to its neighbours
 )
+PAIR = "pair_"  # then one feature per dimension of the question and its best unit read together (`pair_features`)
 
 
 def answerability_features(question: str, passages: Sequence[Passage], scored: Sequence[Scored]) -> list[float]:
@@ -317,14 +319,40 @@ def answerability_features(question: str, passages: Sequence[Passage], scored: S
     ]
 
 
+def pair_features(question: str, passages: Sequence[Passage], scored: Sequence[Scored]) -> list[float]:
+    """The embedding model's vector of the question and the best unit read together as one input
+    (`embeddings.embed_pairs`), one feature per dimension. A near miss ("the hotel limit in Dublin" against the
+    row for London) can show there, where the cosine of their separate vectors averages the one missing thing
+    away; the model's weights on them were fitted on dev sets like the rest (`calibrate`)."""
+    from kb.search import embeddings
+
+    best = max(scored, key=lambda s: s.score(WEIGHTS))
+    pair = embeddings.embed_pairs([question], [best.unit.context(passages[best.unit.rank].heading)])
+    return [float(value) for value in pair[0]]
+
+
+def answerability_inputs(
+    question: str, passages: Sequence[Passage], scored: Sequence[Scored], *, pair: bool = True
+) -> list[float]:
+    """What `Answerability.probability` reads: FEATURES, then (`pair`) the pair features."""
+    inputs = answerability_features(question, passages, scored)
+    return inputs + pair_features(question, passages, scored) if pair else inputs
+
+
 @dataclass(frozen=True)
 class Answerability:
-    """P(the passages answer the question): a logistic model over standardised FEATURES."""
+    """P(the passages answer the question): a logistic model over standardised FEATURES and, when
+    `pair_dimensions`, as many pair features (`answerability_inputs`)."""
 
     mean: tuple[float, ...]
     scale: tuple[float, ...]
     coef: tuple[float, ...]
     intercept: float
+    pair_dimensions: int = 0
+
+    @property
+    def features(self) -> list[str]:
+        return list(FEATURES) + [f"{PAIR}{i}" for i in range(self.pair_dimensions)]
 
     def probability(self, features: Sequence[float]) -> float:
         z = self.intercept + sum(
@@ -333,21 +361,31 @@ class Answerability:
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
     def as_json(self) -> dict:
-        return {"features": list(FEATURES), **dataclasses.asdict(self)}
+        return {"features": self.features, **dataclasses.asdict(self)}
 
 
 def answerability_from_json(data: dict) -> Answerability:
-    if list(data.get("features", ())) != list(FEATURES):
-        raise ValueError(f"the answerability model's features {data.get('features')} are not {list(FEATURES)}")
+    names = list(data.get("features", ()))
+    pair_dimensions = len(names) - len(FEATURES)
+    expected = list(FEATURES) + [f"{PAIR}{i}" for i in range(max(pair_dimensions, 0))]
+    if names != expected:
+        raise ValueError(f"the answerability model's features {names[:12]}... are not FEATURES (+ pair features)")
     fields = {name: tuple(data[name]) for name in ("mean", "scale", "coef")}
-    if any(len(values) != len(FEATURES) for values in fields.values()):
+    if any(len(values) != len(names) for values in fields.values()):
         raise ValueError("the answerability model needs one mean, scale and coefficient per feature")
-    return Answerability(**fields, intercept=float(data["intercept"]))
+    return Answerability(**fields, intercept=float(data["intercept"]), pair_dimensions=pair_dimensions)
 
 
 @functools.cache
 def answerability() -> Answerability:
-    return answerability_from_json(json.loads(MODEL_PATH.read_text(encoding="utf-8")))
+    model = answerability_from_json(json.loads(MODEL_PATH.read_text(encoding="utf-8")))
+    if model.pair_dimensions and model.pair_dimensions != settings.KB_EMBEDDING_DIMENSIONS:
+        raise ValueError(
+            f"the answerability model ({MODEL_PATH}) was fitted on {model.pair_dimensions}-dimensional pair "
+            f"features and the embedding model makes {settings.KB_EMBEDDING_DIMENSIONS}: fit it again on the dev "
+            "sets with `manage.py calibrate_answers --write-model`"
+        )
+    return model
 
 
 def _steps_after(units: list[Unit], all_units: list[Unit]) -> list[Unit]:
@@ -418,8 +456,10 @@ def decide(
     threshold: float,
     model: Answerability | None = None,
     weights: Weights = WEIGHTS,
+    inputs: Sequence[float] | None = None,
 ) -> list[Unit]:
-    """The units to quote, or [] for "not covered" (see the module docstring)."""
+    """The units to quote, or [] for "not covered" (see the module docstring). `inputs`: the model's inputs when
+    already made (`answerability_inputs`; calibration replays decisions many times)."""
     if not scored:
         return []
     if len(scored) < MODEL_MIN_UNITS:
@@ -427,8 +467,12 @@ def decide(
         # their range; the decision that preceded the model takes over.
         if not _clears_the_bar(question, passages, scored, weights):
             return []
-    elif (model or answerability()).probability(answerability_features(question, passages, scored)) < threshold:
-        return []
+    else:
+        model = model or answerability()
+        if inputs is None:
+            inputs = answerability_inputs(question, passages, scored, pair=model.pair_dimensions > 0)
+        if model.probability(inputs) < threshold:
+            return []
     chosen = choose(scored, weights)
     if chosen and "steps" in asks_for(question):
         chosen = _steps_after(chosen, [s.unit for s in scored])

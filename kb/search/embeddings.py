@@ -214,6 +214,28 @@ def embed(texts: list[str], *, batch_size: int | None = None) -> np.ndarray:
         return vectors
 
 
+def embed_pairs(firsts: list[str], seconds: list[str]) -> np.ndarray:
+    """Unit-length vectors of each (first, second) pair read as one input, "[CLS] first [SEP] second [SEP]"
+    (the longer cut to fit): the model attends across the two, which a cosine between their separate vectors
+    cannot. The extractive answerer reads a question with its best unit this way (`extractive.pair_features`).
+    In float32 whatever KB_EMBEDDING_PRECISION says: a pass is one or a few short pairs."""
+    import torch
+
+    model = get_model()
+    with _encode_lock:
+        features = model.tokenizer(
+            firsts,
+            seconds,
+            padding=True,
+            truncation="longest_first",
+            max_length=model.max_seq_length,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            out = model(dict(features))["sentence_embedding"]
+    return torch.nn.functional.normalize(out.float(), p=2, dim=1).numpy()
+
+
 # Under bfloat16 a batch is padded to a multiple of this many tokens: the matrix units' kernels are made once per
 # shape and kept, and with every length its own shape a worker's memory grew with the corpus (1,500 SciFact
 # abstracts as 500 three-passage documents, one process: 547 -> 646 MB unpadded, 547 -> 612 MB at 16; float32

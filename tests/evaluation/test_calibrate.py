@@ -3,6 +3,8 @@ the fit, leave one out."""
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from kb.evaluation.answers import calibrate
 from kb.evaluation.answers.golden import GoldenItem
 from kb.llm.extractive import FEATURES, MODEL_MIN_UNITS, SENTENCE, Answerability, Scored, Unit
@@ -57,13 +59,15 @@ def test_the_gate_sits_below_nearly_every_answerable_question_of_every_set():
 
 
 def test_the_fitted_model_separates_what_separates_and_each_set_is_reported_left_out():
-    one = [case(f"a{n}", answerable=True, similarity=0.75 + n / 100) for n in range(6)]
-    one += [case(f"u{n}", answerable=False, similarity=0.35 + n / 100) for n in range(6)]
-    two = [case(f"b{n}", answerable=True, similarity=0.7 + n / 100) for n in range(6)]
-    two += [case(f"v{n}", answerable=False, similarity=0.3 + n / 100) for n in range(6)]
+    # One wording for both kinds: what tells them apart is the similarity, not the question read with the unit.
+    one = [case(f"hotel limit, trip {n}?", answerable=True, similarity=0.75 + n / 100) for n in range(6)]
+    one += [case(f"hotel limit, trip {n}?", answerable=False, similarity=0.35 + n / 100) for n in range(6)]
+    two = [case(f"hotel limit, visit {n}?", answerable=True, similarity=0.7 + n / 100) for n in range(6)]
+    two += [case(f"hotel limit, visit {n}?", answerable=False, similarity=0.3 + n / 100) for n in range(6)]
     report = calibrate.calibrate({"one": one, "two": two})
     model = report["model"]
-    assert model["features"] == list(FEATURES)
+    # The ten named signals, then the question and its best unit read together, one feature per dimension.
+    assert model["features"] == list(FEATURES) + [f"pair_{i}" for i in range(settings.KB_EMBEDDING_DIMENSIONS)]
     assert model["coef"][FEATURES.index("best_similarity")] > 0  # more similar, likelier answered
     for name in ("one", "two"):
         assert report["per_set"][name]["false_refusal_rate"] == 0 and report["per_set"][name]["refusal_recall"] == 1

@@ -119,3 +119,21 @@ def test_worker_processes_share_the_cores_unless_told(monkeypatch, settings, cor
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     settings.KB_WORKER_TORCH_THREADS = setting
     assert worker_torch_threads(processes) == expected
+
+
+def test_a_pair_is_read_as_one_input_in_unit_length_and_a_long_second_text_is_cut():
+    question = "What is the hotel limit in Amsterdam?"
+    answer = "The hotel limit in Amsterdam is 180 euros a night."
+    pairs = embeddings.embed_pairs([question, question, answer], [answer, "The canteen opens at noon.", question])
+    assert pairs.shape == (3, embeddings.get_model().get_embedding_dimension())
+    np.testing.assert_allclose(np.linalg.norm(pairs, axis=1), 1.0, rtol=1e-5)
+    # Neither text's own vector nor their mean: the model attends across the two, in order.
+    alone = embeddings.embed([question, answer])
+    assert float(pairs[0] @ alone[0]) < 0.99 and float(pairs[0] @ alone[1]) < 0.99
+    assert float(pairs[0] @ pairs[2]) < 0.999
+    assert float(pairs[0] @ pairs[1]) < float(pairs[0] @ pairs[0]) - 0.01
+    # A pair in a batch with others gets the vector it gets alone.
+    alone_pair = embeddings.embed_pairs([question], ["The canteen opens at noon."])[0]
+    np.testing.assert_allclose(pairs[1], alone_pair, atol=1e-5)
+    long = embeddings.embed_pairs([question], [" ".join(["The hotel limit is 180 euros a night."] * 400)])
+    assert long.shape == (1, pairs.shape[1]) and np.isfinite(long).all()
