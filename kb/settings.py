@@ -503,10 +503,11 @@ KB_CONVERSATION_TURNS = env_int("KB_CONVERSATION_TURNS", 3, minimum=0, maximum=2
 # (chosen on SQuAD/SciFact) refused 31% of an unseen handbook's.
 KB_EVIDENCE_MIN_SCORE = env_float("KB_EVIDENCE_MIN_SCORE", 0.35, minimum=-1.0, maximum=2.0)
 # The extractive answer quotes only when its answerability model (kb/llm/extractive.py, a logistic model over
-# how the best unit stands out, the question's words and named things found, ...) gives at least this
-# probability that the passages answer; else it says "not covered". 0.4: the best of 0.2-0.8 on the dev sets
-# (demo, blind-handbook, blind-clinic, blind-retail, doc2dial-dev, squad-dev; each set weighted alike), chosen
-# with the model by `manage.py calibrate_answers --write-model` (README "Extractive answer").
+# how the best unit stands out, the question's words and named things found, ... and the question read with its
+# best unit) gives at least this probability that the passages answer; else it says "not covered". 0.4: the best
+# of 0.1-0.8 on the dev sets (demo, blind-handbook, blind-clinic, blind-retail, doc2dial-dev; each set weighted
+# alike; squad-dev checked, not fitted on), chosen with the model by `manage.py calibrate_answers --write-model`
+# (README "Extractive answer"; the test sets' figures are in "Evaluation sets").
 KB_EXTRACTIVE_MIN_PROBABILITY = env_float("KB_EXTRACTIVE_MIN_PROBABILITY", 0.4, minimum=0.0, maximum=1.0)
 # Semantic answer cache: a question this similar to an answered one (same scope, index, prompt, chain, and the
 # same numbers and negations) gets its answer. On 100 hand-written paraphrases, 100 near-misses and 2,000
