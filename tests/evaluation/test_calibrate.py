@@ -90,3 +90,13 @@ def test_a_follow_up_is_replayed_as_the_standalone_query_the_ask_path_searches_f
     replayed = calibrate.Case(second, 1.0, (PASSAGE,), (), queries["q2"])
     assert replayed.question == "What is the hotel limit in Rotterdam?"
     assert calibrate.Case(first, 1.0, (PASSAGE,), ()).question == first.question
+
+
+def test_the_command_fits_on_dev_sets_only_and_an_empty_list_names_none():
+    import pytest
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="blind-utility is a test set: nothing is chosen on it"):
+        call_command("calibrate_answers", sets="blind-utility", check_sets="")
+    with pytest.raises(CommandError, match="no dev set is available"):
+        call_command("calibrate_answers", sets=" , ", check_sets="")  # not every set, as sets_select reads ()

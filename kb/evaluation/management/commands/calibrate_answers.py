@@ -60,8 +60,11 @@ class Command(BaseCommand):
 
     def _scored(self, names: str) -> dict[str, list[calibrate.Case]]:
         """Each named dev set's questions retrieved and scored on its own isolated index."""
+        wanted = [name.strip() for name in names.split(",") if name.strip()]
+        if not wanted:
+            return {}  # `--check-sets ""`: none (sets_select would read no names as every set)
         try:
-            chosen = sets_select([name.strip() for name in names.split(",") if name.strip()])
+            chosen = sets_select(wanted)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         cases = {}
