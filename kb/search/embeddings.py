@@ -218,9 +218,8 @@ def embed_pairs(firsts: list[str], seconds: list[str]) -> np.ndarray:
     """Unit-length vectors of each (first, second) pair read as one input, "[CLS] first [SEP] second [SEP]"
     (the longer cut to fit): the model attends across the two, which a cosine between their separate vectors
     cannot. The extractive answerer reads a question with its best unit this way (`extractive.pair_features`).
-    In float32 whatever KB_EMBEDDING_PRECISION says: a pass is one or a few short pairs."""
-    import torch
-
+    In float32 whatever KB_EMBEDDING_PRECISION says: a pass is one or a few short pairs, and the answerability
+    model was fitted on float32 pair vectors."""
     model = get_model()
     with _encode_lock:
         features = model.tokenizer(
@@ -231,9 +230,7 @@ def embed_pairs(firsts: list[str], seconds: list[str]) -> np.ndarray:
             max_length=model.max_seq_length,
             return_tensors="pt",
         )
-        with torch.inference_mode():
-            out = model(dict(features))["sentence_embedding"]
-    return torch.nn.functional.normalize(out.float(), p=2, dim=1).numpy()
+        return _run(model, dict(features), bfloat16=False)
 
 
 # Under bfloat16 a batch is padded to a multiple of this many tokens: the matrix units' kernels are made once per
@@ -246,11 +243,16 @@ BFLOAT16_PAD_MULTIPLE = 16
 def _forward(model: SentenceTransformer, texts: list[str]) -> np.ndarray:
     """One forward pass of the model's own modules (tokenizer, transformer, mean pooling, normalisation); not
     `model.encode`, whose per-call machinery held on to memory under bfloat16 (the same probe through it: 802 MB)."""
+    return _run(model, model.preprocess(texts))
+
+
+def _run(model: SentenceTransformer, features: dict, *, bfloat16: bool = True) -> np.ndarray:
+    """The model's modules over tokenized `features`, normalised; in bfloat16 where `_in_bfloat16` says so and
+    `bfloat16` allows it."""
     import torch
 
-    features = model.preprocess(texts)
     arithmetic: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if _in_bfloat16(features["input_ids"].numel()):
+    if bfloat16 and _in_bfloat16(features["input_ids"].numel()):
         features = _pad_to_multiple(features, BFLOAT16_PAD_MULTIPLE, pad_id=model.tokenizer.pad_token_id or 0)
         arithmetic = torch.autocast("cpu", dtype=torch.bfloat16)
     with torch.inference_mode(), arithmetic:
