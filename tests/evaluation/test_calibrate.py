@@ -3,6 +3,7 @@ the fit, leave one out."""
 
 from __future__ import annotations
 
+import pytest
 from django.conf import settings
 
 from kb.evaluation.answers import calibrate
@@ -93,10 +94,52 @@ def test_a_follow_up_is_replayed_as_the_standalone_query_the_ask_path_searches_f
 
 
 def test_the_command_fits_on_dev_sets_only_and_an_empty_list_names_none():
-    import pytest
     from django.core.management import CommandError, call_command
 
     with pytest.raises(CommandError, match="blind-utility is a test set: nothing is chosen on it"):
         call_command("calibrate_answers", sets="blind-utility", check_sets="")
     with pytest.raises(CommandError, match="no dev set is available"):
         call_command("calibrate_answers", sets=" , ", check_sets="")  # not every set, as sets_select reads ()
+
+
+def test_spread_takes_questions_from_the_whole_set_not_its_first_kind():
+    items = [case(f"q{n}", answerable=n < 6, similarity=0.5).item for n in range(10)]
+    assert [item.id for item in calibrate.spread(items, 4)] == ["q0", "q2", "q5", "q7"]
+    assert calibrate.spread(items, None) == items and calibrate.spread(items, 20) == items
+
+
+@pytest.mark.django_db
+def test_the_command_scores_two_dev_sets_and_writes_the_model_the_answerer_loads(tmp_path, monkeypatch):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    from kb.llm import extractive
+
+    model_path = tmp_path / "answerability.json"
+    monkeypatch.setattr(extractive, "MODEL_PATH", model_path)
+    output = tmp_path / "calibration.json"
+    out = io.StringIO()
+    call_command("calibrate_answers", sets="demo,blind-retail", check_sets="", limit=16, output=output,
+                 write_model=True, stdout=out, stderr=io.StringIO())  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["threshold"] in calibrate.THRESHOLDS and report["gate"] >= 0
+    assert set(report["per_set"]) == set(report["leave_one_out"]) == {"demo", "blind-retail"}
+    for figures in report["per_set"].values():
+        # 16 questions spread through each set: both kinds, so each left-out fit had both to learn from.
+        assert figures["answerable"] + figures["unanswerable"] == 16 and figures["unanswerable"] > 0
+    written = json.loads(model_path.read_text())
+    assert written["chosen_on"] == ["blind-retail", "demo"] and written["checked_on"] == []
+    assert written["threshold"] == report["threshold"]
+    model = extractive.answerability_from_json(written)
+    assert model.pair_dimensions == settings.KB_EMBEDDING_DIMENSIONS
+    assert 0.0 <= model.probability([0.5] * len(model.features)) <= 1.0
+    assert f"model written to {model_path}" in out.getvalue()
+
+
+def test_the_command_refuses_a_limit_below_one():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--limit must be at least 1"):
+        call_command("calibrate_answers", sets="demo", check_sets="", limit=0)

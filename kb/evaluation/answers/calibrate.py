@@ -93,9 +93,19 @@ def search_queries(items: Sequence[GoldenItem]) -> dict[str, str]:
     return queries
 
 
-def cases_retrieve(items: Iterable[GoldenItem]) -> list[Case]:
-    """Retrieve and score every question on the current (isolated) index; injections are left out. Each
-    question is replayed as the ask path would search for it (`search_queries`)."""
+def spread(items: Sequence[GoldenItem], limit: int | None) -> list[GoldenItem]:
+    """At most `limit` of `items`, evenly spaced through the set (golden files are written kind by kind, so the
+    first N would all be answerable lookups); all of them without a limit."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def cases_retrieve(items: Iterable[GoldenItem], limit: int | None = None) -> list[Case]:
+    """Retrieve and score every question (or `limit` of them, `spread`) on the current (isolated) index;
+    injections are left out. Each question is replayed as the ask path would search for it (`search_queries`,
+    made from the whole set, so a follow-up keeps its conversation)."""
     from ingest.models import Chunk, ReadScope
     from kb.search.retrieval import search_in_scope
 
@@ -103,9 +113,7 @@ def cases_retrieve(items: Iterable[GoldenItem]) -> list[Case]:
     queries = search_queries(items)
     scope = ReadScope.all_documents()
     cases = []
-    for item in items:
-        if item.injection:
-            continue
+    for item in spread([item for item in items if not item.injection], limit):
         question = queries[item.id]
         result = search_in_scope(question, scope, settings.KB_ANSWER_PASSAGES)
         flagged = set(

@@ -1,4 +1,4 @@
-"""manage.py calibrate_answers [--sets a,b] [--output F.json] [--write-model]: choose the evidence gate, the
+"""manage.py calibrate_answers [--sets a,b] [--limit N] [--output F.json] [--write-model]: choose the evidence gate, the
 extractive answerer's answerability model and its threshold on dev sets only (kb.evaluation.answers.calibrate),
 with the leave-one-set-out table; --write-model writes the model to kb/llm/data/answerability.json."""
 
@@ -37,12 +37,26 @@ class Command(BaseCommand):
         parser.add_argument(
             "--write-model", action="store_true", help=f"write the fitted model to {extractive.MODEL_PATH}"
         )
+        parser.add_argument(
+            "--limit", type=int, help="score only N questions of each set, spread through it (a quick look, not a fit)"
+        )
 
-    def handle(self, *args, sets: str, check_sets: str, output: Path, write_model: bool = False, **options) -> None:
-        cases = self._scored(sets)
+    def handle(
+        self,
+        *args,
+        sets: str,
+        check_sets: str,
+        output: Path,
+        write_model: bool = False,
+        limit: int | None = None,
+        **options,
+    ) -> None:
+        if limit is not None and limit < 1:
+            raise CommandError("--limit must be at least 1")
+        cases = self._scored(sets, limit)
         if not cases:
             raise CommandError("no dev set is available")
-        checks = self._scored(check_sets)
+        checks = self._scored(check_sets, limit)
         report = calibrate.calibrate(cases, checks)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=2))
@@ -58,7 +72,7 @@ class Command(BaseCommand):
             self.stdout.write(f"model written to {extractive.MODEL_PATH}")
         self.stdout.write(f"written to {output}")
 
-    def _scored(self, names: str) -> dict[str, list[calibrate.Case]]:
+    def _scored(self, names: str, limit: int | None = None) -> dict[str, list[calibrate.Case]]:
         """Each named dev set's questions retrieved and scored on its own isolated index."""
         wanted = [name.strip() for name in names.split(",") if name.strip()]
         if not wanted:
@@ -80,6 +94,6 @@ class Command(BaseCommand):
             beir.database_ensure(source.database)
             with beir.isolated_index(source.database, log=self.stderr.write):
                 corpus_module.corpus_index(source, log=self.stderr.write)
-                cases[evaluation_set.name] = calibrate.cases_retrieve(evaluation_set.items())
+                cases[evaluation_set.name] = calibrate.cases_retrieve(evaluation_set.items(), limit)
             self.stderr.write(f"{evaluation_set.name}: {len(cases[evaluation_set.name])} questions scored")
         return cases
