@@ -55,7 +55,9 @@ _OVERRIDE_VERBS = (
     r"(?:ignore|disregard|forget|override|overrule|bypass|discard|drop|abandon|"
     r"(?:do\s+not|don't|dont|stop|no\s+longer)\s+(?:follow|obey|listen\s+to|adhere\s+to))"
 )
-_EARLIER = r"(?:previous|prior|above|earlier|preceding|foregoing|former|initial|original|system|old)"
+# Not "old": employees ask whether to ignore the old rules once a policy changes ("Can I ignore the old rules for
+# expenses now?"); the two public attacks that said "old instruction" both score 0.9 or more on the classifier.
+_EARLIER = r"(?:previous|prior|above|earlier|preceding|foregoing|former|initial|original|system)"
 _DIRECTIVES = (
     r"(?:instructions?|prompts?|directions?|directives?|rules?|commands?|guidelines?|guidance|"
     r"context|messages?|text|tasks?|orders?|constraints?|programming|restrictions?)"

@@ -94,6 +94,8 @@ RULE_NEGATIVES = [
     "Ignore messages that ask for your password: IT never asks for it.",
     "Personal data is masked before a question is sent to a language model.",
     "It's only fair that, from now on, you should pay more for oil.",
+    "Do I need to ignore the old instructions now that the new SOP is out?",
+    "Can I ignore the old rules for expenses now?",
     "From now on, should I answer the phone with the new greeting?",
     "Do I reply to all customer messages with the standard template?",
     "In all responses to customers, should I sign with my first name?",
