@@ -62,6 +62,14 @@ _DIRECTIVES = (
     r"(?:instructions?|prompts?|directions?|directives?|rules?|commands?|guidelines?|guidance|"
     r"context|messages?|text|tasks?|orders?|constraints?|programming|restrictions?)"
 )
+# What an attack tells the model to drop when it says "the previous ...": its instructions, prompt or context. Not
+# rules, guidelines, guidance, orders or tasks: employees ask whether to disregard the earlier guidance once a
+# policy changes, and documents say so; the 25 public attacks only these words caught score above the question
+# threshold on the classifier.
+_EARLIER_DIRECTIVES = (
+    r"(?:instructions?|prompts?|directions?|directives?|commands?|context|messages?|text|constraints?|"
+    r"programming|restrictions?)"
+)
 _NO_LIMITS = (
     r"(?:restrictions?|filters?|filtering|limitations?|limits|rules|guidelines|censorship|boundaries|"
     r"ethics|ethical\s+(?:guidelines|constraints|concerns)|morals?|safeguards|guardrails|"
@@ -72,7 +80,7 @@ RULES: tuple[InjectionRule, ...] = (
     # "Ignore all previous instructions", "disregard the above directions", "forget your prior rules".
     _rule(
         "ignore_previous_instructions",
-        rf"\b{_OVERRIDE_VERBS}\b{_CLAUSE}{{0,30}}?\b{_EARLIER}\s+(?:\w+\s+)?{_DIRECTIVES}\b",
+        rf"\b{_OVERRIDE_VERBS}\b{_CLAUSE}{{0,30}}?\b{_EARLIER}\s+(?:\w+\s+)?{_EARLIER_DIRECTIVES}\b",
     ),
     # "Ignore your instructions", "forget all your rules": "your" is the assistant's, never a document's.
     _rule(
