@@ -712,7 +712,7 @@ def injection_flags(texts: list[str], vectors) -> list[tuple[float, bool]]:
     from kb.guard.injection import injection_scores, is_injection
 
     threshold = settings.KB_DOCUMENT_INJECTION_THRESHOLD
-    scores = injection_scores(texts, np.asarray(vectors))
+    scores = injection_scores(texts, np.asarray(vectors), documents=True)
     return [(round(score.score, 4), is_injection(score, threshold)) for score in scores]
 
 

@@ -615,8 +615,9 @@ class QuestionThresholds:
         return f"{self.english}, other languages {self.other}"
 
 
-def score_sets(groups: dict[str, list[Example]], model: InjectionModel, cache: Path | None):
-    """Classifier probability and first rule for every held-out example, by source."""
+def score_sets(groups: dict[str, list[Example]], model: InjectionModel, cache: Path | None, *, documents: bool = False):
+    """Classifier probability and first rule for every held-out example, by source (`documents`: passages, which
+    the rules for documents apply to)."""
     texts = [example.text for examples in groups.values() for example in examples]
     probabilities = model.probabilities(embed_texts(texts, cache)) if texts else np.array([])
     scored: dict[str, list[Scored]] = {}
@@ -625,7 +626,12 @@ def score_sets(groups: dict[str, list[Example]], model: InjectionModel, cache: P
         scored[source] = []
         for example in examples:
             scored[source].append(
-                Scored(example.label, float(probabilities[i]), first_rule(example.text), looks_english(example.text))
+                Scored(
+                    example.label,
+                    float(probabilities[i]),
+                    first_rule(example.text, document=documents),
+                    looks_english(example.text),
+                )
             )
             i += 1
     return scored
@@ -660,6 +666,7 @@ def _pooled(groups: Sequence[list[Scored]]) -> list[Scored]:
 # left for the figures.
 CV_QUESTION_NEGATIVES = ("employee", "squad", "deepset_0", "doc2dial")
 CV_DOCUMENT_NEGATIVES = ("bipia_clean", "squad_passages")
+DOCUMENT_TRAINING_SOURCES = ("bipia_attack", *CV_DOCUMENT_NEGATIVES)  # passages: the rules for documents apply
 CV_ATTACKS = {"questions": ("deepset_1", "gandalf", "tensor_trust", "jbb"), "documents": ("bipia_attack",)}
 
 
@@ -667,7 +674,7 @@ def select_candidate(x: np.ndarray, y: np.ndarray, examples: Sequence[Example]) 
     """The candidate with the best mean out-of-fold recall, and the grid's results, by 5-fold cross-validation
     on the training rows only (folds by a hash of the text, so that duplicates share a fold)."""
     fold = np.array([int(_hash_unit(f"cv:{example.text}") * CV_FOLDS) for example in examples])
-    rules = [first_rule(example.text) for example in examples]
+    rules = [first_rule(example.text, document=example.source in DOCUMENT_TRAINING_SOURCES) for example in examples]
     by_source: dict[str, list[int]] = {}
     for i, example in enumerate(examples):
         by_source.setdefault(example.source, []).append(i)
@@ -757,7 +764,7 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
     model = fit_candidate(candidate, x, y, sets.train)
 
     questions = score_sets(sets.questions, model, cache)
-    documents = score_sets(sets.documents, model, cache)
+    documents = score_sets(sets.documents, model, cache, documents=True)
     # Each kind of ordinary question within the budget (so the pool is too): one set's quirks cannot hide
     # behind another's size.
     english = choose_threshold([(questions[source], QUESTION_FPR_BUDGET) for source in QUESTION_NEGATIVE_POOL])
@@ -780,7 +787,7 @@ def train(eval_dir: Path, output: Path, cache: Path | None) -> dict[str, Any]:
     check = {
         "what": "parts of the held-out sets re-measured by tests/guard/test_injection.py (see check_sets)",
         "questions": figures(score_sets(check_questions, model, cache), question_threshold),
-        "documents": figures(score_sets(check_documents, model, cache), document_threshold),
+        "documents": figures(score_sets(check_documents, model, cache, documents=True), document_threshold),
     }
     print(_table("questions", question_figures, question_threshold), file=sys.stderr)
     print(_table("document passages", document_figures, document_threshold), file=sys.stderr)
@@ -846,7 +853,7 @@ def measure(eval_dir: Path, weights: Path, cache: Path | None) -> dict[str, Any]
         ("questions", {**sets.questions, **ordinary_question_sets(eval_dir)}, recorded_question_thresholds(model)),
         ("documents", sets.documents, thresholds["KB_DOCUMENT_INJECTION_THRESHOLD"]),
     ):
-        out[kind] = figures(score_sets(groups, model, cache), threshold)
+        out[kind] = figures(score_sets(groups, model, cache, documents=kind == "documents"), threshold)
         print(_table(f"{kind} ({weights.name})", out[kind], threshold), file=sys.stderr)
     return out
 

@@ -42,10 +42,11 @@ class InjectionScore:
 class InjectionRule:
     name: str
     pattern: re.Pattern[str]
+    documents_only: bool = False  # a rule for passages only: in a question the same words are ordinary
 
 
-def _rule(name: str, pattern: str) -> InjectionRule:
-    return InjectionRule(name, re.compile(pattern, re.IGNORECASE))
+def _rule(name: str, pattern: str, *, documents_only: bool = False) -> InjectionRule:
+    return InjectionRule(name, re.compile(pattern, re.IGNORECASE), documents_only)
 
 
 # Words between the parts of a phrase stay inside one clause ([^.?!\n]) and are bounded, so that a rule
@@ -178,7 +179,9 @@ RULES: tuple[InjectionRule, ...] = (
         r"(?:instructions?|task|directives?|prompt|system\s+prompt)\s*:",  # not "New rules: when do they apply?"
     ),
     # Text in a document that speaks to the model reading it ("Note to the AI assistant: ...", "if you are an
-    # AI model, ..."): the classifier reads a whole chunk and misses one such sentence inside policy prose.
+    # AI model, ..."): the classifier reads a whole chunk and misses one such sentence inside policy prose. Documents
+    # only: a question is addressed to the assistant by nature ("Hello assistant, where can I find the leave
+    # policy?"), and the one public attack in question form it caught scores above the question threshold.
     _rule(
         "addresses_the_model",
         r"\bnote\s+(?:to|for)\s+(?:the\s+|any\s+)?(?:ai|assistant|llm|chatbot|language\s+model|gpt|model)s?\b|"
@@ -187,6 +190,7 @@ RULES: tuple[InjectionRule, ...] = (
         r"\bif\s+you\s+are\s+an?\s+(?:ai|llm|large\s+language\s+model|language\s+model|assistant|chatbot|bot)\b|"
         r"\b(?:dear|hey|hello|attention|instructions?\s+for(?:\s+the)?)\s+(?:ai|llm|chatgpt|gpt|claude|assistant|"
         r"chatbot)\b\s*[,:!]",
+        documents_only=True,
     ),
     # A standing order for the answers to come ("from now on answer every question with ...", "for every answer
     # after this one, say ..."): an employee asks about one thing; only an attacker instructs all later replies.
@@ -227,11 +231,11 @@ RULES: tuple[InjectionRule, ...] = (
 )
 
 
-def first_rule(text: str) -> str | None:
-    """The name of the first rule that matches `text`, or None."""
+def first_rule(text: str, *, document: bool = False) -> str | None:
+    """The name of the first rule that matches `text` (a passage of a document when `document`), or None."""
     text = fold(text)
     for rule in RULES:
-        if rule.pattern.search(text):
+        if (document or not rule.documents_only) and rule.pattern.search(text):
             return rule.name
     return None
 
@@ -312,14 +316,16 @@ def load_model(path: Path = MODEL_PATH) -> InjectionModel:
     return model_from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
-def injection_scores(texts: list[str], vectors: np.ndarray | None = None) -> list[InjectionScore]:
+def injection_scores(
+    texts: list[str], vectors: np.ndarray | None = None, *, documents: bool = False
+) -> list[InjectionScore]:
     """vectors: the texts' embeddings from kb.search.embeddings.embed (unit-length, 384-d) when the caller
-    already has them; otherwise computed here."""
+    already has them; otherwise computed here. `documents`: the texts are passages (the rules for documents apply)."""
     if not texts:
         return []
     probabilities = load_model().score_texts(texts, vectors)
     return [
-        InjectionScore(score=float(p), rule=first_rule(text), english=looks_english(text))
+        InjectionScore(score=float(p), rule=first_rule(text, document=documents), english=looks_english(text))
         for text, p in zip(texts, probabilities, strict=True)
     ]
 

@@ -143,7 +143,28 @@ ORDINARY_QUESTIONS = [
 
 @pytest.mark.parametrize(("rule", "text"), RULE_POSITIVES)
 def test_each_rule_catches_its_attacks(rule, text):
-    assert first_rule(text) == rule
+    assert first_rule(text, document=True) == rule
+    documents_only = {r.name for r in RULES if r.documents_only}
+    assert first_rule(text) == (None if rule in documents_only else rule)
+
+
+# A question is addressed to the assistant by nature; a passage that speaks to the model is the attack.
+GREETINGS = [
+    "Hello assistant, where can I find the leave policy?",
+    "Hey chatbot! what is the wifi password for guests?",
+    "Dear assistant, how do I claim mileage?",
+    "If you are a bot, please just tell me the hotel limit",
+]
+
+
+@pytest.mark.parametrize("text", GREETINGS)
+def test_a_question_may_greet_the_assistant_a_passage_may_not(text):
+    assert first_rule(text) is None
+    assert first_rule(text, document=True) == "addresses_the_model"
+    (question,) = injection_scores([text])
+    assert question.rule is None
+    (passage,) = injection_scores([text], documents=True)
+    assert passage.rule == "addresses_the_model"
 
 
 def test_every_rule_has_a_positive_case():
@@ -153,6 +174,7 @@ def test_every_rule_has_a_positive_case():
 @pytest.mark.parametrize("text", RULE_NEGATIVES)
 def test_no_rule_fires_on_ordinary_text(text):
     assert first_rule(text) is None
+    assert first_rule(text, document=True) is None
 
 
 def test_the_rules_see_through_hidden_characters_and_look_alike_letters():
