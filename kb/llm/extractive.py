@@ -44,7 +44,7 @@ NOT_COVERED = "The knowledge base does not cover this question."
 WITHHELD = "One passage was withheld: it reads like instructions to a language model, not like policy."
 # At most MAX_UNITS units, those within `Weights.keep` of the best: the pair that states the asked fact most
 # often on the six dev sets while their answers stay under 500 characters (about 80 words, read at a glance) on
-# average on every one of them (replayed, stop 35; 3 / 0.12 before: see the README's "Extractive answer").
+# average on every one of them (replayed, stop 35; 3 / 0.12 before: README, "Four quotes within 0.16").
 MAX_UNITS = 4
 MAX_CHARS = 900
 MIN_SENTENCE_CHARS = 12
