@@ -131,7 +131,7 @@ def test_the_command_scores_two_dev_sets_and_writes_the_model_the_answerer_loads
         assert figures["answerable"] + figures["unanswerable"] == 16 and figures["unanswerable"] > 0
     written = json.loads(model_path.read_text())
     assert written["chosen_on"] == ["blind-retail", "demo"] and written["checked_on"] == []
-    assert written["threshold"] == report["threshold"]
+    assert written["threshold"] == report["threshold"] and written["limit"] == 16  # a sample's fit says so
     model = extractive.answerability_from_json(written)
     assert model.pair_dimensions == settings.KB_EMBEDDING_DIMENSIONS
     assert 0.0 <= model.probability([0.5] * len(model.features)) <= 1.0

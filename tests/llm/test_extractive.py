@@ -140,6 +140,7 @@ def test_the_shipped_answerability_model_matches_the_features_and_was_chosen_on_
     assert data["features"] == list(FEATURES) + pair and len(data["coef"]) == len(data["features"])
     tests = {s.name for s in evaluation_sets().values() if s.role == TEST}
     assert data["chosen_on"] and not set(data["chosen_on"]) & tests
+    assert "limit" not in data  # fitted on whole sets, not `calibrate_answers --limit`
     assert not set(data["checked_on"]) & tests
     assert 0.0 < answerability().probability(data["mean"]) < 1.0
 

@@ -38,7 +38,10 @@ class Command(BaseCommand):
             "--write-model", action="store_true", help=f"write the fitted model to {extractive.MODEL_PATH}"
         )
         parser.add_argument(
-            "--limit", type=int, help="score only N questions of each set, spread through it (a quick look, not a fit)"
+            "--limit",
+            type=int,
+            help="score only N questions of each set, spread through it (a quick look: a model written with it "
+            "records the limit, and the shipped model must have none)",
         )
 
     def handle(
@@ -67,9 +70,12 @@ class Command(BaseCommand):
                 "threshold": report["threshold"],
                 "chosen_on": sorted(cases),
                 "checked_on": sorted(checks),
+                **({"limit": limit} if limit else {}),  # a quick fit on a sample: the shipped model has none
             }
             extractive.MODEL_PATH.write_text(json.dumps(model, indent=2) + "\n", encoding="utf-8")
             self.stdout.write(f"model written to {extractive.MODEL_PATH}")
+            if limit:
+                self.stderr.write(f"fitted on at most {limit} questions per set (--limit): not a model to ship")
         self.stdout.write(f"written to {output}")
 
     def _scored(self, names: str, limit: int | None = None) -> dict[str, list[calibrate.Case]]:
