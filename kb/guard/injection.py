@@ -59,10 +59,6 @@ _OVERRIDE_VERBS = (
 # Not "old": employees ask whether to ignore the old rules once a policy changes ("Can I ignore the old rules for
 # expenses now?"); the two public attacks that said "old instruction" both score 0.9 or more on the classifier.
 _EARLIER = r"(?:previous|prior|above|earlier|preceding|foregoing|former|initial|original|system)"
-_DIRECTIVES = (
-    r"(?:instructions?|prompts?|directions?|directives?|rules?|commands?|guidelines?|guidance|"
-    r"context|messages?|text|tasks?|orders?|constraints?|programming|restrictions?)"
-)
 # What an attack tells the model to drop when it says "the previous ...": its instructions, prompt or context. Not
 # rules, guidelines, guidance, orders or tasks: employees ask whether to disregard the earlier guidance once a
 # policy changes, and documents say so; the 25 public attacks only these words caught score above the question
@@ -71,6 +67,8 @@ _EARLIER_DIRECTIVES = (
     r"(?:instructions?|prompts?|directions?|directives?|commands?|context|messages?|text|constraints?|"
     r"programming|restrictions?)"
 )
+# With "your" they are the assistant's whatever they are called.
+_DIRECTIVES = rf"(?:{_EARLIER_DIRECTIVES}|rules?|guidelines?|guidance|tasks?|orders?)"
 # "Above" that names a place on a page ("everything above the dotted line", "the text above the signature").
 _NOT_A_PLACE = r"\b(?!\s+(?:the|a|an|my|our)\b)"  # "above this line" stays an attack's words
 _NO_LIMITS = (

@@ -132,9 +132,9 @@ def cases_retrieve(items: Iterable[GoldenItem], limit: int | None = None) -> lis
 
 def with_inputs(case: Case) -> Case:
     """The case with the answerability model's inputs made once (one pair pass of the embedding model), for
-    the fits and threshold sweeps that replay its decision many times."""
-    if len(case.scored) < extractive.MODEL_MIN_UNITS:
-        return case  # decided without the model (`extractive.decide`)
+    the fits and threshold sweeps that replay its decision many times; a case that has them is returned as is."""
+    if case.inputs or len(case.scored) < extractive.MODEL_MIN_UNITS:
+        return case  # made already, or decided without the model (`extractive.decide`)
     inputs = extractive.answerability_inputs(case.question, case.passages, case.scored)
     return dataclasses.replace(case, inputs=tuple(inputs))
 
@@ -207,8 +207,9 @@ def gate_choose(sets: Mapping[str, Sequence[Case]]) -> float:
 def model_fit(
     sets: Mapping[str, Sequence[Case]], c: float = C, *, pair: bool = True, pair_shrink: float = PAIR_SHRINK
 ) -> Answerability:
-    """The logistic model over FEATURES on every scored case of the sets, each (set, answerable) group weighted
-    alike, fitted as the injection classifier is (`train_injection.fit_logistic`); the product reads the numbers."""
+    """The logistic model over FEATURES on every case of the sets with inputs (`with_inputs`), each (set,
+    answerable) group weighted alike, fitted as the injection classifier is (`train_injection.fit_logistic`); the
+    product reads the numbers."""
     import numpy as np
 
     from kb.evaluation.train_injection import fit_logistic
@@ -216,8 +217,8 @@ def model_fit(
     rows, labels, groups = [], [], []
     for name, cases in sets.items():
         for case in cases:
-            inputs = case.inputs or with_inputs(case).inputs
-            if inputs:
+            if case.inputs:  # made by `with_inputs`; the cases without are decided without the model
+                inputs = case.inputs
                 rows.append(list(inputs) if pair else list(inputs[: len(extractive.FEATURES)]))
                 labels.append(int(case.item.answerable))
                 groups.append((name, case.item.answerable))
@@ -263,7 +264,8 @@ def threshold_choose(sets: Mapping[str, Sequence[Case]], model: Answerability, g
 def calibrate(sets: Mapping[str, Sequence[Case]], checks: Mapping[str, Sequence[Case]] | None = None) -> dict:
     """Settings chosen on all the given (dev) sets, their figures, the leave-one-set-out table, and the figures
     of `checks` (dev sets scored with the chosen settings, never fitted on)."""
-    sets = {name: [case if case.inputs else with_inputs(case) for case in cases] for name, cases in sets.items()}
+    sets = {name: [with_inputs(case) for case in cases] for name, cases in sets.items()}
+    checks = {name: [with_inputs(case) for case in cases] for name, cases in (checks or {}).items()}
     gate = gate_choose(sets)
     model = model_fit(sets)
     threshold, score = threshold_choose(sets, model, gate)
@@ -275,7 +277,7 @@ def calibrate(sets: Mapping[str, Sequence[Case]], checks: Mapping[str, Sequence[
         "objective": score,
         "per_set": {name: figures(cases, model, threshold, gate) for name, cases in sets.items()},
         "leave_one_out": leave_one_out,
-        "checks": {name: figures(cases, model, threshold, gate) for name, cases in (checks or {}).items()},
+        "checks": {name: figures(cases, model, threshold, gate) for name, cases in checks.items()},
     }
     if len(sets) > 1:
         for held_out, cases in sets.items():
