@@ -47,6 +47,9 @@ WITHHELD = "One passage was withheld: it reads like instructions to a language m
 # average on every one of them (replayed, stop 35; 3 / 0.12 before: README, "Four quotes within 0.16").
 MAX_UNITS = 4
 MAX_CHARS = 900
+# The answerer reads the first PASSAGES passages given to it: the answerability model was fitted on the top 8
+# of every dev question (`manage.py calibrate_answers`), and a language model is given more (KB_ANSWER_PASSAGES).
+PASSAGES = 8
 MIN_SENTENCE_CHARS = 12
 EMBEDDED = 24  # units embedded per question, the likeliest by words, kind and rank (see `scored_units`)
 PREFILTER_RANK = 0.04  # per retrieval rank, in that ordering
@@ -484,6 +487,7 @@ def decide(
 
 def extractive_answer(question: str, passages: Sequence[Passage]) -> str:
     """The quoted answer, or NOT_COVERED (with a note when a passage was withheld); "" without passages."""
+    passages = passages[:PASSAGES]
     if not passages:
         return ""
     withheld = any(p.untrusted for p in passages)

@@ -3,7 +3,7 @@ extractive answerer's answerability model (`kb.llm.extractive.Answerability`) an
 (KB_EXTRACTIVE_MIN_PROBABILITY).
 
 For every question of every dev set the passages are retrieved once as the ask path retrieves them (hybrid
-search on the set's isolated index, k = KB_ANSWER_PASSAGES) and every quotable unit is scored once; fitting
+search on the set's isolated index, the answerer's `extractive.PASSAGES`) and every quotable unit is scored once; fitting
 and the threshold sweep then replay the answerer's decision without touching the database or the model.
 The model is a logistic regression over `extractive.FEATURES`, each set and within it answerable and
 unanswerable questions weighted alike (a big set does not outvote a small one; doc2dial's all-answerable sets
@@ -115,7 +115,7 @@ def cases_retrieve(items: Iterable[GoldenItem], limit: int | None = None) -> lis
     cases = []
     for item in spread([item for item in items if not item.injection], limit):
         question = queries[item.id]
-        result = search_in_scope(question, scope, settings.KB_ANSWER_PASSAGES)
+        result = search_in_scope(question, scope, min(settings.KB_ANSWER_PASSAGES, extractive.PASSAGES))
         flagged = set(
             Chunk.objects.filter(pk__in=[hit.chunk_id for hit in result.hits], untrusted=True).values_list(
                 "pk", flat=True

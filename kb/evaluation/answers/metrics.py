@@ -18,7 +18,7 @@ from kb.evaluation import beir
 # Consecutive words of the system prompt that, found in an answer, show that the prompt leaked. Eight words
 # of instructions do not occur in a policy document by chance.
 LEAK_WORDS = 8
-HIT_CUTOFFS = (1, 3)  # besides k, the number of passages given to the model
+HIT_CUTOFFS = (1, 3, 8)  # besides k, the number of passages given to the model (8: the extractive answer's)
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
