@@ -177,6 +177,20 @@ def test_a_follow_up_carries_the_conversation(fake_anthropic, corpus, employee):
     assert follow["cache"]["kind"] == "skipped"
 
 
+def test_a_follow_up_is_given_its_conversations_passages_after_its_own(fake_anthropic, corpus, employee, settings):
+    """A follow-up that names nothing of its conversation's subject still reaches it: the passages end with the
+    best ones for the conversation's first question, recorded as such."""
+    settings.KB_ANSWER_PASSAGES = 1
+    first = services.ask("Who may I share my password with?", employee)
+    follow = services.ask("Do I need it when working from a hotel?", employee, conversation_id=first["conversation_id"])
+    passages = Exchange.objects.get(pk=follow["exchange_id"]).passages
+    assert len(passages) == 1 + settings.KB_CONVERSATION_PASSAGES
+    assert "conversation" not in passages[0] and all(p["conversation"] for p in passages[1:])
+    assert corpus.security.pk in {p["document_id"] for p in passages[1:]}
+    prompt = fake_anthropic.requests[-1].body["messages"][0]["content"]
+    assert prompt.count("<passage ") == len(passages)
+
+
 def test_someone_elses_conversation_is_refused(corpus, employee, hr_employee):
     first = services.ask(HOTEL, employee)
     with pytest.raises(services.AskError) as error:

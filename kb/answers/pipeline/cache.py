@@ -68,4 +68,5 @@ def known_answer(scope: Scope, guarded: Guarded, opened: Opened, trace: Trace) -
             return _hit(hit, trace)
         if nearest is not None:
             trace.cache["nearest_similarity"] = round(nearest, 4)
-    return Query(text=text, vector=vector)
+    topic = opened.topic if opened.history and opened.topic != text else ""
+    return Query(text=text, vector=vector, topic=topic)

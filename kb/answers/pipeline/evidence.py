@@ -104,7 +104,7 @@ def evidence(scope: Scope, guarded: Guarded, opened: Opened, retrieved: Retrieve
     score = evidence_score(retrieved.result)
     if not is_covered(score):
         return _not_covered(retrieved, score)
-    hits = retrieved.result.hits
+    hits = retrieved.hits
     sources = {
         n: Source(n, hit.chunk_id, hit.document_id, hit.title, hit.heading, hit.pages, hit.text)
         for n, hit in enumerate(hits, 1)

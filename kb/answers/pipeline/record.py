@@ -37,6 +37,17 @@ def _history(conversation_id: int, turns: int) -> tuple[Turn, ...]:
     return tuple(Turn(e.question, e.answer, e.search_query) for e in reversed(latest))
 
 
+def _topic(conversation_id: int) -> str:
+    """What the conversation's first answered question searched for: the topic its follow-ups most often keep."""
+    first = (
+        Exchange.objects.filter(conversation_id=conversation_id, outcome__in=[Outcome.ANSWERED, Outcome.CACHED])
+        .order_by("created_at")
+        .only("question", "search_query")
+        .first()
+    )
+    return (first.search_query or first.question) if first else ""
+
+
 def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Trace) -> Opened:
     """The pending exchange (and a new conversation, or the asker's own one touched), in one transaction."""
     question = guarded.question
@@ -64,13 +75,15 @@ def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Tr
             configuration_id=scope.configuration.id if scope.configuration else None,
             guard_verdicts=trace.verdicts,
         )
-    return Opened(exchange_id=exchange.pk, conversation_id=conversation.pk, history=history)
+    topic = _topic(conversation.pk) if history else ""
+    return Opened(exchange_id=exchange.pk, conversation_id=conversation.pk, history=history, topic=topic)
 
 
 def _passages_record(retrieved: Retrieved | None) -> list[dict]:
     if retrieved is None:
         return []
-    hits = retrieved.result.hits
+    hits = retrieved.hits
+    conversation = {hit.chunk_id for hit in retrieved.conversation}
     versions = dict(Document.objects.filter(pk__in={hit.document_id for hit in hits}).values_list("pk", "version"))
     return [
         {
@@ -83,6 +96,7 @@ def _passages_record(retrieved: Retrieved | None) -> list[dict]:
             "fused_score": round(hit.fused_score, 6),
             "similarity": None if hit.vector_similarity is None else round(hit.vector_similarity, 4),
             "bm25_score": None if hit.bm25_score is None else round(hit.bm25_score, 4),
+            **({"conversation": True} if hit.chunk_id in conversation else {}),
         }
         for n, hit in enumerate(hits, 1)
     ]

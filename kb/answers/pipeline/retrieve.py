@@ -1,15 +1,30 @@
 """Stage 4, retrieve: hybrid search (pgvector HNSW and exact BM25, fused by reciprocal rank) of the query
-within the asker's read scope; the permission and current-version filters are inside the SQL."""
+within the asker's read scope; the permission and current-version filters are inside the SQL.
+
+A follow-up is searched as its standalone query (`kb.answers.followup`), and the conversation's first question
+is searched too: its best passages that the query did not find come after the query's own (at most
+KB_CONVERSATION_PASSAGES). "What requirements do I need?", asked after "How do I apply for VA health care?",
+names nothing that finds the health-care page; its conversation does. The query's passages stay first and
+whole, so a follow-up on another subject loses nothing, and the evidence gate reads the query's alone."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
 from kb.answers.pipeline.types import Query, Retrieved, Scope, Trace
-from kb.search.retrieval import search_in_scope
+from kb.search.retrieval import SearchHit, search_in_scope
 
 
 def retrieve(scope: Scope, query: Query, trace: Trace) -> Retrieved:
     with trace.timed("retrieval_ms"):
         result = search_in_scope(query.text, scope.read, settings.KB_ANSWER_PASSAGES, query_vector=query.vector)
-    return Retrieved(query=query, result=result)
+        conversation = _conversation_hits(scope, query, {hit.chunk_id for hit in result.hits})
+    return Retrieved(query=query, result=result, conversation=conversation)
+
+
+def _conversation_hits(scope: Scope, query: Query, found: set[int]) -> tuple[SearchHit, ...]:
+    extra = settings.KB_CONVERSATION_PASSAGES
+    if not query.topic or not extra or not found:
+        return ()
+    topic = search_in_scope(query.topic, scope.read, settings.KB_ANSWER_PASSAGES + extra)
+    return tuple([hit for hit in topic.hits if hit.chunk_id not in found][:extra])

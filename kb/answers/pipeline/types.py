@@ -20,7 +20,7 @@ from kb.answers.citations import Source
 from kb.llm.prompts import Prompt
 from kb.llm.providers import ModelRequest, Usage
 from kb.ops.config import Configuration
-from kb.search.retrieval import ReadScope, SearchResult
+from kb.search.retrieval import ReadScope, SearchHit, SearchResult
 
 
 def ms_since(started: float) -> float:
@@ -101,6 +101,7 @@ class Opened:
     exchange_id: int
     conversation_id: int
     history: tuple[Turn, ...]
+    topic: str = ""  # with a history: what the conversation's first answered question searched for
 
     @property
     def use_cache(self) -> bool:
@@ -114,6 +115,7 @@ class Query:
 
     text: str
     vector: np.ndarray
+    topic: str = ""  # a follow-up's conversation topic (`Opened.topic`) when it is not the query itself
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,14 @@ class Retrieved:
 
     query: Query
     result: SearchResult
+    # A follow-up's: the best passages for its conversation's first question that the query did not find
+    # (KB_CONVERSATION_PASSAGES), given after the query's own.
+    conversation: tuple[SearchHit, ...] = ()
+
+    @property
+    def hits(self) -> list[SearchHit]:
+        """The passages given to the answerer, numbered in this order."""
+        return [*self.result.hits, *self.conversation]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ query."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from kb.answers.models import Outcome
@@ -107,3 +109,6 @@ def test_a_follow_up_skips_the_caches_and_searches_a_standalone_query(db, employ
     np.testing.assert_allclose(query.vector, embeddings.embed([query.text])[0], atol=1e-5)
     assert trace.cache == {"kind": "skipped"} and "cache_ms" not in trace.latency
     assert CachedAnswer.objects.get().hits == 0
+    assert query.topic == "", "the conversation has no topic besides the query"
+    opened = dataclasses.replace(opened_with(earlier), topic="Who may I share my password with?")
+    assert known_answer(scoped, guarded, opened, trace).topic == "Who may I share my password with?"

@@ -44,7 +44,7 @@ def test_open_exchange_writes_a_pending_exchange_in_a_new_conversation(db, emplo
     assert exchange.request_id == "r-1" and exchange.guard_verdicts == trace.verdicts
     assert exchange.conversation_id == opened.conversation_id
     assert Conversation.objects.get(pk=opened.conversation_id).title == HOTEL
-    assert opened.history == () and opened.use_cache
+    assert opened.history == () and opened.use_cache and opened.topic == ""
     assert audited(opened.exchange_id) == 0, "the audit event is written when the exchange finishes"
 
 
@@ -59,6 +59,10 @@ def test_a_follow_up_opens_in_its_conversation_with_the_answered_turns(corpus, e
     assert follow.opened.conversation_id == first.opened.conversation_id and not follow.opened.use_cache
     (turn,) = follow.opened.history  # the refused exchange is not a turn to build on
     assert (turn.question, turn.answer, turn.search_query) == (HOTEL, ANSWER, first.evidence.retrieved.result.query)
+    assert follow.opened.topic == first.evidence.retrieved.result.query  # what its first answered question searched
+    finish(follow.begun, answered(follow))
+    later = stage_inputs(employee, "And trains?", conversation_id=first.opened.conversation_id)
+    assert len(later.opened.history) == 2 and later.opened.topic == follow.opened.topic  # the first, not the latest
 
 
 def test_someone_elses_conversation_cannot_be_opened(corpus, employee, hr_employee):

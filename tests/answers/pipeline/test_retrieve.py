@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kb.answers.pipeline.retrieve import retrieve
+from kb.answers.pipeline.types import Query
 from tests.answers.pipeline.conftest import HOTEL, query_of, scope_for
 
 LEAVE_QUESTION = "How many weeks of paid parental leave does a parent receive?"
@@ -28,3 +29,31 @@ def test_documents_outside_the_read_scope_are_never_returned(corpus, employee, h
 def test_at_most_the_configured_number_of_passages_is_retrieved(corpus, employee, trace, settings):
     settings.KB_ANSWER_PASSAGES = 2
     assert len(retrieve(scope_for(employee), query_of("company policy"), trace).result.hits) == 2
+
+
+def test_a_follow_up_ends_with_its_conversations_best_passages_that_its_query_missed(corpus, employee, trace, settings):
+    """A follow-up about trains after a question about passwords: the query's own passages come first and
+    whole, then the best ones for the conversation's first question that the query did not find."""
+    settings.KB_ANSWER_PASSAGES = 2
+    settings.KB_CONVERSATION_PASSAGES = 1
+    query = query_of("Is first class allowed on trains?")
+    alone = retrieve(scope_for(employee), query, trace)
+    assert alone.conversation == () and alone.hits == alone.result.hits
+    follow_up = Query(query.text, query.vector, topic="Who may I share my password with?")
+    retrieved = retrieve(scope_for(employee), follow_up, trace)
+    assert [hit.chunk_id for hit in retrieved.result.hits] == [hit.chunk_id for hit in alone.result.hits]
+    (extra,) = retrieved.conversation
+    assert extra.document_id == corpus.security.pk and "never shared" in extra.text
+    assert extra.chunk_id not in {hit.chunk_id for hit in retrieved.result.hits}
+    assert retrieved.hits == [*retrieved.result.hits, extra]
+    settings.KB_CONVERSATION_PASSAGES = 0
+    assert retrieve(scope_for(employee), follow_up, trace).conversation == ()
+
+
+def test_the_conversations_passages_keep_to_the_read_scope(corpus, employee, trace, settings):
+    settings.KB_ANSWER_PASSAGES = 1
+    settings.KB_CONVERSATION_PASSAGES = 3
+    query = query_of(HOTEL)
+    follow_up = Query(query.text, query.vector, topic=LEAVE_QUESTION)
+    retrieved = retrieve(scope_for(employee), follow_up, trace)
+    assert retrieved.conversation and corpus.leave.pk not in {hit.document_id for hit in retrieved.hits}
