@@ -114,9 +114,10 @@ def test_an_untrusted_passage_is_never_quoted_and_the_answer_says_one_was_withhe
 def test_it_reads_only_the_passages_its_model_was_fitted_on():
     """A language model is given KB_ANSWER_PASSAGES (12); the extractive answer reads the first 8 of them."""
     filler = [Passage(n, "Canteen", "", "", f"The canteen menu changes on day {n} of the month.") for n in range(1, 9)]
-    answer = extractive_answer("What is the hotel limit in Amsterdam?", [*filler, dataclasses.replace(PASSAGES[0], n=9)])
+    question = "What is the hotel limit in Amsterdam?"
+    answer = extractive_answer(question, [*filler, dataclasses.replace(PASSAGES[0], n=9)])
     assert says_not_covered(answer) and "180 euros" not in answer
-    answer = extractive_answer("What is the hotel limit in Amsterdam?", [*filler[:7], dataclasses.replace(PASSAGES[0], n=8)])
+    answer = extractive_answer(question, [*filler[:7], dataclasses.replace(PASSAGES[0], n=8)])
     assert "The hotel limit in Amsterdam is 180 euros a night. [8]" in answer
 
 

@@ -3,8 +3,9 @@ extractive answerer's answerability model (`kb.llm.extractive.Answerability`) an
 (KB_EXTRACTIVE_MIN_PROBABILITY).
 
 For every question of every dev set the passages are retrieved once as the ask path retrieves them (hybrid
-search on the set's isolated index, the answerer's `extractive.PASSAGES`) and every quotable unit is scored once; fitting
-and the threshold sweep then replay the answerer's decision without touching the database or the model.
+search on the set's isolated index, the first `extractive.PASSAGES` that the answerer reads) and every quotable
+unit is scored once; fitting and the threshold sweep then replay the answerer's decision without touching
+the database or the model.
 The model is a logistic regression over `extractive.FEATURES`, each set and within it answerable and
 unanswerable questions weighted alike (a big set does not outvote a small one; doc2dial's all-answerable sets
 weigh as one class). The threshold maximises the objective, each set weighted alike: the share of answerable
