@@ -500,7 +500,8 @@ KB_QUESTION_MAX_CHARS = env_int("KB_QUESTION_MAX_CHARS", 2000, minimum=10)
 # A follow-up's passages end with this many of its conversation's first question's best ones that the follow-up's
 # query did not find (kb/answers/pipeline/retrieve.py). 2: the fewest with which the asked facts are in the
 # passages for >= 95% of doc2dial-followup-dev's (context recall 0.886 -> 1.0 of 35 facts, expected document among
-# them 0.833 -> 0.947; 4: 0.967); the query's own passages stay first and whole. Stop 36, README "Follow-ups".
+# them 0.833 -> 0.947; 4: 0.967); the query's own passages stay first and whole. For a language model only (the
+# extractive answer reads the first 8). Stop 36, README "Follow-ups reach their conversation".
 KB_CONVERSATION_PASSAGES = env_int("KB_CONVERSATION_PASSAGES", 2, minimum=0, maximum=10)
 # Earlier turns of a conversation given to the model with a follow-up.
 KB_CONVERSATION_TURNS = env_int("KB_CONVERSATION_TURNS", 3, minimum=0, maximum=20)

@@ -182,7 +182,9 @@ def test_a_follow_up_is_given_its_conversations_passages_after_its_own(fake_anth
     best ones for the conversation's first question, recorded as such."""
     settings.KB_ANSWER_PASSAGES = 1
     first = services.ask("Who may I share my password with?", employee)
-    follow = services.ask("Do I need it when working from a hotel?", employee, conversation_id=first["conversation_id"])
+    later = "Does the same rule apply when I work from a hotel abroad?"  # standalone: no pronoun, no "and ..."
+    follow = services.ask(later, employee, conversation_id=first["conversation_id"])
+    assert Exchange.objects.get(pk=follow["exchange_id"]).search_query == later  # searched as it is
     passages = Exchange.objects.get(pk=follow["exchange_id"]).passages
     assert len(passages) == 1 + settings.KB_CONVERSATION_PASSAGES
     assert "conversation" not in passages[0] and all(p["conversation"] for p in passages[1:])

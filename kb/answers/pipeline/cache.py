@@ -68,5 +68,5 @@ def known_answer(scope: Scope, guarded: Guarded, opened: Opened, trace: Trace) -
             return _hit(hit, trace)
         if nearest is not None:
             trace.cache["nearest_similarity"] = round(nearest, 4)
-    topic = opened.topic if opened.history and opened.topic != text else ""
+    topic = opened.topic if opened.history and normalise(opened.topic) != normalise(text) else ""
     return Query(text=text, vector=vector, topic=topic)

@@ -5,6 +5,7 @@ nearest documents. Above it, the passages are numbered and the model request is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from django.conf import settings
@@ -81,6 +82,9 @@ def nearest_documents(result: SearchResult | None) -> list[dict]:
 
 
 def _not_covered(retrieved: Retrieved, score: float | None) -> Stop:
+    # Refused on the follow-up's own passages: the conversation's were given to no one and are not recorded.
+    if retrieved.conversation:
+        retrieved = dataclasses.replace(retrieved, conversation=())
     found = bool(retrieved.result.hits)
     return Stop(
         Ending(

@@ -5,7 +5,9 @@ A follow-up is searched as its standalone query (`kb.answers.followup`), and the
 is searched too: its best passages that the query did not find come after the query's own (at most
 KB_CONVERSATION_PASSAGES). "What requirements do I need?", asked after "How do I apply for VA health care?",
 names nothing that finds the health-care page; its conversation does. The query's passages stay first and
-whole, so a follow-up on another subject loses nothing, and the evidence gate reads the query's alone."""
+whole, so a follow-up on another subject loses nothing, and the evidence gate reads the query's alone. They are
+for a language model (the extractive answer reads the first `extractive.PASSAGES`), and are searched whatever the
+chain, so that what is recorded is what a model would be given (one more search per follow-up)."""
 
 from __future__ import annotations
 

@@ -109,6 +109,14 @@ def test_a_follow_up_skips_the_caches_and_searches_a_standalone_query(db, employ
     np.testing.assert_allclose(query.vector, embeddings.embed([query.text])[0], atol=1e-5)
     assert trace.cache == {"kind": "skipped"} and "cache_ms" not in trace.latency
     assert CachedAnswer.objects.get().hits == 0
-    assert query.topic == "", "the conversation has no topic besides the query"
     opened = dataclasses.replace(opened_with(earlier), topic="Who may I share my password with?")
     assert known_answer(scoped, guarded, opened, trace).topic == "Who may I share my password with?"
+
+
+def test_a_follow_up_that_asks_its_conversations_first_question_again_has_no_other_topic(db, employee, trace):
+    earlier = Turn(question=HOTEL, answer="The limit is 180 euros per night [1].", search_query=HOTEL)
+    opened = dataclasses.replace(opened_with(earlier), topic="what is the hotel limit per night in amsterdam")
+    again = known_answer(scope_for(employee), guarded_of(HOTEL, vector(HOTEL)), opened, trace)
+    assert isinstance(again, Query) and again.topic == ""
+    standalone = known_answer(scope_for(employee), guarded_of(HOTEL, vector(HOTEL)), opened_with(), trace)
+    assert isinstance(standalone, Query) and standalone.topic == ""

@@ -8,7 +8,7 @@ from ingest.models import Chunk
 from kb.answers.models import Outcome
 from kb.answers.pipeline.evidence import NOT_COVERED, evidence
 from kb.answers.pipeline.retrieve import retrieve
-from kb.answers.pipeline.types import Evidence, Stop, Turn
+from kb.answers.pipeline.types import Evidence, Query, Stop, Turn
 from kb.search.retrieval import ReadScope
 from tests.answers.pipeline.conftest import HOTEL, guarded_of, opened_with, query_of, scope_for
 
@@ -94,3 +94,22 @@ def test_a_follow_up_is_given_to_the_extractive_answer_as_the_standalone_query_i
     assert found.model_request.question == retrieved.query.text and "rotterdam" in found.model_request.question.lower()
     assert "hotel" in found.model_request.question.lower()
     assert "and in Rotterdam?" in found.model_request.user  # the model still reads the question as asked
+
+
+def test_a_follow_ups_conversation_passages_follow_its_own_and_a_gate_refusal_drops_them(
+    corpus, employee, trace, settings
+):
+    settings.KB_ANSWER_PASSAGES = 1
+    earlier = Turn(question=HOTEL, answer="The limit is 180 euros per night [1].", search_query=HOTEL)
+    scoped = scope_for(employee)
+    own = query_of("Do passwords have a minimum length?")
+    retrieved = retrieve(scoped, Query(own.text, own.vector, topic=HOTEL), trace)
+    assert retrieved.conversation, "the hotel question's passages, which the password search did not find"
+    found = evidence(scoped, guarded_of(own.text), opened_with(earlier), retrieved)
+    assert isinstance(found, Evidence)
+    assert [s.chunk_id for s in found.sources.values()] == [hit.chunk_id for hit in retrieved.hits]
+    assert found.model_request.user.count("<passage ") == 1 + len(retrieved.conversation)
+    settings.KB_EVIDENCE_MIN_SCORE = 2.0  # nothing clears it
+    stop = evidence(scoped, guarded_of(own.text), opened_with(earlier), retrieved)
+    assert isinstance(stop, Stop) and stop.retrieved.conversation == ()
+    assert stop.retrieved.result is retrieved.result, "the refusal keeps (and records) the follow-up's own"
