@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from ingest.models import Chunk, ReadScope, heading_label, page_label
 from kb.search import embeddings
 from kb.search.analyzer import analyze
-from kb.search.fusion import Fused, reciprocal_rank_fusion
+from kb.search.fusion import Fused, reciprocal_rank_fusion, with_legs_best
 from kb.text import text_clean
 
 Mode = Literal["hybrid", "bm25", "vector"]
@@ -113,8 +113,16 @@ def search(
 
 
 def search_in_scope(
-    query: str, scope: ReadScope, k: int = 8, *, mode: Mode = "hybrid", query_vector: np.ndarray | None = None
+    query: str,
+    scope: ReadScope,
+    k: int = 8,
+    *,
+    mode: Mode = "hybrid",
+    query_vector: np.ndarray | None = None,
+    legs_best: int = 0,
 ) -> SearchResult:
+    """As `search`, within `scope`. With `legs_best` = n, the last n of the k hits are each leg's best chunk that
+    fusion did not place before them, the vector leg's first (`fusion.with_legs_best`)."""
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
     started = time.perf_counter()
@@ -165,12 +173,15 @@ def search_in_scope(
             rankings[BM25] = bm25_leg(terms, scope, depth)
             timings.bm25_ms = _ms(t0)
         t0 = time.perf_counter()
+        fill = min(legs_best, k) if mode == "hybrid" else 0
         fused = reciprocal_rank_fusion(
             {leg: [hit.chunk_id for hit in hits] for leg, hits in rankings.items()},
             k=settings.KB_RRF_K,
             weights={VECTOR: settings.KB_RRF_VECTOR_WEIGHT, BM25: settings.KB_RRF_BM25_WEIGHT},
-            limit=k,
+            limit=None if fill else k,
         )
+        if fill:
+            fused = with_legs_best(fused, (VECTOR, BM25), k, fill)
         timings.fusion_ms = _ms(t0)
         t0 = time.perf_counter()
         values = {leg: {hit.chunk_id: hit.value for hit in hits} for leg, hits in rankings.items()}

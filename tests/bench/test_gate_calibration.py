@@ -72,6 +72,7 @@ from django.conf import settings
 
 from ingest.models import Chunk, Document
 from kb.answers.pipeline import evidence as gate
+from kb.answers.pipeline.retrieve import leg_passages
 from kb.evaluation import beir
 from kb.search import embeddings
 from kb.search.models import IndexState
@@ -237,10 +238,12 @@ def run_corpus(corpus: Corpus, sets: list[QuestionSet], vectors: dict[str, np.nd
             "build_s": round(build_s, 1),
         }
         scope = ReadScope.all_documents()
-        search_in_scope("warm up", scope, K, mode="hybrid")
+        search_in_scope("warm up", scope, K, mode="hybrid", legs_best=leg_passages())
         for question_set in sets:
             for question in question_set.questions:
-                result = search_in_scope(question, scope, K, mode="hybrid", query_vector=vectors[question])
+                result = search_in_scope(
+                    question, scope, K, mode="hybrid", query_vector=vectors[question], legs_best=leg_passages()
+                )
                 t0 = time.perf_counter()
                 evidence = Evidence.of(result, chunk_count)
                 if evidence.similarities:

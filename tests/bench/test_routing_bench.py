@@ -29,6 +29,7 @@ from django.test import override_settings
 from ingest import services as ingest_services
 from ingest.models import Document
 from ingest.parsers.sniff import SUPPORTED_EXTENSIONS
+from kb.answers.pipeline.retrieve import leg_passages
 from kb.answers.pipeline.route import STRONG, documents_spanned, tier_for
 from kb.llm import prompts
 from kb.llm.cost import link_price
@@ -110,7 +111,7 @@ def _retrieve_all(golden: Path, system_words: int) -> list[tuple[dict, list, flo
     scope = ReadScope.all_documents()
     found = []
     for row in rows:
-        hits = search_in_scope(row["question"], scope, settings.KB_ANSWER_PASSAGES).hits
+        hits = search_in_scope(row["question"], scope, settings.KB_ANSWER_PASSAGES, legs_best=leg_passages()).hits
         words = system_words + sum(len(hit.text.split()) for hit in hits)
         found.append((row, hits, words * TOKENS_PER_WORD))
     return found

@@ -248,3 +248,21 @@ def test_the_read_scope_names_what_a_user_may_read(search_corpus, employee, know
     assert ReadScope.for_user(employee).key == "groups:" + ",".join(map(str, ids))
     assert ReadScope.for_user(knowledge_admin).key == "all"
     assert ReadScope.for_user(compliance).key == "none"
+
+
+def test_legs_best_ends_the_hits_with_each_legs_best_chunk_not_among_fusions_first(search_corpus):
+    scope = ReadScope.all_documents()
+    query = "money back for a taxi"
+    plain = [hit.chunk_id for hit in search_in_scope(query, scope, K).hits]
+    nearest = search_in_scope(query, scope, 1, mode="vector").hits[0].chunk_id
+    keyword = [hit.chunk_id for hit in search_in_scope(query, scope, K, mode="bm25").hits]
+    assert nearest not in plain  # the vector leg's first chunk: no keyword of the query, fusion buries it
+    assert [hit.chunk_id for hit in search_in_scope(query, scope, K, legs_best=0).hits] == plain
+    filled = search_in_scope(query, scope, K, legs_best=2).hits
+    assert [hit.chunk_id for hit in filled[: K - 2]] == plain[: K - 2]
+    assert filled[-2].chunk_id == nearest and filled[-2].vector_rank == 1 and filled[-2].bm25_rank is None
+    assert filled[-1].chunk_id == next(chunk for chunk in keyword if chunk not in plain[: K - 2])
+    assert len({hit.chunk_id for hit in filled}) == K
+    # Single-leg modes have nothing to fill from: legs_best changes nothing there.
+    vector = [hit.chunk_id for hit in search_in_scope(query, scope, K, mode="vector").hits]
+    assert [hit.chunk_id for hit in search_in_scope(query, scope, K, mode="vector", legs_best=2).hits] == vector

@@ -30,6 +30,7 @@ from ingest.models import Chunk, Document
 from kb.answers import services
 from kb.answers.followup import standalone_queries
 from kb.answers.models import Conversation, Exchange, Outcome
+from kb.answers.pipeline.retrieve import leg_passages
 from kb.evaluation import beir
 from kb.evaluation.answers import corpus as corpus_module
 from kb.evaluation.answers import metrics
@@ -415,6 +416,8 @@ def evaluate(
         "k": k,
         "settings": {
             "answer_passages": k,
+            "answer_leg_passages": leg_passages(),
+            "conversation_passages": settings.KB_CONVERSATION_PASSAGES,
             "evidence_min_score": settings.KB_EVIDENCE_MIN_SCORE,
             "rrf_k": settings.KB_RRF_K,
             "rrf_weights": {"vector": settings.KB_RRF_VECTOR_WEIGHT, "bm25": settings.KB_RRF_BM25_WEIGHT},

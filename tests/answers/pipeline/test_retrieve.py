@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kb.answers.pipeline.retrieve import retrieve
+from kb.answers.pipeline.retrieve import leg_passages, retrieve
 from kb.answers.pipeline.types import Query
+from kb.llm import extractive
 from tests.answers.pipeline.conftest import HOTEL, query_of, scope_for
 
 LEAVE_QUESTION = "How many weeks of paid parental leave does a parent receive?"
@@ -57,3 +58,29 @@ def test_the_conversations_passages_keep_to_the_read_scope(corpus, employee, tra
     follow_up = Query(query.text, query.vector, topic=LEAVE_QUESTION)
     retrieved = retrieve(scope_for(employee), follow_up, trace)
     assert retrieved.conversation and corpus.leave.pk not in {hit.document_id for hit in retrieved.hits}
+
+
+def test_the_last_passages_are_each_legs_best_not_among_fusions_first(corpus, employee, trace, settings, monkeypatch):
+    """The words of this question are in one travel passage (BM25's first, the vector leg's second) and its
+    meaning is nearest the hotel passage, which the keyword leg does not find: fusion puts the first one first."""
+    settings.KB_ANSWER_PASSAGES = 1
+    settings.KB_ANSWER_LEG_PASSAGES = 1
+    query = query_of("overnight stay expense ceiling class")
+    # The extractive answer's first passages stay fusion's: with 1 passage none is a leg's.
+    assert extractive.PASSAGES == 8 and leg_passages() == 0
+    (fused,) = retrieve(scope_for(employee), query, trace).result.hits
+    assert fused.bm25_rank == 1 and fused.vector_rank == 2
+    monkeypatch.setattr(extractive, "PASSAGES", 0)  # as if the extractive answer read none of them
+    assert leg_passages() == 1
+    (nearest,) = retrieve(scope_for(employee), query, trace).result.hits
+    assert nearest.vector_rank == 1 and nearest.bm25_rank is None and "180 euros" in nearest.text
+
+
+def test_leg_passages_come_after_the_extractive_answers_passages(settings):
+    settings.KB_ANSWER_LEG_PASSAGES = 2
+    for passages, legs in ((12, 2), (10, 2), (9, 1), (8, 0), (3, 0)):
+        settings.KB_ANSWER_PASSAGES = passages
+        assert leg_passages() == legs
+    settings.KB_ANSWER_PASSAGES = 12
+    settings.KB_ANSWER_LEG_PASSAGES = 0
+    assert leg_passages() == 0
