@@ -496,13 +496,14 @@ KB_BUDGET_DOWNGRADE_FRACTION = env_float("KB_BUDGET_DOWNGRADE_FRACTION", 0.8, mi
 # every blind dev set (blind-handbook 0.926 -> 0.957, blind-clinic 0.929 -> 0.970, blind-retail 0.957; 10 left
 # blind-clinic at 0.949; doc2dial-dev stays 0.923 from 8 to 16); stop 36, README "Twelve passages".
 KB_ANSWER_PASSAGES = env_int("KB_ANSWER_PASSAGES", 12, minimum=1, maximum=30)
-# Of those, the last this many are each search leg's best passage that reciprocal rank fusion left out, vector leg
+# Of those, the last this many are each search leg's best passage not among fusion's first ones, vector leg
 # first (kb.search.fusion.with_legs_best): fusion buries a passage one leg ranks first and the other misses. Chosen
 # on the dev sets (each question's legs searched once, 100 deep, and fused again; `var/research/<set>-legs.pkl`):
 # context recall of 12 passages, mean of demo, blind-handbook, blind-clinic, blind-retail, doc2dial-dev and
 # squad-dev, 0.963 with 0 -> 0.975 with 1 to 4 (blind-handbook 0.957 -> 0.979, blind-clinic 0.970 -> 0.990,
 # blind-retail 0.957 -> 0.978); 2, one from each leg, also finds squad-dev's expected document more often (0.977 ->
-# 0.985). With 12 passages the extractive answer's first 8 are fusion's as before. Stop 37, README "Each leg's best".
+# 0.985). Capped so as never to reach the extractive answer's first 8 (retrieve.leg_passages). Stop 37, README
+# "Each leg's best".
 KB_ANSWER_LEG_PASSAGES = env_int("KB_ANSWER_LEG_PASSAGES", 2, minimum=0, maximum=KB_ANSWER_PASSAGES)
 KB_QUESTION_MAX_CHARS = env_int("KB_QUESTION_MAX_CHARS", 2000, minimum=10)
 # A follow-up's passages end with this many of its conversation's first question's best ones that the follow-up's
