@@ -49,9 +49,9 @@ TARGET_FALSE_REFUSAL of its answerable questions; a general feature gives close 
 indexes differ 15-fold in size, so this is also the check on corpus-size dependence).
 
 Results go to var/bench/gate_calibration.json. The product's gate (`kb.answers.pipeline.evidence.evidence_score` and
-`is_covered`, with its configured threshold) is run on every question too; the test fails when it refuses
-more than MAX_FALSE_REFUSAL of either corpus' answerable questions or less than MIN_OUT_OF_DOMAIN_REFUSAL
-of either out-of-domain set, or when the candidate features cost more than FEATURE_BUDGET_MS at p95.
+`is_covered`, with its configured threshold) is run on every question too, and its refusal rates reported; the
+test fails when it refuses more than PRODUCT_MAX_FALSE_REFUSAL of either corpus' answerable questions, or when the
+candidate features cost more than FEATURE_BUDGET_MS at p95.
 """
 
 from __future__ import annotations
@@ -95,9 +95,11 @@ TARGET_FALSE_REFUSAL = 0.03
 MAX_FALSE_REFUSAL = 0.05
 FALSE_REFUSAL_TARGETS = (0.01, 0.03, 0.05)  # operating points also shown for the recommended feature
 COMBINATION_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # w in max_similarity + w * keyword_coverage
-# The product gate must refuse at least this share of each out-of-domain set (the recommended gate refuses
-# 87% and 94%; max_similarity alone at the same false-refusal rate, 74% and 59%).
-MIN_OUT_OF_DOMAIN_REFUSAL = 0.80
+# The product gate (KB_EVIDENCE_MIN_SCORE, 0.35 since 85a950a, chosen on the golden dev sets by calibrate_answers)
+# refuses before any model only what is clearly unrelated; a language model or the extractive answer's own model
+# decides the rest. Issue #16: it refuses at most 2% of answerable questions. Its out-of-domain refusal is reported,
+# no longer required (the strict gate this bench recommends refused 87% and 94% of them at 0.85-0.88).
+PRODUCT_MAX_FALSE_REFUSAL = 0.02
 FEATURE_BUDGET_MS = 2.0  # p95 of computing all the features of one question from its SearchResult
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
 
@@ -354,7 +356,7 @@ def test_evidence_gate_calibration(capsys):
         "seed": SEED,
         "target_false_refusal_per_corpus": TARGET_FALSE_REFUSAL,
         "max_false_refusal_per_corpus": MAX_FALSE_REFUSAL,
-        "min_out_of_domain_refusal": MIN_OUT_OF_DOMAIN_REFUSAL,
+        "product_max_false_refusal": PRODUCT_MAX_FALSE_REFUSAL,
         "indexes": indexes,
         "sets": {
             s.name: {
@@ -396,8 +398,6 @@ def test_evidence_gate_calibration(capsys):
     assert feature_cost["p95"] <= FEATURE_BUDGET_MS
     for s in sets:
         if s.expected == ANSWER:
-            assert product[s.name] <= MAX_FALSE_REFUSAL, f"the product gate refuses {product[s.name]:.1%} of {s.name}"
-        if s.expected == REFUSE:
-            assert product[s.name] >= MIN_OUT_OF_DOMAIN_REFUSAL, (
+            assert product[s.name] <= PRODUCT_MAX_FALSE_REFUSAL, (
                 f"the product gate refuses {product[s.name]:.1%} of {s.name}"
             )
