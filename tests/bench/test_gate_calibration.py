@@ -89,10 +89,9 @@ K = settings.KB_ANSWER_PASSAGES  # the passages the pipeline retrieves for the m
 SAMPLE = 500  # questions per set at most
 SEED = 20261124
 THRESHOLD_STEP = 0.01
-# Answerable in-domain questions refused, per corpus: the operating point aims at TARGET_FALSE_REFUSAL,
-# which leaves room for sampling error (about +-1.5 points at 500 questions) below MAX_FALSE_REFUSAL.
+# Answerable in-domain questions refused, per corpus, by the strict gate this bench recommends: its operating point
+# aims at TARGET_FALSE_REFUSAL (reported, no longer the product's gate: see PRODUCT_MAX_FALSE_REFUSAL).
 TARGET_FALSE_REFUSAL = 0.03
-MAX_FALSE_REFUSAL = 0.05
 FALSE_REFUSAL_TARGETS = (0.01, 0.03, 0.05)  # operating points also shown for the recommended feature
 COMBINATION_WEIGHTS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # w in max_similarity + w * keyword_coverage
 # The product gate (KB_EVIDENCE_MIN_SCORE, 0.35 since 85a950a, chosen on the golden dev sets by calibrate_answers)
@@ -355,7 +354,6 @@ def test_evidence_gate_calibration(capsys):
         "sample_per_set": SAMPLE,
         "seed": SEED,
         "target_false_refusal_per_corpus": TARGET_FALSE_REFUSAL,
-        "max_false_refusal_per_corpus": MAX_FALSE_REFUSAL,
         "product_max_false_refusal": PRODUCT_MAX_FALSE_REFUSAL,
         "indexes": indexes,
         "sets": {

@@ -1,7 +1,8 @@
 """Stage 5, evidence: is there anything to answer from? The gate scores the retrieved support (best passage
-similarity + best idf-weighted keyword coverage, 0..2; calibration in tests/bench/test_gate_calibration.py and
-the README's "Evidence gate"); below KB_EVIDENCE_MIN_SCORE the question is refused as not covered, with the
-nearest documents. Above it, the passages are numbered and the model request is built from them."""
+similarity + best idf-weighted keyword coverage, 0..2; its threshold chosen on the golden dev sets by
+`manage.py calibrate_answers`, the README's "Evidence gate"); below KB_EVIDENCE_MIN_SCORE the question is refused
+as not covered, with the nearest documents. Above it, the passages are numbered and the model request is built
+from them."""
 
 from __future__ import annotations
 
