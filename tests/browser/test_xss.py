@@ -39,7 +39,8 @@ def test_xss_in_a_document_and_in_a_model_reply_is_inert(asgi_server, page, corp
         box.fill("When does the canteen serve lunch?")
         box.press("Enter")
         answer = page.locator(".exchange .answer").last
-        expect(answer.locator("a.cite").first).to_be_visible()
+        # The first answer of a new server process waits for its models to load: as long as the other ask tests.
+        expect(answer.locator("a.cite").first).to_be_visible(timeout=15_000)
         expect(answer).to_contain_text("window.__xss")  # shown as text
         assert answer.locator("script, img, svg, iframe").count() == 0
         for link in answer.locator("a").all():
