@@ -287,6 +287,8 @@ if _broker_url is None:
     (_broker_dir / "results").mkdir(parents=True, exist_ok=True)
     # A host name the folder transport ignores: without one kombu warns "No hostname was supplied" at every start.
     CELERY_BROKER_URL = "filesystem://localhost/"
+    # kombu's folder transport with messages written whole before they appear (kb/broker.py).
+    CELERY_BROKER_TRANSPORT = "kb.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),

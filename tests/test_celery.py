@@ -1,10 +1,16 @@
 """A task goes through a real broker to a real worker process and its result comes back."""
 
+import json
+import os
 import time
+from pathlib import Path
+from queue import Empty
 
 import pytest
 from celery import Celery
+from kombu import Connection
 
+from kb import broker
 from kb.search import embeddings
 from tests.conftest import Worker, subprocess_env
 
@@ -16,6 +22,42 @@ def test_round_trip_through_the_embedded_broker(celery_worker):
 
     result = ping.delay()
     assert result.get(timeout=60) == "pong", celery_worker.output()
+
+
+def test_the_embedded_broker_is_kbs_folder_transport(celery_worker):
+    from kb.celery import app
+
+    with app.connection_for_write() as connection:
+        assert type(connection.default_channel) is broker.Channel
+
+
+def test_a_message_appears_in_the_queue_folder_only_when_written_whole(tmp_path, monkeypatch):
+    """kombu's own transport opens the message file in the queue folder and writes it after: a worker listing the
+    folder in between read an empty message and died (JSONDecodeError). Here nothing a queue matches exists until
+    the content is complete."""
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    with Connection("filesystem://localhost/", transport=broker.Transport, transport_options=options) as connection:
+        channel = connection.default_channel
+        seen_before_rename = []
+        replace = os.replace
+
+        def watched_replace(source, target):
+            seen_before_rename.append(sorted(os.listdir(folder)))
+            assert json.loads(Path(source).read_bytes()) == {"body": "x" * 100_000}
+            with pytest.raises(Empty):  # the partial file is no queue's message
+                channel._get("celery")
+            replace(source, target)
+
+        monkeypatch.setattr(os, "replace", watched_replace)
+        channel._put("celery", {"body": "x" * 100_000})
+        ((partial,),) = seen_before_rename
+        assert partial.startswith(".") and partial.endswith(".celery.msg.part")
+        (message,) = os.listdir(folder)
+        assert message.endswith(".celery.msg") and not message.startswith(".")
+        assert channel._get("celery") == {"body": "x" * 100_000}
+        assert os.listdir(folder) == []
 
 
 def test_round_trip_through_redis(redis_url, test_database_url, tmp_path):
