@@ -243,6 +243,11 @@ def page(browser):
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(15000)
+    # Assertions wait as long as actions: the first answer of a newly started server, on two cores shared with the
+    # other test process, took over expect's 5 s default in fresh-clone CI runs (stop 37).
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15000)
     refused: list[str] = []
     page.on(
         "console",
