@@ -30,11 +30,13 @@ def test_readyz_is_503_and_says_why_when_the_broker_is_down(client, settings, su
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:9/0"  # discard port: nothing listens
     from kb.celery import app
 
-    previous, app.conf.broker_url = app.conf.broker_url, settings.CELERY_BROKER_URL
+    # A Redis broker, as CELERY_BROKER_URL=redis://... gives: without the embedded folder transport (kb/broker.py).
+    previous = app.conf.broker_url, app.conf.broker_transport
+    app.conf.broker_url, app.conf.broker_transport = settings.CELERY_BROKER_URL, None
     try:
         response = client.get("/readyz")
     finally:
-        app.conf.broker_url = previous
+        app.conf.broker_url, app.conf.broker_transport = previous
     assert response.status_code == 503
     body = response.json()
     assert body["ready"] is False
@@ -90,11 +92,12 @@ def test_anonymous_readyz_gets_the_verdict_without_internal_details(client, sett
     embeddings.get_model()
     from kb.celery import app
 
-    previous, app.conf.broker_url = app.conf.broker_url, "redis://127.0.0.1:9/0"
+    previous = app.conf.broker_url, app.conf.broker_transport
+    app.conf.broker_url, app.conf.broker_transport = "redis://127.0.0.1:9/0", None
     try:
         response = client.get("/readyz")
     finally:
-        app.conf.broker_url = previous
+        app.conf.broker_url, app.conf.broker_transport = previous
     body = response.json()
     assert response.status_code == 503 and body["ready"] is False
     assert body["checks"]["broker"] == {"ok": False, "ms": body["checks"]["broker"]["ms"]}
