@@ -174,14 +174,15 @@ def search_in_scope(
             timings.bm25_ms = _ms(t0)
         t0 = time.perf_counter()
         fill = min(legs_best, k) if mode == "hybrid" else 0
+        ids = {leg: [hit.chunk_id for hit in hits] for leg, hits in rankings.items()}
         fused = reciprocal_rank_fusion(
-            {leg: [hit.chunk_id for hit in hits] for leg, hits in rankings.items()},
+            ids,
             k=settings.KB_RRF_K,
             weights={VECTOR: settings.KB_RRF_VECTOR_WEIGHT, BM25: settings.KB_RRF_BM25_WEIGHT},
             limit=None if fill else k,
         )
         if fill:
-            fused = with_legs_best(fused, (VECTOR, BM25), k, fill)
+            fused = with_legs_best(fused, ids, k, fill)
         timings.fusion_ms = _ms(t0)
         t0 = time.perf_counter()
         values = {leg: {hit.chunk_id: hit.value for hit in hits} for leg, hits in rankings.items()}

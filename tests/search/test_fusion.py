@@ -75,7 +75,6 @@ def test_a_negative_k_is_refused():
 
 # Three chunks both legs find, one only the vector leg ranks first, one only BM25 ranks last.
 BURIED = {"vector": ["v1", "c1", "c2", "c3"], "bm25": ["c1", "c2", "c3", "b1"]}
-LEGS = ("vector", "bm25")
 
 
 def test_fusion_buries_a_chunk_only_one_leg_ranks_first():
@@ -84,37 +83,40 @@ def test_fusion_buries_a_chunk_only_one_leg_ranks_first():
 
 def test_without_fill_the_legs_best_are_fusions_first_k():
     fused = reciprocal_rank_fusion(BURIED)
-    assert with_legs_best(fused, LEGS, 3, 0) == fused[:3]
+    assert with_legs_best(fused, BURIED, 3, 0) == fused[:3]
 
 
 def test_the_last_places_go_to_each_legs_best_not_yet_chosen_vector_first():
     fused = reciprocal_rank_fusion(BURIED)
-    assert [item.key for item in with_legs_best(fused, LEGS, 3, 1)] == ["c1", "c2", "v1"]
+    assert [item.key for item in with_legs_best(fused, BURIED, 3, 1)] == ["c1", "c2", "v1"]
     # BM25's best two are chosen already: its next is c3, ahead of b1.
-    assert [item.key for item in with_legs_best(fused, LEGS, 4, 2)] == ["c1", "c2", "v1", "c3"]
-    chosen = with_legs_best(fused, LEGS, 3, 1)
+    assert [item.key for item in with_legs_best(fused, BURIED, 4, 2)] == ["c1", "c2", "v1", "c3"]
+    chosen = with_legs_best(fused, BURIED, 3, 1)
     assert chosen[-1].ranks == {"vector": 1} and chosen[-1].score == pytest.approx(1 / 61)
 
 
 def test_the_legs_take_turns():
-    fused = reciprocal_rank_fusion({"vector": ["v1", "v2", "c"], "bm25": ["b1", "b2", "c"]})
+    rankings = {"vector": ["v1", "v2", "c"], "bm25": ["b1", "b2", "c"]}
+    fused = reciprocal_rank_fusion(rankings)
     assert [item.key for item in fused[:3]] == ["c", "v1", "b1"]
-    assert [item.key for item in with_legs_best(fused, LEGS, 3, 2)] == ["c", "v1", "b1"]
-    assert [item.key for item in with_legs_best(fused, LEGS, 4, 4)] == ["v1", "b1", "v2", "b2"]
+    assert [item.key for item in with_legs_best(fused, rankings, 3, 2)] == ["c", "v1", "b1"]
+    assert [item.key for item in with_legs_best(fused, rankings, 4, 4)] == ["v1", "b1", "v2", "b2"]
 
 
 def test_a_leg_that_runs_out_leaves_the_rest_to_the_other():
-    fused = reciprocal_rank_fusion({"vector": ["a"], "bm25": ["b", "c", "d"]})
-    assert [item.key for item in with_legs_best(fused, LEGS, 4, 4)] == ["a", "b", "c", "d"]
-    assert [item.key for item in with_legs_best(fused, LEGS, 10, 10)] == ["a", "b", "c", "d"]
+    rankings = {"vector": ["a"], "bm25": ["b", "c", "d"]}
+    fused = reciprocal_rank_fusion(rankings)
+    assert [item.key for item in with_legs_best(fused, rankings, 4, 4)] == ["a", "b", "c", "d"]
+    assert [item.key for item in with_legs_best(fused, rankings, 10, 10)] == ["a", "b", "c", "d"]
 
 
 def test_nothing_is_chosen_twice():
-    fused = reciprocal_rank_fusion({"vector": ["a", "b"], "bm25": ["a", "b"]})
-    assert [item.key for item in with_legs_best(fused, LEGS, 5, 3)] == ["a", "b"]
+    rankings = {"vector": ["a", "b"], "bm25": ["a", "b"]}
+    fused = reciprocal_rank_fusion(rankings)
+    assert [item.key for item in with_legs_best(fused, rankings, 5, 3)] == ["a", "b"]
 
 
 @pytest.mark.parametrize("fill", [-1, 4])
 def test_a_fill_outside_0_to_k_is_refused(fill):
     with pytest.raises(ValueError, match="between 0 and k"):
-        with_legs_best(reciprocal_rank_fusion(BURIED), LEGS, 3, fill)
+        with_legs_best(reciprocal_rank_fusion(BURIED), BURIED, 3, fill)
