@@ -63,7 +63,7 @@ def test_input_guards_cost_and_grounding_separation(capsys):
         for label in timings:
             context = InputContext(user=user, text=question)
             if label == "guards_only":
-                context.embedding()
+                context.typed_embedding()  # both vectors: as typed (classifiers) and normalised (topics)
             started = time.perf_counter()
             for guard in guards:
                 if guard.scan(context).blocked:

@@ -53,7 +53,7 @@ def test_the_toxicity_guards_add_little_to_the_ask_path():
     guard = ToxicityGuard()
     input_ms = []
     for question, vector in zip(questions, vectors, strict=True):
-        context = InputContext(user=None, text=question, vector=vector)
+        context = InputContext(user=None, text=question, typed_vector=vector)  # embedded as typed
         started = time.perf_counter()
         guard.scan(context)
         input_ms.append((time.perf_counter() - started) * 1000)
