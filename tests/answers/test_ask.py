@@ -177,6 +177,23 @@ def test_a_follow_up_carries_the_conversation(fake_anthropic, corpus, employee):
     assert follow["cache"]["kind"] == "skipped"
 
 
+def test_calibration_replays_a_conversation_as_the_ask_path_searches_it(fake_anthropic, corpus, employee):
+    """The extractive answerer's model is fitted on replayed questions (kb.evaluation.answers.calibrate): they must
+    be searched as the ask path searches them, or the model is fitted on other passages than it is shown."""
+    from kb.evaluation.answers import calibrate
+    from kb.evaluation.answers.golden import GoldenItem
+
+    first = services.ask(HOTEL, employee)
+    follow = services.ask("And in Rotterdam?", employee, conversation_id=first["conversation_id"])
+    asked = [Exchange.objects.get(pk=result["exchange_id"]).search_query for result in (first, follow)]
+    items = [
+        GoldenItem("q1", HOTEL, True, ("t.md",), None, "", (), "lookup"),
+        GoldenItem("q2", "And in Rotterdam?", True, ("t.md",), None, "", (), "followup", follows="q1"),
+    ]
+    replayed = calibrate.replays(items)
+    assert [replayed["q1"].search, replayed["q2"].search] == asked
+
+
 def test_a_follow_up_is_given_its_conversations_passages_after_its_own(fake_anthropic, corpus, employee, settings):
     """A follow-up that names nothing of its conversation's subject still reaches it: the passages end with the
     best ones for the conversation's first question, recorded as such."""

@@ -76,20 +76,24 @@ def test_the_fitted_model_separates_what_separates_and_each_set_is_reported_left
     assert report["leave_one_out"]["one"]["figures"]["refusal_recall"] == 1
 
 
-def test_a_follow_up_is_replayed_as_the_standalone_query_the_ask_path_searches_for():
+def test_each_question_is_replayed_as_the_ask_path_handles_it():
     first = GoldenItem("q1", "What is the hotel limit in Amsterdam?", True, ("t.md",), None, "", ("180",), "lookup")
     second = GoldenItem("q2", "And in Rotterdam?", True, ("t.md",), None, "", ("150",), "followup", follows="q1")
     third = GoldenItem("q3", "and in Utrecht?", True, ("t.md",), None, "", ("120",), "followup", follows="q2")
     earlier = (("user", "What is the hotel limit in Amsterdam?"), ("agent", "180 euros."))
     talked = GoldenItem("q4", "and for a night in Paris?", True, ("t.md",), None, "", ("200",), "followup",
                         context=earlier)  # fmt: skip
-    queries = calibrate.search_queries([third, second, first, talked])  # in any order
-    assert queries["q1"] == "What is the hotel limit in Amsterdam?"
-    assert queries["q2"] == "What is the hotel limit in Rotterdam?"
-    assert queries["q3"] == "What is the hotel limit in Utrecht?"
-    assert "Paris" in queries["q4"] and "hotel limit" in queries["q4"]
-    replayed = calibrate.Case(second, 1.0, (PASSAGE,), (), queries["q2"])
-    assert replayed.question == "What is the hotel limit in Rotterdam?"
+    replayed = calibrate.replays([third, second, first, talked])  # in any order
+    # A first question: searched normalised, as the caches need it; the answerer reads it as typed.
+    assert replayed["q1"] == calibrate.Replay("what is the hotel limit in amsterdam", first.question)
+    # A follow-up: rewritten after the previous turn's search query; searched and read as rewritten.
+    assert replayed["q2"] == calibrate.Replay(
+        "what is the hotel limit in Rotterdam", "what is the hotel limit in Rotterdam"
+    )
+    assert replayed["q3"].search == replayed["q3"].question == "what is the hotel limit in Utrecht"
+    assert "Paris" in replayed["q4"].question and "hotel limit" in replayed["q4"].search
+    case = calibrate.Case(second, 1.0, (PASSAGE,), (), replayed["q2"].question)
+    assert case.question == "what is the hotel limit in Rotterdam"
     assert calibrate.Case(first, 1.0, (PASSAGE,), ()).question == first.question
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from kb.answers.pipeline.evidence import evidence_score
+from kb.answers.pipeline.retrieve import leg_passages
 from kb.evaluation.answers.golden import GoldenItem
 from kb.evaluation.answers.metrics import fact_found
 from kb.llm import extractive
@@ -59,7 +60,7 @@ class Case:
     gate: float | None
     passages: tuple[Passage, ...]
     scored: tuple[Scored, ...]
-    query: str = ""  # what the answerer is given: a follow-up's standalone query (`search_queries`)
+    query: str = ""  # what the answerer reads when not the question as typed: a follow-up's query (`replays`)
     inputs: tuple[float, ...] = ()  # the answerability model's inputs, pair features too (`with_inputs`)
 
     @property
@@ -67,31 +68,43 @@ class Case:
         return self.query or self.item.question
 
 
-def search_queries(items: Sequence[GoldenItem]) -> dict[str, str]:
-    """What the ask path searches for and gives the answerer for each question: a follow-up (`follows`, or
-    earlier turns in `context`) is rewritten into a standalone query turn after turn (`followup.standalone_query`),
-    any other question is itself. Replaying follow-ups as bare questions ("and once I hit 10 years?") would fit
-    the decision on questions the answerer never sees."""
-    from kb.answers.followup import standalone_queries
+@dataclass(frozen=True)
+class Replay:
+    """What the ask path does with one question: the text it searches for, and the text the answerer reads."""
+
+    search: str
+    question: str
+
+
+def replays(items: Sequence[GoldenItem]) -> dict[str, Replay]:
+    """Each question as the ask path handles it. A first question is searched normalised (`kb.text.normalise`, as
+    the caches need it; the answerer reads it as typed). A follow-up (`follows`, or earlier turns in `context`)
+    is rewritten into a standalone query (`followup.standalone_query`) after the previous turn's search query, and
+    both the search and the answerer read that. Replaying follow-ups as bare questions ("and once I hit 10
+    years?") would fit the decision on questions the answerer never sees."""
+    from kb.answers.followup import standalone_queries, standalone_query
     from kb.evaluation.answers.golden import USER
+    from kb.text import normalise
 
     by_id = {item.id: item for item in items}
-    queries: dict[str, str] = {}
+    done: dict[str, Replay] = {}
 
-    def query_of(item: GoldenItem) -> str:
-        if item.id not in queries:
+    def replay_of(item: GoldenItem) -> Replay:
+        if item.id not in done:
             if item.follows is not None and item.follows in by_id:
-                turns = [item.question]
-                previous: str | None = query_of(by_id[item.follows])
+                query = standalone_query(item.question, replay_of(by_id[item.follows]).search)
+                done[item.id] = Replay(query, query)
+            elif item.context:  # earlier turns recorded as the evaluation runner records them (typed queries)
+                earlier = standalone_queries([text for role, text in item.context if role == USER])
+                query = standalone_query(item.question, earlier[-1] if earlier else None)
+                done[item.id] = Replay(query, query)
             else:
-                turns = [text for role, text in item.context if role == USER] + [item.question]
-                previous = None
-            queries[item.id] = standalone_queries(turns, previous)[-1]
-        return queries[item.id]
+                done[item.id] = Replay(normalise(item.question), item.question)
+        return done[item.id]
 
     for item in items:
-        query_of(item)
-    return queries
+        replay_of(item)
+    return done
 
 
 def spread(items: Sequence[GoldenItem], limit: int | None) -> list[GoldenItem]:
@@ -105,26 +118,27 @@ def spread(items: Sequence[GoldenItem], limit: int | None) -> list[GoldenItem]:
 
 def cases_retrieve(items: Iterable[GoldenItem], limit: int | None = None) -> list[Case]:
     """Retrieve and score every question (or `limit` of them, `spread`) on the current (isolated) index;
-    injections are left out. Each question is replayed as the ask path would search for it (`search_queries`,
-    made from the whole set, so a follow-up keeps its conversation)."""
+    injections are left out. Each question is replayed as the ask path handles it (`replays`, made from the whole
+    set, so a follow-up keeps its conversation): searched for the passages it would be given, the gate's score on
+    all of them, the first `extractive.PASSAGES` scored for the answerer."""
     from ingest.models import Chunk, ReadScope
     from kb.search.retrieval import search_in_scope
 
     items = list(items)
-    queries = search_queries(items)
+    replayed = replays(items)
     scope = ReadScope.all_documents()
     cases = []
     for item in spread([item for item in items if not item.injection], limit):
-        question = queries[item.id]
-        result = search_in_scope(question, scope, min(settings.KB_ANSWER_PASSAGES, extractive.PASSAGES))
+        search, question = replayed[item.id].search, replayed[item.id].question
+        # All the passages the ask path retrieves (the gate reads them all), the answerer the first PASSAGES.
+        result = search_in_scope(search, scope, settings.KB_ANSWER_PASSAGES, legs_best=leg_passages())
+        hits = result.hits[: extractive.PASSAGES]
         flagged = set(
-            Chunk.objects.filter(pk__in=[hit.chunk_id for hit in result.hits], untrusted=True).values_list(
-                "pk", flat=True
-            )
+            Chunk.objects.filter(pk__in=[hit.chunk_id for hit in hits], untrusted=True).values_list("pk", flat=True)
         )
         passages = tuple(
             Passage(n, hit.title, hit.heading, hit.pages, hit.text, untrusted=hit.chunk_id in flagged)
-            for n, hit in enumerate(result.hits, 1)
+            for n, hit in enumerate(hits, 1)
         )
         scored = tuple(extractive.scored_units(question, passages)) if passages else ()
         cases.append(with_inputs(Case(item, evidence_score(result), passages, scored, question)))
