@@ -1,19 +1,22 @@
 """Exact and semantic answer caches (issue #4).
 
 Both are keyed by a namespace: the user's permission scope, the index version (every document change
-bumps it), the prompt version and the model chain, so an answer is never served across permission
-scopes, after the documents changed, or from another prompt or chain. Within a namespace the exact cache
+bumps it), the prompt version, the model chain and the settings that make answers (`ANSWER_SETTINGS`), so an
+answer is never served across permission scopes, after the documents changed, or from another prompt, chain or
+retrieval setting. Within a namespace the exact cache
 matches the normalised question; the semantic cache the nearest earlier question by embedding, when its
 cosine similarity reaches KB_SEMANTIC_CACHE_MIN_SIMILARITY.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 from django.conf import settings
@@ -54,8 +57,42 @@ def same_numbers_and_negations(a: str, b: str) -> bool:
     return numbers(a) == numbers(b) and negations(a) == negations(b)
 
 
+# The settings that decide which passages a question is given and what answer is made of them. An answer cached
+# under other values was not made the way this deployment now makes answers: a rollout that changes one (more
+# passages, another gate or fusion constant) must not serve the old answers until the documents change.
+ANSWER_SETTINGS = (
+    "KB_ANSWER_PASSAGES",
+    "KB_ANSWER_LEG_PASSAGES",
+    "KB_FUSION_TOP_N",
+    "KB_RRF_K",
+    "KB_RRF_VECTOR_WEIGHT",
+    "KB_RRF_BM25_WEIGHT",
+    "KB_BM25_K1",
+    "KB_BM25_B",
+    "KB_HNSW_EF_SEARCH",
+    "KB_EVIDENCE_MIN_SCORE",
+    "KB_EXTRACTIVE_MIN_PROBABILITY",
+    "KB_GROUNDING_MIN_SCORE",
+    "KB_ANSWER_TOXICITY_THRESHOLD",
+    "KB_ANSWER_TOPIC_THRESHOLD",
+)
+
+
+@functools.cache
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def answer_settings() -> list:
+    """ANSWER_SETTINGS' values, the embedding model and the extractive answerer's shipped model (by content)."""
+    from kb.llm.extractive import MODEL_PATH
+    from kb.search.embeddings import model_id
+
+    return [model_id(), _file_digest(MODEL_PATH), *(getattr(settings, name) for name in ANSWER_SETTINGS)]
+
+
 def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str]) -> str:
-    material = json.dumps([scope_key, index_version, prompt_version, chain], separators=(",", ":"))
+    material = json.dumps([scope_key, index_version, prompt_version, chain, answer_settings()], separators=(",", ":"))
     return hashlib.sha256(material.encode()).hexdigest()
 
 

@@ -45,6 +45,33 @@ def test_the_namespace_differs_by_scope_index_version_prompt_version_and_chain(c
     assert cache.namespace(**BASE) == NS
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KB_ANSWER_PASSAGES", 8),
+        ("KB_ANSWER_LEG_PASSAGES", 0),
+        ("KB_RRF_K", 10),
+        ("KB_EVIDENCE_MIN_SCORE", 0.5),
+        ("KB_EXTRACTIVE_MIN_PROBABILITY", 0.6),
+        ("KB_GROUNDING_MIN_SCORE", 0.4),
+    ],
+)
+def test_the_namespace_differs_when_a_setting_that_makes_answers_changes(settings, name, value):
+    """A rollout that changes how passages are found or answers made is not served the answers made before it."""
+    before = cache.namespace(**BASE)
+    assert getattr(settings, name) != value
+    setattr(settings, name, value)
+    assert cache.namespace(**BASE) != before
+    assert all(hasattr(settings, setting) for setting in cache.ANSWER_SETTINGS)
+
+
+def test_the_namespace_ignores_settings_that_do_not_make_answers(settings):
+    before = cache.namespace(**BASE)
+    settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY = 0.99
+    settings.KB_RATE_LIMIT_PER_MINUTE = 1
+    assert cache.namespace(**BASE) == before
+
+
 def test_an_exact_lookup_matches_the_normalised_question_within_its_namespace(db):
     put(HOTEL)
     hit = cache.lookup_exact(NS, "  what is the HOTEL limit per night in Amsterdam ")
