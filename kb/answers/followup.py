@@ -58,3 +58,14 @@ def standalone_queries(questions: Sequence[str], previous: str | None = None) ->
         previous = standalone_query(question, previous)
         queries.append(previous)
     return queries
+
+
+def search_queries(questions: Sequence[str]) -> list[str]:
+    """What the ask path searches for each question of a conversation whose every turn was answered: the first
+    normalised (`kb.text.normalise`, as the caches need it), each later one rewritten after the one before."""
+    from kb.text import normalise
+
+    queries: list[str] = []
+    for question in questions:
+        queries.append(standalone_query(question, queries[-1]) if queries else normalise(question))
+    return queries

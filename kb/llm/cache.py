@@ -61,6 +61,8 @@ def same_numbers_and_negations(a: str, b: str) -> bool:
 # under other values was not made the way this deployment now makes answers: a rollout that changes one (more
 # passages, another gate or fusion constant) must not serve the old answers until the documents change.
 ANSWER_SETTINGS = (
+    "KB_SEARCH_MAX_QUERY_CHARS",
+    "KB_TEXT_SEARCH_CONFIG",
     "KB_ANSWER_PASSAGES",
     "KB_ANSWER_LEG_PASSAGES",
     "KB_FUSION_TOP_N",
@@ -72,6 +74,10 @@ ANSWER_SETTINGS = (
     "KB_HNSW_EF_SEARCH",
     "KB_EVIDENCE_MIN_SCORE",
     "KB_EXTRACTIVE_MIN_PROBABILITY",
+    "KB_ROUTE_LONG_QUESTION_WORDS",
+    "KB_ROUTE_AGREED_RANK",
+    "KB_LLM_MAX_TOKENS",
+    "KB_OUTPUT_GUARDS",
     "KB_GROUNDING_MIN_SCORE",
     "KB_ANSWER_TOXICITY_THRESHOLD",
     "KB_ANSWER_TOPIC_THRESHOLD",
@@ -84,11 +90,14 @@ def _file_digest(path: Path) -> str:
 
 
 def answer_settings() -> list:
-    """ANSWER_SETTINGS' values, the embedding model and the extractive answerer's shipped model (by content)."""
-    from kb.llm.extractive import MODEL_PATH
+    """ANSWER_SETTINGS' values, the embedding model, and the shipped models that decide an answer's text (the
+    extractive answerer's, the toxicity screen's), by content."""
+    from kb.guard.toxicity import MODEL_PATH as TOXICITY_MODEL
+    from kb.llm.extractive import MODEL_PATH as ANSWERABILITY_MODEL
     from kb.search.embeddings import model_id
 
-    return [model_id(), _file_digest(MODEL_PATH), *(getattr(settings, name) for name in ANSWER_SETTINGS)]
+    models = [_file_digest(ANSWERABILITY_MODEL), _file_digest(TOXICITY_MODEL)]
+    return [model_id(), *models, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
 
 
 def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str]) -> str:

@@ -194,6 +194,18 @@ def test_calibration_replays_a_conversation_as_the_ask_path_searches_it(fake_ant
     assert [replayed["q1"].search, replayed["q2"].search] == asked
 
 
+def test_a_follow_up_of_a_cached_answer_is_searched_as_after_an_answered_one(fake_anthropic, corpus, employee):
+    """A cached answer searched nothing; its follow-up is rewritten after the query it would have searched."""
+    first = services.ask(HOTEL, employee)
+    cached = services.ask(HOTEL, employee)
+    assert cached["cache"]["kind"] == "exact"
+    queries = []
+    for opened in (first, cached):
+        follow = services.ask("And in Rotterdam?", employee, conversation_id=opened["conversation_id"])
+        queries.append(Exchange.objects.get(pk=follow["exchange_id"]).search_query)
+    assert queries[0] == queries[1] == "what is the hotel limit per night in Rotterdam"
+
+
 def test_a_follow_up_is_given_its_conversations_passages_after_its_own(fake_anthropic, corpus, employee, settings):
     """A follow-up that names nothing of its conversation's subject still reaches it: the passages end with the
     best ones for the conversation's first question, recorded as such."""

@@ -46,3 +46,13 @@ def test_a_conversation_s_queries_are_made_turn_after_turn():
         "What is the hotel limit in Utrecht?",
     ]
     assert standalone_queries(["And in Rotterdam?"], "What is the hotel limit in Amsterdam?") == queries[1:2]
+
+
+def test_a_conversation_is_searched_from_its_normalised_first_question():
+    from kb.answers.followup import search_queries
+
+    assert search_queries(["What is the hotel limit per night in Amsterdam?", "And in Rotterdam?"]) == [
+        "what is the hotel limit per night in amsterdam",
+        "what is the hotel limit per night in Rotterdam",
+    ]
+    assert search_queries([]) == []

@@ -18,7 +18,7 @@ from kb.audit.services import exchange_audit
 from kb.llm import cache
 from kb.ops.services import exchange_recorded
 from kb.ops.slo import slo_count_exchange
-from kb.text import has_lone_surrogates
+from kb.text import has_lone_surrogates, normalise
 
 ASK_LOCK = 7301  # advisory lock class of "a user's asks being opened" (the second key is the user's id)
 
@@ -34,7 +34,9 @@ def _history(conversation_id: int, turns: int) -> tuple[Turn, ...]:
         .order_by("-created_at")
         .only("question", "answer", "search_query")[:turns]
     )
-    return tuple(Turn(e.question, e.answer, e.search_query) for e in reversed(latest))
+    # A cached answer searched nothing (its search query is empty): its question is what it would have searched
+    # for, normalised as a first question is (follow-ups skip the caches).
+    return tuple(Turn(e.question, e.answer, e.search_query or normalise(e.question)) for e in reversed(latest))
 
 
 def _topic(conversation_id: int) -> str:
@@ -45,7 +47,7 @@ def _topic(conversation_id: int) -> str:
         .only("question", "search_query")
         .first()
     )
-    return (first.search_query or first.question) if first else ""
+    return (first.search_query or normalise(first.question)) if first else ""
 
 
 def open_exchange(request: AskRequest, scope: Scope, guarded: Guarded, trace: Trace) -> Opened:

@@ -3,9 +3,9 @@ extractive answerer's answerability model (`kb.llm.extractive.Answerability`) an
 (KB_EXTRACTIVE_MIN_PROBABILITY).
 
 For every question of every dev set the passages are retrieved once as the ask path retrieves them (hybrid
-search on the set's isolated index, the first `extractive.PASSAGES` that the answerer reads) and every quotable
-unit is scored once; fitting and the threshold sweep then replay the answerer's decision without touching
-the database or the model.
+search on the set's isolated index, `replays`: the gate's score on all KB_ANSWER_PASSAGES, the first
+`extractive.PASSAGES` for the answerer) and every quotable unit is scored once; fitting and the threshold sweep
+then replay the answerer's decision without touching the database or the model.
 The model is a logistic regression over `extractive.FEATURES`, each set and within it answerable and
 unanswerable questions weighted alike (a big set does not outvote a small one; doc2dial's all-answerable sets
 weigh as one class). The threshold maximises the objective, each set weighted alike: the share of answerable
@@ -81,21 +81,27 @@ def replays(items: Sequence[GoldenItem]) -> dict[str, Replay]:
     the caches need it; the answerer reads it as typed). A follow-up (`follows`, or earlier turns in `context`)
     is rewritten into a standalone query (`followup.standalone_query`) after the previous turn's search query, and
     both the search and the answerer read that. Replaying follow-ups as bare questions ("and once I hit 10
-    years?") would fit the decision on questions the answerer never sees."""
-    from kb.answers.followup import standalone_queries, standalone_query
+    years?") would fit the decision on questions the answerer never sees. The ask path's history holds answered
+    turns only: a follow-up of an injection attempt (blocked) or of an unanswerable question (refused) is replayed
+    as a first question, assuming each earlier turn got the outcome it should."""
+    from kb.answers.followup import search_queries, standalone_query
     from kb.evaluation.answers.golden import USER
     from kb.text import normalise
 
     by_id = {item.id: item for item in items}
     done: dict[str, Replay] = {}
 
+    def answered(item: GoldenItem) -> bool:
+        return item.answerable and not item.injection
+
     def replay_of(item: GoldenItem) -> Replay:
         if item.id not in done:
-            if item.follows is not None and item.follows in by_id:
-                query = standalone_query(item.question, replay_of(by_id[item.follows]).search)
+            followed = by_id.get(item.follows) if item.follows is not None else None
+            if followed is not None and answered(followed):
+                query = standalone_query(item.question, replay_of(followed).search)
                 done[item.id] = Replay(query, query)
-            elif item.context:  # earlier turns recorded as the evaluation runner records them (typed queries)
-                earlier = standalone_queries([text for role, text in item.context if role == USER])
+            elif item.context:  # earlier turns recorded as answered (evaluation runner, `conversation_from_context`)
+                earlier = search_queries([text for role, text in item.context if role == USER])
                 query = standalone_query(item.question, earlier[-1] if earlier else None)
                 done[item.id] = Replay(query, query)
             else:

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from ingest.models import Chunk, Document
 from kb.answers import services
-from kb.answers.followup import standalone_queries
+from kb.answers.followup import search_queries
 from kb.answers.models import Conversation, Exchange, Outcome
 from kb.answers.pipeline.retrieve import leg_passages
 from kb.evaluation import beir
@@ -158,7 +158,7 @@ async def _ask_all(
 def conversation_from_context(user, turns: Sequence[tuple[str, str]]) -> int:
     """A conversation of `user`'s holding a golden line's earlier turns, as answered exchanges that the
     pipeline reads as history: each user turn with the agent's text after it as its answer, and the search
-    query the pipeline would have made of it (`followup.standalone_queries`)."""
+    query the pipeline would have made of it (`followup.search_queries`)."""
     pairs: list[list[str]] = []
     for role, text in turns:
         if role == USER:
@@ -167,7 +167,7 @@ def conversation_from_context(user, turns: Sequence[tuple[str, str]]) -> int:
             pairs[-1][1] = f"{pairs[-1][1]} {text}".strip()
     conversation = Conversation.objects.create(user=user, title=pairs[0][0][:200])
     started = timezone.now() - timedelta(seconds=len(pairs) + 1)
-    queries = standalone_queries([question for question, _ in pairs])
+    queries = search_queries([question for question, _ in pairs])
     exchanges = []
     for n, ((question, answer), query) in enumerate(zip(pairs, queries, strict=True)):
         at = started + timedelta(seconds=n)
