@@ -13,6 +13,7 @@ from ingest.models import Document
 from kb import metrics
 from kb.answers.models import Conversation, Exchange, Outcome
 from kb.answers.pipeline.input_guard import check_before_record
+from kb.answers.pipeline.retrieve import leg_passages
 from kb.answers.pipeline.types import AskRequest, Begun, Ending, Guarded, Opened, Retrieved, Scope, Trace, Turn
 from kb.audit.services import exchange_audit
 from kb.llm import cache
@@ -86,6 +87,9 @@ def _passages_record(retrieved: Retrieved | None) -> list[dict]:
         return []
     hits = retrieved.hits
     conversation = {hit.chunk_id for hit in retrieved.conversation}
+    # The last `leg_passages()` of the search's own passages were placed by the legs, not by fusion (a leg's best
+    # passage that fusion ranked lower); their leg ranks say which.
+    legs_from = settings.KB_ANSWER_PASSAGES - leg_passages()
     versions = dict(Document.objects.filter(pk__in={hit.document_id for hit in hits}).values_list("pk", "version"))
     return [
         {
@@ -99,6 +103,7 @@ def _passages_record(retrieved: Retrieved | None) -> list[dict]:
             "similarity": None if hit.vector_similarity is None else round(hit.vector_similarity, 4),
             "bm25_score": None if hit.bm25_score is None else round(hit.bm25_score, 4),
             **({"conversation": True} if hit.chunk_id in conversation else {}),
+            **({"leg_best": True} if legs_from < n <= len(retrieved.result.hits) else {}),
         }
         for n, hit in enumerate(hits, 1)
     ]

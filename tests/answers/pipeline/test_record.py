@@ -142,3 +142,29 @@ def test_a_follow_ups_answer_is_not_stored(corpus, employee):
     follow = stage_inputs(employee, "And in Rotterdam?", conversation_id=first.opened.conversation_id)
     finish(follow.begun, answered(follow, answer="The limit is 150 euros [1]."))
     assert CachedAnswer.objects.count() == 1 and audited(follow.opened.exchange_id) == 1
+
+
+def test_the_record_marks_the_passages_the_legs_placed_and_the_conversations(db, settings):
+    """With 10 passages and 2 from the legs, the 9th and 10th were placed by the legs (`leg_passages`); a
+    follow-up's conversation passages come after them and are marked as such."""
+    import numpy as np
+
+    from kb.answers.pipeline.record import _passages_record
+    from kb.answers.pipeline.types import Query, Retrieved
+    from kb.search.retrieval import SearchHit, SearchResult
+
+    settings.KB_ANSWER_PASSAGES = 10
+    settings.KB_ANSWER_LEG_PASSAGES = 2
+
+    def hit(i: int) -> SearchHit:
+        return SearchHit(i, 1, "T", [], None, None, "text", 0.01, vector_rank=i)
+
+    result = SearchResult(query="q", mode="hybrid", hits=[hit(i) for i in range(1, 11)])
+    retrieved = Retrieved(Query("q", np.zeros(384)), result, conversation=(hit(11),))
+    record = _passages_record(retrieved)
+    assert [bool(p.get("leg_best")) for p in record] == [False] * 8 + [True, True, False]
+    assert [bool(p.get("conversation")) for p in record] == [False] * 10 + [True]
+
+    settings.KB_ANSWER_PASSAGES = 8  # none from the legs: they never reach the extractive answer's 8
+    result = SearchResult(query="q", mode="hybrid", hits=[hit(i) for i in range(1, 9)])
+    assert not any(p.get("leg_best") for p in _passages_record(Retrieved(Query("q", np.zeros(384)), result)))
