@@ -65,7 +65,7 @@ def search_queries(questions: Sequence[str]) -> list[str]:
     normalised (`kb.text.normalise`, as the caches need it), each later one rewritten after the one before."""
     from kb.text import normalise
 
-    queries: list[str] = []
-    for question in questions:
-        queries.append(standalone_query(question, queries[-1]) if queries else normalise(question))
-    return queries
+    if not questions:
+        return []
+    first = normalise(questions[0])
+    return [first, *standalone_queries(questions[1:], first)]
