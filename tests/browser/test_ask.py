@@ -36,6 +36,9 @@ def app(asgi_server):
 
 def ask(page, question: str) -> None:
     box = page.get_by_label(re.compile("Your question|Ask a follow-up"))
+    # Enter sends once the page's script runs (it also turns "Up to 2,000 characters." into a count); pressed
+    # before, on a busy machine, it only adds a line and nothing is asked.
+    expect(page.locator("#question-count")).to_contain_text(" of ")
     box.fill(question)
     box.press("Enter")
 

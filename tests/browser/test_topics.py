@@ -4,7 +4,6 @@ uvicorn against the fake Anthropic server."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from playwright.sync_api import expect
 
 from kb.answers.models import Exchange
 from kb.guard.topics import OFF_LIMITS
+from tests.browser.test_ask import ask
 from tests.browser.test_documents import sign_in
 from tests.conftest import PRIMARY
 from tests.fake_anthropic import FakeAnthropic, quoting_responder
@@ -47,9 +47,7 @@ def test_an_off_limits_question_is_answered_with_the_configured_response(app, pa
 
     page.context.clear_cookies()
     sign_in(page, app.url, employee)
-    box = page.get_by_label(re.compile("Your question"))
-    box.fill("i've got 15k saved up, should I put it in bitcoin or an index fund?")
-    box.press("Enter")
+    ask(page, "i've got 15k saved up, should I put it in bitcoin or an index fund?")
     exchange = page.locator(".exchange").last
     expect(exchange.locator(".answer")).to_contain_text(MESSAGE, timeout=20_000)
     expect(exchange.locator(".badge")).to_have_text(["Off-limits topic: not answered by kb"])

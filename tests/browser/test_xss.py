@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.test_ask import ask
 from tests.browser.test_documents import sign_in
 from tests.conftest import PRIMARY
 from tests.fake_anthropic import FakeAnthropic, Reply
@@ -35,9 +36,7 @@ def test_xss_in_a_document_and_in_a_model_reply_is_inert(asgi_server, page, corp
             ANTHROPIC_API_KEY="sk-ant-test-key", ANTHROPIC_BASE_URL=fake.url, KB_MODELS=f"{PRIMARY},extractive"
         )
         sign_in(page, server.url, employee)
-        box = page.get_by_label("Your question")
-        box.fill("When does the canteen serve lunch?")
-        box.press("Enter")
+        ask(page, "When does the canteen serve lunch?")
         answer = page.locator(".exchange .answer").last
         # The first answer of a new server process waits for its models to load: as long as the other ask tests.
         expect(answer.locator("a.cite").first).to_be_visible(timeout=15_000)
