@@ -50,11 +50,13 @@ def test_the_third_blind_set_loads_and_its_authors_check_passes():
 
 @pytest.mark.parametrize(
     ("name", "questions", "documents", "follow_ups"),
-    [("blind-retail", 116, 13, 6), ("blind-software", 117, 12, 7)],
-)
-def test_the_session_26_blind_sets_load_and_their_authors_checks_pass(name, questions, documents, follow_ups):
-    """Written blind in session 26 from the golden format alone: blind-retail (dev) for learning the extractive
-    answerer's decision, blind-software (test, never read). Only their shapes are checked here."""
+    [("blind-retail", 116, 13, 6), ("blind-software", 117, 12, 7), ("blind-hotel", 117, 13, 7),
+     ("blind-council", 117, 13, 7)],
+)  # fmt: skip
+def test_the_later_blind_sets_load_and_their_authors_checks_pass(name, questions, documents, follow_ups):
+    """Written blind from the golden format alone: blind-retail (dev, session 26) for learning the extractive
+    answerer's decision, blind-software (test, session 26, never read), blind-hotel and blind-council (session
+    39: measured once unseen, then dev). Only their shapes are checked here."""
     folder = BLIND.parent / name
     items = golden_load(folder / "golden.jsonl")
     names = {path.name for path in (folder / "docs").iterdir()}

@@ -28,6 +28,8 @@ EXPECTED = {
     "blind-utility": TEST,
     "blind-retail": DEV,
     "blind-software": TEST,
+    "blind-hotel": DEV,
+    "blind-council": DEV,
     "doc2dial-dev": DEV,
     "doc2dial-test": TEST,
     "doc2dial-followup-dev": DEV,

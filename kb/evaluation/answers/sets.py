@@ -6,7 +6,8 @@ not fitted to (issue #16, GUIDE §6). `manage.py evaluate_sets` runs several of 
 
 The sets:
 - `demo` (dev): the demo corpus (ingest/demo) and its golden set, which kb was built on;
-- `blind-handbook`, `blind-clinic`, `blind-retail` (dev), `blind-utility` and `blind-software` (test): golden
+- `blind-handbook`, `blind-clinic`, `blind-retail`, `blind-hotel`, `blind-council` (dev), `blind-utility` and
+  `blind-software` (test): golden
   sets written blind, by sessions that had not read kb's code or settings, on fictional organisations'
   documents (tests/data/golden/<name>/golden.jsonl on its docs/ folder). Nobody working on kb has read the
   test sets' questions; blind-clinic was a test set until its hard questions were read (routing, stop 25);
@@ -130,6 +131,12 @@ def evaluation_sets() -> dict[str, EvaluationSet]:
         EvaluationSet("blind-software", TEST, "a software company's policies, written blind; nobody working on "
                       "kb has read its questions", golden / "blind-software" / "golden.jsonl",
                       golden / "blind-software" / "docs"),
+        EvaluationSet("blind-hotel", DEV, "a hotel group's policies and its staff's questions, written blind (stop "
+                      "39; measured once unseen, then dev)", golden / "blind-hotel" / "golden.jsonl",
+                      golden / "blind-hotel" / "docs"),
+        EvaluationSet("blind-council", DEV, "a city council's policies and its staff's questions, written blind "
+                      "(stop 39; measured once unseen, then dev)", golden / "blind-council" / "golden.jsonl",
+                      golden / "blind-council" / "docs"),
     ]  # fmt: skip
     for split, role in (("dev", DEV), ("test", TEST)):
         sets.append(
