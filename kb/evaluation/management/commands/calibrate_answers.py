@@ -17,7 +17,10 @@ from kb.evaluation.answers.sets import DEV, sets_select
 from kb.llm import extractive
 
 DEFAULT_SETS = ("demo", "blind-handbook", "blind-clinic", "blind-retail", "doc2dial-dev")
-CHECK_SETS = ("squad-dev",)  # why it is not fitted on: kb.evaluation.answers.calibrate's docstring
+# Scored with the chosen settings, never fitted on: squad-dev (why: kb.evaluation.answers.calibrate's docstring),
+# blind-hotel and blind-council (stop 39: fitting on them as well left the held-out objective where it was, 0.728
+# against 0.733 leaving each set out in turn; the README's "Two more blind sets").
+CHECK_SETS = ("squad-dev", "blind-hotel", "blind-council")
 
 
 class Command(BaseCommand):
