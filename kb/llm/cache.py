@@ -10,6 +10,7 @@ cosine similarity reaches KB_SEMANTIC_CACHE_MIN_SIMILARITY.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -90,14 +91,21 @@ def _file_digest(path: Path) -> str:
 
 
 def answer_settings() -> list:
-    """ANSWER_SETTINGS' values, the embedding model, and the shipped models that decide an answer's text (the
-    extractive answerer's, the toxicity screen's), by content."""
+    """ANSWER_SETTINGS' values, the embedding model, the shipped models that decide an answer's text (the
+    extractive answerer's, the toxicity screen's) by content, and how the extractive answerer picks its quotes."""
     from kb.guard.toxicity import MODEL_PATH as TOXICITY_MODEL
-    from kb.llm.extractive import MODEL_PATH as ANSWERABILITY_MODEL
+    from kb.llm import extractive
     from kb.search.embeddings import model_id
 
-    models = [_file_digest(ANSWERABILITY_MODEL), _file_digest(TOXICITY_MODEL)]
-    return [model_id(), *models, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
+    models = [_file_digest(extractive.MODEL_PATH), _file_digest(TOXICITY_MODEL)]
+    quoting = [
+        dataclasses.astuple(extractive.WEIGHTS),
+        dataclasses.astuple(extractive.QUOTE_WEIGHTS),
+        extractive.MAX_UNITS,
+        extractive.MAX_CHARS,
+        extractive.PASSAGES,
+    ]
+    return [model_id(), *models, *quoting, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
 
 
 def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str]) -> str:

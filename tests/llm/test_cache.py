@@ -65,6 +65,19 @@ def test_the_namespace_differs_when_a_setting_that_makes_answers_changes(setting
     assert all(hasattr(settings, setting) for setting in cache.ANSWER_SETTINGS)
 
 
+def test_the_namespace_differs_when_the_extractive_answer_quotes_otherwise(monkeypatch):
+    import dataclasses
+
+    from kb.llm import extractive
+
+    before = cache.namespace(**BASE)
+    monkeypatch.setattr(extractive, "QUOTE_WEIGHTS", dataclasses.replace(extractive.QUOTE_WEIGHTS, keywords=0.9))
+    assert cache.namespace(**BASE) != before
+    monkeypatch.undo()
+    monkeypatch.setattr(extractive, "MAX_UNITS", extractive.MAX_UNITS + 1)
+    assert cache.namespace(**BASE) != before
+
+
 def test_the_namespace_ignores_settings_that_do_not_make_answers(settings):
     before = cache.namespace(**BASE)
     settings.KB_SEMANTIC_CACHE_MIN_SIMILARITY = 0.99

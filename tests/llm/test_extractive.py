@@ -141,6 +141,22 @@ def test_a_misspelt_question_is_read_with_the_passages_words():
     assert "> A lost access badge costs 15 euros to replace. [5]" in answer
 
 
+def test_the_units_to_quote_are_ranked_by_the_quote_weights_and_the_model_keeps_its_own():
+    from kb.llm.extractive import QUOTE_WEIGHTS, SENTENCE, WEIGHTS, Scored, Unit, choose, decide
+
+    # A sentence a little closer in meaning but without the asked amount or the question's words, and one that
+    # holds both: the model's best unit stays the closer one; the quote leads with the one that states it.
+    close = Scored(Unit(0, 0, SENTENCE, "Hotels are booked through the travel desk."), 0.62, 0.25, False)
+    stating = Scored(Unit(0, 1, SENTENCE, "The hotel limit in Amsterdam is 180 euros a night."), 0.56, 0.5, True)
+    assert max((close, stating), key=lambda s: s.score(WEIGHTS)) is close
+    assert choose([close, stating], QUOTE_WEIGHTS)[0] is stating.unit
+    assert choose([close, stating], WEIGHTS)[0] is close.unit
+    passage = Passage(1, "Travel", "Hotels", "", f"{close.unit.text} {stating.unit.text}")
+    assert (
+        decide("What is the hotel limit in Amsterdam?", [passage], [close, stating], threshold=0.5)[0] is stating.unit
+    )
+
+
 def test_the_shipped_answerability_model_matches_the_features_and_was_chosen_on_dev_sets_only():
     import json
 
