@@ -23,7 +23,7 @@ Why these choices:
   false-positive rates of the sets that set a threshold sit at the budget by construction, which is why the
   employee questions another developer wrote (tests/data/paraphrases.jsonl, never fitted) are reported too.
 - Plain L2-regularised logistic regression solved by Newton's method in numpy: 385 parameters and a few
-  thousand rows need nothing more, and the product does not carry scikit-learn.
+  thousand rows need nothing more, and the product does not import scikit-learn.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Exact and semantic answer caches (issue #4).
 
 Both are keyed by a namespace: the user's permission scope, the index version (every document change
-bumps it), the prompt version, the model chain and the settings that make answers (`ANSWER_SETTINGS`), so an
-answer is never served across permission scopes, after the documents changed, or from another prompt, chain or
-retrieval setting. Within a namespace the exact cache
+bumps it), the prompt version, the model chain and what makes answers (`answer_settings`: ANSWER_SETTINGS, the
+embedding model, the shipped answerability and toxicity models by content, the extractive answerer's quoting
+weights and limits), so an answer is never served across permission scopes, after the documents changed, or from
+another prompt, chain, model or retrieval setting. Within a namespace the exact cache
 matches the normalised question; the semantic cache the nearest earlier question by embedding, when its
 cosine similarity reaches KB_SEMANTIC_CACHE_MIN_SIMILARITY.
 """
@@ -101,10 +102,14 @@ def answer_settings() -> list:
     quoting = [
         dataclasses.astuple(extractive.WEIGHTS),
         dataclasses.astuple(extractive.QUOTE_WEIGHTS),
-        extractive.MAX_UNITS,
-        extractive.MAX_CHARS,
-        extractive.PASSAGES,
-    ]
+        *(
+            getattr(extractive, name)
+            for name in (
+                "MAX_UNITS", "MAX_CHARS", "PASSAGES", "MIN_SENTENCE_CHARS", "EMBEDDED", "PREFILTER_RANK",
+                "MODEL_MIN_UNITS", "FEW_UNITS_BAR", "FEW_UNITS_NAMED",
+            )
+        ),
+    ]  # fmt: skip
     return [model_id(), *models, *quoting, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
 
 

@@ -34,7 +34,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--check-sets",
             default=",".join(CHECK_SETS),
-            help="dev sets scored with the chosen settings but not fitted on (calibrate.CHECK_SETS)",
+            help="dev sets scored with the chosen settings but not fitted on (CHECK_SETS)",
         )
         parser.add_argument("--output", type=Path, default=Path(settings.KB_DATA_DIR) / "bench" / "calibration.json")
         parser.add_argument(
