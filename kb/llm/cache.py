@@ -2,7 +2,7 @@
 
 Both are keyed by a namespace: the user's permission scope, the index version (every document change
 bumps it), the prompt version, the model chain and what makes answers (`answer_settings`: ANSWER_SETTINGS, the
-embedding model, the shipped answerability and toxicity models by content, the extractive answerer's quoting
+embedding model, the shipped answerability and toxicity models by content, the extractive answerer's unit
 weights and limits), so an answer is never served across permission scopes, after the documents changed, or from
 another prompt, chain, model or retrieval setting. Within a namespace the exact cache
 matches the normalised question; the semantic cache the nearest earlier question by embedding, when its
@@ -101,7 +101,6 @@ def answer_settings() -> list:
     models = [_file_digest(extractive.MODEL_PATH), _file_digest(TOXICITY_MODEL)]
     quoting = [
         dataclasses.astuple(extractive.WEIGHTS),
-        dataclasses.astuple(extractive.QUOTE_WEIGHTS),
         *(
             getattr(extractive, name)
             for name in (

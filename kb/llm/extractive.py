@@ -14,10 +14,9 @@ answerability.json); with fewer units than the model was fitted on, the bar that
 with the nearest documents. A passage flagged at ingestion as reading like
 instructions to a model is never quoted; the answer says that one was withheld.
 
-The weights, the model and its threshold were chosen on dev sets only (the model on the demo set,
-blind-handbook, blind-clinic, blind-retail and doc2dial dev; SQuAD dev, blind-hotel and blind-council checked,
-not fitted on; `kb.evaluation.answers.calibrate`; the quoting weights on those six rows), never on the test
-sets (see the README's "Extractive answer").
+The weights, the model and its threshold were chosen on dev sets only (the demo set, blind-handbook,
+blind-clinic, blind-retail, doc2dial dev; SQuAD dev, blind-hotel and blind-council checked, not fitted on;
+`kb.evaluation.answers.calibrate`), never on the test sets (see the README's "Extractive answer").
 """
 
 from __future__ import annotations
@@ -65,20 +64,13 @@ class Weights:
     """How a unit's score is made and what score answers. Chosen on dev sets (module docstring)."""
 
     keywords: float = 0.2  # per share of the question's keywords the unit holds
-    kind: float = 0.0  # the unit holds the kind of thing asked (0 scored best on dev for the model's signals,
-    # 0.1 for quoting: QUOTE_WEIGHTS; it also ranks units for embedding in `scored_units`)
+    kind: float = 0.0  # the unit holds the kind of thing asked (0 scored best on dev; it still ranks units for
+    # embedding in `scored_units`)
     rank: float = 0.01  # per retrieval rank of the unit's passage
     keep: float = 0.16  # further units within this of the best are quoted too (with MAX_UNITS)
 
 
-WEIGHTS = Weights()  # the answerability model's signals are made with these (best_score, the best unit)
-# Which units to quote once the model says the passages answer: the shares of the question's words and the kind
-# of thing asked count for more. Chosen on the six dev rows of stop 38 (demo, blind-handbook, blind-clinic,
-# blind-retail, doc2dial-dev, squad-dev; keywords 0.1-0.5, kind 0-0.3, keep 0.12-0.25, 3-5 units, answers under
-# 500 characters on average on each): asked facts stated in 0.813 of answered questions against 0.810, and on
-# blind-hotel and blind-council, not chosen on, 0.757 against 0.737 (README, "Two more blind sets"). WEIGHTS stay
-# as the model was fitted with them.
-QUOTE_WEIGHTS = Weights(keywords=0.3, kind=0.1)
+WEIGHTS = Weights()
 
 
 @dataclass(frozen=True)
@@ -334,9 +326,8 @@ def answerability_features(question: str, passages: Sequence[Passage], scored: S
 
 
 def pair_features(question: str, passages: Sequence[Passage], scored: Sequence[Scored]) -> list[float]:
-    """The embedding model's vector of the question and the best unit (by WEIGHTS, as the model was fitted; the
-    answer may open with another, ranked by QUOTE_WEIGHTS) read together as one input (`embeddings.embed_pairs`),
-    one feature per dimension. A near miss ("the hotel limit in Dublin" against the
+    """The embedding model's vector of the question and the best unit read together as one input
+    (`embeddings.embed_pairs`), one feature per dimension. A near miss ("the hotel limit in Dublin" against the
     row for London) can show there, where the cosine of their separate vectors averages the one missing thing
     away; the model's weights on them were fitted on dev sets like the rest (`calibrate`)."""
     from kb.search import embeddings
@@ -451,20 +442,16 @@ def _table_line(cells: list[str], width: int | None = None) -> str:
     return "| " + " | ".join(cell.replace("|", "/") for cell in cells[: width or len(cells)]) + " |"
 
 
-def _clears_the_bar(
-    question: str, passages: Sequence[Passage], scored: Sequence[Scored], weights: Weights, quote: Weights
-) -> bool:
+def _clears_the_bar(question: str, passages: Sequence[Passage], scored: Sequence[Scored], weights: Weights) -> bool:
     """Stop 24's decision: the best unit scores FEW_UNITS_BAR (FEW_UNITS_NAMED more when a named thing of the
-    question is in no passage); a missing code or year, or a missing name when the answer would open with a table
-    row (the first unit by `quote`), refuses."""
+    question is in no passage); a missing code or year, or a missing name when the answer is a table row, refuses."""
     missing = missing_named(question, passages)
     if any(_CODE.search(thing) for thing in missing):
         return False
     best = max(scored, key=lambda s: s.score(weights))
     if best.score(weights) < FEW_UNITS_BAR + (FEW_UNITS_NAMED if missing else 0.0):
         return False
-    first = max(scored, key=lambda s: s.score(quote))
-    return not (missing and first.unit.kind == ROW)
+    return not (missing and best.unit.kind == ROW)
 
 
 def decide(
@@ -475,19 +462,16 @@ def decide(
     threshold: float,
     model: Answerability | None = None,
     weights: Weights = WEIGHTS,
-    quote: Weights = QUOTE_WEIGHTS,
     inputs: Sequence[float] | None = None,
 ) -> list[Unit]:
-    """The units to quote, ranked by `quote`, or [] for "not covered" (see the module docstring). `weights`: the
-    bar's below MODEL_MIN_UNITS units (the model's inputs are always made with WEIGHTS, as it was fitted).
-    `inputs`: the model's inputs when already made (`answerability_inputs`; calibration replays decisions many
-    times)."""
+    """The units to quote, or [] for "not covered" (see the module docstring). `inputs`: the model's inputs when
+    already made (`answerability_inputs`; calibration replays decisions many times)."""
     if not scored:
         return []
     if len(scored) < MODEL_MIN_UNITS:
         # Fewer units than any dev question had: the model's "stands out from the others" signals are out of
         # their range; the decision that preceded the model takes over.
-        if not _clears_the_bar(question, passages, scored, weights, quote):
+        if not _clears_the_bar(question, passages, scored, weights):
             return []
     else:
         model = model or answerability()
@@ -495,7 +479,7 @@ def decide(
             inputs = answerability_inputs(question, passages, scored, pair=model.pair_dimensions > 0)
         if model.probability(inputs) < threshold:
             return []
-    chosen = choose(scored, quote)
+    chosen = choose(scored, weights)
     if chosen and "steps" in asks_for(question):
         chosen = _steps_after(chosen, [s.unit for s in scored])
     return chosen

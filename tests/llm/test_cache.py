@@ -71,7 +71,7 @@ def test_the_namespace_differs_when_the_extractive_answer_quotes_otherwise(monke
     from kb.llm import extractive
 
     before = cache.namespace(**BASE)
-    monkeypatch.setattr(extractive, "QUOTE_WEIGHTS", dataclasses.replace(extractive.QUOTE_WEIGHTS, keywords=0.9))
+    monkeypatch.setattr(extractive, "WEIGHTS", dataclasses.replace(extractive.WEIGHTS, keywords=0.9))
     assert cache.namespace(**BASE) != before
     monkeypatch.undo()
     monkeypatch.setattr(extractive, "MAX_UNITS", extractive.MAX_UNITS + 1)

@@ -141,37 +141,6 @@ def test_a_misspelt_question_is_read_with_the_passages_words():
     assert "> A lost access badge costs 15 euros to replace. [5]" in answer
 
 
-def test_the_units_to_quote_are_ranked_by_the_quote_weights_and_the_model_keeps_its_own():
-    from kb.llm.extractive import (
-        FEATURES,
-        QUOTE_WEIGHTS,
-        SENTENCE,
-        WEIGHTS,
-        Scored,
-        Unit,
-        answerability_features,
-        decide,
-        render,
-    )
-
-    question = "What is the hotel limit in Amsterdam?"
-    booking = "Hotels are booked through the travel desk."
-    limit = "The hotel limit in Amsterdam is 180 euros a night."
-    passage = Passage(1, "Travel", "Hotels", "", f"{booking} {limit}")
-    stating = Scored(Unit(0, 1, SENTENCE, limit), 0.56, 0.5, True)  # holds the amount asked and more of its words
-    # The model's signals are made with the weights it was fitted with: its best unit is the closer one.
-    close = Scored(Unit(0, 0, SENTENCE, booking), 0.62, 0.25, False)
-    assert max((close, stating), key=lambda s: s.score(QUOTE_WEIGHTS)) is stating
-    features = dict(zip(FEATURES, answerability_features(question, [passage], [close, stating]), strict=True))
-    assert features["best_keyword_share"] == 0.25 and features["best_score"] == close.score(WEIGHTS)
-    # The quote: 0.19 behind a much closer sentence by WEIGHTS the stating one would be left out (keep 0.16);
-    # by QUOTE_WEIGHTS it is 0.065 behind, and quoted.
-    closer = dataclasses.replace(close, similarity=0.80)
-    assert "180 euros" in render(decide(question, [passage], [closer, stating], threshold=0.5), [passage])
-    left_out = decide(question, [passage], [closer, stating], threshold=0.5, quote=WEIGHTS)
-    assert left_out and "180 euros" not in render(left_out, [passage])
-
-
 def test_the_shipped_answerability_model_matches_the_features_and_was_chosen_on_dev_sets_only():
     import json
 

@@ -21,10 +21,8 @@ blind-clinic's held). squad-dev is scored with the chosen model and reported (`c
 never fitted on; so are blind-hotel and blind-council (stop 39: fitting on them as well did not raise the
 held-out objective).
 
-The weights that score units for the model (`extractive.WEIGHTS`) were chosen by a grid on the dev sets of stop
-24 and are kept fixed here: the model's features are made with them. The answer's quotes are ranked with
-`extractive.QUOTE_WEIGHTS` (stop 39), so the must-include part of the objective, and with it the threshold,
-replays the product's quotes.
+The weights that score units (`extractive.WEIGHTS`) were chosen by a grid on the dev sets of stop 24 and are
+kept fixed here: the model's features are made with them.
 """
 
 from __future__ import annotations
