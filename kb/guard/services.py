@@ -3,6 +3,7 @@ matcher the ask path passes to the topic guards."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -229,3 +230,11 @@ def active_matcher() -> TopicMatcher:
             )
         _cached = (key, TopicMatcher(specs))
         return _cached[1]
+
+
+def topics_key() -> str:
+    """The active topics as the matcher last loaded them (ids and edit times), for the answer caches' namespace: an
+    answer cached before a topic was added, changed or switched off is not served after it (a cached answer skips
+    the output guards, the answer-side topic check among them)."""
+    active_matcher()
+    return hashlib.sha256(repr(_cached[0]).encode()).hexdigest()[:16]

@@ -1,10 +1,10 @@
 """Exact and semantic answer caches (issue #4).
 
 Both are keyed by a namespace: the user's permission scope, the index version (every document change
-bumps it), the prompt version, the model chain and what makes answers (`answer_settings`: ANSWER_SETTINGS, the
-embedding model, the shipped answerability and toxicity models by content, the extractive answerer's unit
-weights and limits), so an answer is never served across permission scopes, after the documents changed, or from
-another prompt, chain, model or retrieval setting. Within a namespace the exact cache
+bumps it), the prompt version, the model chain, the off-limits topics and what makes answers (`answer_settings`:
+ANSWER_SETTINGS, the embedding model, the shipped answerability and toxicity models by content, the extractive
+answerer's unit weights and limits), so an answer is never served across permission scopes, after the documents
+or the topics changed, or from another prompt, chain, model or retrieval setting. Within a namespace the exact cache
 matches the normalised question; the semantic cache the nearest earlier question by embedding, when its
 cosine similarity reaches KB_SEMANTIC_CACHE_MIN_SIMILARITY.
 """
@@ -112,8 +112,11 @@ def answer_settings() -> list:
     return [model_id(), *models, *quoting, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
 
 
-def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str]) -> str:
-    material = json.dumps([scope_key, index_version, prompt_version, chain, answer_settings()], separators=(",", ":"))
+def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str], topics: str = "") -> str:
+    """`topics`: the off-limits topics' state (`kb.guard.services.topics_key`)."""
+    material = json.dumps(
+        [scope_key, index_version, prompt_version, chain, topics, answer_settings()], separators=(",", ":")
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from kb.answers.models import Exchange
 from kb.answers.pipeline.types import AskRequest, Scope, Trace
+from kb.guard.services import topics_key
 from kb.llm import cache, prompts
 from kb.llm.cost import budget_links
 from kb.ops.config import configuration_for
@@ -53,7 +54,7 @@ def scope(request: AskRequest, trace: Trace) -> Scope:
         configuration=configuration,
         namespace=cache.namespace(
             scope_key=read.key, index_version=index_version, prompt_version=prompt.version,
-            chain=[*decision.links, *_routes_key(configuration.routes)],
+            chain=[*decision.links, *_routes_key(configuration.routes)], topics=topics_key(),
         ),
     )  # fmt: skip
 

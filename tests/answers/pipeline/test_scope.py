@@ -8,6 +8,8 @@ from django.db.models import F
 from kb.answers.models import Conversation, Exchange
 from kb.answers.pipeline.scope import scope
 from kb.answers.pipeline.types import AskRequest
+from kb.guard.models import Topic
+from kb.guard.services import topics_key
 from kb.llm import cache
 from kb.llm.providers import EXTRACTIVE
 from kb.search.models import IndexState
@@ -38,7 +40,7 @@ def test_scope_holds_the_read_scope_versions_whole_chain_and_their_namespace(cor
     assert scoped.chain == (PRIMARY, FALLBACK, EXTRACTIVE) and trace.notices == []
     assert scoped.namespace == cache.namespace(
         scope_key=scoped.read.key, index_version=index_version, prompt_version=scoped.prompt.version,
-        chain=[PRIMARY, FALLBACK, EXTRACTIVE],
+        chain=[PRIMARY, FALLBACK, EXTRACTIVE], topics=topics_key(),
     )  # fmt: skip
 
 
@@ -72,3 +74,18 @@ def test_the_namespace_differs_between_permission_scopes_and_index_versions(corp
     IndexState.objects.filter(pk=1).update(version=F("version") + 1)
     later = scope(AskRequest(user=employee, question=HOTEL), trace)
     assert later.index_version == mine.index_version + 1 and later.namespace != mine.namespace
+
+
+def test_the_namespace_differs_when_an_off_limits_topic_is_added_changed_or_switched_off(db, employee, trace, settings):
+    # A cached answer skips the output guards (the answer-side topic check among them): after a topic changes,
+    # answers cached before it are not served.
+    settings.KB_TOPIC_REFRESH_S = 0.0
+    before = scope(AskRequest(user=employee, question=HOTEL), trace).namespace
+    topic = Topic.objects.create(name="Investment advice", examples="Should I buy bitcoin?", message="Ask an adviser.")
+    added = scope(AskRequest(user=employee, question=HOTEL), trace).namespace
+    topic.message = "Ask the pensions team."
+    topic.save()
+    changed = scope(AskRequest(user=employee, question=HOTEL), trace).namespace
+    Topic.objects.filter(pk=topic.pk).update(active=False)
+    switched_off = scope(AskRequest(user=employee, question=HOTEL), trace).namespace
+    assert len({before, added, changed}) == 3 and switched_off == before
