@@ -100,14 +100,9 @@ def answer_settings() -> list:
 
     models = [_file_digest(extractive.MODEL_PATH), _file_digest(TOXICITY_MODEL)]
     quoting = [
-        dataclasses.astuple(extractive.WEIGHTS),
-        *(
-            getattr(extractive, name)
-            for name in (
-                "MAX_UNITS", "MAX_CHARS", "PASSAGES", "MIN_SENTENCE_CHARS", "EMBEDDED", "PREFILTER_RANK",
-                "MODEL_MIN_UNITS", "FEW_UNITS_BAR", "FEW_UNITS_NAMED",
-            )
-        ),
+        dataclasses.astuple(extractive.WEIGHTS), extractive.MAX_UNITS, extractive.MAX_CHARS, extractive.PASSAGES,
+        extractive.MIN_SENTENCE_CHARS, extractive.EMBEDDED, extractive.PREFILTER_RANK, extractive.MODEL_MIN_UNITS,
+        extractive.FEW_UNITS_BAR, extractive.FEW_UNITS_NAMED,
     ]  # fmt: skip
     return [model_id(), *models, *quoting, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
 
