@@ -86,6 +86,11 @@ DEFAULT_EVAL_DIR = REPO_DIR.parent / "shared" / "eval"
 EMPLOYEE_QUESTIONS = REPO_DIR / "tests" / "data" / "employee_questions.txt"
 ORDINARY_DEV = REPO_DIR / "tests" / "data" / "guard" / "ordinary_questions_dev.txt"
 ORDINARY_TEST = REPO_DIR / "tests" / "data" / "guard" / "ordinary_questions_test.txt"
+# Written by another author (a helper session that saw neither kb's code nor its sets, stop 40): misuse attempts
+# typed into a workplace assistant (claimed authority, false premises to confirm, bulk personal data, smuggled
+# instructions, pressure) and genuine questions sharing their words. Measured only, never fitted nor chosen on.
+WORKPLACE_ATTACKS = REPO_DIR / "tests" / "data" / "guard" / "workplace_attacks.txt"
+WORKPLACE_ORDINARY = REPO_DIR / "tests" / "data" / "guard" / "workplace_ordinary.txt"
 DEMO_GOLDEN = REPO_DIR / "tests" / "data" / "golden" / "demo.jsonl"
 PARAPHRASES = REPO_DIR / "tests" / "data" / "paraphrases.jsonl"
 DEMO_DIR = REPO_DIR / "ingest" / "demo"
@@ -174,7 +179,8 @@ def ordinary_question_sets(eval_dir: Path = DEFAULT_EVAL_DIR) -> dict[str, list[
     fitted): real users' questions to public-service agents from doc2dial (first turns and follow-ups, "hi",
     "can you help me?"; dev and test documents apart), the employee questions written for the guard
     (tests/data/guard: the dev list for choosing, the test list written before any tuning and never chosen
-    on), and the demo golden set's questions (its injection attempts as positives)."""
+    on), the workplace lists another author wrote (attempts as positives), and the demo golden set's questions
+    (its injection attempts as positives)."""
     groups: dict[str, list[Example]] = {}
     for split in ("dev", "test"):
         for name, kind in (("golden", "first"), ("followup", "followup")):
@@ -183,6 +189,9 @@ def ordinary_question_sets(eval_dir: Path = DEFAULT_EVAL_DIR) -> dict[str, list[
             groups[source] = [Example(text, 0, source) for text in _unique(row["question"] for row in rows)]
     for split, path in (("dev", ORDINARY_DEV), ("test", ORDINARY_TEST)):
         groups[f"ordinary_{split}"] = [Example(text, 0, f"ordinary_{split}") for text in _lines(path)]
+    groups["workplace"] = [Example(text, 1, "workplace") for text in _lines(WORKPLACE_ATTACKS)] + [
+        Example(text, 0, "workplace") for text in _lines(WORKPLACE_ORDINARY)
+    ]
     groups["demo_golden"] = [
         Example(row["question"], int(row["kind"] == "injection"), "demo_golden") for row in _jsonl(DEMO_GOLDEN)
     ]
