@@ -547,12 +547,13 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
     """The postings' primary key and chunk index and the HNSW index, each timed; then VACUUM ANALYZE."""
     from django.db import connection
 
+    from kb.search.retrieval import hnsw_index_sql
+
     steps = {
         "index:posting_pkey": "ALTER TABLE search_posting ADD CONSTRAINT search_posting_pkey "
         "PRIMARY KEY (term_id, chunk_id) INCLUDE (tf, len)",
         "index:posting_chunk": "CREATE INDEX search_posting_chunk ON search_posting (chunk_id)",
-        "index:hnsw": "CREATE INDEX chunk_embedding_hnsw ON ingest_chunk USING hnsw (embedding vector_cosine_ops) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
+        "index:hnsw": hnsw_index_sql(HNSW_M, HNSW_EF_CONSTRUCTION),
         "index:vacuum_analyze": "",
     }
     seconds: dict[str, float] = {}
@@ -918,12 +919,14 @@ def fidelity(log: Callable[[str], None] = print) -> dict:
 
 # --- halfvec ---------------------------------------------------------------------------------------------
 
-HALFVEC_SQL = """
+# The float32 index the product had before its halfvec one (ingest migration 0009), for the comparison.
+FLOAT32_INDEX = "chunk_vector_hnsw"
+FLOAT32_SQL = """
 WITH hits AS MATERIALIZED (
-    SELECT c.id, c.embedding_half <=> %(vector)s::halfvec AS distance
+    SELECT c.id, c.embedding <=> %(vector)s::vector AS distance
     FROM ingest_chunk c JOIN ingest_document ON ingest_document.id = c.document_id
     WHERE {allowed}
-    ORDER BY c.embedding_half <=> %(vector)s::halfvec
+    ORDER BY c.embedding <=> %(vector)s::vector
     LIMIT %(limit)s
 )
 SELECT id, distance FROM hits ORDER BY distance, id
@@ -931,17 +934,18 @@ SELECT id, distance FROM hits ORDER BY distance, id
 
 
 def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
-    """pgvector's halfvec next to vector for the HNSW leg, in a copy of `kb_scale_<passages>`.
+    """The product's HNSW index on halfvec copies of the vectors next to one on the float32 vectors, in a copy of
+    `kb_scale_<passages>`.
 
-    Both indexes are built there in turn (same settings), then each leg answers the queries in the
-    employee's scope with the product's iterative-scan settings; recall is against the exact float32 scan.
+    Both indexes are built there in turn (same settings), then each leg answers the queries in the employee's scope
+    with the product's iterative-scan settings; recall is against the exact float32 scan.
     """
     from django.conf import settings
     from django.db import connection, transaction
 
     from ingest.models import ReadScope
     from kb.evaluation import beir
-    from kb.search.retrieval import vector_leg, vector_literal
+    from kb.search.retrieval import HNSW_INDEX, hnsw_index_sql, vector_leg, vector_literal
 
     root = data_dir()
     queries, vectors = queries_ensure(root)
@@ -957,34 +961,30 @@ def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
             cursor.execute("SET statement_timeout = 0")
             cursor.execute("SET maintenance_work_mem = %s", [MAINTENANCE_WORK_MEM])
             cursor.execute("SET max_parallel_maintenance_workers = 2")
-            cursor.execute("ALTER TABLE ingest_chunk ADD COLUMN IF NOT EXISTS embedding_half halfvec(384)")
-            cursor.execute("UPDATE ingest_chunk SET embedding_half = embedding::halfvec WHERE embedding_half IS NULL")
-            cursor.execute("VACUUM ANALYZE ingest_chunk")
-            for label, sql in (
+            for label, index, sql in (
+                ("halfvec", HNSW_INDEX, hnsw_index_sql(HNSW_M, HNSW_EF_CONSTRUCTION)),
                 (
                     "vector",
-                    "CREATE INDEX chunk_embedding_hnsw ON ingest_chunk USING hnsw (embedding vector_cosine_ops)",
-                ),
-                (
-                    "halfvec",
-                    "CREATE INDEX chunk_half_hnsw ON ingest_chunk USING hnsw (embedding_half halfvec_cosine_ops)",
+                    FLOAT32_INDEX,
+                    f"CREATE INDEX {FLOAT32_INDEX} ON ingest_chunk USING hnsw (embedding vector_cosine_ops) "
+                    f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
                 ),
             ):
-                index = sql.split()[2]
                 cursor.execute(f"DROP INDEX IF EXISTS {index}")
                 began = time.perf_counter()
-                cursor.execute(f"{sql} WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+                cursor.execute(sql)
                 cursor.execute("SELECT pg_relation_size(%s)", [index])
                 result[label] = {
                     "build_s": round(time.perf_counter() - began, 1),
                     "index_mb": round(cursor.fetchone()[0] / 2**20),
                 }
                 log(f"{label}: {result[label]}")
+            cursor.execute("VACUUM ANALYZE ingest_chunk")
         scope = ReadScope(group_ids=reader_group_ids())
         allowed, params = scope.sql()
         depth = max(K, settings.KB_FUSION_TOP_N)
 
-        def half_leg(vector: np.ndarray) -> list[int]:
+        def float32_leg(vector: np.ndarray) -> list[int]:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings.KB_HNSW_EF_SEARCH)])
                 cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
@@ -992,11 +992,11 @@ def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
                     "SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(settings.KB_HNSW_MAX_SCAN_TUPLES)]
                 )
                 cursor.execute(
-                    HALFVEC_SQL.format(allowed=allowed), {"vector": vector_literal(vector), "limit": depth, **params}
+                    FLOAT32_SQL.format(allowed=allowed), {"vector": vector_literal(vector), "limit": depth, **params}
                 )
                 return [row[0] for row in cursor.fetchall()]
 
-        legs = {"vector": lambda v: [h.chunk_id for h in vector_leg(v, scope, depth)], "halfvec": half_leg}
+        legs = {"halfvec": lambda v: [h.chunk_id for h in vector_leg(v, scope, depth)], "vector": float32_leg}
         exact = [exact_vector(vectors[i], scope, RECALL_AT) for i in range(0, len(queries), RECALL_EVERY)]
         for label, leg in legs.items():
             times: list[float] = []

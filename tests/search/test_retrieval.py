@@ -98,6 +98,35 @@ def test_the_vector_index_scan_keeps_going_past_forbidden_hits(search_corpus, gr
     assert not _documents(result) & set(search_corpus.group_b_ids)
 
 
+def test_the_vector_leg_walks_the_half_precision_index_and_returns_exact_distances(
+    search_corpus, group_a_member, monkeypatch
+):
+    # The index is on `embedding::halfvec(384)`: a leg that ordered by another expression would never use it (an
+    # exact scan of every readable chunk at each search, unnoticed until a corpus is large).
+    from kb.search import embeddings, retrieval
+
+    original, plans = retrieval._fetch, []
+
+    def explained(cursor, sql, params):
+        if not plans:
+            cursor.execute("EXPLAIN " + sql, params)
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+        return original(cursor, sql, params)
+
+    monkeypatch.setattr(retrieval, "_fetch", explained)  # on a corpus this small the planner alone would sort
+    result = search(TOPIC, group_a_member, K, mode="vector")
+    assert f"Index Scan using {retrieval.HNSW_INDEX}" in plans[0], plans[0]
+    assert len(result.hits) == K
+    with connection.cursor() as cursor:  # the BM25 leg and whatever follows plan as usual
+        cursor.execute("SHOW enable_sort")
+        assert cursor.fetchone()[0] == "on"
+    vector = retrieval.vector_literal(embeddings.embed([TOPIC])[0])
+    with connection.cursor() as cursor:
+        for hit in result.hits:
+            cursor.execute("SELECT embedding <=> %s::vector FROM ingest_chunk WHERE id = %s", [vector, hit.chunk_id])
+            assert hit.vector_similarity == pytest.approx(1 - cursor.fetchone()[0], abs=1e-9)
+
+
 def test_a_vector_scan_cut_short_falls_back_to_an_exact_scan(search_corpus, group_a_member, monkeypatch):
     # Whether pgvector's walk comes up short depends on the graph (when max_scan_tuples is reached it still
     # returns every candidate it visited, which may be enough), so the index pass is cut to one chunk here:
