@@ -210,7 +210,7 @@ def query_clean(query: str) -> tuple[str, bool]:
 
 # --- the legs ---------------------------------------------------------------------------------------------
 
-# The HNSW index (`ingest.models.Chunk.Meta.indexes`) holds half-precision copies of the vectors; the leg orders
+# The HNSW index (ingest migration 0009) holds half-precision copies of the vectors; the leg orders
 # by the same expression so that the planner walks it, and returns the exact float32 distance.
 HNSW_INDEX = "chunk_embedding_hnsw"
 HNSW_ORDER = "(c.embedding::halfvec(384) <=> %(vector)s::halfvec(384))"
