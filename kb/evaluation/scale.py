@@ -921,16 +921,6 @@ def fidelity(log: Callable[[str], None] = print) -> dict:
 
 # The float32 index the product had before its halfvec one (ingest migration 0009), for the comparison.
 FLOAT32_INDEX = "chunk_vector_hnsw"
-FLOAT32_SQL = """
-WITH hits AS MATERIALIZED (
-    SELECT c.id, c.embedding <=> %(vector)s::vector AS distance
-    FROM ingest_chunk c JOIN ingest_document ON ingest_document.id = c.document_id
-    WHERE {allowed}
-    ORDER BY c.embedding <=> %(vector)s::vector
-    LIMIT %(limit)s
-)
-SELECT id, distance FROM hits ORDER BY distance, id
-"""
 
 
 def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
@@ -945,7 +935,14 @@ def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
 
     from ingest.models import ReadScope
     from kb.evaluation import beir
-    from kb.search.retrieval import HNSW_INDEX, hnsw_index_sql, vector_leg, vector_literal
+    from kb.search.retrieval import (
+        HNSW_INDEX,
+        VECTOR_SQL,
+        hnsw_index_sql,
+        hnsw_walk_configure,
+        vector_leg,
+        vector_literal,
+    )
 
     root = data_dir()
     queries, vectors = queries_ensure(root)
@@ -987,16 +984,12 @@ def halfvec_evaluate(passages: int, log: Callable[[str], None] = print) -> dict:
         allowed, params = scope.sql()
         depth = max(K, settings.KB_FUSION_TOP_N)
 
+        float32_sql = VECTOR_SQL.format(allowed=allowed, order="c.embedding <=> %(vector)s::vector")
+
         def float32_leg(vector: np.ndarray) -> list[int]:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(settings.KB_HNSW_EF_SEARCH)])
-                cursor.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-                cursor.execute(
-                    "SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(settings.KB_HNSW_MAX_SCAN_TUPLES)]
-                )
-                cursor.execute(
-                    FLOAT32_SQL.format(allowed=allowed), {"vector": vector_literal(vector), "limit": depth, **params}
-                )
+                hnsw_walk_configure(cursor)
+                cursor.execute(float32_sql, {"vector": vector_literal(vector), "limit": depth, **params})
                 return [row[0] for row in cursor.fetchall()]
 
         legs = {"halfvec": lambda v: [h.chunk_id for h in vector_leg(v, scope, depth)], "vector": float32_leg}
