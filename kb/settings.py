@@ -317,6 +317,9 @@ CELERY_BEAT_SCHEDULE = {
     "ingest-resume-stalled": {"task": "ingest.resume_stalled", "schedule": 60.0},
     # After an embedding-model change, rebuild the vectors made by the old model.
     "ingest-reindex-stale-embeddings": {"task": "ingest.reindex_stale_embeddings", "schedule": 600.0},
+    # Move the keyword postings written since into blocks, one row a term (kb.search.packing); until then
+    # searches read them from the delta, correct but a row a posting. A minute of ingestion writes 100-200k postings.
+    "search-postings-pack": {"task": "search.postings_pack", "schedule": 60.0},
     # Answer-cache entries of older index versions or past their lifetime can never be served: drop them.
     "llm-cache-prune": {"task": "llm.cache_prune", "schedule": 3600.0},
     # An exchange left pending by a web process that died mid-answer is recorded as failed (with its event).

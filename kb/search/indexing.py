@@ -1,5 +1,6 @@
 """Writes to the keyword index, always inside the caller's transaction (the one that writes the chunks),
-so that a chunk is never in one leg of search and missing from the other."""
+so that a chunk is never in one leg of search and missing from the other. New postings are written twice:
+as rows of `search_posting` (the truth) and into the delta that `packing.postings_pack` moves into blocks."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def index_apply(*, add: Sequence[tuple[int, Counter[str]]] = (), remove: Sequenc
             )
             removed_length = cursor.fetchone()[0]
             cursor.execute("DELETE FROM search_posting WHERE chunk_id = ANY(%s)", [list(remove)])
+            # Postings already packed stay in their blocks until the term is repacked: the chunks go in
+            # this transaction too, and the BM25 leg drops chunks that no longer exist.
+            cursor.execute("DELETE FROM search_postingdelta WHERE chunk_id = ANY(%s)", [list(remove)])
         added_terms: set[str] = set()
         for _, terms in add:
             delta.update(terms.keys())
@@ -68,11 +72,12 @@ def index_apply(*, add: Sequence[tuple[int, Counter[str]]] = (), remove: Sequenc
                     chunk_col.append(chunk_id)
                     tf_col.append(tf)
                     len_col.append(length)
-            cursor.execute(
-                "INSERT INTO search_posting (term_id, chunk_id, tf, len) "
-                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::int[])",
-                [term_col, chunk_col, tf_col, len_col],
-            )
+            for table in ("search_posting", "search_postingdelta"):  # the truth, and the pack's queue
+                cursor.execute(
+                    f"INSERT INTO {table} (term_id, chunk_id, tf, len) "
+                    "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::int[])",
+                    [term_col, chunk_col, tf_col, len_col],
+                )
         _state_change(cursor, chunks=len(add) - len(remove), length=added_length - removed_length)
 
 

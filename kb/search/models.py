@@ -49,3 +49,43 @@ class IndexState(models.Model):
     @property
     def average_length(self) -> float:
         return self.total_length / self.chunk_count if self.chunk_count else 0.0
+
+
+class PostingBlock(models.Model):
+    """A term's postings packed into three byte strings (big-endian int8 chunk ids, int4 tf, int4 len): the
+    BM25 leg reads a term's postings as one row instead of one row each (`kb.search.packing`). The rows of
+    `search_posting` stay the truth; blocks hold the postings moved out of PostingDelta, and may still
+    list chunks deleted since (the leg drops chunks that no longer exist)."""
+
+    term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False)
+    n = models.IntegerField(help_text="Postings in the block")
+    ids = models.BinaryField()
+    tfs = models.BinaryField()
+    lens = models.BinaryField()  # term and chunk ids are indexed as foreign keys (without constraints)
+
+    def __str__(self) -> str:
+        return f"{self.term_id}: {self.n} postings"
+
+
+class PostingDelta(models.Model):
+    """Postings written since the last pack (a copy of their `search_posting` rows), moved into blocks by
+    `packing.postings_pack`."""
+
+    term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False)
+    chunk = models.ForeignKey("ingest.Chunk", on_delete=models.DO_NOTHING, db_constraint=False)
+    tf = models.IntegerField()
+    len = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.term_id}:{self.chunk_id}"
+
+
+class PackPending(models.Model):
+    """Present (one row) while the blocks do not yet hold the postings written before they existed: the BM25
+    leg then scores the `search_posting` rows. A full pack removes it."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    since = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"postings not packed since {self.since:%Y-%m-%d %H:%M}"

@@ -19,7 +19,7 @@ from django.db import connection, transaction
 
 # ReadScope is defined with Document.objects.readable_by: one read-permission rule for search and every other read.
 from ingest.models import Chunk, ReadScope, heading_label, page_label
-from kb.search import embeddings
+from kb.search import embeddings, packing
 from kb.search.analyzer import analyze
 from kb.search.fusion import Fused, reciprocal_rank_fusion, with_legs_best
 from kb.text import text_clean
@@ -312,9 +312,57 @@ def bm25_leg(terms: Counter[str], scope: ReadScope, limit: int) -> list[LegHit]:
 
     Exact Okapi BM25 over every posting of every query term, with Lucene's non-negative idf
     ln(1 + (N - df + 0.5) / (df + 0.5)); a term repeated in the query counts as often as it appears, as in
-    Lucene and rank-bm25. Scoring runs on the postings index alone; the permission filter then applies to
-    the best KB_BM25_FILTER_POOL chunks, or, if too few of those are readable, to all of them.
+    Lucene and rank-bm25. The postings are read packed by term and scored with numpy (`kb.search.packing`;
+    until a database's first pack, from their rows in SQL); the permission filter then applies to the best
+    KB_BM25_FILTER_POOL chunks, or, if too few of those are readable, to all of them.
     """
+    if not terms or limit <= 0:
+        return []
+    if packing.pending():
+        return bm25_leg_rows(terms, scope, limit)
+    chunk_ids, values = packing.scores(terms)
+    pool = max(limit, settings.KB_BM25_FILTER_POOL)
+    top_ids, top_values = packing.ranked(chunk_ids, values, pool)
+    # The readable ones among the best 2 x limit, else among the pool, else among all: the first `limit`
+    # readable in score order either way (most scopes read most chunks: the first try usually suffices).
+    hits: list[LegHit] = []
+    for size in (2 * limit, pool):
+        hits = _readable(top_ids[:size], top_values[:size], scope, limit)
+        if len(hits) == limit or size >= len(chunk_ids):
+            return hits
+    return _readable(*packing.ranked(chunk_ids, values, None), scope, limit)
+
+
+# One lookup per candidate in score order (a join let the planner scan every readable document per chunk).
+_READABLE_SQL = """
+SELECT h.chunk_id, h.score
+FROM unnest(%(ids)s::bigint[], %(scores)s::float8[]) WITH ORDINALITY AS h(chunk_id, score, place)
+CROSS JOIN LATERAL (
+    SELECT FROM ingest_chunk c JOIN ingest_document ON ingest_document.id = c.document_id
+    WHERE c.id = h.chunk_id AND {allowed} OFFSET 0
+) AS readable
+ORDER BY h.place
+LIMIT %(limit)s
+"""
+
+
+def _readable(chunk_ids: np.ndarray, values: np.ndarray, scope: ReadScope, limit: int) -> list[LegHit]:
+    """The first `limit` of the ranked chunks that exist (a block may list deleted ones) and `scope` reads."""
+    if not len(chunk_ids):
+        return []
+    allowed, allowed_params = scope.sql()
+    with connection.cursor() as cursor:
+        rows = _fetch(
+            cursor,
+            _READABLE_SQL.format(allowed=allowed),
+            {"ids": chunk_ids.tolist(), "scores": values.tolist(), "limit": limit, **allowed_params},
+        )
+    return [LegHit(chunk_id=row[0], value=float(row[1])) for row in rows]
+
+
+def bm25_leg_rows(terms: Counter[str], scope: ReadScope, limit: int) -> list[LegHit]:
+    """`bm25_leg` scored in SQL from the postings' rows (the truth): before a database's first pack, and the
+    reference the packed leg is tested against. Scoring runs on the postings index alone."""
     if not terms or limit <= 0:
         return []
     allowed, allowed_params = scope.sql()

@@ -1,0 +1,216 @@
+"""Postings packed by term: the BM25 leg reads each query term's postings as a few rows of byte strings and
+scores them with numpy, instead of reading and aggregating one database row per posting.
+
+Scoring one row per posting costs about 2 microseconds a posting in PostgreSQL (README "Scale"): a query
+whose terms hold two million postings takes seconds. The rows of `search_posting` stay the truth (document
+frequencies, removals and the exact fallback read them); `index_apply` also writes each new posting into
+`search_postingdelta`, and `postings_pack` moves the delta into blocks, one block per term and pack, in one
+statement, so that a search (one statement too) sees every posting exactly once: in a block or in the delta.
+A removal deletes the truth's and the delta's rows of its chunks in the chunks' own transaction; what is
+already in a block stays there until the term is repacked, and the leg drops chunks that no longer exist.
+A term with many blocks, or whose blocks list many deleted chunks, is repacked from the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+
+from kb.search.models import PackPending
+
+logger = logging.getLogger(__name__)
+
+# One pack at a time (a second one finds the lock taken and leaves).
+_PACK_LOCK = 0x6B62_7061  # "kbpa"
+# A term's blocks are rewritten as one when there are more than this many of them (each search reads every
+# block of its terms: many small ones cost a row each), or when they list this share more postings than
+# the term has live ones (deleted chunks). Not tuned: a block per beat minute of ingestion, a day of steady
+# ingestion packs a busy term ~50 times.
+BLOCKS_PER_TERM_MAX = 32
+STALE_SHARE_MAX = 0.25
+
+_ROW = np.dtype(">i8")
+_INT = np.dtype(">i4")
+
+_AGGREGATE = """count(*), string_agg(int8send(chunk_id), ''::bytea ORDER BY chunk_id),
+    string_agg(int4send(tf), ''::bytea ORDER BY chunk_id), string_agg(int4send(len), ''::bytea ORDER BY chunk_id)"""
+
+_MOVE_SQL = f"""
+WITH moved AS (DELETE FROM search_postingdelta RETURNING term_id, chunk_id, tf, len)
+INSERT INTO search_postingblock (term_id, n, ids, tfs, lens)
+SELECT term_id, {_AGGREGATE} FROM moved GROUP BY term_id
+"""
+
+_REPACK_CANDIDATES_SQL = """
+SELECT b.term_id FROM search_postingblock b JOIN search_term t ON t.id = b.term_id
+GROUP BY b.term_id, t.df
+HAVING count(*) > %(blocks)s OR sum(b.n) > (1 + %(stale)s) * t.df
+ORDER BY b.term_id
+"""
+
+
+@dataclass
+class PackResult:
+    moved: int = 0  # postings moved from the delta into blocks
+    repacked_terms: int = 0
+    full: bool = False
+    skipped: bool = False  # another pack held the lock
+    seconds: float = 0.0
+
+    def message(self) -> str:
+        if self.skipped:
+            return "another pack is running"
+        what = "full pack" if self.full else f"{self.moved:,} postings packed"
+        return f"{what}, {self.repacked_terms:,} terms repacked in {self.seconds:.1f} s"
+
+
+def pending() -> bool:
+    return PackPending.objects.exists()
+
+
+def postings_pack(*, full: bool = False) -> PackResult:
+    """Move the delta into blocks and repack the terms that need it; `full` (or a pending database) repacks
+    every term from the truth and clears the pending mark."""
+    began = time.perf_counter()
+    result = PackResult(full=full or pending())
+    with _pack_lock() as held:
+        if not held:
+            return PackResult(skipped=True)
+        if result.full:
+            result.repacked_terms = _repack(None)
+        else:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_MOVE_SQL)
+                result.moved = max(cursor.rowcount, 0)
+                cursor.execute(_REPACK_CANDIDATES_SQL, {"blocks": BLOCKS_PER_TERM_MAX, "stale": STALE_SHARE_MAX})
+                terms = [row[0] for row in cursor.fetchall()]
+            if terms:
+                result.repacked_terms = _repack(terms)
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+@contextlib.contextmanager
+def _pack_lock() -> Iterator[bool]:
+    """One pack at a time. A session lock, taken before the repack's transaction begins (whose snapshot then
+    sees every earlier pack); inside a caller's transaction (tests), a transaction lock."""
+    with connection.cursor() as cursor:
+        if connection.in_atomic_block:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_PACK_LOCK])
+            yield cursor.fetchone()[0]
+            return
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_PACK_LOCK])
+        if not cursor.fetchone()[0]:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_PACK_LOCK])
+
+
+def _repack(term_ids: list[int] | None) -> int:
+    """Rewrite the blocks of `term_ids` (None: of every term) from the truth, in one snapshot: the delta rows
+    of those terms that the snapshot sees go (their postings are in the new blocks), later ones stay."""
+    for attempt in range(3):
+        try:
+            return _repack_once(term_ids)
+        except OperationalError as error:  # a concurrent removal deleted a delta row we read: try again
+            if attempt == 2 or getattr(error.__cause__, "sqlstate", None) != "40001":
+                raise
+            logger.info("postings repack: serialization conflict, retrying")
+    raise AssertionError("unreachable")
+
+
+def _repack_once(term_ids: list[int] | None) -> int:
+    where = "" if term_ids is None else "WHERE term_id = ANY(%(terms)s)"
+    params = {"terms": term_ids}
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        if outermost:  # inside a caller's transaction (tests) its snapshot rules: no concurrent writer there
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursor.execute(f"DELETE FROM search_postingblock {where}", params)
+        cursor.execute(f"DELETE FROM search_postingdelta {where}", params)
+        cursor.execute(
+            f"INSERT INTO search_postingblock (term_id, n, ids, tfs, lens) "
+            f"SELECT term_id, {_AGGREGATE} FROM search_posting {where} GROUP BY term_id",
+            params,
+        )
+        repacked = max(cursor.rowcount, 0)
+        if term_ids is None:
+            cursor.execute("DELETE FROM search_packpending")
+    return repacked
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+_READ_SQL = f"""
+WITH stats AS (
+    SELECT greatest(chunk_count, 1)::float8 AS n,
+           greatest(total_length::float8 / greatest(chunk_count, 1), 1e-9) AS avgdl
+    FROM search_indexstate WHERE id = 1
+),
+query_terms AS (
+    SELECT t.id, q.qtf, t.df FROM unnest(%(terms)s::text[], %(qtf)s::int[]) AS q(text, qtf)
+    JOIN search_term t ON t.text = q.text
+    WHERE t.df > 0
+)
+SELECT qt.id, qt.qtf, qt.df, s.n, s.avgdl, b.ids, b.tfs, b.lens
+FROM query_terms qt CROSS JOIN stats s JOIN search_postingblock b ON b.term_id = qt.id
+UNION ALL
+SELECT qt.id, qt.qtf, qt.df, s.n, s.avgdl, d.ids, d.tfs, d.lens
+FROM query_terms qt CROSS JOIN stats s
+CROSS JOIN LATERAL (SELECT {_AGGREGATE} FROM search_postingdelta WHERE term_id = qt.id) AS d(c, ids, tfs, lens)
+WHERE d.c > 0
+"""
+
+
+def scores(terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk ids, BM25 scores) of every chunk with a posting of `terms` (term -> frequency in the query),
+    chunks deleted since their postings were packed included. The same Okapi BM25 as the SQL leg."""
+    texts = sorted(terms)
+    with connection.cursor() as cursor:
+        cursor.execute(_READ_SQL, {"terms": texts, "qtf": [terms[text] for text in texts]})
+        rows = cursor.fetchall()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    k1, b = float(settings.KB_BM25_K1), float(settings.KB_BM25_B)
+    ids_parts, score_parts = [], []
+    for _term, qtf, df, n, avgdl, ids, tfs, lens in rows:
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        tf = np.frombuffer(tfs, dtype=_INT).astype(np.float64)
+        length = np.frombuffer(lens, dtype=_INT).astype(np.float64)
+        ids_parts.append(np.frombuffer(ids, dtype=_ROW).astype(np.int64))
+        score_parts.append(qtf * idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl)))
+    return _sum_by_chunk(np.concatenate(ids_parts), np.concatenate(score_parts))
+
+
+def _sum_by_chunk(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct ids ascending, the sum of their weights)."""
+    low, high = int(ids.min()), int(ids.max())
+    if high - low < max(4 * len(ids), 1 << 20):  # a dense range (the usual case): sum by position
+        totals = np.bincount(ids - low, weights=weights, minlength=high - low + 1)
+        present = np.bincount(ids - low, minlength=high - low + 1) > 0
+        return np.nonzero(present)[0] + low, totals[present]
+    chunk_ids, inverse = np.unique(ids, return_inverse=True)
+    return chunk_ids, np.bincount(inverse, weights=weights)
+
+
+def ranked(chunk_ids: np.ndarray, values: np.ndarray, top: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The `top` (None: all) highest values, by value descending then chunk id, as the SQL leg orders them."""
+    if top is not None and top < len(values):
+        cut = np.partition(-values, top - 1)[top - 1]
+        keep = -values <= cut  # the top, with every tie of the last place
+        chunk_ids, values = chunk_ids[keep], values[keep]
+    order = np.lexsort((chunk_ids, -values))
+    if top is not None:
+        order = order[:top]
+    return chunk_ids[order], values[order]

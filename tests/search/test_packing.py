@@ -1,0 +1,150 @@
+"""Packed postings: the BM25 leg read from blocks and delta scores exactly as the SQL leg over the postings'
+rows, before a pack, after one, with new postings and removals since, and while a database is pending."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from ingest.models import Chunk, Document
+from kb.search import packing
+from kb.search.analyzer import analyze
+from kb.search.indexing import index_apply
+from kb.search.models import PackPending, PostingBlock, PostingDelta
+from kb.search.retrieval import ReadScope, bm25_leg, bm25_leg_rows
+from tests.search.conftest import TOPIC, WORDS, ingest_file
+
+pytestmark = pytest.mark.django_db
+LIMIT = 40
+
+
+def _queries() -> list[Counter[str]]:
+    rng = random.Random(11)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 7))) for _ in range(40)]
+    texts += [TOPIC, "ledger ledger audit", "train travel first class", "経費精算"]
+    return [terms for terms in analyze(texts) if terms]
+
+
+def _assert_packed_equals_rows(scopes) -> int:
+    """Every query, in every scope: the same chunks in the same order with the same scores. Returns hits seen."""
+    seen = 0
+    for scope in scopes:
+        for terms in _queries():
+            packed = bm25_leg(terms, scope, LIMIT)
+            rows = bm25_leg_rows(terms, scope, LIMIT)
+            assert [hit.chunk_id for hit in packed] == [hit.chunk_id for hit in rows], terms
+            assert [hit.value for hit in packed] == pytest.approx([hit.value for hit in rows], rel=1e-12), terms
+            seen += len(packed)
+    return seen
+
+
+@pytest.fixture
+def scopes(search_corpus):
+    return [
+        ReadScope.all_documents(),
+        ReadScope(group_ids=(search_corpus.group_a.pk,)),
+        ReadScope(group_ids=(search_corpus.group_b.pk,)),
+    ]
+
+
+def test_the_packed_leg_equals_the_rows_leg_from_the_delta_alone_and_from_blocks(search_corpus, scopes):
+    packing.postings_pack(full=True)
+    assert not PostingDelta.objects.exists()
+    assert _assert_packed_equals_rows(scopes) > 500
+    # New postings since the pack are read from the delta beside the blocks.
+    added = ingest_file("# Late note\n\nThe quarterly zephyrine audit moved to Fridays.\n", "late.md")
+    assert PostingDelta.objects.filter(chunk__document=added).exists()
+    _assert_packed_equals_rows(scopes)
+    late = bm25_leg(Counter(analyze(["zephyrine audit fridays"])[0]), scopes[0], 5)
+    assert late[0].chunk_id in _chunk_ids(added)
+    packing.postings_pack()
+    assert not PostingDelta.objects.exists()
+    _assert_packed_equals_rows(scopes)
+
+
+def _chunk_ids(document: Document) -> set[int]:
+    return set(Chunk.objects.filter(document=document).values_list("id", flat=True))
+
+
+def test_removed_chunks_left_in_blocks_are_never_returned(search_corpus, scopes):
+    packing.postings_pack(full=True)
+    removed = search_corpus.group_b_ids[:8] + search_corpus.generated_ids[:5]
+    gone = set(Chunk.objects.filter(document_id__in=removed).values_list("id", flat=True))
+    index_apply(remove=sorted(gone))
+    Chunk.objects.filter(id__in=gone).delete()
+    assert PostingBlock.objects.filter(term__text="zephyrin").exists()  # the blocks still list them
+    _assert_packed_equals_rows(scopes)
+    topic = Counter(analyze([TOPIC])[0])
+    assert not {hit.chunk_id for hit in bm25_leg(topic, scopes[0], 100)} & gone
+
+
+def test_a_pool_of_unreadable_chunks_falls_back_to_every_scored_chunk(search_corpus, settings):
+    settings.KB_BM25_FILTER_POOL = 1  # group B's memos outrank group A's notes: the pool holds none of A's
+    scope = ReadScope(group_ids=(search_corpus.group_a.pk,))
+    topic = Counter(analyze([TOPIC])[0])
+    packing.postings_pack(full=True)
+    hits = bm25_leg(topic, scope, 3)
+    assert [hit.chunk_id for hit in hits] == [hit.chunk_id for hit in bm25_leg_rows(topic, scope, 3)]
+    documents = set(Chunk.objects.filter(id__in=[hit.chunk_id for hit in hits]).values_list("document_id", flat=True))
+    assert documents == set(search_corpus.group_a_ids)
+
+
+def test_terms_with_many_blocks_or_many_deleted_postings_are_repacked(search_corpus, scopes):
+    packing.postings_pack(full=True)
+    ledger = PostingBlock.objects.get(term__text="ledger")
+    # Blocks pile up, one per pack in which a term had new postings.
+    for number in range(packing.BLOCKS_PER_TERM_MAX):
+        ingest_file(f"# Ledger memo {number}\n\nThe ledger closes on day {number}.\n", f"memo-{number}.md")
+        result = packing.postings_pack()
+        assert result.moved > 0
+    assert PostingBlock.objects.filter(term=ledger.term).count() == 1  # its 33rd block made the term repack
+    assert result.repacked_terms >= 1
+    _assert_packed_equals_rows(scopes)
+    # Most of a term's chunks deleted: its block is rewritten from the rows without them.
+    memos = Document.objects.filter(filename__startswith="memo-")
+    gone = list(Chunk.objects.filter(document__in=memos).values_list("id", flat=True))
+    index_apply(remove=gone)
+    Chunk.objects.filter(id__in=gone).delete()
+    assert packing.postings_pack().repacked_terms >= 1
+    day = PostingBlock.objects.filter(term__text="day")
+    assert not day.exists() or sum(block.n for block in day) <= 1.25 * day[0].term.df
+    _assert_packed_equals_rows(scopes)
+
+
+def test_a_pending_database_is_scored_from_its_rows_until_a_full_pack(search_corpus, scopes):
+    packing.postings_pack(full=True)
+    with connection.cursor() as cursor:  # as after the migration: rows that no block holds
+        cursor.execute("DELETE FROM search_postingblock")
+    PackPending.objects.create()
+    assert packing.pending()
+    _assert_packed_equals_rows(scopes)  # both read the rows
+    result = packing.postings_pack()  # beat's pack: a pending database gets the full one
+    assert result.full and not packing.pending() and result.repacked_terms > 100
+    _assert_packed_equals_rows(scopes)
+
+
+def test_ranked_orders_by_value_then_chunk_id_and_keeps_the_top():
+    ids = np.array([9, 3, 5, 7, 1], dtype=np.int64)
+    values = np.array([1.0, 2.0, 2.0, 0.5, 3.0])
+    assert packing.ranked(ids, values, None)[0].tolist() == [1, 3, 5, 9, 7]
+    assert packing.ranked(ids, values, 2)[0].tolist() == [1, 3]
+    assert packing.ranked(ids, values, 3)[1].tolist() == [3.0, 2.0, 2.0]
+
+
+def test_scores_of_sparse_chunk_ids_are_summed_per_chunk(search_corpus):
+    # Chunk ids far apart take the sorting path instead of summing by position: the same sums.
+    packing.postings_pack(full=True)
+    terms = Counter(analyze(["ledger audit invoice"])[0])
+    dense_ids, dense = packing.scores(terms)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT max(id) FROM ingest_chunk")
+        shift = 10**12 - cursor.fetchone()[0]
+    ids, values = dense_ids.copy(), dense.copy()
+    ids[len(ids) // 2 :] += shift
+    sparse_ids, sparse = packing._sum_by_chunk(np.concatenate([ids, ids]), np.concatenate([values, values]))
+    assert sparse_ids.tolist() == sorted(ids.tolist())
+    assert sparse == pytest.approx(2 * values[np.argsort(ids)])
