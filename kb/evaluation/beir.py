@@ -29,7 +29,7 @@ from ingest.chunker import CHUNKER_VERSION
 from ingest.models import Chunk, Document, DocumentStatus
 from ingest.parsers import PARAGRAPH, PLAIN, Block, document_from_blocks
 from ingest.services import chunk_from_draft, chunks_of, indexed_text
-from kb.search import embeddings
+from kb.search import embeddings, packing
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
 
@@ -217,6 +217,7 @@ def corpus_ingest(
         chunks += _ingest_batch(batch)
         added += len(batch)
         progress(added, total, chunks)
+    packing.postings_pack()  # searches read a term's postings as one row from here (the first time: all of them)
     return added, len(present) - added
 
 

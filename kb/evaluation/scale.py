@@ -553,7 +553,7 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
     from kb.search import packing
     from kb.search.retrieval import hnsw_index_sql
 
-    steps = {
+    steps: dict[str, str | Callable[..., object]] = {
         "index:posting_pkey": "ALTER TABLE search_posting ADD CONSTRAINT search_posting_pkey "
         "PRIMARY KEY (term_id, chunk_id) INCLUDE (tf, len)",
         "index:posting_chunk": "CREATE INDEX search_posting_chunk ON search_posting (chunk_id)",
@@ -573,7 +573,7 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
                 continue
             log(f"{step} ...")
             began = time.perf_counter()
-            if callable(sql):
+            if not isinstance(sql, str):
                 sql(full=True)
                 cursor.execute("ANALYZE search_postingblock")
             elif sql:

@@ -3,6 +3,7 @@ is scored exactly once, whichever commits first (real PostgreSQL, one connection
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections import Counter
@@ -128,3 +129,15 @@ def test_a_second_pack_while_one_runs_leaves_at_once():
         assert not errors
         cursor.execute("SELECT 1")
     assert not packing.postings_pack().skipped
+
+
+def test_reindex_postings_repacks_every_term_now():
+    from django.core.management import call_command
+
+    ingest_file("# Quokka ledger\n\nThe quokka ledger audit is monthly.\n", "first.md")
+    assert PostingDelta.objects.exists()
+    out = io.StringIO()
+    call_command("reindex", "--postings", stdout=out)
+    assert "full pack" in out.getvalue() and "terms repacked" in out.getvalue()
+    assert not PostingDelta.objects.exists() and PostingBlock.objects.filter(term__text="quokka").exists()
+    assert len(_assert_exact()) == 1

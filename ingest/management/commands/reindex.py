@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ingest import services
 from ingest.models import Document
+from kb.search import packing
 
 
 class Command(BaseCommand):
@@ -17,11 +18,22 @@ class Command(BaseCommand):
         group.add_argument(
             "--stalled", action="store_true", help="re-send documents whose processing shows no sign of life"
         )
+        group.add_argument(
+            "--postings",
+            action="store_true",
+            help="repack the keyword index's postings by term now (beat moves new ones every minute)",
+        )
         parser.add_argument(
             "--stalled-for", type=int, default=None, metavar="SECONDS", help="silence that counts as stalled"
         )
 
-    def handle(self, *args, all, document, stale, stalled, stalled_for, **options):
+    def handle(self, *args, all, document, stale, stalled, stalled_for, postings, **options):
+        if postings:
+            result = packing.postings_pack(full=True)
+            if result.skipped:
+                raise CommandError("another pack is running; try again when it has finished")
+            self.stdout.write(f"keyword postings: {result.message()}")
+            return
         if stalled:
             after = timedelta(seconds=stalled_for) if stalled_for is not None else None
             count = len(services.documents_resume_stalled(stalled_for=after))

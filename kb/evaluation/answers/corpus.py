@@ -34,7 +34,7 @@ from ingest.services import (
 from kb.accounts.roles import Role
 from kb.accounts.services import user_role_add
 from kb.evaluation import beir
-from kb.search import embeddings
+from kb.search import embeddings, packing
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
 
@@ -110,6 +110,7 @@ def corpus_index(source: CorpusSource, *, log: Callable[[str], None] = lambda _:
             chunks = _ingest_file(source.path / name, name)
             added += 1
             log(f"indexed {name} ({chunks} passages)")
+        packing.postings_pack()
     return {
         "database": source.database,
         "documents": Document.objects.count(),
