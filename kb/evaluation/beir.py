@@ -217,7 +217,8 @@ def corpus_ingest(
         chunks += _ingest_batch(batch)
         added += len(batch)
         progress(added, total, chunks)
-    packing.postings_pack()  # searches read a term's postings as one row from here (the first time: all of them)
+    # Searches read a term's postings as one row from here (if another pack is running, it moves them).
+    packing.postings_pack()
     return added, len(present) - added
 
 

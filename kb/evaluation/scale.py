@@ -462,7 +462,8 @@ ON CONFLICT (id) DO UPDATE SET chunk_count = search_indexstate.chunk_count + EXC
 
 
 def postings_write(chunk_ids: list[int], texts: list[str]) -> None:
-    """Postings, term document frequencies and corpus statistics for new chunks, as index_apply writes them."""
+    """Postings, term document frequencies and corpus statistics for new chunks, as index_apply writes them
+    (but into the rows alone: the database is marked pending, so searches score the rows until a full pack)."""
     from django.conf import settings
     from django.db import connection
 
@@ -478,6 +479,7 @@ def postings_write(chunk_ids: list[int], texts: list[str]) -> None:
         cursor.execute(_POSTINGS_SQL)
         cursor.execute(_STATE_SQL, {"chunks": len(chunk_ids)})
         cursor.execute("TRUNCATE scale_tf")
+        cursor.execute("INSERT INTO search_packpending (id, since) VALUES (1, now()) ON CONFLICT DO NOTHING")
 
 
 def part_load(part: int, groups: dict[int, int], root: Path) -> None:
@@ -558,7 +560,7 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
         "PRIMARY KEY (term_id, chunk_id) INCLUDE (tf, len)",
         "index:posting_chunk": "CREATE INDEX search_posting_chunk ON search_posting (chunk_id)",
         "index:hnsw": hnsw_index_sql(HNSW_M, HNSW_EF_CONSTRUCTION),
-        "index:postings_blocks": packing.postings_pack,
+        "index:postings_blocks": packing.postings_pack,  # called below
         "index:vacuum_analyze": "",
     }
     seconds: dict[str, float] = {}
@@ -574,7 +576,8 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
             log(f"{step} ...")
             began = time.perf_counter()
             if not isinstance(sql, str):
-                sql(full=True)
+                if packing.postings_pack(full=True).skipped:
+                    raise RuntimeError("another postings pack is running on this database (beat?): stop it first")
                 cursor.execute("ANALYZE search_postingblock")
             elif sql:
                 cursor.execute(sql)

@@ -42,7 +42,12 @@ def index_apply(*, add: Sequence[tuple[int, Counter[str]]] = (), remove: Sequenc
             cursor.execute("DELETE FROM search_posting WHERE chunk_id = ANY(%s)", [list(remove)])
             # Postings already packed stay in their blocks until the term is repacked: the chunks go in
             # this transaction too, and the BM25 leg drops chunks that no longer exist.
-            cursor.execute("DELETE FROM search_postingdelta WHERE chunk_id = ANY(%s)", [list(remove)])
+            # Locked in id order, as a repack locks them (`packing._repack_once`): no deadlock between the two.
+            cursor.execute(
+                "DELETE FROM search_postingdelta WHERE id IN "
+                "(SELECT id FROM search_postingdelta WHERE chunk_id = ANY(%s) ORDER BY id FOR UPDATE)",
+                [list(remove)],
+            )
         added_terms: set[str] = set()
         for _, terms in add:
             delta.update(terms.keys())

@@ -28,8 +28,9 @@ from kb.search.models import PackPending
 
 logger = logging.getLogger(__name__)
 
-# One pack at a time (a second one finds the lock taken and leaves).
-_PACK_LOCK = 0x6B62_7061  # "kbpa"
+# One pack at a time (a second one finds the lock taken and leaves); the two-key form, apart from the one-key
+# locks taken elsewhere.
+_PACK_LOCK = (0x6B62, 0x7061)  # "kb", "pa"
 # A term's blocks are rewritten as one when there are more than this many of them (each search reads every
 # block of its terms: many small ones cost a row each), or when they list this share more postings than
 # the term has live ones (deleted chunks). Not tuned: a block per beat minute of ingestion, a day of steady
@@ -43,10 +44,16 @@ _INT = np.dtype(">i4")
 _AGGREGATE = """count(*), string_agg(int8send(chunk_id), ''::bytea ORDER BY chunk_id),
     string_agg(int4send(tf), ''::bytea ORDER BY chunk_id), string_agg(int4send(len), ''::bytea ORDER BY chunk_id)"""
 
+# Rows a removal holds are skipped (no lock waits, no deadlock): the removal deletes them or the next pack moves them.
 _MOVE_SQL = f"""
-WITH moved AS (DELETE FROM search_postingdelta RETURNING term_id, chunk_id, tf, len)
+WITH moved AS (
+    DELETE FROM search_postingdelta
+    WHERE id IN (SELECT id FROM search_postingdelta FOR UPDATE SKIP LOCKED)
+    RETURNING term_id, chunk_id, tf, len
+)
 INSERT INTO search_postingblock (term_id, n, ids, tfs, lens)
 SELECT term_id, {_AGGREGATE} FROM moved GROUP BY term_id
+RETURNING n
 """
 
 _REPACK_CANDIDATES_SQL = """
@@ -88,8 +95,9 @@ def postings_pack(*, full: bool = False) -> PackResult:
             result.repacked_terms = _repack(None)
         else:
             with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = 0")
                 cursor.execute(_MOVE_SQL)
-                result.moved = max(cursor.rowcount, 0)
+                result.moved = sum(row[0] for row in cursor.fetchall())
                 cursor.execute(_REPACK_CANDIDATES_SQL, {"blocks": BLOCKS_PER_TERM_MAX, "stale": STALE_SHARE_MAX})
                 terms = [row[0] for row in cursor.fetchall()]
             if terms:
@@ -104,17 +112,20 @@ def _pack_lock() -> Iterator[bool]:
     sees every earlier pack); inside a caller's transaction (tests), a transaction lock."""
     with connection.cursor() as cursor:
         if connection.in_atomic_block:
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_PACK_LOCK])
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", _PACK_LOCK)
             yield cursor.fetchone()[0]
             return
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_PACK_LOCK])
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", _PACK_LOCK)
         if not cursor.fetchone()[0]:
             yield False
             return
         try:
             yield True
         finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [_PACK_LOCK])
+            try:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", _PACK_LOCK)
+            except Exception:  # the connection is gone, and the session lock with it: keep the first error
+                logger.warning("postings pack: could not release its lock", exc_info=True)
 
 
 def _repack(term_ids: list[int] | None) -> int:
@@ -135,10 +146,18 @@ def _repack_once(term_ids: list[int] | None) -> int:
     params = {"terms": term_ids}
     outermost = not connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
-        if outermost:  # inside a caller's transaction (tests) its snapshot rules: no concurrent writer there
+        if outermost:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # else (tests, one connection): this runs in the caller's transaction and snapshot, which is only
+        # exact with no concurrent writer; the product always packs in a transaction of its own.
+        cursor.execute("SET LOCAL statement_timeout = 0")  # a full pack of 1M passages takes ~40 s
         cursor.execute(f"DELETE FROM search_postingblock {where}", params)
-        cursor.execute(f"DELETE FROM search_postingdelta {where}", params)
+        # Delta rows locked in id order, as removals lock them: the two wait for each other, never deadlock.
+        cursor.execute(
+            f"DELETE FROM search_postingdelta WHERE id IN "
+            f"(SELECT id FROM search_postingdelta {where} ORDER BY id FOR UPDATE)",
+            params,
+        )
         cursor.execute(
             f"INSERT INTO search_postingblock (term_id, n, ids, tfs, lens) "
             f"SELECT term_id, {_AGGREGATE} FROM search_posting {where} GROUP BY term_id",
@@ -170,6 +189,7 @@ SELECT qt.id, qt.qtf, qt.df, s.n, s.avgdl, d.ids, d.tfs, d.lens
 FROM query_terms qt CROSS JOIN stats s
 CROSS JOIN LATERAL (SELECT {_AGGREGATE} FROM search_postingdelta WHERE term_id = qt.id) AS d(c, ids, tfs, lens)
 WHERE d.c > 0
+ORDER BY 1
 """
 
 

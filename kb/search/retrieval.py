@@ -325,8 +325,7 @@ def bm25_leg(terms: Counter[str], scope: ReadScope, limit: int) -> list[LegHit]:
     top_ids, top_values = packing.ranked(chunk_ids, values, pool)
     # The readable ones among the best 2 x limit, else among the pool, else among all: the first `limit`
     # readable in score order either way (most scopes read most chunks: the first try usually suffices).
-    hits: list[LegHit] = []
-    for size in (2 * limit, pool):
+    for size in sorted({min(2 * limit, pool), pool}):
         hits = _readable(top_ids[:size], top_values[:size], scope, limit)
         if len(hits) == limit or size >= len(chunk_ids):
             return hits

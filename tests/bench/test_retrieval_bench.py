@@ -149,7 +149,7 @@ def _build(log) -> float:
         log("postings written; building the HNSW index (the longest step)")
         cursor.execute(hnsw_index_sql(16, 64))  # the product's index (ingest migration 0009)
         log("index built; packing the postings by term")
-        packing.postings_pack(full=True)
+        assert not packing.postings_pack(full=True).skipped
         cursor.execute("VACUUM ANALYZE search_posting")
         cursor.execute("VACUUM ANALYZE search_postingblock")
         cursor.execute("VACUUM ANALYZE search_term")

@@ -116,10 +116,10 @@ def test_a_second_pack_while_one_runs_leaves_at_once():
 
         def hold_lock():
             with connection.cursor() as other:
-                other.execute("SELECT pg_advisory_lock(%s)", [packing._PACK_LOCK])
+                other.execute("SELECT pg_advisory_lock(%s, %s)", packing._PACK_LOCK)
                 held.set()
                 release.wait(30)
-                other.execute("SELECT pg_advisory_unlock(%s)", [packing._PACK_LOCK])
+                other.execute("SELECT pg_advisory_unlock(%s, %s)", packing._PACK_LOCK)
 
         thread, errors = _in_thread(hold_lock)
         assert held.wait(30)

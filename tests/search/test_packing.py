@@ -76,7 +76,10 @@ def test_removed_chunks_left_in_blocks_are_never_returned(search_corpus, scopes)
     gone = set(Chunk.objects.filter(document_id__in=removed).values_list("id", flat=True))
     index_apply(remove=sorted(gone))
     Chunk.objects.filter(id__in=gone).delete()
-    assert PostingBlock.objects.filter(term__text="zephyrin").exists()  # the blocks still list them
+    listed = np.concatenate(
+        [np.frombuffer(bytes(block.ids), dtype=">i8") for block in PostingBlock.objects.filter(term__text="zephyrin")]
+    )
+    assert set(listed.tolist()) & gone  # the blocks still list removed chunks
     _assert_packed_equals_rows(scopes)
     topic = Counter(analyze([TOPIC])[0])
     assert not {hit.chunk_id for hit in bm25_leg(topic, scopes[0], 100)} & gone
@@ -148,3 +151,17 @@ def test_scores_of_sparse_chunk_ids_are_summed_per_chunk(search_corpus):
     sparse_ids, sparse = packing._sum_by_chunk(np.concatenate([ids, ids]), np.concatenate([values, values]))
     assert sparse_ids.tolist() == sorted(ids.tolist())
     assert sparse == pytest.approx(2 * values[np.argsort(ids)])
+
+
+def test_a_pool_smaller_than_twice_the_limit_still_finds_every_readable_chunk(search_corpus, settings):
+    # Group A's three notes rank below group B's twelve memos; a pool of 1 and a limit of 10: the first slice
+    # (the pool, 1 chunk) holds none of A's, and the remaining candidates are fewer than 2 x limit.
+    settings.KB_BM25_FILTER_POOL = 1
+    packing.postings_pack(full=True)
+    scope = ReadScope(group_ids=(search_corpus.group_a.pk,))
+    terms = Counter(analyze(["zephyrine"])[0])
+    candidates, _ = packing.scores(terms)
+    assert len(candidates) < 2 * 10
+    hits = bm25_leg(terms, scope, 10)
+    assert [hit.chunk_id for hit in hits] == [hit.chunk_id for hit in bm25_leg_rows(terms, scope, 10)]
+    assert len(hits) == len(search_corpus.group_a_ids)
