@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import psycopg
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 
@@ -197,8 +198,11 @@ def scores(terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
     """(chunk ids, BM25 scores) of every chunk with a posting of `terms` (term -> frequency in the query),
     chunks deleted since their postings were packed included. The same Okapi BM25 as the SQL leg."""
     texts = sorted(terms)
-    with connection.cursor() as cursor:
-        cursor.execute(_READ_SQL, {"terms": texts, "qtf": [terms[text] for text in texts]})
+    connection.ensure_connection()
+    # Binary results: Django's cursors bind client-side and receive bytea as hex text, which took two thirds
+    # of the read at a million passages (69 against 20 ms at the median).
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_READ_SQL, {"terms": texts, "qtf": [terms[text] for text in texts]}, binary=True)
         rows = cursor.fetchall()
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
@@ -206,10 +210,16 @@ def scores(terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
     ids_parts, score_parts = [], []
     for _term, qtf, df, n, avgdl, ids, tfs, lens in rows:
         idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        # qtf * idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl)), in place (millions of postings)
+        weight = np.frombuffer(lens, dtype=_INT).astype(np.float64)
+        weight *= k1 * b / avgdl
+        weight += k1 * (1 - b)
         tf = np.frombuffer(tfs, dtype=_INT).astype(np.float64)
-        length = np.frombuffer(lens, dtype=_INT).astype(np.float64)
+        weight += tf
+        np.divide(tf, weight, out=weight)
+        weight *= qtf * idf * (k1 + 1)
         ids_parts.append(np.frombuffer(ids, dtype=_ROW).astype(np.int64))
-        score_parts.append(qtf * idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl)))
+        score_parts.append(weight)
     return _sum_by_chunk(np.concatenate(ids_parts), np.concatenate(score_parts))
 
 
@@ -217,9 +227,10 @@ def _sum_by_chunk(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.
     """(distinct ids ascending, the sum of their weights)."""
     low, high = int(ids.min()), int(ids.max())
     if high - low < max(4 * len(ids), 1 << 20):  # a dense range (the usual case): sum by position
-        totals = np.bincount(ids - low, weights=weights, minlength=high - low + 1)
-        present = np.bincount(ids - low, minlength=high - low + 1) > 0
-        return np.nonzero(present)[0] + low, totals[present]
+        base = low if low > len(ids) else 0  # subtracting costs a pass: only when it saves a large array
+        totals = np.bincount(ids - base if base else ids, weights=weights)
+        present = np.flatnonzero(totals)  # every posting weighs more than 0: idf > 0, tf >= 1
+        return present + base, totals[present]
     chunk_ids, inverse = np.unique(ids, return_inverse=True)
     return chunk_ids, np.bincount(inverse, weights=weights)
 
