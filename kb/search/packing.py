@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 _PACK_LOCK = (0x6B62, 0x7061)  # "kb", "pa"
 # A term's blocks are rewritten as one when there are more than this many of them (each search reads every
 # block of its terms: many small ones cost a row each), or when they list this share more postings than
-# the term has live ones (deleted chunks). Not tuned: a block per beat minute of ingestion, a day of steady
-# ingestion packs a busy term ~50 times.
+# the term has live ones (deleted chunks). Not tuned: during steady ingestion (a pack a minute) a common term
+# is rewritten from the truth about every half hour, which costs up to a second for the commonest at 1M.
 BLOCKS_PER_TERM_MAX = 32
 STALE_SHARE_MAX = 0.25
 
