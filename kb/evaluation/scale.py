@@ -427,8 +427,6 @@ def _indexes_drop(cursor) -> None:
     cursor.execute("DROP INDEX IF EXISTS chunk_embedding_hnsw")
     cursor.execute("ALTER TABLE search_posting DROP CONSTRAINT IF EXISTS search_posting_pkey")
     cursor.execute("DROP INDEX IF EXISTS search_posting_chunk")
-    # Parts write the postings' rows alone: searches score those until the blocks step packs them.
-    cursor.execute("INSERT INTO search_packpending (id, since) VALUES (1, now()) ON CONFLICT DO NOTHING")
 
 
 # kb's analyzer (kb.search.analyzer._SQL) and index writer (kb.search.indexing.index_apply) in set-based SQL:
@@ -467,6 +465,7 @@ def postings_write(chunk_ids: list[int], texts: list[str]) -> None:
     from django.conf import settings
     from django.db import connection
 
+    from kb.search import packing
     from kb.search.analyzer import MAX_TERM_LENGTH
 
     with connection.cursor() as cursor:
@@ -479,7 +478,7 @@ def postings_write(chunk_ids: list[int], texts: list[str]) -> None:
         cursor.execute(_POSTINGS_SQL)
         cursor.execute(_STATE_SQL, {"chunks": len(chunk_ids)})
         cursor.execute("TRUNCATE scale_tf")
-        cursor.execute("INSERT INTO search_packpending (id, since) VALUES (1, now()) ON CONFLICT DO NOTHING")
+    packing.pending_mark()  # until the blocks step packs them, searches score the rows
 
 
 def part_load(part: int, groups: dict[int, int], root: Path) -> None:
@@ -555,12 +554,16 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
     from kb.search import packing
     from kb.search.retrieval import hnsw_index_sql
 
-    steps: dict[str, str | Callable[..., object]] = {
+    def postings_blocks() -> None:
+        if packing.postings_pack(full=True).skipped:
+            raise RuntimeError("another postings pack is running on this database (beat?): stop it first")
+
+    steps: dict[str, str | Callable[[], None]] = {
         "index:posting_pkey": "ALTER TABLE search_posting ADD CONSTRAINT search_posting_pkey "
         "PRIMARY KEY (term_id, chunk_id) INCLUDE (tf, len)",
         "index:posting_chunk": "CREATE INDEX search_posting_chunk ON search_posting (chunk_id)",
         "index:hnsw": hnsw_index_sql(HNSW_M, HNSW_EF_CONSTRUCTION),
-        "index:postings_blocks": packing.postings_pack,  # called below
+        "index:postings_blocks": postings_blocks,
         "index:vacuum_analyze": "",
     }
     seconds: dict[str, float] = {}
@@ -575,10 +578,8 @@ def indexes_build(log: Callable[[str], None]) -> dict[str, float]:
                 continue
             log(f"{step} ...")
             began = time.perf_counter()
-            if not isinstance(sql, str):
-                if packing.postings_pack(full=True).skipped:
-                    raise RuntimeError("another postings pack is running on this database (beat?): stop it first")
-                cursor.execute("ANALYZE search_postingblock")
+            if callable(sql):
+                sql()
             elif sql:
                 cursor.execute(sql)
             else:

@@ -84,6 +84,12 @@ def pending() -> bool:
     return PackPending.objects.exists()
 
 
+def pending_mark() -> None:
+    """For writers of `search_posting` rows that bypass `index_apply` (bulk loads): searches score the rows
+    until the next pack, which is then a full one."""
+    PackPending.objects.get_or_create(pk=1)
+
+
 def postings_pack(*, full: bool = False) -> PackResult:
     """Move the delta into blocks and repack the terms that need it; `full` (or a pending database) repacks
     every term from the truth and clears the pending mark."""

@@ -14,7 +14,7 @@ from ingest.models import Chunk, Document
 from kb.search import packing
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
-from kb.search.models import PackPending, PostingBlock, PostingDelta
+from kb.search.models import PostingBlock, PostingDelta
 from kb.search.retrieval import ReadScope, bm25_leg, bm25_leg_rows
 from tests.search.conftest import TOPIC, WORDS, ingest_file
 
@@ -131,7 +131,7 @@ def test_a_pending_database_is_scored_from_its_rows_until_a_full_pack(search_cor
     packing.postings_pack(full=True)
     with connection.cursor() as cursor:  # as after the migration: rows that no block holds
         cursor.execute("DELETE FROM search_postingblock")
-    PackPending.objects.create()
+    packing.pending_mark()
     assert packing.pending()
     _assert_packed_equals_rows(scopes)  # both read the rows
     result = packing.postings_pack()  # beat's pack: a pending database gets the full one
