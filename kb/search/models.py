@@ -52,16 +52,21 @@ class IndexState(models.Model):
 
 
 class PostingBlock(models.Model):
-    """A term's postings packed into three byte strings (big-endian int8 chunk ids, int4 tf, int4 len): the
-    BM25 leg reads a term's postings as one row instead of one row each (`kb.search.packing`). The rows of
-    `search_posting` stay the truth; blocks hold the postings moved out of PostingDelta, and may still
-    list chunks deleted since (the leg drops chunks that no longer exist)."""
+    """Postings of one term packed into byte strings (`kb.search.packing`): the BM25 leg reads a term's
+    postings as a row instead of one row each. In chunk id order, big-endian int2 each: the gap from the
+    previous chunk id (`base` is the first) and a code tf << 10 | len; gaps and postings beyond the codes'
+    range are written out in `escapes` (int8) and `wide_tfs`, `wide_lens` (int4). The rows of `search_posting`
+    stay the truth; blocks hold the postings moved out of PostingDelta, and may still list chunks deleted
+    since (the leg drops chunks that no longer exist)."""
 
     term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False)
+    base = models.BigIntegerField(help_text="The block's first chunk id")
     n = models.IntegerField(help_text="Postings in the block")
-    ids = models.BinaryField()
-    tfs = models.BinaryField()
-    lens = models.BinaryField()  # term and chunk ids are indexed as foreign keys (without constraints)
+    gaps = models.BinaryField()
+    codes = models.BinaryField()
+    escapes = models.BinaryField(null=True)
+    wide_tfs = models.BinaryField(null=True)
+    wide_lens = models.BinaryField(null=True)  # term and chunk ids are indexed as foreign keys (without constraints)
 
     def __str__(self) -> str:
         return f"{self.term_id}: {self.n} postings"

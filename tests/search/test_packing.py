@@ -14,7 +14,7 @@ from ingest.models import Chunk, Document
 from kb.search import packing
 from kb.search.analyzer import analyze
 from kb.search.indexing import index_apply
-from kb.search.models import PostingBlock, PostingDelta
+from kb.search.models import Posting, PostingBlock, PostingDelta
 from kb.search.retrieval import ReadScope, bm25_leg, bm25_leg_rows
 from tests.search.conftest import TOPIC, WORDS, ingest_file
 
@@ -51,6 +51,12 @@ def _assert_packed_equals_rows(scopes) -> int:
     return seen
 
 
+def _block_chunk_ids(block: PostingBlock) -> list[int]:
+    gaps = np.frombuffer(bytes(block.gaps), dtype=">i2").astype(np.int64)
+    gaps[gaps == packing.GAP_ESCAPE] = np.frombuffer(bytes(block.escapes or b""), dtype=">i8")
+    return (block.base + np.cumsum(gaps)).tolist()
+
+
 @pytest.fixture
 def scopes(search_corpus):
     return [
@@ -85,10 +91,8 @@ def test_removed_chunks_left_in_blocks_are_never_returned(search_corpus, scopes)
     gone = set(Chunk.objects.filter(document_id__in=removed).values_list("id", flat=True))
     index_apply(remove=sorted(gone))
     Chunk.objects.filter(id__in=gone).delete()
-    listed = np.concatenate(
-        [np.frombuffer(bytes(block.ids), dtype=">i8") for block in PostingBlock.objects.filter(term__text="zephyrin")]
-    )
-    assert set(listed.tolist()) & gone  # the blocks still list removed chunks
+    listed = set().union(*(_block_chunk_ids(block) for block in PostingBlock.objects.filter(term__text="zephyrin")))
+    assert listed & gone  # the blocks still list removed chunks
     _assert_packed_equals_rows(scopes)
     topic = Counter(analyze([TOPIC])[0])
     assert not {hit.chunk_id for hit in bm25_leg(topic, scopes[0], 100)} & gone
@@ -174,3 +178,27 @@ def test_a_pool_smaller_than_twice_the_limit_still_finds_every_readable_chunk(se
     hits = bm25_leg(terms, scope, 10)
     assert [hit.chunk_id for hit in hits] == [hit.chunk_id for hit in bm25_leg_rows(terms, scope, 10)]
     assert len(hits) == len(search_corpus.group_a_ids)
+
+
+def test_postings_out_of_the_codes_range_and_gaps_past_2_to_the_15_score_exactly(search_corpus, scopes):
+    # A term 40 times in a passage (tf >= 32) has code 0 and its tf and length written out; a chunk id 2**31
+    # past the previous one, its gap written out. Both score as the rows do.
+    ingest_file("# Ledger drill\n\n" + "ledger " * 40 + "\n", "drill.md")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('ingest_chunk', 'id'), %s)", [2**31 + 7])
+    late = ingest_file("# Late ledger\n\nThe ledger audit of the zephyrin memo, filed late.\n", "late.md")
+    late_ids = set(late.chunks.values_list("id", flat=True))
+    assert min(late_ids) > 2**31
+    packing.postings_pack(full=True)
+    block = PostingBlock.objects.get(term__text="ledger")
+    assert block.escapes and block.wide_tfs and block.wide_lens
+    listed = _block_chunk_ids(block)
+    assert listed == sorted(Posting.objects.filter(term=block.term).values_list("chunk_id", flat=True))
+    assert late_ids <= set(listed) and block.n == len(listed) == block.term.df
+    assert _assert_packed_equals_rows(scopes) > 0
+    ledger = Counter(analyze(["ledger"])[0])
+    assert bm25_leg(ledger, scopes[0], 1)[0].chunk_id == Document.objects.get(filename="drill.md").chunks.get().id
+    # The same from the delta, before a pack.
+    ingest_file("# Later ledger\n\n" + "ledger " * 35 + "zephyrin\n", "later.md")
+    assert PostingDelta.objects.filter(term__text="ledger").exists()
+    _assert_packed_equals_rows(scopes)
