@@ -3,8 +3,9 @@
 Both are keyed by a namespace: the user's permission scope, the index version (every document change
 bumps it), the prompt version, the model chain, the off-limits topics and what makes answers (`answer_settings`:
 ANSWER_SETTINGS, the embedding model, the shipped answerability and toxicity models by content, the extractive
-answerer's unit weights and limits), so an answer is never served across permission scopes, after the documents
-or the topics changed, or from another prompt, chain, model or retrieval setting. Within a namespace the exact cache
+answerer's unit weights and limits, the source of the code that makes answers), so an answer is never served
+across permission scopes, after the documents or the topics changed, or from another prompt, chain, model,
+retrieval setting or version of the answering code. Within a namespace the exact cache
 matches the normalised question; the semantic cache the nearest earlier question by embedding, when its
 cosine similarity reaches KB_SEMANTIC_CACHE_MIN_SIMILARITY.
 """
@@ -86,14 +87,32 @@ ANSWER_SETTINGS = (
 )
 
 
+# The packages whose modules (not their subfolders: migrations, management commands) turn a question into an
+# answer: retrieval, the ask path's stages, prompt rendering, the model layer, the extractive answerer, the guards.
+# A deploy that changes one of them may answer otherwise with every setting and prompt file unchanged.
+ANSWER_CODE = ("answers/pipeline", "guard", "llm", "search")
+_KB_ROOT = Path(__file__).resolve().parent.parent
+
+
 @functools.cache
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+@functools.cache
+def answer_code_digest(root: Path = _KB_ROOT) -> str:
+    """A digest of the ANSWER_CODE modules' source under `root` (the kb package), by path and content."""
+    digest = hashlib.sha256()
+    for folder in ANSWER_CODE:
+        for path in sorted((root / folder).glob("*.py")):
+            digest.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def answer_settings() -> list:
     """ANSWER_SETTINGS' values, the embedding model, the shipped models that decide an answer's text (the
-    extractive answerer's, the toxicity screen's) by content, and how the extractive answerer picks its quotes."""
+    extractive answerer's, the toxicity screen's) by content, how the extractive answerer picks its quotes, and
+    the answering code's digest."""
     from kb.guard.toxicity import MODEL_PATH as TOXICITY_MODEL
     from kb.llm import extractive
     from kb.search.embeddings import model_id
@@ -104,7 +123,8 @@ def answer_settings() -> list:
         extractive.MIN_SENTENCE_CHARS, extractive.EMBEDDED, extractive.PREFILTER_RANK, extractive.MODEL_MIN_UNITS,
         extractive.FEW_UNITS_BAR, extractive.FEW_UNITS_NAMED,
     ]  # fmt: skip
-    return [model_id(), *models, *quoting, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
+    code = answer_code_digest()
+    return [model_id(), *models, *quoting, code, *(getattr(settings, name) for name in ANSWER_SETTINGS)]
 
 
 def namespace(*, scope_key: str, index_version: int, prompt_version: str, chain: list[str], topics: str = "") -> str:

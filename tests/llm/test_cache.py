@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -75,6 +76,29 @@ def test_the_namespace_differs_when_the_extractive_answer_quotes_otherwise(monke
     assert cache.namespace(**BASE) != before
     monkeypatch.undo()
     monkeypatch.setattr(extractive, "MAX_UNITS", extractive.MAX_UNITS + 1)
+    assert cache.namespace(**BASE) != before
+
+
+def test_the_namespace_differs_when_the_answering_code_changes(tmp_path, monkeypatch):
+    """A deploy that changes how answers are made (here one line of the extractive answerer) is not served the
+    answers the old code made, with every setting and prompt file unchanged."""
+    import shutil
+
+    kb_root = Path(cache.__file__).resolve().parent.parent
+    for folder in cache.ANSWER_CODE:
+        (tmp_path / folder).mkdir(parents=True)
+        for path in (kb_root / folder).glob("*.py"):
+            shutil.copy(path, tmp_path / folder / path.name)
+    assert cache.answer_code_digest(tmp_path) == cache.answer_code_digest()  # what the running code uses
+    extractive = tmp_path / "llm" / "extractive.py"
+    extractive.write_text(extractive.read_text().replace("MAX_UNITS = ", "MAX_UNITS = 1 + ", 1))
+    changed = cache.answer_code_digest.__wrapped__(tmp_path)
+    assert changed != cache.answer_code_digest()
+    (tmp_path / "llm" / "migrations").mkdir()
+    (tmp_path / "llm" / "migrations" / "0099_other.py").write_text("# a migration answers nothing\n")
+    assert cache.answer_code_digest.__wrapped__(tmp_path) == changed
+    before = cache.namespace(**BASE)
+    monkeypatch.setattr(cache, "answer_code_digest", lambda: changed)
     assert cache.namespace(**BASE) != before
 
 
