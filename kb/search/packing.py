@@ -251,7 +251,8 @@ def scores(terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
         ids[0] = base  # its gap is 0
         np.cumsum(ids, out=ids)
         code = np.frombuffer(codes, dtype=_SHORT)
-        np.take(saturation * factor, code, out=weights[at:end])
+        # "clip": every code indexes the table (0..32767); the default mode buffers the output (3x slower)
+        np.take(saturation * factor, code, out=weights[at:end], mode="clip")
         if wide_tfs is not None:
             tf = np.frombuffer(wide_tfs, dtype=_INT).astype(np.float64)
             lens = np.frombuffer(wide_lens, dtype=_INT).astype(np.float64)

@@ -244,6 +244,8 @@ def test_hybrid_search_p95_at_100k_chunks(capsys):
             if packing.pending():  # a migration dropped the blocks (a new encoding)
                 log("packing the postings by term again")
                 assert not packing.postings_pack(full=True).skipped
+                with connection.cursor() as cursor:
+                    cursor.execute("VACUUM ANALYZE search_postingblock")
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*), (SELECT count(*) FROM search_posting) FROM ingest_chunk")
             chunk_count, posting_count = cursor.fetchone()

@@ -184,9 +184,9 @@ def test_postings_out_of_the_codes_range_and_gaps_past_2_to_the_15_score_exactly
     # A term 40 times in a passage (tf >= 32) has code 0 and its tf and length written out; a chunk id 2**31
     # past the previous one, its gap written out. Both score as the rows do.
     ingest_file("# Ledger drill\n\n" + "ledger " * 40 + "\n", "drill.md")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT setval(pg_get_serial_sequence('ingest_chunk', 'id'), %s)", [2**31 + 7])
-    late = ingest_file("# Late ledger\n\nThe ledger audit of the zephyrin memo, filed late.\n", "late.md")
+    late = _ingest_at_chunk_id(
+        2**31 + 8, "# Late ledger\n\nThe ledger audit of the zephyrin memo, filed late.\n", "late.md"
+    )
     late_ids = set(late.chunks.values_list("id", flat=True))
     assert min(late_ids) > 2**31
     packing.postings_pack(full=True)
@@ -198,7 +198,26 @@ def test_postings_out_of_the_codes_range_and_gaps_past_2_to_the_15_score_exactly
     assert _assert_packed_equals_rows(scopes) > 0
     ledger = Counter(analyze(["ledger"])[0])
     assert bm25_leg(ledger, scopes[0], 1)[0].chunk_id == Document.objects.get(filename="drill.md").chunks.get().id
-    # The same from the delta, before a pack.
+    # The same from the delta, before a pack: a wide posting, and two chunks 2**20 ids apart (an escaped gap).
     ingest_file("# Later ledger\n\n" + "ledger " * 35 + "zephyrin\n", "later.md")
-    assert PostingDelta.objects.filter(term__text="ledger").exists()
+    _ingest_at_chunk_id(2**31 + 2**20, "# Last ledger\n\nThe ledger of the zephyrin audit, filed last.\n", "last.md")
+    assert PostingDelta.objects.filter(term__text="ledger").count() == 2
     _assert_packed_equals_rows(scopes)
+    ids, _ = packing.scores(ledger)
+    assert set(Posting.objects.filter(term__text="ledger").values_list("chunk_id", flat=True)) == set(ids.tolist())
+
+
+def _ingest_at_chunk_id(first_id: int, text: str, name: str) -> Document:
+    """`text` ingested with chunk ids from `first_id` on. A sequence is not rolled back with the test's
+    transaction: it is set back to where it was, so that later tests see ids as usual."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence('ingest_chunk', 'id')")
+        sequence = cursor.fetchone()[0]
+        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")
+        last_value, is_called = cursor.fetchone()
+        cursor.execute("SELECT setval(%s, %s)", [sequence, first_id - 1])
+    try:
+        return ingest_file(text, name)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT setval(%s, %s, %s)", [sequence, last_value, is_called])

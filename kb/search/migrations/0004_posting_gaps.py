@@ -11,7 +11,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunSQL("DELETE FROM search_postingblock", reverse_sql=migrations.RunSQL.noop),
+        # TRUNCATE frees the old blocks' space at once (1.8 GB at a million passages); transactional here too.
+        migrations.RunSQL("TRUNCATE search_postingblock", reverse_sql="TRUNCATE search_postingblock"),
         migrations.RemoveField(model_name="postingblock", name="tfs"),
         migrations.RemoveField(model_name="postingblock", name="lens"),
         migrations.RenameField(model_name="postingblock", old_name="ids", new_name="gaps"),
@@ -35,6 +36,12 @@ class Migration(migrations.Migration):
                 "INSERT INTO search_packpending (id, since) SELECT 1, now() WHERE EXISTS (SELECT FROM search_posting) "
                 "ON CONFLICT (id) DO NOTHING",
             ],
-            reverse_sql=migrations.RunSQL.noop,
+            # Back to 0003's blocks: none (0003's NOT NULL columns come back on an empty table), rows scored
+            # until a full pack.
+            reverse_sql=[
+                "TRUNCATE search_postingblock",
+                "INSERT INTO search_packpending (id, since) SELECT 1, now() WHERE EXISTS (SELECT FROM search_posting) "
+                "ON CONFLICT (id) DO NOTHING",
+            ],
         ),
     ]
