@@ -852,7 +852,9 @@ def measure(passages: int, log: Callable[[str], None] = print, every: int | None
 
     from ingest.models import ReadScope
     from kb.evaluation import beir
+    from kb.search import embeddings
 
+    embeddings.use_threads(settings.KB_WEB_TORCH_THREADS)  # questions are embedded as in the web process
     root = data_dir()
     queries, vectors = queries_ensure(root)
     every = every or query_every(passages)
