@@ -239,7 +239,8 @@ def scores(terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
     k1, b = float(settings.KB_BM25_K1), float(settings.KB_BM25_B)
     avgdl = rows[0][3]  # one figure for every row
     saturation = _saturation_by_code(k1, b, avgdl)
-    chunk_ids, weights = np.empty(sum(row[5] for row in rows), dtype=np.int64), np.empty(sum(row[5] for row in rows))
+    total = sum(row[5] for row in rows)
+    chunk_ids, weights = np.empty(total, dtype=np.int64), np.empty(total)
     at = 0
     for qtf, df, n, _avgdl, base, count, gaps, codes, escapes, wide_tfs, wide_lens, _term in rows:
         # qtf * idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl)): the factor after the saturation
@@ -254,19 +255,23 @@ def scores(terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
         # "clip": every code indexes the table (0..32767); the default mode buffers the output (3x slower)
         np.take(saturation * factor, code, out=weights[at:end], mode="clip")
         if wide_tfs is not None:
-            tf = np.frombuffer(wide_tfs, dtype=_INT).astype(np.float64)
-            lens = np.frombuffer(wide_lens, dtype=_INT).astype(np.float64)
-            weights[at + np.flatnonzero(code == 0)] = tf / (lens * (k1 * b / avgdl) + k1 * (1 - b) + tf) * factor
+            tf, lens = (np.frombuffer(wide, dtype=_INT).astype(np.float64) for wide in (wide_tfs, wide_lens))
+            weights[at + np.flatnonzero(code == 0)] = _saturation(tf, lens, k1, b, avgdl) * factor
         at = end
     return _sum_by_chunk(chunk_ids, weights)
 
 
+def _saturation(tf: np.ndarray, lens: np.ndarray, k1: float, b: float, avgdl: float) -> np.ndarray:
+    """tf / (tf + k1 * (1 - b + b * len / avgdl)), float64: the one expression both kinds of posting are scored by."""
+    return tf / (lens * (k1 * b / avgdl) + k1 * (1 - b) + tf)
+
+
 def _saturation_by_code(k1: float, b: float, avgdl: float) -> np.ndarray:
-    """tf / (tf + k1 * (1 - b + b * len / avgdl)) for every code tf << 10 | len, computed as the wide postings'
-    (the same operations in the same order: the same float for the same posting)."""
+    """The saturation of every code tf << 10 | len (code 0, tf 0: 0)."""
     codes = np.arange(TF_LIMIT << LEN_BITS)
-    tf = (codes >> LEN_BITS).astype(np.float64)
-    return tf / ((codes & ((1 << LEN_BITS) - 1)).astype(np.float64) * (k1 * b / avgdl) + k1 * (1 - b) + tf)
+    return _saturation(
+        (codes >> LEN_BITS).astype(np.float64), (codes & ((1 << LEN_BITS) - 1)).astype(np.float64), k1, b, avgdl
+    )
 
 
 def _sum_by_chunk(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
