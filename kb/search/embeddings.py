@@ -135,20 +135,22 @@ BFLOAT16_MIN_TOKENS = 64
 
 def precision() -> str:
     """What the forward pass computes in: "bfloat16" or "float32" (KB_EMBEDDING_PRECISION; "auto" picks
-    bfloat16 where the CPU has bfloat16 matrix units)."""
+    bfloat16 where the CPU computes in bfloat16 natively)."""
     chosen = settings.KB_EMBEDDING_PRECISION
     if chosen == "auto":
-        return "bfloat16" if _cpu_has_amx() else "float32"
+        return "bfloat16" if _cpu_has_bfloat16_units() else "float32"
     return chosen
 
 
 @functools.cache
-def _cpu_has_amx() -> bool:
+def _cpu_has_bfloat16_units() -> bool:
+    """Whether the CPU multiplies bfloat16 matrices in hardware: Intel's AMX tiles, or the AVX-512 BF16
+    dot-product instructions (AMD Zen 4 and later, Intel Cooper Lake); elsewhere torch emulates bfloat16."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPU probe; absent in old builds
-    try:
-        return bool(probe and probe())
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    try:  # torch's own CPU probes; absent in old builds
+        return any(bool(probe and probe()) for probe in probes)
     except RuntimeError:
         return False
 

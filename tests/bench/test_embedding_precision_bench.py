@@ -4,7 +4,7 @@ var/bench/embedding_precision.json): what KB_EMBEDDING_PRECISION=auto and BFLOAT
 One torch thread, as in the web process and in each worker process. Texts are SciFact prose cut to a number of
 tokens; each pass is timed 12 times per precision, twice over, and the better median of the two is kept. Also
 the cosine between the two precisions' vectors of the same texts. Takes about a minute. On a CPU without
-bfloat16 matrix units (no AMX), bfloat16 is emulated: the table then says why `auto` stays in float32 there.
+bfloat16 units (neither AMX nor AVX-512 BF16), bfloat16 is emulated: the table then says why `auto` stays in float32 there.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_bfloat16_against_float32_by_tokens_in_the_pass(settings, monkeypatch):
     finally:
         embeddings.use_threads(settings.KB_TORCH_THREADS)
     result = {
-        "cpu_has_amx": embeddings._cpu_has_amx(),
+        "cpu_has_bfloat16_units": embeddings._cpu_has_bfloat16_units(),
         "threads": 1,
         "bfloat16_min_tokens": embeddings.BFLOAT16_MIN_TOKENS,
         "passes": rows,
