@@ -380,11 +380,12 @@ KB_BM25_B = env_float("KB_BM25_B", 0.75, minimum=0.0, maximum=1.0)
 # Chunks scored by BM25 before the permission filter; when fewer than the wanted number survive it, the
 # leg rescans without this limit (so a user still gets k results). 1000 keeps the filter's join at ~1 ms.
 KB_BM25_FILTER_POOL = env_int("KB_BM25_FILTER_POOL", 1000, minimum=1)
-# HNSW candidate list: at least the fusion depth below, so one index pass normally fills a leg. 200 since the
-# index is on halfvec (stop 41): on the 1M scale corpus a halfvec graph walked at 100 found 0.57 of the exact
-# top 10 against 0.69 for a float32 graph of the same rows; at 200 it finds 0.67 (float32 at 200: 0.80);
-# walks took 4-11 ms at the median either way (35 queries, admin, README "Scale").
-KB_HNSW_EF_SEARCH = env_int("KB_HNSW_EF_SEARCH", 200, minimum=1, maximum=1000)
+# HNSW candidate list: at least the fusion depth below, so one index pass normally fills a leg. 800 since stop 43,
+# with the index rebuilt at m = 32, ef_construction = 128 (ingest migration 0010), chosen on the 1M scale corpus's
+# queries 3, 12, 21, ... (34, admin, walk alone, README "Scale"): m 16 / 64 found 0.91 of the exact top 10 at 800
+# and 1000; m 32 / 64 0.84 at 400, 0.91 at 800; m 32 / 128 0.89 at 400, 0.95 at 800 and 1000 (walk p50 13 / 18 /
+# 22 ms). Below ~100k chunks a walk this wide is close to an exact scan and still fast (SciFact: README).
+KB_HNSW_EF_SEARCH = env_int("KB_HNSW_EF_SEARCH", 800, minimum=1, maximum=1000)
 # pgvector 0.8 iterative scans visit at most this many tuples looking for chunks the user may read
 # (pgvector's default); a scan that comes up short falls back to an exact filtered scan.
 KB_HNSW_MAX_SCAN_TUPLES = env_int("KB_HNSW_MAX_SCAN_TUPLES", 20000, minimum=1)

@@ -27,12 +27,12 @@ def _valid(cursor, name: str) -> bool | None:
     return None if row is None else bool(row[0])
 
 
-def replace_index(cursor, method: str) -> None:
+def replace_index(cursor, method: str, memory: str = MAINTENANCE_WORK_MEM) -> None:
     """Build `chunk_embedding_hnsw` anew with `method`, concurrently, and drop the one it replaces."""
     cursor.execute("SELECT current_setting('statement_timeout'), current_setting('maintenance_work_mem')")
-    timeout, memory = cursor.fetchone()
+    timeout, previous = cursor.fetchone()
     cursor.execute("SET statement_timeout = 0")
-    cursor.execute("SET maintenance_work_mem = %s", [MAINTENANCE_WORK_MEM])
+    cursor.execute("SET maintenance_work_mem = %s", [memory])
     try:
         if _valid(cursor, "chunk_embedding_hnsw_new") is False:
             cursor.execute("DROP INDEX CONCURRENTLY chunk_embedding_hnsw_new")  # left by a cancelled build
@@ -44,7 +44,7 @@ def replace_index(cursor, method: str) -> None:
         cursor.execute("ALTER INDEX chunk_embedding_hnsw_new RENAME TO chunk_embedding_hnsw")
     finally:
         cursor.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
-        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory])
+        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [previous])
 
 
 def forward(apps, schema_editor) -> None:

@@ -176,7 +176,8 @@ def search_in_scope(
             vector, timings.embed_ms = vector_soon.result()
         if vector is not None:
             t0 = time.perf_counter()
-            rankings[VECTOR] = vector_leg(vector, scope, depth)
+            found = [hit.chunk_id for hit in rankings.get(BM25, ())]
+            rankings[VECTOR] = vector_leg(vector, scope, depth, also=found)
             timings.vector_ms = _ms(t0)
         rankings = {leg: rankings[leg] for leg in (VECTOR, BM25) if leg in rankings}  # fusion's order of legs
         t0 = time.perf_counter()
@@ -260,8 +261,15 @@ WITH hits AS MATERIALIZED (
     WHERE {allowed}
     ORDER BY {order}
     LIMIT %(limit)s
+),
+also AS (
+    SELECT c.id, c.embedding <=> %(vector)s::vector AS distance
+    FROM ingest_chunk c JOIN ingest_document ON ingest_document.id = c.document_id
+    WHERE c.id = ANY(%(also)s::bigint[]) AND {allowed}
 )
-SELECT id, distance FROM hits ORDER BY distance, id
+SELECT id, distance, (SELECT count(*) FROM hits) FROM (SELECT * FROM hits UNION SELECT * FROM also) AS found
+ORDER BY distance, id
+LIMIT %(limit)s
 """
 
 
@@ -273,7 +281,9 @@ def hnsw_walk_configure(cursor) -> None:
     cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(settings.KB_HNSW_MAX_SCAN_TUPLES)])
 
 
-def vector_leg(vector: np.ndarray | Sequence[float], scope: ReadScope, limit: int) -> list[LegHit]:
+def vector_leg(
+    vector: np.ndarray | Sequence[float], scope: ReadScope, limit: int, *, also: Sequence[int] = ()
+) -> list[LegHit]:
     """The `limit` readable chunks nearest to `vector` by cosine distance, nearest first.
 
     The HNSW index (on half-precision copies of the vectors, `HNSW_ORDER`; the distances returned are the exact
@@ -281,9 +291,12 @@ def vector_leg(vector: np.ndarray | Sequence[float], scope: ReadScope, limit: in
     rows pass the permission filter; `relaxed_order` lets it return them slightly out of order, so the
     materialized CTE sorts them again. When the walk stops early (max_scan_tuples), an exact scan over
     the readable chunks answers instead: a user always gets `limit` chunks when that many exist.
+
+    `also`: chunks found another way (the BM25 leg's) whose exact distances are computed too, so that a near
+    chunk the walk missed still takes its place; the permission filter applies to them as to the walk.
     """
     allowed, allowed_params = scope.sql()
-    params = {"vector": vector_literal(vector), "limit": limit, **allowed_params}
+    params = {"vector": vector_literal(vector), "limit": limit, "also": list(also), **allowed_params}
     with connection.cursor() as cursor:
         hnsw_walk_configure(cursor)
         # Below ~100k chunks the planner would rather sort every readable chunk by its distance than walk the
@@ -293,7 +306,8 @@ def vector_leg(vector: np.ndarray | Sequence[float], scope: ReadScope, limit: in
         sort = cursor.fetchone()[0]
         rows = _fetch(cursor, VECTOR_SQL.format(allowed=allowed, order=HNSW_ORDER), params)
         cursor.execute("SELECT set_config('enable_sort', %s, true)", [sort])
-        if len(rows) < limit:
+        walked = rows[0][2] if rows else 0
+        if walked < limit:
             # `+ 0` keeps the planner off the index: an exact, exhaustive scan of the readable chunks.
             rows = _fetch(
                 cursor, VECTOR_SQL.format(allowed=allowed, order="(c.embedding <=> %(vector)s::vector) + 0"), params

@@ -4,7 +4,8 @@ var/bench/embedding_precision.json): what KB_EMBEDDING_PRECISION=auto and BFLOAT
 One torch thread, as in the web process and in each worker process. Texts are SciFact prose cut to a number of
 tokens; each pass is timed 12 times per precision, twice over, and the better median of the two is kept. Also
 the cosine between the two precisions' vectors of the same texts. Takes about a minute. On a CPU without
-bfloat16 units (neither AMX nor AVX-512 BF16), bfloat16 is emulated: the table then says why `auto` stays in float32 there.
+bfloat16 units (neither AMX nor AVX-512 BF16), bfloat16 is emulated: the table then says why `auto` stays in
+float32 there.
 """
 
 from __future__ import annotations

@@ -79,7 +79,9 @@ def test_padding_to_a_multiple_is_masked_out_and_changes_nothing():
         ("bfloat16", False, "bfloat16"),
     ],
 )
-def test_auto_precision_is_bfloat16_only_where_the_cpu_has_matrix_units(monkeypatch, settings, setting, units, expected):
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_bfloat16_units(
+    monkeypatch, settings, setting, units, expected
+):
     monkeypatch.setattr(embeddings, "_cpu_has_bfloat16_units", lambda: units)
     settings.KB_EMBEDDING_PRECISION = setting
     assert embeddings.precision() == expected

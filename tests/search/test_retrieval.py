@@ -147,13 +147,43 @@ def test_a_vector_scan_cut_short_falls_back_to_an_exact_scan(search_corpus, grou
     def short_index_pass(cursor, sql, params):
         rows = original(cursor, sql, params)
         passes.append(len(rows))
-        return rows[:1] if len(passes) == 1 else rows
+        return [(*rows[0][:2], 1)] if len(passes) == 1 else rows  # the walk found one chunk
 
     monkeypatch.setattr(retrieval, "_fetch", short_index_pass)
     cut_short = search(TOPIC, group_a_member, K, mode="vector")
     assert len(passes) == 2  # the index pass, then the exact one
     assert [hit.chunk_id for hit in cut_short.hits] == [hit.chunk_id for hit in exact.hits]
     assert len(exact.hits) == K and set(search_corpus.group_a_ids) <= _documents(exact)
+
+
+def test_chunks_the_bm25_leg_found_take_their_place_when_the_walk_missed_them(
+    search_corpus, group_a_member, monkeypatch
+):
+    # At a million passages the walk misses some of the nearest chunks (README "Scale"); the leg also scores the
+    # chunks the BM25 leg found, by their exact distances, and keeps the permission filter on them.
+    from kb.search import embeddings, retrieval
+
+    scope = ReadScope.for_user(group_a_member)
+    vector = embeddings.embed([TOPIC])[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_indexscan = off")  # the reference: an exhaustive scan
+    exact = retrieval.vector_leg(vector, scope, K)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_indexscan = on")
+        cursor.execute(
+            "SELECT c.id FROM ingest_chunk c WHERE c.document_id = ANY(%s) ORDER BY c.embedding <=> %s::vector LIMIT 1",
+            [list(search_corpus.group_b_ids), retrieval.vector_literal(vector)],
+        )
+        forbidden = cursor.fetchone()[0]
+    # A walk that goes the wrong way: the K farthest readable chunks.
+    monkeypatch.setattr(retrieval, "HNSW_ORDER", "(c.embedding <=> %(vector)s::vector) DESC")
+    lost = retrieval.vector_leg(vector, scope, K)
+    assert len(lost) == K and exact[0].chunk_id not in {hit.chunk_id for hit in lost}
+    found = retrieval.vector_leg(vector, scope, K, also=[exact[1].chunk_id, forbidden, exact[0].chunk_id])
+    assert [hit.chunk_id for hit in found[:2]] == [exact[0].chunk_id, exact[1].chunk_id]
+    assert found[0].value == pytest.approx(exact[0].value, abs=1e-12)
+    assert forbidden not in {hit.chunk_id for hit in found} and len(found) == K
+    assert [hit.value for hit in found] == sorted(hit.value for hit in found)
 
 
 def test_bm25_rescans_when_the_filter_pool_holds_too_few_readable_chunks(search_corpus, group_a_member):
