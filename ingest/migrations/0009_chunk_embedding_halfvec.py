@@ -5,7 +5,7 @@ operator class inside the cast's parentheses.
 Built concurrently beside the old index, which is dropped only once the new one is valid, so that searches and
 uploads go on meanwhile (the build takes about as long as the first, ~6 minutes at a million passages on 2 cores).
 Without the connections' statement timeout (it would cancel the build of any sizeable index) and with room for the
-graph in memory. A build that was cancelled leaves an invalid index behind: it is dropped and built again, never
+graph in memory. A build that was interrupted leaves its index behind: it is dropped and built again, never
 renamed into place."""
 
 from django.db import migrations
@@ -34,10 +34,9 @@ def replace_index(cursor, method: str, memory: str = MAINTENANCE_WORK_MEM) -> No
     cursor.execute("SET statement_timeout = 0")
     cursor.execute("SET maintenance_work_mem = %s", [memory])
     try:
-        if _valid(cursor, "chunk_embedding_hnsw_new") is False:
-            cursor.execute("DROP INDEX CONCURRENTLY chunk_embedding_hnsw_new")  # left by a cancelled build
-        if _valid(cursor, "chunk_embedding_hnsw_new") is None:
-            cursor.execute(f"CREATE INDEX CONCURRENTLY chunk_embedding_hnsw_new ON ingest_chunk {method}")
+        # Left by an interrupted run, perhaps of another migration's method (0010 uses this too): built again.
+        cursor.execute("DROP INDEX CONCURRENTLY IF EXISTS chunk_embedding_hnsw_new")
+        cursor.execute(f"CREATE INDEX CONCURRENTLY chunk_embedding_hnsw_new ON ingest_chunk {method}")
         if not _valid(cursor, "chunk_embedding_hnsw_new"):
             raise RuntimeError("the new HNSW index chunk_embedding_hnsw_new is not valid; run the migration again")
         cursor.execute("DROP INDEX CONCURRENTLY IF EXISTS chunk_embedding_hnsw")

@@ -1,8 +1,9 @@
 """The HNSW index rebuilt with m = 32 and ef_construction = 128 (was 16 and 64): a better-linked graph, which
 the scale corpus needs at a million passages to find 95 % of the exact nearest neighbours (README, Scale; chosen
 on one third of its queries, reported on another). Built concurrently beside the old index by 0009's
-`replace_index`, so searches and uploads go on meanwhile; about 5.5 minutes at a million passages on 2 cores,
-a few seconds at SciFact's 12k."""
+`replace_index`, so that a server whose web processes keep running goes on searching and taking uploads; about
+5.5 minutes at a million passages on 2 cores, a few seconds at SciFact's 12k (`make run` migrates before it
+serves, so there the start waits for it)."""
 
 import importlib
 

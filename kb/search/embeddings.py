@@ -148,11 +148,14 @@ def _cpu_has_bfloat16_units() -> bool:
     dot-product instructions (AMD Zen 4 and later, Intel Cooper Lake); elsewhere torch emulates bfloat16."""
     import torch
 
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    try:  # torch's own CPU probes; absent in old builds
-        return any(bool(probe and probe()) for probe in probes)
-    except RuntimeError:
-        return False
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        probe = getattr(torch.cpu, name, None)  # torch's own CPU probes; absent in old builds
+        try:
+            if probe and probe():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def _in_bfloat16(tokens: int) -> bool:

@@ -240,9 +240,10 @@ def query_clean(query: str) -> tuple[str, bool]:
 
 # --- the legs ---------------------------------------------------------------------------------------------
 
-# The HNSW index (ingest migration 0009) holds half-precision copies of the vectors; the leg orders
+# The HNSW index (ingest migrations 0009 and 0010) holds half-precision copies of the vectors; the leg orders
 # by the same expression so that the planner walks it, and returns the exact float32 distance.
 HNSW_INDEX = "chunk_embedding_hnsw"
+HNSW_M, HNSW_EF_CONSTRUCTION = 32, 128  # as migration 0010 builds it (README "Scale", stop 43)
 HNSW_ORDER = "(c.embedding::halfvec(384) <=> %(vector)s::halfvec(384))"
 
 
@@ -265,9 +266,9 @@ WITH hits AS MATERIALIZED (
 also AS (
     SELECT c.id, c.embedding <=> %(vector)s::vector AS distance
     FROM ingest_chunk c JOIN ingest_document ON ingest_document.id = c.document_id
-    WHERE c.id = ANY(%(also)s::bigint[]) AND {allowed}
+    WHERE c.id = ANY(%(also)s::bigint[]) AND c.id NOT IN (SELECT id FROM hits) AND {allowed}
 )
-SELECT id, distance, (SELECT count(*) FROM hits) FROM (SELECT * FROM hits UNION SELECT * FROM also) AS found
+SELECT id, distance, (SELECT count(*) FROM hits) FROM (SELECT * FROM hits UNION ALL SELECT * FROM also) AS found
 ORDER BY distance, id
 LIMIT %(limit)s
 """

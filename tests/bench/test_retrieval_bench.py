@@ -31,11 +31,12 @@ from kb.accounts.models import AccessGroup
 from kb.evaluation import beir
 from kb.search import embeddings, packing
 from kb.search.fusion import reciprocal_rank_fusion
-from kb.search.retrieval import ReadScope, hnsw_index_sql, search_in_scope
+from kb.search.retrieval import HNSW_EF_CONSTRUCTION, HNSW_M, ReadScope, hnsw_index_sql, search_in_scope
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db]
 
-BUILD_VERSION = 3  # 2: the HNSW index on halfvec copies (ingest migration 0009); 3: postings packed by term
+BUILD_VERSION = 4  # 2: the HNSW index on halfvec copies (ingest migration 0009); 3: postings packed by term;
+# 4: the index at m 32, ef_construction 128 (migration 0010)
 CHUNKS = 100_000
 CHUNKS_PER_DOCUMENT = 10
 RESTRICTED_EVERY = 10  # every tenth document belongs to a group the benchmark's reader is not in
@@ -147,7 +148,7 @@ def _build(log) -> float:
             "total_length = (SELECT sum(len) FROM bench_len), version = version + 1 WHERE id = 1"
         )
         log("postings written; building the HNSW index (the longest step)")
-        cursor.execute(hnsw_index_sql(16, 64))  # the product's index (ingest migration 0009)
+        cursor.execute(hnsw_index_sql(HNSW_M, HNSW_EF_CONSTRUCTION))  # the product's index (ingest migration 0010)
         log("index built; packing the postings by term")
         assert not packing.postings_pack(full=True).skipped
         cursor.execute("VACUUM ANALYZE search_posting")

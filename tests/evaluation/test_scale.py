@@ -116,3 +116,16 @@ def test_a_loaded_part_is_indexed_as_kbs_own_writer_would(small):
     found = {h.document_id for r in rows[:20] for h in search_in_scope(r["text"][:200], employee, 5).hits}
     assert found and not found & outside
     assert json.loads(json.dumps(rows[0]["heading_path"])) == rows[0]["heading_path"]
+
+
+def test_the_scale_corpus_builds_the_products_hnsw_index():
+    import importlib
+
+    from kb.search import retrieval
+
+    migration = importlib.import_module("ingest.migrations.0010_chunk_hnsw_m32")
+    assert (scale.HNSW_M, scale.HNSW_EF_CONSTRUCTION) == (retrieval.HNSW_M, retrieval.HNSW_EF_CONSTRUCTION)
+    assert f"m = {retrieval.HNSW_M}, ef_construction = {retrieval.HNSW_EF_CONSTRUCTION}" in migration.M32
+    assert migration.M32.split("USING ", 1)[1] in retrieval.hnsw_index_sql(
+        retrieval.HNSW_M, retrieval.HNSW_EF_CONSTRUCTION
+    )

@@ -139,3 +139,27 @@ def test_a_pair_is_read_as_one_input_in_unit_length_and_a_long_second_text_is_cu
     np.testing.assert_allclose(pairs[1], alone_pair, atol=1e-5)
     long = embeddings.embed_pairs([question], [" ".join(["The hotel limit is 180 euros a night."] * 400)])
     assert long.shape == (1, pairs.shape[1]) and np.isfinite(long).all()
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(True, False, True), (False, True, True), ("raises", True, True), (False, False, False)],
+)
+def test_bfloat16_units_are_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    import torch
+
+    def probe(value):
+        def answer():
+            if value == "raises":
+                raise RuntimeError("probe failed")
+            return value
+
+        return answer
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe(amx), raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", probe(avx512_bf16), raising=False)
+    embeddings._cpu_has_bfloat16_units.cache_clear()
+    try:
+        assert embeddings._cpu_has_bfloat16_units() is expected
+    finally:
+        embeddings._cpu_has_bfloat16_units.cache_clear()

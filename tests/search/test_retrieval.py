@@ -147,7 +147,9 @@ def test_a_vector_scan_cut_short_falls_back_to_an_exact_scan(search_corpus, grou
     def short_index_pass(cursor, sql, params):
         rows = original(cursor, sql, params)
         passes.append(len(rows))
-        return [(*rows[0][:2], 1)] if len(passes) == 1 else rows  # the walk found one chunk
+        # The walk found one chunk; the rows are still `limit` (the BM25 leg's chunks can fill them): the walk's
+        # own count decides.
+        return [(*row[:2], 1) for row in rows] if len(passes) == 1 else rows
 
     monkeypatch.setattr(retrieval, "_fetch", short_index_pass)
     cut_short = search(TOPIC, group_a_member, K, mode="vector")
@@ -179,10 +181,12 @@ def test_chunks_the_bm25_leg_found_take_their_place_when_the_walk_missed_them(
     monkeypatch.setattr(retrieval, "HNSW_ORDER", "(c.embedding <=> %(vector)s::vector) DESC")
     lost = retrieval.vector_leg(vector, scope, K)
     assert len(lost) == K and exact[0].chunk_id not in {hit.chunk_id for hit in lost}
-    found = retrieval.vector_leg(vector, scope, K, also=[exact[1].chunk_id, forbidden, exact[0].chunk_id])
+    also = [exact[1].chunk_id, forbidden, exact[0].chunk_id, lost[0].chunk_id]
+    found = retrieval.vector_leg(vector, scope, K + 3, also=also)
     assert [hit.chunk_id for hit in found[:2]] == [exact[0].chunk_id, exact[1].chunk_id]
+    assert len({hit.chunk_id for hit in found}) == len(found), "a chunk both walked and found once"
     assert found[0].value == pytest.approx(exact[0].value, abs=1e-12)
-    assert forbidden not in {hit.chunk_id for hit in found} and len(found) == K
+    assert forbidden not in {hit.chunk_id for hit in found} and len(found) == K + 3
     assert [hit.value for hit in found] == sorted(hit.value for hit in found)
 
 
