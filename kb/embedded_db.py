@@ -93,11 +93,13 @@ def _size_shared_buffers(uri: str, megabytes: int) -> None:
     import psycopg
 
     with psycopg.connect(uri, autocommit=True) as connection:
-        running, configured = connection.execute(
+        row = connection.execute(
             "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576, ("
             "SELECT pg_size_bytes(setting) / 1048576 FROM pg_file_settings WHERE name = 'shared_buffers' "
-            "AND sourcefile LIKE '%%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1)"
+            "AND sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1)"  # no parameters: % is literal
         ).fetchone()
+        assert row is not None  # one row, always
+        running, configured = row
         if megabytes == (running if configured is None else configured):  # what the next start will use
             return
         connection.execute(f"ALTER SYSTEM SET shared_buffers = '{int(megabytes)}MB'")
