@@ -87,19 +87,24 @@ def shared_buffers_mb() -> int:
     return env_int("KB_EMBEDDED_PG_SHARED_BUFFERS_MB", default, minimum=16, maximum=max(128, memory // 2))
 
 
+def shared_buffers_state(connection) -> tuple[int, int | None]:
+    """(the running server's shared_buffers, the one ALTER SYSTEM set for its next start or None), in MB."""
+    row = connection.execute(
+        "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576, ("
+        "SELECT pg_size_bytes(setting) / 1048576 FROM pg_file_settings WHERE name = 'shared_buffers' "
+        "AND sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1)"  # no parameters: % is literal
+    ).fetchone()
+    assert row is not None  # one row, always
+    return row[0], row[1]
+
+
 def _size_shared_buffers(uri: str, megabytes: int) -> None:
     """Set the server's shared_buffers to `megabytes` (ALTER SYSTEM: kept in its data folder's
     postgresql.auto.conf), effective from its next start; it cannot change while processes use it."""
     import psycopg
 
     with psycopg.connect(uri, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576, ("
-            "SELECT pg_size_bytes(setting) / 1048576 FROM pg_file_settings WHERE name = 'shared_buffers' "
-            "AND sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1)"  # no parameters: % is literal
-        ).fetchone()
-        assert row is not None  # one row, always
-        running, configured = row
+        running, configured = shared_buffers_state(connection)
         if megabytes == (running if configured is None else configured):  # what the next start will use
             return
         connection.execute(f"ALTER SYSTEM SET shared_buffers = '{int(megabytes)}MB'")

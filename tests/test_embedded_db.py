@@ -16,11 +16,7 @@ from kb.env import EnvError
 def _buffers(uri: str) -> tuple[int, int | None]:
     """(running, configured for the next start or None) in MB."""
     with psycopg.connect(uri) as db:
-        return db.execute(
-            "SELECT pg_size_bytes(current_setting('shared_buffers')) / 1048576, (SELECT pg_size_bytes(setting) / "
-            "1048576 FROM pg_file_settings WHERE name = 'shared_buffers' AND sourcefile LIKE '%auto.conf' "
-            "ORDER BY seqno DESC LIMIT 1)"
-        ).fetchone()
+        return embedded_db.shared_buffers_state(db)
 
 
 @pytest.mark.django_db

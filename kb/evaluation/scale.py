@@ -738,10 +738,10 @@ def scope_measure(scope, queries: list[dict], vectors: np.ndarray) -> dict:
     from_text = [search_in_scope(t, scope, K) for t in texts]
     depth = max(K, settings.KB_FUSION_TOP_N)
     recall, walk_recall, exact_times = [], [], []
-    for index in range(0, len(queries), RECALL_EVERY):
+    terms_all = analyze(texts[::RECALL_EVERY])  # exact BM25 scores every posting: seconds a query at 1M
+    for index, terms in zip(range(0, len(queries), RECALL_EVERY), terms_all, strict=True):
         with transaction.atomic():
             # The leg as search runs it (with the BM25 leg's chunks, `vector_leg(also=)`), and the walk alone.
-            terms = analyze([texts[index]])[0]
             found = [hit.chunk_id for hit in bm25_leg(terms, scope, depth)] if terms else []
             approximate = [hit.chunk_id for hit in vector_leg(vectors[index], scope, depth, also=found)][:RECALL_AT]
             walk = [hit.chunk_id for hit in vector_leg(vectors[index], scope, depth)][:RECALL_AT]
@@ -751,7 +751,6 @@ def scope_measure(scope, queries: list[dict], vectors: np.ndarray) -> dict:
         recall.append(len(set(approximate) & set(exact)) / max(1, len(exact)))
         walk_recall.append(len(set(walk) & set(exact)) / max(1, len(exact)))
     identical, overlap, bm25_times = 0, [], []
-    terms_all = analyze(texts[::RECALL_EVERY])  # exact BM25 scores every posting: seconds a query at 1M
     for terms in terms_all:
         began = time.perf_counter()
         leg = [hit.chunk_id for hit in bm25_leg(terms, scope, depth)][:RECALL_AT]
