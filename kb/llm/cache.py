@@ -89,8 +89,10 @@ ANSWER_SETTINGS = (
 
 # The packages whose modules (not their subfolders: migrations, management commands) turn a question into an
 # answer: retrieval, the ask path's stages, prompt rendering, the model layer, the extractive answerer, the guards.
-# A deploy that changes one of them may answer otherwise with every setting and prompt file unchanged.
+# A deploy that changes one of them may answer otherwise with every setting and prompt file unchanged; so may one
+# that ships a refitted model (the answerability model, the guards' classifiers): their `data` folders count too.
 ANSWER_CODE = ("answers/pipeline", "guard", "llm", "search")
+ANSWER_DATA = ("guard/data", "llm/data")
 _KB_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -101,11 +103,13 @@ def _file_digest(path: Path) -> str:
 
 @functools.cache
 def answer_code_digest(root: Path = _KB_ROOT) -> str:
-    """A digest of the ANSWER_CODE modules' source under `root` (the kb package), by path and content."""
+    """A digest of the ANSWER_CODE modules' source and the ANSWER_DATA files under `root` (the kb package), by
+    path and content."""
     digest = hashlib.sha256()
-    for folder in ANSWER_CODE:
-        for path in sorted((root / folder).glob("*.py")):
-            digest.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes() + b"\0")
+    paths = [path for folder in ANSWER_CODE for path in sorted((root / folder).glob("*.py"))]
+    paths += [path for folder in ANSWER_DATA for path in sorted((root / folder).glob("*")) if path.is_file()]
+    for path in paths:
+        digest.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 

@@ -80,8 +80,9 @@ def test_the_namespace_differs_when_the_extractive_answer_quotes_otherwise(monke
 
 
 def test_the_namespace_differs_when_the_answering_code_changes(tmp_path, monkeypatch):
-    """A deploy that changes how answers are made (here one line of the extractive answerer) is not served the
-    answers the old code made, with every setting and prompt file unchanged."""
+    """A deploy that changes how answers are made (here one line of the extractive answerer, or a refitted
+    answerability model) is not served the answers the old code made, with every setting and prompt file
+    unchanged."""
     import shutil
 
     kb_root = Path(cache.__file__).resolve().parent.parent
@@ -89,7 +90,13 @@ def test_the_namespace_differs_when_the_answering_code_changes(tmp_path, monkeyp
         (tmp_path / folder).mkdir(parents=True)
         for path in (kb_root / folder).glob("*.py"):
             shutil.copy(path, tmp_path / folder / path.name)
+    for folder in cache.ANSWER_DATA:
+        shutil.copytree(kb_root / folder, tmp_path / folder)
     assert cache.answer_code_digest(tmp_path) == cache.answer_code_digest()  # what the running code uses
+    model = tmp_path / "llm" / "data" / "answerability.json"
+    model.write_text(model.read_text().replace('"intercept": ', '"intercept": 1', 1))
+    assert cache.answer_code_digest.__wrapped__(tmp_path) != cache.answer_code_digest()
+    shutil.copy(kb_root / "llm" / "data" / "answerability.json", model)
     extractive = tmp_path / "llm" / "extractive.py"
     extractive.write_text(extractive.read_text().replace("MAX_UNITS = ", "MAX_UNITS = 1 + ", 1))
     changed = cache.answer_code_digest.__wrapped__(tmp_path)
