@@ -171,6 +171,11 @@ def keywords(text: str) -> set[str]:
     return {word[:_STEM] for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOP and len(word) > 1}
 
 
+def keyword_spans(text: str) -> list[tuple[int, int]]:
+    """The character spans of the words `keywords` keeps, in order (each occurrence)."""
+    return [m.span() for m in _WORD.finditer(text) if (word := m.group(0).lower()) not in _STOP and len(word) > 1]
+
+
 # A word the passages do not contain is put right when they contain a word within a small edit distance
 # (adjacent swaps count as one): "milage" -> "mileage", "aproval" -> "approval", "saterday" -> "saturday". One
 # edit for words under RESPELL_LONG letters, two from there; short words (< RESPELL_MIN_LETTERS) are left alone,

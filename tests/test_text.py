@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kb.text import looks_english, respell, word_counts
+from kb.text import keyword_spans, keywords, looks_english, respell, word_counts
 
 PASSAGES = [
     "The mileage rate is 0.30 EUR per kilometre. Claims need your manager's approval.",
@@ -60,3 +60,11 @@ def test_a_tie_goes_to_the_more_frequent_word():
 )
 def test_english_is_told_by_its_function_words(text, english):
     assert looks_english(text) is english
+
+
+def test_keyword_spans_are_where_the_keywords_are():
+    text = "What's the hotel limit in Dublin, per night?"
+    spans = keyword_spans(text)
+    # "what", "the" and "in" are stopwords, the "s" of "What's" too short
+    assert [text[a:b] for a, b in spans] == ["hotel", "limit", "Dublin", "per", "night"]
+    assert {text[a:b].lower()[:5] for a, b in spans} == keywords(text)

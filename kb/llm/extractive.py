@@ -6,12 +6,12 @@ meaning (cosine of the embedding model's vectors of the question and the unit in
 the question's keywords it holds, and by whether it holds the kind of thing asked (an amount, a duration or
 date, a person or team, steps). Whether to quote at all is decided by a small logistic model over signals of
 the question and its scored units (`Answerability`: how the best unit stands out from the others, the share
-of the question's words the passages hold, named things of the question no passage mentions, the question's
-length ...) and over the question and its best unit read together by the embedding model (`pair_features`),
-fitted on dev sets with `manage.py calibrate_answers --write-model` (kb/llm/data/
-answerability.json); with fewer units than the model was fitted on, the bar that preceded it decides. Below
-`KB_EXTRACTIVE_MIN_PROBABILITY` the answer is the prompt's "not covered", which the ask path shows as a refusal
-with the nearest documents. A passage flagged at ingestion as reading like
+of the question's words the passages hold, named things of the question no passage mentions, how well the best
+unit matches each of the question's words, the question's length ...) and over the question and its best unit read
+together by the embedding model (`pair_features`), fitted on dev sets with `manage.py calibrate_answers
+--write-model` (kb/llm/data/answerability.json); with fewer units than the model was fitted on, the bar that preceded it
+decides. Below `KB_EXTRACTIVE_MIN_PROBABILITY` the answer is the prompt's "not covered", which the ask path shows
+as a refusal with the nearest documents. A passage flagged at ingestion as reading like
 instructions to a model is never quoted; the answer says that one was withheld.
 
 The weights, the model and its threshold were chosen on dev sets only (the demo set, blind-handbook,
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from kb.text import keywords, respell, split_sentences, word_counts
+from kb.text import keyword_spans, keywords, respell, split_sentences, word_counts
 
 if TYPE_CHECKING:
     from kb.llm.providers import Passage
@@ -296,6 +296,8 @@ FEATURES = (
     "question_words_found",  # the share of the question's keywords anywhere in the passages
     "question_length",  # log(1 + words): employees' longer questions carry their situation
     "top3_similarity",  # the mean of the three highest similarities: the best relative to its neighbours
+    "least_matched_word",  # the question's word the best unit matches least (`word_matches`): a near miss's
+    "mean_matched_word",  # ... and the mean over its words
 )
 PAIR = "pair_"  # then one feature per dimension of the question and its best unit read together (`pair_features`)
 
@@ -322,7 +324,35 @@ def answerability_features(question: str, passages: Sequence[Passage], scored: S
         len(wanted & found) / len(wanted) if wanted else 0.0,
         math.log1p(len(question.split())),
         sum(similarities[:3]) / len(similarities[:3]),
+        *_least_and_mean(word_matches(question, best.unit.context(passages[best.unit.rank].heading))),
     ]
+
+
+def word_matches(question: str, unit: str) -> list[float]:
+    """For each keyword of the question (`keyword_spans`), how well the unit matches it: the highest cosine
+    between the word's tokens and any token of the unit, in context (`embeddings.token_vectors`; a word of
+    several tokens takes their mean); ascending. The pooled similarity of a question about Dublin to the row
+    for London is high; the word "Dublin" itself finds no close token there. [] for a question without
+    keywords. Chosen as two features (the least and the mean) over variants on dev sets (README)."""
+    from kb.search import embeddings
+
+    spans = keyword_spans(question)
+    if not spans:
+        return []
+    (question_spans, question_vectors), (_, unit_vectors) = embeddings.token_vectors([question, unit])
+    if not len(question_vectors) or not len(unit_vectors):
+        return [0.0] * len(spans)
+    closest = (question_vectors @ unit_vectors.T).max(axis=1)
+    matches = []
+    for start, end in spans:
+        inside = [i for i, (a, b) in enumerate(question_spans) if a >= start and b <= end and b > a]
+        if inside:  # a word cut off by the model's length has no tokens
+            matches.append(float(closest[inside].mean()))
+    return sorted(matches)
+
+
+def _least_and_mean(matches: list[float]) -> tuple[float, float]:
+    return (matches[0], sum(matches) / len(matches)) if matches else (0.0, 0.0)
 
 
 def pair_features(question: str, passages: Sequence[Passage], scored: Sequence[Scored]) -> list[float]:

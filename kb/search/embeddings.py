@@ -238,6 +238,34 @@ def embed_pairs(firsts: list[str], seconds: list[str]) -> np.ndarray:
         return _run(model, dict(features), bfloat16=False)
 
 
+def token_vectors(texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per text, its tokens' character spans (n x 2) and the model's unit-length vectors of them in context
+    (n x dimensions, the transformer's last layer before pooling), [CLS] and [SEP] left out; cut at the model's
+    length. In float32, as `embed_pairs`: a pass is a question and a sentence or two. The extractive answerer
+    matches a question's words to its best unit's tokens with them (`extractive.word_matches`)."""
+    import torch
+
+    model = get_model()
+    tokenizer = model.tokenizer
+    with _encode_lock:
+        features = tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=model.max_seq_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        spans = features.pop("offset_mapping").numpy()
+        with torch.inference_mode():
+            tokens = model(dict(features))["token_embeddings"]
+        vectors = torch.nn.functional.normalize(tokens.float(), p=2, dim=-1).numpy()
+    ids = features["input_ids"].numpy()
+    kept = features["attention_mask"].numpy().astype(bool)
+    kept &= (ids != tokenizer.cls_token_id) & (ids != tokenizer.sep_token_id)
+    return [(spans[i][kept[i]], vectors[i][kept[i]]) for i in range(len(texts))]
+
+
 # Under bfloat16 a batch is padded to a multiple of this many tokens: the matrix units' kernels are made once per
 # shape and kept, and with every length its own shape a worker's memory grew with the corpus (1,500 SciFact
 # abstracts as 500 three-passage documents, one process: 547 -> 646 MB unpadded, 547 -> 612 MB at 16; float32

@@ -63,8 +63,8 @@ def test_the_fitted_model_separates_what_separates_and_each_set_is_reported_left
     # One wording for both kinds: what tells them apart is the similarity, not the question read with the unit.
     one = [case(f"hotel limit, trip {n}?", answerable=True, similarity=0.75 + n / 100) for n in range(6)]
     one += [case(f"hotel limit, trip {n}?", answerable=False, similarity=0.35 + n / 100) for n in range(6)]
-    two = [case(f"hotel limit, visit {n}?", answerable=True, similarity=0.7 + n / 100) for n in range(6)]
-    two += [case(f"hotel limit, visit {n}?", answerable=False, similarity=0.3 + n / 100) for n in range(6)]
+    two = [case(f"hotel limit, trip {n}?", answerable=True, similarity=0.7 + n / 100) for n in range(6)]
+    two += [case(f"hotel limit, trip {n}?", answerable=False, similarity=0.3 + n / 100) for n in range(6)]
     report = calibrate.calibrate({"one": one, "two": two})
     model = report["model"]
     # The ten named signals, then the question and its best unit read together, one feature per dimension.

@@ -262,3 +262,27 @@ def test_a_model_with_other_pair_features_is_refused_with_what_to_do(monkeypatch
             extractive.answerability()
     finally:
         extractive.answerability.cache_clear()
+
+
+def test_a_word_of_the_question_that_the_unit_lacks_is_matched_least():
+    """The near miss's signal: a sentence about London matches every word of a London question well, and the
+    word "Dublin" of a Dublin question hardly at all, though the two questions' pooled vectors are close."""
+    from kb.llm.extractive import word_matches
+
+    unit = "The hotel limit is £210 per night in London."
+    london = word_matches("What is the hotel limit per night in London?", unit)
+    dublin = word_matches("What is the hotel limit per night in Dublin?", unit)
+    assert len(london) == len(dublin) == 5  # hotel, limit, per, night and the city
+    assert london == sorted(london)
+    assert london[0] > 0.8 and dublin[0] < 0.5 and dublin[1] > 0.75  # one word unmatched, the rest matched
+    assert word_matches("How do I?", unit) == []  # no keywords, nothing to match
+
+
+def test_token_vectors_leave_out_the_special_tokens_and_say_where_each_token_is():
+    from kb.search.embeddings import token_vectors
+
+    (spans, vectors), (other_spans, _) = token_vectors(["hotel limit", "a longer text than the first one"])
+    assert [tuple(span) for span in spans] == [(0, 5), (6, 11)]
+    assert vectors.shape == (2, settings.KB_EMBEDDING_DIMENSIONS)
+    assert vectors[0] @ vectors[0] == pytest.approx(1.0, abs=1e-5)
+    assert len(other_spans) == 7  # padding left out too
