@@ -93,6 +93,7 @@ ANSWER_SETTINGS = (
 # that ships a refitted model (the answerability model, the guards' classifiers): their `data` folders count too.
 ANSWER_CODE = ("answers/pipeline", "guard", "llm", "search")
 ANSWER_DATA = ("guard/data", "llm/data")
+DATA_SUFFIXES = ("*.json", "*.txt")  # what kb reads there; an editor's backup or a dotfile does not count
 _KB_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -107,7 +108,9 @@ def answer_code_digest(root: Path = _KB_ROOT) -> str:
     path and content."""
     digest = hashlib.sha256()
     paths = [path for folder in ANSWER_CODE for path in sorted((root / folder).glob("*.py"))]
-    paths += [path for folder in ANSWER_DATA for path in sorted((root / folder).glob("*")) if path.is_file()]
+    for folder in ANSWER_DATA:
+        found = {path for suffix in DATA_SUFFIXES for path in (root / folder).glob(suffix)}
+        paths += sorted(path for path in found if not path.name.startswith("."))
     for path in paths:
         digest.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -332,27 +332,32 @@ def word_matches(question: str, unit: str) -> list[float]:
     """For each keyword of the question (`keyword_spans`), how well the unit matches it: the highest cosine
     between the word's tokens and any token of the unit, in context (`embeddings.token_vectors`; a word of
     several tokens takes their mean); ascending. The pooled similarity of a question about Dublin to the row
-    for London is high; the word "Dublin" itself finds no close token there. [] for a question without
-    keywords. Chosen as two features (the least and the mean) over variants on dev sets (README)."""
+    for London is high; the word "Dublin" itself finds no close token there. A word with no token of its own
+    (cut off by the model's length, or inside a token the tokenizer could not read, "[UNK]" covering an emoji
+    and its neighbours) is left out; [] when nothing could be matched (no keywords, an empty unit): the model
+    then reads the dev sets' average (`_least_and_mean`). Chosen as two features (the least and the mean) over
+    variants on dev sets (README)."""
     from kb.search import embeddings
 
     spans = keyword_spans(question)
-    if not spans:
+    if not spans or not unit.strip():
         return []
     (question_spans, question_vectors), (_, unit_vectors) = embeddings.token_vectors([question, unit])
     if not len(question_vectors) or not len(unit_vectors):
-        return [0.0] * len(spans)
+        return []
     closest = (question_vectors @ unit_vectors.T).max(axis=1)
     matches = []
     for start, end in spans:
-        inside = [i for i, (a, b) in enumerate(question_spans) if a >= start and b <= end and b > a]
-        if inside:  # a word cut off by the model's length has no tokens
-            matches.append(float(closest[inside].mean()))
+        overlapping = [i for i, (a, b) in enumerate(question_spans) if a < end and b > start]
+        if overlapping:
+            matches.append(float(closest[overlapping].mean()))
     return sorted(matches)
 
 
 def _least_and_mean(matches: list[float]) -> tuple[float, float]:
-    return (matches[0], sum(matches) / len(matches)) if matches else (0.0, 0.0)
+    """The features of `word_matches`; NaN, not measured, for none: `Answerability.probability` reads it as
+    the mean of the questions it was fitted on (no dev question had none), so it neither quotes nor refuses."""
+    return (matches[0], sum(matches) / len(matches)) if matches else (math.nan, math.nan)
 
 
 def pair_features(question: str, passages: Sequence[Passage], scored: Sequence[Scored]) -> list[float]:
@@ -391,8 +396,11 @@ class Answerability:
         return list(FEATURES) + [f"{PAIR}{i}" for i in range(self.pair_dimensions)]
 
     def probability(self, features: Sequence[float]) -> float:
+        """A feature that could not be measured (NaN) counts as the fitted questions' mean: no contribution."""
         z = self.intercept + sum(
-            c * (x - m) / s for c, x, m, s in zip(self.coef, features, self.mean, self.scale, strict=True)
+            c * (x - m) / s
+            for c, x, m, s in zip(self.coef, features, self.mean, self.scale, strict=True)
+            if not math.isnan(x)
         )
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 

@@ -5,6 +5,7 @@ with the leave-one-set-out table; --write-model writes the model to kb/llm/data/
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -75,7 +76,10 @@ class Command(BaseCommand):
                 "checked_on": sorted(checks),
                 **({"limit": limit} if limit else {}),  # a quick fit on a sample: the shipped model has none
             }
-            extractive.MODEL_PATH.write_text(json.dumps(model, indent=2) + "\n", encoding="utf-8")
+            # Whole or not at all: a process starting meanwhile digests the file for its answer cache (kb.llm.cache).
+            partial = extractive.MODEL_PATH.with_suffix(".json.partial")
+            partial.write_text(json.dumps(model, indent=2) + "\n", encoding="utf-8")
+            os.replace(partial, extractive.MODEL_PATH)
             self.stdout.write(f"model written to {extractive.MODEL_PATH}")
             if limit:
                 self.stderr.write(f"fitted on at most {limit} questions per set (--limit): not a model to ship")
