@@ -340,8 +340,8 @@ def word_matches(question: str, unit: str) -> list[float]:
     from kb.search import embeddings
 
     spans = keyword_spans(question)
-    if not spans or not unit.strip():
-        return []
+    if not spans or not unit.strip() or not embeddings.has_token_offsets():
+        return []  # nothing to match, or a tokenizer (another KB_EMBEDDING_MODEL) that cannot say where words are
     (question_spans, question_vectors), (_, unit_vectors) = embeddings.token_vectors([question, unit])
     if not len(question_vectors) or not len(unit_vectors):
         return []

@@ -238,6 +238,12 @@ def embed_pairs(firsts: list[str], seconds: list[str]) -> np.ndarray:
         return _run(model, dict(features), bfloat16=False)
 
 
+def has_token_offsets() -> bool:
+    """Whether the model's tokenizer says where each token is in the text (a "fast" tokenizer, as the packaged
+    model's): `token_vectors` needs it."""
+    return bool(getattr(get_model().tokenizer, "is_fast", False))
+
+
 def token_vectors(texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per text, its tokens' character spans (n x 2) and the model's unit-length vectors of them in context
     (n x dimensions, the transformer's last layer before pooling), [CLS] and [SEP] left out; cut at the model's

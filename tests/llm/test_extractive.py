@@ -310,3 +310,17 @@ def test_a_question_with_nothing_to_match_reads_as_the_average_and_odd_text_does
     assert len(word_matches("hotel😀limit in London?", "The hotel limit is £210 per night in London.")) == 3
     for question in ("ｈｏｔｅｌ limit", "होटल की सीमा क्या है", "酒店的限额是多少", "x" * 5000):
         assert all(0.0 <= m <= 1.0 + 1e-6 for m in word_matches(question, "The hotel limit is £210."))
+
+
+def test_a_tokenizer_without_offsets_leaves_the_words_unmatched_instead_of_failing(monkeypatch):
+    """Another KB_EMBEDDING_MODEL whose tokenizer is not a "fast" one cannot say where a token is: the word
+    matches are then not measured (the model reads their mean), and the answer is still made."""
+    from kb.llm.extractive import word_matches
+    from kb.search import embeddings
+
+    tokenizer = embeddings.get_model().tokenizer
+    assert embeddings.has_token_offsets()
+    monkeypatch.setattr(type(tokenizer), "is_fast", property(lambda self: False))
+    assert not embeddings.has_token_offsets()
+    assert word_matches("What is the hotel limit?", "The hotel limit is £210.") == []
+    assert not extractive_answer("What's the hotel limit in Manchester?", HANDBOOK).startswith(NOT_COVERED)
