@@ -6,7 +6,7 @@ import warnings
 
 from celery import Celery
 from celery.platforms import SecurityWarning
-from celery.signals import worker_init, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kb.settings")
 
@@ -65,6 +65,19 @@ def _warm_embedding_model(**kwargs) -> None:
     embeddings.use_threads(threads)
     logger.info("pool process of %d: embedding with %d torch threads", _pool_processes, threads)
     embeddings.warm_up_in_background(always=True)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(sender=None, **kwargs) -> None:
+    """Around each task, what Django does around a request: a connection past CONN_MAX_AGE, or broken, is closed
+    (the next query opens a new one), the others are kept for the next task (settings.CELERY_DB_REUSE_MAX). Not
+    for a task run eagerly, inside its caller's transaction (as Celery's own fix-up skips those)."""
+    from django.db import close_old_connections
+
+    if sender is None or getattr(sender.request, "is_eager", False):
+        return
+    close_old_connections()
 
 
 @app.task(name="kb.ping")

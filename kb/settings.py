@@ -294,9 +294,12 @@ if _broker_url is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "store_processed": False,
         # The folder is polled; at kombu's default 1 s a worker idles up to a second between documents.
-        # Ingestion throughput against the model's (tests/bench): 0.1 s 77%, 0.02 s 81%; a poll is one
-        # directory listing, so 50 a second cost nothing visible.
-        "polling_interval": 0.02,
+        # Ingestion throughput against the model's (tests/bench): 0.1 s 77%, 0.02 s 81% (40 documents). Many small
+        # documents send a message each, most of which find their document already taken into another's batch:
+        # a pool process then waits a poll for each (1,500 SciFact files, 2 cores, 6 Dec: 0.02 s 34.3 passages/s,
+        # 0.005 s 39.1, with a prefetch of 4 below 39.7 and 43.3). An idle worker's main process polling every
+        # 5 ms uses 2.3 % of a core (20 ms: 1.3 %).
+        "polling_interval": 0.005,
         # kombu would otherwise create its control folder in the current directory.
         "control_folder": str(_broker_dir / "control"),
     }
@@ -308,7 +311,16 @@ else:
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True  # a task killed mid-way is redelivered; tasks are idempotent
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Messages each pool process has reserved ahead: those of documents already taken into another's batch are then
+# dropped without waiting for the broker (see polling_interval above; 16: 41.4 passages/s, no better). Reserved
+# messages wait in the worker's main process until a pool process is free, so a long OCR does not hold them.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+# Celery 5.7's Django fix-up closes every database connection before and after each task unless this is set
+# (celery#9824): a new PostgreSQL backend per task, started cold, for tasks most of which are one plain read (a
+# small document already taken into another's batch). Set, the fix-up leaves connections alone for this many
+# tasks, and kb/celery.py closes them as Django does around a request (CONN_MAX_AGE, health checks). Measured on
+# 1,500 SciFact files (tests/bench/test_ingest_bench.py, 2 cores): see README "Ingestion speed".
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(KB_DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

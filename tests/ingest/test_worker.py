@@ -201,3 +201,37 @@ def test_a_worker_killed_mid_batch_has_each_document_finished_once_by_another(te
         ordinals = list(document.chunks.order_by("ordinal").values_list("ordinal", flat=True))
         assert ordinals == list(range(document.chunks_total)) and document.chunks_total >= 8
         assert document.attempts == 2  # claimed once by each worker: never twice at the same time
+
+
+def test_a_worker_keeps_its_database_connection_between_documents(celery_worker):
+    """Celery's Django fix-up would close the connection around every task (a cold PostgreSQL backend for each
+    document); with CELERY_DB_REUSE_MAX the worker's connection serves document after document."""
+    from django.core.files.base import ContentFile
+    from django.db import connection
+
+    from ingest import services
+
+    def upload_and_wait(name: str) -> None:
+        text = f"# {name}\n\nThe {name} procedure needs a signed form and a manager's approval.\n"
+        result = services.document_upload(source=ContentFile(text.encode(), name=f"{name}.md"), filename=f"{name}.md")
+        assert result.accepted, result.message
+        wait_for(
+            lambda: Document.objects.filter(pk=result.document.pk, status=DocumentStatus.READY).exists(),
+            120,
+            f"{name} to be indexed",
+            celery_worker,
+        )
+
+    def sessions() -> int:
+        """Connections ever opened to this database (PostgreSQL counts them as they are established)."""
+        time.sleep(1.5)  # other backends report their statistics at most once a second
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    upload_and_wait("warm-up")
+    before = sessions()
+    for name in ("expenses", "travel", "leave"):
+        upload_and_wait(name)
+    assert sessions() == before  # no connection opened for the later documents
