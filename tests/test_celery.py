@@ -60,6 +60,38 @@ def test_a_message_appears_in_the_queue_folder_only_when_written_whole(tmp_path,
         assert os.listdir(folder) == []
 
 
+def test_two_workers_sharing_the_folder_take_each_message_once_oldest_first(tmp_path):
+    """A consumer lists the folder once for many messages (kombu lists it for every one): a message another
+    consumer took meanwhile is skipped, and one written after the listing still comes, after the older ones."""
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    transport = {"transport": broker.Transport, "transport_options": options}
+    with (
+        Connection("filesystem://localhost/", **transport) as a,
+        Connection("filesystem://localhost/", **transport) as b,
+    ):
+        first, second = a.default_channel, b.default_channel
+        for number in range(20):
+            first._put("celery", {"n": number})
+            time.sleep(0.002)  # names begin with the time in milliseconds
+        taken = {"first": [first._get("celery")["n"]], "second": [second._get("celery")["n"]]}  # both have listed
+        for number in range(20, 25):
+            second._put("celery", {"n": number})
+            time.sleep(0.002)
+        for _ in range(11):
+            taken["first"].append(first._get("celery")["n"])
+            taken["second"].append(second._get("celery")["n"])
+        taken["first"].append(first._get("celery")["n"])  # first's listing held only names second had taken
+        with pytest.raises(Empty):
+            first._get("celery")
+        with pytest.raises(Empty):
+            second._get("celery")
+    assert sorted(taken["first"] + taken["second"]) == list(range(25))  # each exactly once
+    assert taken["first"] == sorted(taken["first"]) and taken["second"] == sorted(taken["second"])
+    assert os.listdir(folder) == []
+
+
 def test_round_trip_through_redis(redis_url, test_database_url, tmp_path):
     worker = Worker(subprocess_env(test_database_url, CELERY_BROKER_URL=redis_url), tmp_path / "worker.log")
     worker.start()
