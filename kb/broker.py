@@ -44,7 +44,7 @@ class Channel(filesystem.Channel):
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: Any = None) -> Any:
         """The oldest message of `queue` in the last listing of the folder (names begin with the time they were
         written); the folder is listed again when those are gone, or were taken by another worker."""
         names = self._listed.get(queue)
