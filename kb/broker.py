@@ -7,17 +7,18 @@ test run, stop 37). Here a message is written under a name no queue matches and 
 atomic within one folder. Redis and AMQP brokers are unaffected (CELERY_BROKER_URL).
 
 And kombu lists and sorts the whole folder for every message it takes: with thousands of small documents queued
-(one message each) the worker's main process spent most of its time listing. Here one listing serves until its
+(one message each) the worker's main process read thousands of names for each message. Here one listing serves until its
 names run out, and a message is taken by renaming it aside in the same folder, so that of two workers sharing the
 folder exactly one gets it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections import deque
 from queue import Empty
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 from kombu.exceptions import ChannelError
@@ -25,16 +26,41 @@ from kombu.transport import filesystem
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+logger = logging.getLogger(__name__)
+
+TAKEN = ".taken"  # suffix of a message file renamed aside by the process taking it
+ABANDONED_AFTER_S = 60
+
 
 class Channel(filesystem.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._listed: dict[str, deque[str]] = {}  # per queue, the names of its last listing not yet taken
+        self._return_abandoned()
+
+    def _return_abandoned(self) -> None:
+        """Messages a process renamed aside to take (`_take`) and died before reading go back into the queue; a
+        live process reads its message within microseconds of the rename, so a minute is far past any of them."""
+        now = time()
+        try:
+            names = os.listdir(self.data_folder_in)
+        except OSError:
+            return
+        for name in names:
+            if not (name.startswith(".") and name.endswith(TAKEN)):
+                continue
+            path = os.path.join(self.data_folder_in, name)
+            try:
+                if now - os.path.getmtime(path) > ABANDONED_AFTER_S:
+                    os.rename(path, os.path.join(self.data_folder_in, name[1 : -len(TAKEN)]))
+            except OSError:
+                continue  # another process returned or took it meanwhile
 
     # kombu's filesystem Channel already renames the abstract channel's `message` to `payload`; mypy sees both.
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Put `payload` onto `queue`: kombu's file name and content, written aside and renamed into place."""
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        # Zero-padded, so that names sort by time as text whatever the count of digits (kombu's do not).
+        name = f"{round(monotonic() * 1000):015d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = os.path.join(self.data_folder_out, f".{name}.part")  # "" before the first dot: no queue's
         try:
@@ -68,10 +94,13 @@ class Channel(filesystem.Channel):
 
     def _take(self, name: str) -> Any:
         """The message in file `name`, or None when another worker took it first (renamed it aside, atomically)."""
-        taken = os.path.join(self.data_folder_in, f".{name}.taken")
+        taken = os.path.join(self.data_folder_in, f".{name}{TAKEN}")
         try:
             os.rename(os.path.join(self.data_folder_in, name), taken)
         except FileNotFoundError:
+            return None
+        except OSError:  # as kombu does: a file it cannot move is left, and the next one taken
+            logger.warning("could not take message %s from the queue folder", name, exc_info=True)
             return None
         try:
             with open(taken, "rb") as f:

@@ -304,6 +304,9 @@ if _broker_url is None:
         "control_folder": str(_broker_dir / "control"),
     }
     CELERY_RESULT_BACKEND = f"file://{_broker_dir / 'results'}"
+    # Remote control (`celery inspect`, `control`) polls a queue of its own in the same folder: a listing of the
+    # folder per poll, between every two tasks, for a feature kb does not use. Redis and AMQP keep it.
+    CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
     CELERY_BROKER_URL = _broker_url
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
@@ -313,7 +316,10 @@ CELERY_TASK_ACKS_LATE = True  # a task killed mid-way is redelivered; tasks are 
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # Messages each pool process has reserved ahead: those of documents already taken into another's batch are then
 # dropped without waiting for the broker (see polling_interval above; 16: 41.4 passages/s, no better). Reserved
-# messages wait in the worker's main process until a pool process is free, so a long OCR does not hold them.
+# messages wait in the worker's main process until a pool process is free, so a long OCR does not hold them. The
+# cost: the folder broker keeps unacknowledged messages in the worker's memory, so a worker killed outright loses up
+# to 4 per pool process (not 1); their documents are sent again by the resumer after KB_INGEST_QUEUED_RESEND_SECONDS
+# (claimed ones after their lease, as before). Redis redelivers them itself.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 # Celery 5.7's Django fix-up closes every database connection before and after each task unless this is set
 # (celery#9824): a new PostgreSQL backend per task, started cold, for tasks most of which are one plain read (a
