@@ -294,19 +294,13 @@ if _broker_url is None:
         "data_folder_out": str(_broker_dir / "queue"),
         "store_processed": False,
         # The folder is polled; at kombu's default 1 s a worker idles up to a second between documents.
-        # Ingestion throughput against the model's (tests/bench): 0.1 s 77%, 0.02 s 81% (40 documents). Many small
-        # documents send a message each, most of which find their document already taken into another's batch:
-        # a pool process then waits a poll for each (1,500 SciFact files, 2 cores, 6 Dec: 0.02 s 34.3 passages/s,
-        # 0.005 s 39.1, with a prefetch of 4 below 39.7 and 43.3). An idle worker's main process polling every
-        # 5 ms uses 2.3 % of a core (20 ms: 1.3 %).
-        "polling_interval": 0.005,
+        # Ingestion throughput against the model's (tests/bench): 0.1 s 77%, 0.02 s 81%; a poll is one
+        # directory listing, so 50 a second cost nothing visible.
+        "polling_interval": 0.02,
         # kombu would otherwise create its control folder in the current directory.
         "control_folder": str(_broker_dir / "control"),
     }
     CELERY_RESULT_BACKEND = f"file://{_broker_dir / 'results'}"
-    # Remote control (`celery inspect`, `control`) polls a queue of its own in the same folder: a listing of the
-    # folder per poll, between every two tasks, for a feature kb does not use. Redis and AMQP keep it.
-    CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
     CELERY_BROKER_URL = _broker_url
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
@@ -314,13 +308,7 @@ else:
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_ACKS_LATE = True  # a task killed mid-way is redelivered; tasks are idempotent
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# Messages each pool process has reserved ahead: those of documents already taken into another's batch are then
-# dropped without waiting for the broker (see polling_interval above; 16: 41.4 passages/s, no better). Reserved
-# messages wait in the worker's main process until a pool process is free, so a long OCR does not hold them. The
-# cost: the folder broker keeps unacknowledged messages in the worker's memory, so a worker killed outright loses up
-# to 4 per pool process (not 1); their documents are sent again by the resumer after KB_INGEST_QUEUED_RESEND_SECONDS
-# (claimed ones after their lease, as before). Redis redelivers them itself.
-CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Celery 5.7's Django fix-up closes every database connection before and after each task unless this is set
 # (celery#9824): a new PostgreSQL backend per task, started cold, for tasks most of which are one plain read (a
 # small document already taken into another's batch). Set, the fix-up leaves connections alone for this many

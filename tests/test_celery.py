@@ -60,65 +60,6 @@ def test_a_message_appears_in_the_queue_folder_only_when_written_whole(tmp_path,
         assert os.listdir(folder) == []
 
 
-def test_two_workers_sharing_the_folder_take_each_message_once_oldest_first(tmp_path, monkeypatch):
-    """A consumer lists the folder once for many messages (kombu lists it for every one): a message another
-    consumer took meanwhile is skipped, and one written after the listing still comes, after the older ones."""
-    folder = tmp_path / "queue"
-    folder.mkdir()
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
-    transport = {"transport": broker.Transport, "transport_options": options}
-    with (
-        Connection("filesystem://localhost/", **transport) as a,
-        Connection("filesystem://localhost/", **transport) as b,
-    ):
-        first, second = a.default_channel, b.default_channel
-        listings = []
-        listdir = os.listdir
-        monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or listdir(path))
-        for number in range(20):
-            first._put("celery", {"n": number})
-            time.sleep(0.002)  # names begin with the time in milliseconds
-        taken = {"first": [first._get("celery")["n"]], "second": [second._get("celery")["n"]]}  # both have listed
-        for number in range(20, 25):
-            second._put("celery", {"n": number})
-            time.sleep(0.002)
-        for _ in range(11):
-            taken["first"].append(first._get("celery")["n"])
-            taken["second"].append(second._get("celery")["n"])
-        taken["first"].append(first._get("celery")["n"])  # the last one
-        with pytest.raises(Empty):
-            first._get("celery")
-        with pytest.raises(Empty):
-            second._get("celery")
-        monkeypatch.undo()
-    assert len(listings) <= 8  # a listing per consumer and round, not one per message (kombu's: 25)
-    assert sorted(taken["first"] + taken["second"]) == list(range(25))  # each exactly once
-    assert taken["first"] == sorted(taken["first"]) and taken["second"] == sorted(taken["second"])
-    assert os.listdir(folder) == []
-
-
-def test_a_message_whose_taker_died_goes_back_into_the_queue(tmp_path):
-    """A process that renamed a message aside to take it and died before reading it: the next consumer to start
-    puts it back once it is a minute old (a live taker reads it within microseconds)."""
-    folder = tmp_path / "queue"
-    folder.mkdir()
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
-    with Connection("filesystem://localhost/", transport=broker.Transport, transport_options=options) as connection:
-        connection.default_channel._put("celery", {"n": 1})
-    (name,) = os.listdir(folder)
-    abandoned = folder / f".{name}.taken"
-    os.rename(folder / name, abandoned)
-    recent = folder / ".0_recent.celery.msg.taken"  # being read by a live process right now: left alone
-    recent.write_text("{}")
-    old = time.time() - 120
-    os.utime(abandoned, (old, old))
-    with Connection("filesystem://localhost/", transport=broker.Transport, transport_options=options) as connection:
-        assert connection.default_channel._get("celery") == {"n": 1}
-        with pytest.raises(Empty):
-            connection.default_channel._get("celery")
-    assert os.listdir(folder) == [recent.name]
-
-
 def test_round_trip_through_redis(redis_url, test_database_url, tmp_path):
     worker = Worker(subprocess_env(test_database_url, CELERY_BROKER_URL=redis_url), tmp_path / "worker.log")
     worker.start()
