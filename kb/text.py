@@ -167,13 +167,18 @@ _STOP = frozenset(
 _STEM = 5  # compare words by their first letters: "reimbursed" meets "reimbursement"
 
 
+def _is_keyword(word: str) -> bool:
+    """A lower-cased word that carries meaning: not a stop word, more than one letter."""
+    return word not in _STOP and len(word) > 1
+
+
 def keywords(text: str) -> set[str]:
-    return {word[:_STEM] for word in (w.lower() for w in _WORD.findall(text)) if word not in _STOP and len(word) > 1}
+    return {word[:_STEM] for word in (w.lower() for w in _WORD.findall(text)) if _is_keyword(word)}
 
 
 def keyword_spans(text: str) -> list[tuple[int, int]]:
     """The character spans of the words `keywords` keeps, in order (each occurrence)."""
-    return [m.span() for m in _WORD.finditer(text) if (word := m.group(0).lower()) not in _STOP and len(word) > 1]
+    return [m.span() for m in _WORD.finditer(text) if _is_keyword(m.group(0).lower())]
 
 
 # A word the passages do not contain is put right when they contain a word within a small edit distance
