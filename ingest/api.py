@@ -130,22 +130,23 @@ def upload_documents(
         results.append(
             UploadOut(filename=name, outcome="refused", message=services.too_large_message(name), document_id=None)
         )
-    for upload in files:
-        result = services.document_upload(
-            source=upload,
-            filename=upload.name or "upload",
-            uploaded_by=request.auth,
-            title=title if len(files) == 1 else None,
-            access_groups=groups or None,
-        )
-        results.append(
-            UploadOut(
+    with services.processing_sent_together():
+        for upload in files:
+            result = services.document_upload(
+                source=upload,
                 filename=upload.name or "upload",
-                outcome=result.outcome,
-                message=result.message,
-                document_id=result.document.pk if result.document else None,
+                uploaded_by=request.auth,
+                title=title if len(files) == 1 else None,
+                access_groups=groups or None,
             )
-        )
+            results.append(
+                UploadOut(
+                    filename=upload.name or "upload",
+                    outcome=result.outcome,
+                    message=result.message,
+                    document_id=result.document.pk if result.document else None,
+                )
+            )
     return results
 
 

@@ -14,18 +14,37 @@ from ingest import services
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="ingest.process_document",
-    acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=5,
-    soft_time_limit=settings.KB_INGEST_SOFT_TIME_LIMIT_S,
-    time_limit=settings.KB_INGEST_SOFT_TIME_LIMIT_S + 60,
-)
+_PROCESSING = {
+    "acks_late": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 5,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 5,
+    "soft_time_limit": settings.KB_INGEST_SOFT_TIME_LIMIT_S,
+    "time_limit": settings.KB_INGEST_SOFT_TIME_LIMIT_S + 60,
+}
+
+
+@shared_task(name="ingest.process_document", **_PROCESSING)
 def process_document(document_id: int) -> None:
+    _process(document_id)
+
+
+@shared_task(name="ingest.process_documents", **_PROCESSING)
+def process_documents(document_ids: list[int]) -> None:
+    """Small documents uploaded together (services.processing_sent_together): each as process_document does;
+    the first usually takes the others into its batch, and a database read then says each of them is taken.
+    Re-run after a transient error, it skips what is done."""
+    for position, document_id in enumerate(document_ids):
+        if not _process(document_id):
+            for rest in document_ids[position + 1 :]:  # out of time: the others each in a message of their own
+                services.enqueue_processing(rest)
+            return
+
+
+def _process(document_id: int) -> bool:
+    """False when the time limit stopped it."""
     try:
         services.document_process(document_id, batch=settings.KB_INGEST_BATCH_DOCUMENTS)
     except (OperationalError, InterfaceError):
@@ -37,11 +56,13 @@ def process_document(document_id: int) -> None:
             code="timeout",
             message=f"Processing took longer than {minutes} minutes and was stopped; split the file into smaller ones.",
         )
+        return False
     except Exception:
         # Anything else is a bug or a file we do not handle: say so on the document instead of leaving it
         # in progress to be retried until the resumer gives up with the wrong reason.
         logger.exception("processing document %s failed", document_id)
         services.document_fail(document_id, code="internal_error", message=services.INTERNAL_ERROR_MESSAGE)
+    return True
 
 
 @shared_task(name="ingest.resume_stalled", ignore_result=True)

@@ -79,15 +79,16 @@ def document_upload(request):
         messages.error(request, "Those access groups do not exist any more; reload the page and try again.")
         return redirect("document_list")
     counts = {"queued": 0, "new_version": 0, "duplicate": 0, "failed": 0, "refused": 0}
-    for upload in files:
-        result = services.document_upload(
-            source=upload, filename=upload.name, uploaded_by=request.user, access_groups=groups or None
-        )
-        counts[result.outcome] += 1
-        if result.outcome in ("failed", "refused"):
-            messages.error(request, result.message)
-        elif result.outcome in ("duplicate", "new_version") or len(files) <= 10:
-            messages.info(request, result.message)
+    with services.processing_sent_together():
+        for upload in files:
+            result = services.document_upload(
+                source=upload, filename=upload.name, uploaded_by=request.user, access_groups=groups or None
+            )
+            counts[result.outcome] += 1
+            if result.outcome in ("failed", "refused"):
+                messages.error(request, result.message)
+            elif result.outcome in ("duplicate", "new_version") or len(files) <= 10:
+                messages.info(request, result.message)
     if len(files) > 10:
         messages.success(
             request,

@@ -232,6 +232,64 @@ def test_when_a_batch_breaks_the_others_go_back_to_the_queue_and_are_sent_again(
     assert not Chunk.objects.exists()
 
 
+def test_uploads_made_together_send_their_small_documents_in_one_message_per_batch(db, monkeypatch, settings):
+    from ingest import tasks
+
+    settings.KB_INGEST_BATCH_DOCUMENTS = 4
+    singles, groups = [], []
+    monkeypatch.setattr(tasks.process_document, "delay", singles.append)
+    monkeypatch.setattr(tasks.process_documents, "delay", groups.append)
+    notes = small_files(6)
+    pdf = upload(build.policy_pdf(), "policy.pdf").document
+    with services.processing_sent_together():
+        for document in notes[:4]:  # on commit, as document_upload sends them
+            services.enqueue_processing(document.pk)
+        assert groups == [[d.pk for d in notes[:4]]]  # sent as soon as a batch is full
+        for document in [*notes[4:], pdf]:
+            services.enqueue_processing(document.pk)
+        assert len(groups) == 1 and not singles
+    assert groups == [[d.pk for d in notes[:4]], [d.pk for d in notes[4:]]]
+    assert singles == [pdf.pk]  # a scan is processed on its own, never in a batch
+
+    services.enqueue_processing(notes[0].pk)  # outside: one message per document, as before
+    assert singles == [pdf.pk, notes[0].pk]
+
+
+def test_a_message_of_documents_processes_each_even_when_another_worker_took_the_first(db, monkeypatch):
+    from ingest.tasks import process_documents
+
+    notes = small_files(3)
+    damaged = upload(b"%PDF-1.4 not really", "damaged.md").document
+    Document.objects.filter(pk=notes[0].pk).update(status=DocumentStatus.PARSING, heartbeat_at=timezone.now())
+    process_documents([notes[0].pk, damaged.pk, notes[1].pk, notes[2].pk])  # runs the task body here
+    states = dict(Document.objects.values_list("pk", "status"))
+    assert states[notes[0].pk] == DocumentStatus.PARSING  # the other worker's, under its live lease
+    assert states[notes[1].pk] == states[notes[2].pk] == DocumentStatus.READY
+    assert states[damaged.pk] in (DocumentStatus.READY, DocumentStatus.FAILED)
+
+
+def test_a_message_of_documents_out_of_time_sends_the_rest_each_on_its_own(db, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from ingest.tasks import process_documents
+
+    sent = []
+    monkeypatch.setattr(services, "enqueue_processing", lambda document_id: sent.append(document_id) or True)
+    notes = small_files(3)
+    real = services.document_process
+
+    def slow(document_id, **kwargs):
+        if document_id == notes[0].pk:
+            raise SoftTimeLimitExceeded()
+        return real(document_id, **kwargs)
+
+    monkeypatch.setattr(services, "document_process", slow)
+    process_documents([d.pk for d in notes])
+    first = Document.objects.get(pk=notes[0].pk)
+    assert (first.status, first.error_code) == (DocumentStatus.FAILED, "timeout")
+    assert sent == [notes[1].pk, notes[2].pk]
+
+
 def test_reindex_rebuilds_without_downtime(db):
     document = ingest(HANDBOOK)
     assert services.document_reindex(document=document)

@@ -38,6 +38,8 @@ def test_ingest_command_indexes_a_mixed_folder_through_the_worker(celery_worker,
     (folder / "notes.txt").write_bytes(build.cp1252_text())
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog")
     (folder / ".hidden.md").write_bytes(b"# never ingested\n")
+    sent_together = "Task ingest.process_documents["  # received, then succeeded
+    before = celery_worker.output().count(sent_together)
 
     result = subprocess.run(
         [sys.executable, "manage.py", "ingest", str(folder), "--group", "Staff", "--wait"],
@@ -51,6 +53,8 @@ def test_ingest_command_indexes_a_mixed_folder_through_the_worker(celery_worker,
     summary = result.stdout
     assert "6 files: 5 ingested, 0 queued, 0 duplicates, 1 failed" in summary, result.stderr[-3000:]
     assert "broken.pdf" in summary
+    # The four small documents went in one message (the PDFs each in their own).
+    wait_for(lambda: celery_worker.output().count(sent_together) - before == 2, 30, "the task's log", celery_worker)
 
     documents = {d.filename: d for d in Document.objects.all()}
     assert set(documents) == {

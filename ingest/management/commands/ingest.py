@@ -50,13 +50,14 @@ class Command(BaseCommand):
             raise CommandError("no files found in " + ", ".join(paths))
         groups = [AccessGroup.objects.get_or_create(name=name)[0] for name in group]
         results = []
-        for index, path in enumerate(files, 1):
-            with path.open("rb") as handle:
-                result = services.document_upload(
-                    source=File(handle, name=path.name), filename=path.name, access_groups=groups or None
-                )
-            results.append((path, result))
-            self._bar("uploading", index, len(files))
+        with services.processing_sent_together():
+            for index, path in enumerate(files, 1):
+                with path.open("rb") as handle:
+                    result = services.document_upload(
+                        source=File(handle, name=path.name), filename=path.name, access_groups=groups or None
+                    )
+                results.append((path, result))
+                self._bar("uploading", index, len(files))
         self._newline()
         accepted = [r.document.pk for _, r in results if r.accepted and r.document is not None]
         if wait and accepted:
