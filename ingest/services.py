@@ -25,7 +25,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -321,14 +321,14 @@ def processing_sent_together() -> Iterator[None]:
 
 
 def enqueue_processing(document_id: int) -> bool:
-    """Send the processing task (inside `processing_sent_together`: with the others, soon); a broker outage
-    leaves the document queued for the resumer."""
+    """Send the processing task, False when the broker is down (the document stays queued for the resumer);
+    inside `processing_sent_together` it is sent with the others, soon, and this says True."""
     pending = _sending_together.get()
     if pending is not None:
         pending.append(document_id)
         if len(pending) >= settings.KB_INGEST_BATCH_DOCUMENTS:
-            _send_together(pending[:])
-            pending.clear()
+            full, pending[:] = pending[:], []
+            _send_together(full)
         return True
     return _send(document_id)
 
@@ -356,7 +356,7 @@ def _send_together(document_ids: Sequence[int]) -> None:
             .exclude(media_type__in=UNBATCHED_MEDIA_TYPES)
             .values_list("pk", flat=True)
         )
-    except (OperationalError, InterfaceError):  # the database is down: each is sent on its own
+    except DatabaseError:  # the database is down: each is sent on its own
         small = set()
     together = [pk for pk in document_ids if pk in small]
     for document_id in document_ids:
@@ -366,7 +366,9 @@ def _send_together(document_ids: Sequence[int]) -> None:
         try:
             process_documents.delay(together)
         except Exception:  # the broker is down: the periodic resumer sends them again later
-            logger.warning("could not enqueue documents %s; they stay queued and will be retried", together)
+            logger.warning(
+                "could not enqueue documents %s; they stay queued and will be retried", together, exc_info=True
+            )
 
 
 # --- processing -----------------------------------------------------------------------------------
@@ -416,18 +418,19 @@ def indexed_text(title: str, draft_text: str, heading_path: Sequence[str]) -> st
     return f"{passage_context(title, heading_path)}\n\n{draft_text}"
 
 
-def document_process(document_id: int, *, batch: int = 1) -> None:
+def document_process(document_id: int, *, batch: int = 1, mates: Sequence[int] = ()) -> None:
     """Parse, chunk, embed and index one document, and with it up to `batch - 1` other queued small documents
-    (the worker passes KB_INGEST_BATCH_DOCUMENTS): their passages are embedded in one call, which is where many
-    small files lose their time. Idempotent: re-running it on a finished document does nothing, and on a
-    half-finished one whose worker is gone starts over and writes the same chunks once.
+    (the worker passes KB_INGEST_BATCH_DOCUMENTS; of `mates` first, the documents sent with it): their passages
+    are embedded in one call, which is where many small files lose their time. Idempotent: re-running it on a
+    finished document does nothing, and on a half-finished one whose worker is gone starts over and writes the
+    same chunks once.
 
     A document is claimed before it is worked on (moved to parsing in one locked transaction, `attempts` + 1);
     its heartbeat, renewed at every step, is the lease: a document in progress with a recent heartbeat belongs
     to a live worker and is left to it. A killed worker's documents go back to the queue when their lease
     runs out (`documents_resume_stalled`) and are claimed again, once.
     """
-    claimed = _claim(document_id, batch)
+    claimed = _claim(document_id, batch, mates)
     if not claimed:
         return
     finished: set[int] = set()
@@ -439,19 +442,19 @@ def document_process(document_id: int, *, batch: int = 1) -> None:
         # Transient: the task retries the first document, which must then find itself claimable; the others
         # it took go back to the queue, each to be processed on its own.
         if claimed[0].pk not in finished:
-            _release([claimed[0].pk], send=False)
-        _release([document.pk for document in claimed[1:] if document.pk not in finished])
+            documents_requeue([claimed[0].pk], send=False)
+        documents_requeue([document.pk for document in claimed[1:] if document.pk not in finished])
         raise
     except BaseException:
         # The first document's failure is the task's to report; the others go back to the queue.
-        _release([document.pk for document in claimed[1:] if document.pk not in finished])
+        documents_requeue([document.pk for document in claimed[1:] if document.pk not in finished])
         raise
 
 
-def _claim(document_id: int, batch: int) -> list[Document]:
-    """`document_id` and up to `batch - 1` queued small documents, moved to parsing together; [] when the
-    document is finished, gone, or in progress under a live lease. Other workers' claims are skipped, not
-    waited for (SKIP LOCKED), so two workers never take the same document."""
+def _claim(document_id: int, batch: int, mates: Sequence[int] = ()) -> list[Document]:
+    """`document_id` and up to `batch - 1` queued small documents (of `mates` first, then the oldest), moved to
+    parsing together; [] when the document is finished, gone, or in progress under a live lease. Other workers'
+    claims are skipped, not waited for (SKIP LOCKED), so two workers never take the same document."""
     now = timezone.now()
     lease_start = now - timedelta(seconds=settings.KB_INGEST_STALL_SECONDS)
 
@@ -476,15 +479,20 @@ def _claim(document_id: int, batch: int) -> list[Document]:
             return []
         claimed = [document]
         if batch > 1 and _batchable(document):
-            budget = settings.KB_INGEST_BATCH_MAX_BYTES
-            mates = (
+            queued = (
                 Document.objects.select_for_update(skip_locked=True)
-                .filter(status=DocumentStatus.QUEUED, attempts__lt=MAX_ATTEMPTS, size__lte=budget)
-                .exclude(pk=document.pk)
+                .filter(
+                    status=DocumentStatus.QUEUED,
+                    attempts__lt=MAX_ATTEMPTS,
+                    size__lte=settings.KB_INGEST_BATCH_MAX_BYTES,
+                )
                 .exclude(media_type__in=UNBATCHED_MEDIA_TYPES)
-                .order_by("id")[: batch - 1]
+                .order_by("id")
             )
-            claimed += list(mates)
+            if mates:
+                claimed += list(queued.filter(pk__in=mates).exclude(pk=document.pk)[: batch - 1])
+            if len(claimed) < batch:
+                claimed += list(queued.exclude(pk__in=[d.pk for d in claimed])[: batch - len(claimed)])
         Document.objects.filter(pk__in=[d.pk for d in claimed]).update(
             status=DocumentStatus.PARSING,
             attempts=F("attempts") + 1,
@@ -506,7 +514,7 @@ def _batchable(document: Document) -> bool:
     return document.size <= settings.KB_INGEST_BATCH_MAX_BYTES and document.media_type not in UNBATCHED_MEDIA_TYPES
 
 
-def _release(document_ids: Sequence[int], *, send: bool = True) -> None:
+def documents_requeue(document_ids: Sequence[int], *, send: bool = True) -> None:
     """Claimed documents back to the queue, and (`send`) sent again, each on its own."""
     for document_id in document_ids:
         try:
@@ -563,7 +571,7 @@ def _process(claimed: list[Document], finished: set[int]) -> None:
         except (OperationalError, InterfaceError):
             if position == 0:
                 raise  # transient: the task retries it
-            _release([document.pk])
+            documents_requeue([document.pk])
             ready = None
         except Exception:
             if position == 0:

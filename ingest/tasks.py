@@ -28,28 +28,33 @@ _PROCESSING = {
 
 @shared_task(name="ingest.process_document", **_PROCESSING)
 def process_document(document_id: int) -> None:
-    _process(document_id)
+    _process_reporting_failure(document_id)
 
 
 @shared_task(name="ingest.process_documents", **_PROCESSING)
 def process_documents(document_ids: list[int]) -> None:
-    """Small documents uploaded together (services.processing_sent_together): each as process_document does;
-    the first usually takes the others into its batch, and a database read then says each of them is taken.
-    Re-run after a transient error, it skips what is done."""
+    """Small documents uploaded together (services.processing_sent_together), each as process_document does: the
+    first takes the others into its batch (so a lost message leaves them all under one lease), and a database
+    read then says each of them is taken. Re-run after a transient error, it skips what is done."""
     for position, document_id in enumerate(document_ids):
-        if not _process(document_id):
+        if not _process_reporting_failure(document_id, mates=document_ids, blamed=position == 0):
             for rest in document_ids[position + 1 :]:  # out of time: the others each in a message of their own
                 services.enqueue_processing(rest)
             return
 
 
-def _process(document_id: int) -> bool:
-    """False when the time limit stopped it."""
+def _process_reporting_failure(document_id: int, *, mates: list[int] | None = None, blamed: bool = True) -> bool:
+    """Process `document_id` (with its batch) and say on it what went wrong; False when the time limit stopped it.
+    Out of time, a document that is not `blamed` (one of a message's later documents: the limit counts the whole
+    message) goes back to the queue instead of failing."""
     try:
-        services.document_process(document_id, batch=settings.KB_INGEST_BATCH_DOCUMENTS)
+        services.document_process(document_id, batch=settings.KB_INGEST_BATCH_DOCUMENTS, mates=mates or ())
     except (OperationalError, InterfaceError):
         raise  # transient: Celery retries with backoff
     except SoftTimeLimitExceeded:
+        if not blamed:
+            services.documents_requeue([document_id])
+            return False
         minutes = settings.KB_INGEST_SOFT_TIME_LIMIT_S // 60
         services.document_fail(
             document_id,

@@ -232,62 +232,97 @@ def test_when_a_batch_breaks_the_others_go_back_to_the_queue_and_are_sent_again(
     assert not Chunk.objects.exists()
 
 
-def test_uploads_made_together_send_their_small_documents_in_one_message_per_batch(db, monkeypatch, settings):
+def test_uploads_made_together_send_their_small_documents_in_one_message_per_batch(
+    db, monkeypatch, settings, django_capture_on_commit_callbacks
+):
     from ingest import tasks
 
     settings.KB_INGEST_BATCH_DOCUMENTS = 4
     singles, groups = [], []
     monkeypatch.setattr(tasks.process_document, "delay", singles.append)
     monkeypatch.setattr(tasks.process_documents, "delay", groups.append)
-    notes = small_files(6)
-    pdf = upload(build.policy_pdf(), "policy.pdf").document
     with services.processing_sent_together():
-        for document in notes[:4]:  # on commit, as document_upload sends them
-            services.enqueue_processing(document.pk)
-        assert groups == [[d.pk for d in notes[:4]]]  # sent as soon as a batch is full
-        for document in [*notes[4:], pdf]:
-            services.enqueue_processing(document.pk)
+        with django_capture_on_commit_callbacks(execute=True):  # each upload's commit, as outside a test
+            notes = small_files(4)
+        assert groups == [[d.pk for d in notes]]  # sent as soon as a batch is full
+        with django_capture_on_commit_callbacks(execute=True):
+            notes += small_files(2, start=4)
+            pdf = upload(build.policy_pdf(), "policy.pdf").document
         assert len(groups) == 1 and not singles
     assert groups == [[d.pk for d in notes[:4]], [d.pk for d in notes[4:]]]
     assert singles == [pdf.pk]  # a scan is processed on its own, never in a batch
 
-    services.enqueue_processing(notes[0].pk)  # outside: one message per document, as before
-    assert singles == [pdf.pk, notes[0].pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        alone = small_files(1, start=6)[0]  # outside: one message per document, as before
+    assert singles == [pdf.pk, alone.pk]
 
 
-def test_a_message_of_documents_processes_each_even_when_another_worker_took_the_first(db, monkeypatch):
+def test_uploads_made_together_are_sent_even_when_the_upload_loop_breaks(db, monkeypatch):
+    from ingest import tasks
+
+    groups = []
+    monkeypatch.setattr(tasks.process_documents, "delay", groups.append)
+    notes = small_files(3)
+    with pytest.raises(RuntimeError), services.processing_sent_together():
+        for document in notes:
+            services.enqueue_processing(document.pk)
+        raise RuntimeError("the request broke off")
+    assert groups == [[d.pk for d in notes]]
+
+
+def test_a_document_takes_the_documents_sent_with_it_before_older_queued_ones(db):
+    older = small_files(2)
+    sent = small_files(2, start=2)
+    services.document_process(sent[0].pk, batch=2, mates=[d.pk for d in sent])
+    states = dict(Document.objects.values_list("pk", "status"))
+    assert [states[d.pk] for d in sent] == [DocumentStatus.READY] * 2
+    assert [states[d.pk] for d in older] == [DocumentStatus.QUEUED] * 2
+
+
+def test_a_message_of_documents_processes_each_whatever_happens_to_one(db, monkeypatch):
     from ingest.tasks import process_documents
 
-    notes = small_files(3)
-    damaged = upload(b"%PDF-1.4 not really", "damaged.md").document
-    Document.objects.filter(pk=notes[0].pk).update(status=DocumentStatus.PARSING, heartbeat_at=timezone.now())
-    process_documents([notes[0].pk, damaged.pk, notes[1].pk, notes[2].pk])  # runs the task body here
-    states = dict(Document.objects.values_list("pk", "status"))
-    assert states[notes[0].pk] == DocumentStatus.PARSING  # the other worker's, under its live lease
-    assert states[notes[1].pk] == states[notes[2].pk] == DocumentStatus.READY
-    assert states[damaged.pk] in (DocumentStatus.READY, DocumentStatus.FAILED)
+    boom, taken, *rest = small_files(4)
+    Document.objects.filter(pk=taken.pk).update(status=DocumentStatus.PARSING, heartbeat_at=timezone.now())
+    real = services.document_process
+
+    def breaking(document_id, **kwargs):
+        if document_id == boom.pk:
+            raise RuntimeError("a bug")
+        return real(document_id, **kwargs)
+
+    monkeypatch.setattr(services, "document_process", breaking)
+    process_documents([boom.pk, taken.pk, *(d.pk for d in rest)])  # runs the task body here
+    states = dict(Document.objects.values_list("pk", "error_code"))
+    assert Document.objects.get(pk=boom.pk).status == DocumentStatus.FAILED and states[boom.pk] == "internal_error"
+    assert Document.objects.get(pk=taken.pk).status == DocumentStatus.PARSING  # another worker's, under its lease
+    assert {d.status for d in Document.objects.filter(pk__in=[d.pk for d in rest])} == {DocumentStatus.READY}
 
 
-def test_a_message_of_documents_out_of_time_sends_the_rest_each_on_its_own(db, monkeypatch):
+def test_a_message_of_documents_out_of_time_puts_the_rest_back_each_on_its_own(db, monkeypatch):
     from celery.exceptions import SoftTimeLimitExceeded
 
     from ingest.tasks import process_documents
 
     sent = []
     monkeypatch.setattr(services, "enqueue_processing", lambda document_id: sent.append(document_id) or True)
-    notes = small_files(3)
-    real = services.document_process
+    notes = small_files(4)
+    Document.objects.filter(pk=notes[0].pk).update(status=DocumentStatus.PARSING, heartbeat_at=timezone.now())
 
     def slow(document_id, **kwargs):
-        if document_id == notes[0].pk:
+        if document_id == notes[1].pk:
+            Document.objects.filter(pk=document_id).update(status=DocumentStatus.EMBEDDING)  # as if claimed
             raise SoftTimeLimitExceeded()
-        return real(document_id, **kwargs)
 
     monkeypatch.setattr(services, "document_process", slow)
     process_documents([d.pk for d in notes])
-    first = Document.objects.get(pk=notes[0].pk)
-    assert (first.status, first.error_code) == (DocumentStatus.FAILED, "timeout")
-    assert sent == [notes[1].pk, notes[2].pk]
+    second = Document.objects.get(pk=notes[1].pk)
+    assert second.status == DocumentStatus.QUEUED  # the limit counted the whole message: not this one's fault
+    assert sent == [notes[1].pk, notes[2].pk, notes[3].pk]
+
+    process_documents([notes[1].pk, notes[2].pk])  # out of time on the message's first: that one is failed
+    second.refresh_from_db()
+    assert (second.status, second.error_code) == (DocumentStatus.FAILED, "timeout")
 
 
 def test_reindex_rebuilds_without_downtime(db):
