@@ -158,6 +158,13 @@ class Worker:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def queue(self) -> str:
+        """What waits in this worker's folder queue and in the one this process sends to (when a test times out)."""
+        folder = Path(self.env.get("KB_BROKER_DIR") or Path(self.env["KB_DATA_DIR"]) / "broker") / "queue"
+        sent_to = Path(getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}).get("data_folder_out", "-"))
+        listing = sorted(os.listdir(folder)) if folder.is_dir() else "(missing)"
+        return f"worker's queue {folder}: {listing}; this process sends to {sent_to}"
+
 
 def _purge_embedded_queue() -> None:
     queue = settings.KB_DATA_DIR / "broker" / "queue"

@@ -25,7 +25,10 @@ def wait_for(predicate, timeout: float, what: str, worker: Worker | None = None)
         if value:
             return value
         time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}" + (f"\nworker log:\n{worker.output()[-3000:]}" if worker else ""))
+    pytest.fail(
+        f"timed out waiting for {what}"
+        + (f"\n{worker.queue()}\nworker log:\n{worker.output()[-3000:]}" if worker else "")
+    )
 
 
 def test_ingest_command_indexes_a_mixed_folder_through_the_worker(celery_worker, test_database_url, tmp_path):
@@ -207,13 +210,35 @@ def test_a_worker_killed_mid_batch_has_each_document_finished_once_by_another(te
         assert document.attempts == 2  # claimed once by each worker: never twice at the same time
 
 
-def test_a_worker_keeps_its_database_connection_between_documents(celery_worker):
+def test_a_worker_keeps_its_database_connection_between_documents(test_database_url, tmp_path, monkeypatch):
     """Celery's Django fix-up would close the connection around every task (a cold PostgreSQL backend for each
     document); with CELERY_DB_REUSE_MAX the worker's connection serves document after document."""
     from django.core.files.base import ContentFile
     from django.db import connection
+    from kombu import Connection
 
     from ingest import services
+    from ingest.tasks import process_document
+
+    # A worker and a queue of this test's own (as the kill tests have), sent to from here.
+    broker = tmp_path / "broker"
+    worker = Worker(
+        subprocess_env(test_database_url, KB_DB_POOL_SIZE="0", KB_BROKER_DIR=str(broker)), tmp_path / "w.log"
+    )
+    (broker / "queue").mkdir(parents=True)
+    queue = str(broker / "queue")
+    options = {
+        "data_folder_in": queue,
+        "data_folder_out": queue,
+        "store_processed": False,
+        "control_folder": str(broker / "control"),
+    }
+    sender = Connection("filesystem://localhost/", transport="kb.broker:Transport", transport_options=options)
+    monkeypatch.setattr(
+        services,
+        "enqueue_processing",
+        lambda document_id: bool(process_document.apply_async((document_id,), connection=sender)),
+    )
 
     def upload_and_wait(name: str) -> None:
         text = f"# {name}\n\nThe {name} procedure needs a signed form and a manager's approval.\n"
@@ -223,7 +248,7 @@ def test_a_worker_keeps_its_database_connection_between_documents(celery_worker)
             lambda: Document.objects.filter(pk=result.document.pk, status=DocumentStatus.READY).exists(),
             120,
             f"{name} to be indexed",
-            celery_worker,
+            worker,
         )
 
     def sessions() -> int:
@@ -234,8 +259,13 @@ def test_a_worker_keeps_its_database_connection_between_documents(celery_worker)
             cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
             return cursor.fetchone()[0]
 
-    upload_and_wait("warm-up")
-    before = sessions()
-    for name in ("expenses", "travel", "leave"):
-        upload_and_wait(name)
-    assert sessions() == before  # no connection opened for the later documents
+    worker.start()
+    try:
+        upload_and_wait("warm-up")
+        before = sessions()
+        for name in ("expenses", "travel", "leave"):
+            upload_and_wait(name)
+        assert sessions() == before  # no connection opened for the later documents
+    finally:
+        worker.stop()
+        sender.release()
