@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import threading
+import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -293,10 +296,96 @@ def _run(model: SentenceTransformer, features: dict, *, bfloat16: bool = True) -
     arithmetic: contextlib.AbstractContextManager = contextlib.nullcontext()
     if bfloat16 and _in_bfloat16(features["input_ids"].numel()):
         features = _pad_to_multiple(features, BFLOAT16_PAD_MULTIPLE, pad_id=model.tokenizer.pad_token_id or 0)
+        compiled = _openvino_pass(model)
+        if compiled is not None:
+            return compiled(features)
         arithmetic = torch.autocast("cpu", dtype=torch.bfloat16)
     with torch.inference_mode(), arithmetic:
         out = model(features)["sentence_embedding"]
     return torch.nn.functional.normalize(out.float(), p=2, dim=1).numpy()
+
+
+def backend() -> str:
+    """What runs the bfloat16 passes: "openvino" or "torch" (KB_EMBEDDING_BACKEND; "auto" picks openvino wherever
+    the passes run in bfloat16)."""
+    chosen = settings.KB_EMBEDDING_BACKEND
+    if chosen == "auto":
+        return "openvino" if precision() == "bfloat16" else "torch"
+    return chosen
+
+
+# The compiled model of this process, made at its first bfloat16 pass (None when OpenVINO could not make it here:
+# torch runs the passes then), and what it was made for (backend, threads).
+_openvino: _OpenVINOPass | None = None
+_openvino_made_for: tuple[str, int] | None = None
+
+
+def _openvino_pass(model: SentenceTransformer) -> _OpenVINOPass | None:
+    global _openvino, _openvino_made_for
+    made_for = (backend(), _threads or settings.KB_TORCH_THREADS)
+    if _openvino_made_for != made_for:
+        _openvino = None
+        if made_for[0] == "openvino":
+            try:
+                _openvino = _OpenVINOPass(model, threads=made_for[1])
+            except Exception as exc:  # a model OpenVINO cannot convert, a missing package: torch runs the passes
+                logger.warning("the embedding model's bfloat16 passes run in torch: OpenVINO could not run it: %s", exc)
+            else:
+                logger.info("embedding model %s: bfloat16 passes run in OpenVINO", model_id())
+        _openvino_made_for = made_for
+    return _openvino
+
+
+class _OpenVINOPass:
+    """The model's transformer converted by OpenVINO (in this process, from the loaded weights) and compiled for
+    bfloat16, followed by the model's own mean pooling and normalisation; for models that pool by the mean (the
+    bundled one does), else it refuses and torch runs the passes."""
+
+    def __init__(self, model: SentenceTransformer, *, threads: int) -> None:
+        import sys
+
+        import torch
+
+        pooling = model[1] if len(model) > 1 else None
+        if getattr(pooling, "pooling_mode", None) != "mean":
+            raise ValueError("only models that pool by the mean are converted")
+        # OpenVINO's converter reports its use over the network unless its telemetry package is absent; with it
+        # missing the converter uses its own stub, and nothing leaves the machine.
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+        import openvino
+
+        transformer = typing.cast(torch.nn.Module, model[0].auto_model).eval()
+        example = model.tokenizer(["warm-up", "a longer warm-up text"], padding=True, return_tensors="pt")
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on code paths that do not depend on the input here
+            converted = openvino.convert_model(transformer, example_input=dict(example))
+        compiled = openvino.Core().compile_model(
+            converted,
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": "bf16",
+                "INFERENCE_NUM_THREADS": threads,
+                "NUM_STREAMS": 1,
+                "PERFORMANCE_HINT": "LATENCY",
+                # Two pool processes would otherwise pin their threads to the same core.
+                "ENABLE_CPU_PINNING": False,
+            },
+        )
+        self.inputs = [port.get_any_name() for port in compiled.inputs]
+        self.output = compiled.outputs[0]  # the last hidden state
+        self.request = compiled.create_infer_request()
+        del converted  # the traced graph: only the compiled model is used
+        gc.collect()
+
+    def __call__(self, features: dict) -> np.ndarray:
+        import torch
+
+        hidden = torch.from_numpy(
+            self.request.infer({name: features[name].numpy() for name in self.inputs})[self.output]
+        )
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
 
 
 def _pad_to_multiple(features: dict, multiple: int, *, pad_id: int) -> dict:

@@ -87,9 +87,12 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_bfloat16_units(
     assert embeddings.precision() == expected
 
 
-def test_bfloat16_vectors_are_interchangeable_with_float32_ones(settings):
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bfloat16_vectors_are_interchangeable_with_float32_ones(settings, backend):
     """An index embedded under one precision is searched with questions embedded under the other (a setting
-    changed, a worker on another CPU): the vectors must agree far closer than any ranking margin."""
+    changed, a worker on another CPU), whatever runs the bfloat16 passes: the vectors must agree far closer than
+    any ranking margin."""
+    settings.KB_EMBEDDING_BACKEND = backend
     texts = [
         "How many days of annual leave do I get after five years?",
         "Employees accrue 2.08 days of annual leave per month; after five years of service the entitlement "
@@ -103,6 +106,42 @@ def test_bfloat16_vectors_are_interchangeable_with_float32_ones(settings):
     assert fast.dtype == np.float32 and np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
     assert (fast * exact).sum(axis=1).min() > 0.9995
     assert not np.array_equal(fast[1], exact[1]), "the passage went through the bfloat16 path"
+    assert (embeddings._openvino is not None) is (backend == "openvino")
+
+
+def test_auto_runs_the_bfloat16_passes_in_openvino(settings):
+    settings.KB_EMBEDDING_BACKEND = "auto"
+    settings.KB_EMBEDDING_PRECISION = "bfloat16"
+    assert embeddings.backend() == "openvino"
+    settings.KB_EMBEDDING_PRECISION = "float32"
+    assert embeddings.backend() == "torch"  # no bfloat16 passes to run
+
+
+def test_openvinos_converter_reports_nothing_over_the_network(settings):
+    settings.KB_EMBEDDING_BACKEND = "openvino"
+    settings.KB_EMBEDDING_PRECISION = "bfloat16"
+    embeddings.embed(["A passage long enough for the bfloat16 path, about travel and expenses. " * 6])
+    assert embeddings._openvino is not None
+    from openvino.tools.ovc import convert_impl
+
+    assert convert_impl.tm.__name__ == "openvino.tools.ovc.telemetry_stub"  # not the openvino_telemetry package
+
+
+def test_when_openvino_cannot_run_the_model_torch_does(settings, monkeypatch, caplog):
+    def refuse(model, **kwargs):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(embeddings, "_openvino", None)  # this process's compiled model is made again afterwards
+    monkeypatch.setattr(embeddings, "_openvino_made_for", None)
+    text = ["A passage long enough for the bfloat16 path, about travel and expenses. " * 6]
+    settings.KB_EMBEDDING_PRECISION = "bfloat16"
+    settings.KB_EMBEDDING_BACKEND = "torch"
+    by_torch = embeddings.embed(text)
+    monkeypatch.setattr(embeddings, "_OpenVINOPass", refuse)
+    settings.KB_EMBEDDING_BACKEND = "openvino"
+    assert np.array_equal(embeddings.embed(text), by_torch)
+    assert embeddings._openvino is None
+    assert "OpenVINO could not run it: unsupported operation" in caplog.text
 
 
 def test_a_question_sized_pass_stays_in_float32(settings):
