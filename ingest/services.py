@@ -351,11 +351,7 @@ def _send_together(document_ids: Sequence[int]) -> None:
     if not document_ids:
         return
     try:
-        small = set(
-            Document.objects.filter(pk__in=document_ids, size__lte=settings.KB_INGEST_BATCH_MAX_BYTES)
-            .exclude(media_type__in=UNBATCHED_MEDIA_TYPES)
-            .values_list("pk", flat=True)
-        )
+        small = set(_batchable_ones(Document.objects.filter(pk__in=document_ids)).values_list("pk", flat=True))
     except DatabaseError:  # the database is down: each is sent on its own
         small = set()
     together = [pk for pk in document_ids if pk in small]
@@ -479,16 +475,11 @@ def _claim(document_id: int, batch: int, mates: Sequence[int] = ()) -> list[Docu
             return []
         claimed = [document]
         if batch > 1 and _batchable(document):
-            queued = (
-                Document.objects.select_for_update(skip_locked=True)
-                .filter(
-                    status=DocumentStatus.QUEUED,
-                    attempts__lt=MAX_ATTEMPTS,
-                    size__lte=settings.KB_INGEST_BATCH_MAX_BYTES,
+            queued = _batchable_ones(
+                Document.objects.select_for_update(skip_locked=True).filter(
+                    status=DocumentStatus.QUEUED, attempts__lt=MAX_ATTEMPTS
                 )
-                .exclude(media_type__in=UNBATCHED_MEDIA_TYPES)
-                .order_by("id")
-            )
+            ).order_by("id")
             if mates:
                 claimed += list(queued.filter(pk__in=mates).exclude(pk=document.pk)[: batch - 1])
             if len(claimed) < batch:
@@ -512,6 +503,11 @@ UNBATCHED_MEDIA_TYPES = ("application/pdf", *IMAGE_MEDIA_TYPES)
 
 def _batchable(document: Document) -> bool:
     return document.size <= settings.KB_INGEST_BATCH_MAX_BYTES and document.media_type not in UNBATCHED_MEDIA_TYPES
+
+
+def _batchable_ones(documents):
+    """Of `documents`, those `_batchable` says may share a batch, in SQL."""
+    return documents.filter(size__lte=settings.KB_INGEST_BATCH_MAX_BYTES).exclude(media_type__in=UNBATCHED_MEDIA_TYPES)
 
 
 def documents_requeue(document_ids: Sequence[int], *, send: bool = True) -> None:
