@@ -368,12 +368,14 @@ KB_EMBEDDING_PRECISION = env_choice("KB_EMBEDDING_PRECISION", "auto", ("auto", "
 KB_EMBEDDING_BACKEND = env_choice("KB_EMBEDDING_BACKEND", "auto", ("auto", "torch", "openvino"))
 # OpenVINO's passes with int8 arithmetic: the transformer's weights stored as int8 (per output channel, in each
 # process as it converts the model: embeddings._int8_weights) and each pass's activations quantized in groups of
-# embeddings.INT8_GROUP_SIZE as it runs. Chosen on SciFact's 809 train claims (dev; whole abstracts, vector leg):
-# SciFact's 5,183 abstracts whole (up to 256 tokens), the vector leg alone, exact ranking, questions in float32, 2
-# threads (stop 47): nDCG@10 float32 0.6602, OpenVINO bfloat16 0.6601 at 58.3 passages/s; int8 with groups of 64 /
-# 128 / 384: 0.6594 / 0.6605 / 0.6606 at 68.2 / 66.9 / 77.7 passages/s, cosine to float32 0.9985 / 0.9979 / 0.9961
-# at worst (0.9980 mean at 384). Interchangeable in practice with the other choices' vectors; the 300 test claims'
-# figures are in README "OpenVINO".
+# embeddings.INT8_GROUP_SIZE as it runs. Chosen on dev data (stop 47, AMD EPYC with AVX-512 BF16 and VNNI): SciFact's
+# 809 train claims against its 5,183 abstracts embedded whole, the vector leg alone, questions in float32: nDCG@10
+# float32 0.6602, bfloat16 0.6601, int8 in groups of 128 / 384 0.6593 / 0.6586 (cosine to float32 0.9980 / 0.9961
+# at worst); the demo and blind-handbook golden sets (extractive answers): hit@k as bfloat16's at 128 (384: hit@8
+# on blind-handbook 0.987 against 0.973), and 3 / 4 of blind-handbook's 75 answerable questions flipped between
+# answer and refusal at the margin (net 1 / 2 more refused), so 128. The model alone 113 passages/s against
+# bfloat16's 89 (the worker's 2 processes); 1,500 SciFact files end to end 59.4 against 51.8. The vectors stay
+# interchangeable with the other choices'. Test-set figures: README "OpenVINO".
 KB_EMBEDDING_INT8 = env_bool("KB_EMBEDDING_INT8", True)
 KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
 # Worker processes (Celery's pool; each holds its own model, ~750 MB) and torch threads in each. Two
