@@ -375,7 +375,7 @@ KB_EMBEDDING_BACKEND = env_choice("KB_EMBEDDING_BACKEND", "auto", ("auto", "torc
 # on blind-handbook 0.987 against 0.973), and 3 / 4 of blind-handbook's 75 answerable questions flipped between
 # answer and refusal at the margin (net 1 / 2 more refused), so 128. The model alone 113 passages/s against
 # bfloat16's 89 (the worker's 2 processes); 1,500 SciFact files end to end 59.4 against 51.8. The vectors stay
-# interchangeable with the other choices'. Test-set figures: README "OpenVINO".
+# interchangeable with the other choices'. Test-set figures: README "int8 in OpenVINO".
 KB_EMBEDDING_INT8 = env_bool("KB_EMBEDDING_INT8", True)
 KB_TORCH_THREADS = env_int("KB_TORCH_THREADS", min(2, os.cpu_count() or 1), minimum=1)
 # Worker processes (Celery's pool; each holds its own model, ~750 MB) and torch threads in each. Two

@@ -159,7 +159,8 @@ def test_int8_weights_are_stored_as_int8_and_restore_to_the_originals():
     for matmul in matmuls:
         multiply = matmul.input(1).get_source_output().get_node()
         subtract, scale = (i.get_source_output().get_node() for i in multiply.inputs())
-        stored, zero = (i.get_source_output().get_node().input(0).get_source_output().get_node() for i in subtract.inputs())
+        converts = (i.get_source_output().get_node() for i in subtract.inputs())
+        stored, zero = (convert.input(0).get_source_output().get_node() for convert in converts)
         assert stored.get_output_element_type(0) == openvino.Type.u8
         restored = (stored.get_data().astype(np.float32) - zero.get_data()) * scale.get_data()
         original = originals[matmul.get_friendly_name()]
