@@ -334,15 +334,15 @@ def _openvino_pass(model: SentenceTransformer) -> _OpenVINOPass | None:
                 logger.info(
                     "embedding model %s: bfloat16 passes run in OpenVINO%s",
                     model_id(),
-                    ", int8 weights and activations" if made_for[2] else "",
+                    ", int8 weights and activations" if _openvino.int8 else "",
                 )
         _openvino_made_for = made_for
     return _openvino
 
 
 # With KB_EMBEDDING_INT8, a pass quantizes its activations to int8 as it runs, in groups of this many values of a
-# token's vector (each group its own scale; 384 would be a whole hidden vector). Chosen on dev data: the smaller
-# groups cost a little speed and keep the answers closer to bfloat16's (settings.KB_EMBEDDING_INT8).
+# token's vector (each group its own scale; 384 would be the whole input of most layers). Chosen on dev data: the
+# smaller groups cost a little speed and keep the answers closer to bfloat16's (settings.KB_EMBEDDING_INT8).
 INT8_GROUP_SIZE = 128
 
 
@@ -378,9 +378,15 @@ class _OpenVINOPass:
             # Two pool processes would otherwise pin their threads to the same core.
             "ENABLE_CPU_PINNING": False,
         }
+        self.int8 = False
         if int8:
-            converted = _int8_weights(converted)
-            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_GROUP_SIZE
+            try:
+                converted = _int8_weights(converted)
+            except ValueError as exc:
+                logger.warning("the embedding model's OpenVINO passes stay in bfloat16, not int8: %s", exc)
+            else:
+                config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = INT8_GROUP_SIZE
+                self.int8 = True
         compiled = openvino.Core().compile_model(converted, "CPU", config)
         self.inputs = [port.get_any_name() for port in compiled.inputs]
         self.output = compiled.outputs[0]  # the last hidden state
@@ -408,11 +414,16 @@ def _int8_weights(converted):
     import numpy as np
     import openvino.opset13 as ops
 
+    rewritten = 0
     for matmul in converted.get_ordered_ops():
         if matmul.get_type_name() != "MatMul" or not matmul.get_attributes()["transpose_b"]:
             continue
         source = matmul.input(1).get_source_output().get_node()
-        if source.get_type_name() != "Constant" or len(source.get_output_shape(0)) != 2:
+        if (
+            source.get_type_name() != "Constant"
+            or len(source.get_output_shape(0)) != 2
+            or not source.get_output_element_type(0).is_real()
+        ):
             continue
         weights = source.get_data().astype(np.float32)  # (out, in): a Linear layer's
         low = np.minimum(weights.min(axis=1, keepdims=True), 0)
@@ -427,6 +438,9 @@ def _int8_weights(converted):
             ops.constant(scale.astype(np.float32)),
         )
         matmul.input(1).replace_source_output(restored.output(0))
+        rewritten += 1
+    if not rewritten:  # weights stored some other way (already half-precision, not transposed): nothing to gain
+        raise ValueError("no matrix product with float weights of its own to store as int8")
     converted.validate_nodes_and_infer_types()
     return converted
 

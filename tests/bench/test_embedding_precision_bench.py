@@ -91,12 +91,18 @@ def test_bfloat16_against_float32_by_tokens_in_the_pass(settings, monkeypatch):
             print(json.dumps(rows[-1]))
     finally:
         embeddings.use_threads(settings.KB_TORCH_THREADS)
+    int8 = settings.KB_EMBEDDING_INT8 and embeddings.backend() == "openvino"  # the "bfloat16" column's passes
     result = {
         "cpu_has_bfloat16_units": embeddings._cpu_has_bfloat16_units(),
         "threads": 1,
         "bfloat16_min_tokens": embeddings.BFLOAT16_MIN_TOKENS,
+        "bfloat16_backend": embeddings.backend(),
+        "int8": int8,
         "passes": rows,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
-    assert all(np.isfinite(row["speedup"]) and row["min_cosine"] > 0.999 for row in rows)
+    # OpenVINO's int8 passes (settings.KB_EMBEDDING_INT8) agree with float32 within 0.998 (stop 47: 0.9986 at worst
+    # here), bfloat16 alone within 0.999.
+    least = 0.998 if int8 else 0.999
+    assert all(np.isfinite(row["speedup"]) and row["min_cosine"] > least for row in rows)

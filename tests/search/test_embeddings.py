@@ -96,7 +96,7 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_bfloat16_units(
 def test_bfloat16_vectors_are_interchangeable_with_float32_ones(settings, backend, int8, agreement):
     """An index embedded under one precision is searched with questions embedded under the other (a setting
     changed, a worker on another CPU), whatever runs the bfloat16 passes: the vectors must agree far closer than
-    any ranking margin (int8's within 0.996 on SciFact's abstracts: settings.KB_EMBEDDING_INT8)."""
+    any ranking margin (int8's within 0.998 on SciFact's abstracts: settings.KB_EMBEDDING_INT8)."""
     settings.KB_EMBEDDING_BACKEND = backend
     settings.KB_EMBEDDING_INT8 = int8
     texts = [
@@ -149,13 +149,14 @@ def test_int8_weights_are_stored_as_int8_and_restore_to_the_originals():
         warnings.simplefilter("ignore")  # the tracer's notes, as in embeddings._OpenVINOPass
         converted = openvino.convert_model(transformer, example_input=dict(example))
     originals = {
-        op.get_friendly_name(): op.input(1).get_source_output().get_node().get_data().copy()
+        op.get_friendly_name(): source.get_data().copy()
         for op in converted.get_ordered_ops()
         if op.get_type_name() == "MatMul"
+        and (source := op.input(1).get_source_output().get_node()).get_type_name() == "Constant"
     }
+    assert len(originals) >= 36  # six layers of query, key, value, output and two feed-forward
     embeddings._int8_weights(converted)
-    matmuls = [op for op in converted.get_ordered_ops() if op.get_type_name() == "MatMul"]
-    assert len(matmuls) == len(originals) >= 36  # six layers of query, key, value, output and two feed-forward
+    matmuls = [op for op in converted.get_ordered_ops() if op.get_friendly_name() in originals]
     for matmul in matmuls:
         multiply = matmul.input(1).get_source_output().get_node()
         subtract, scale = (i.get_source_output().get_node() for i in multiply.inputs())
@@ -165,6 +166,8 @@ def test_int8_weights_are_stored_as_int8_and_restore_to_the_originals():
         restored = (stored.get_data().astype(np.float32) - zero.get_data()) * scale.get_data()
         original = originals[matmul.get_friendly_name()]
         assert np.all(np.abs(restored - original) <= scale.get_data() / 2 + 1e-6)
+    with pytest.raises(ValueError, match="no matrix product"):
+        embeddings._int8_weights(converted)  # nothing left in float32 to store: said, so that bfloat16 stays
 
 
 def test_when_openvino_cannot_run_the_model_torch_does(settings, monkeypatch, caplog):
