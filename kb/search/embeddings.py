@@ -353,23 +353,12 @@ class _OpenVINOPass:
     (`_int8_weights`) and its activations quantized as each pass runs."""
 
     def __init__(self, model: SentenceTransformer, *, threads: int, int8: bool) -> None:
-        import sys
-
-        import torch
-
         pooling = model[1] if len(model) > 1 else None
         if getattr(pooling, "pooling_mode", None) != "mean":
             raise ValueError("only models that pool by the mean are converted")
-        # OpenVINO's converter reports its use over the network unless its telemetry package is absent; with it
-        # missing the converter uses its own stub, and nothing leaves the machine.
-        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
-        import openvino
+        converted = _openvino_converted(model)
+        import openvino  # after the conversion, which keeps OpenVINO's telemetry out first
 
-        transformer = typing.cast(torch.nn.Module, model[0].auto_model).eval()
-        example = model.tokenizer(["warm-up", "a longer warm-up text"], padding=True, return_tensors="pt")
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on code paths that do not depend on the input here
-            converted = openvino.convert_model(transformer, example_input=dict(example))
         config = {
             "INFERENCE_PRECISION_HINT": "bf16",
             "INFERENCE_NUM_THREADS": threads,
@@ -403,6 +392,25 @@ class _OpenVINOPass:
         mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+
+
+def _openvino_converted(model: SentenceTransformer):
+    """The model's transformer (its last hidden state, before pooling) converted to an OpenVINO model from the
+    loaded weights."""
+    import sys
+
+    import torch
+
+    # OpenVINO's converter reports its use over the network unless its telemetry package is absent; with it
+    # missing the converter uses its own stub, and nothing leaves the machine.
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    transformer = typing.cast(torch.nn.Module, model[0].auto_model).eval()
+    example = model.tokenizer(["warm-up", "a longer warm-up text"], padding=True, return_tensors="pt")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on code paths that do not depend on the input here
+        return openvino.convert_model(transformer, example_input=dict(example))
 
 
 def _int8_weights(converted):
