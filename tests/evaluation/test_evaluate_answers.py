@@ -214,6 +214,11 @@ def test_with_the_extractive_provider_the_demo_set_meets_its_thresholds(extracti
     assert kinds["off_topic"]["refusal_recall"] == 1.0
     assert all(kinds[kind]["hit_at_k"] == 1.0 for kind in ("lookup", "paraphrase", "table"))
     assert result["latency_ms_p95"] >= result["latency_ms_p50"] > 0
+    # The answer taken out (`removal`): probed on answerable questions with facts only, measured on the set.
+    probed = [q for q in config["questions"] if q["answer_removed"] is not None]
+    assert probed and all(q["answerable"] and not q["injection"] for q in probed)
+    assert result["answer_removed_questions"] == sum(q["answer_removed"]["answered_with"] for q in probed) > 0
+    assert 0.0 <= result["answered_without_answer"] <= 1.0
 
 
 def test_every_question_is_answered_afresh_in_an_isolated_index(extractive_run):

@@ -141,6 +141,13 @@ def summarise(records: Sequence[dict], *, k: int, guard_available: bool) -> dict
         _rate(sum(1 for r in declined if not r["answerable"]), len(declined)) if unanswerable else None
     )
     metrics["refusal_recall"] = _rate(sum(1 for r in unanswerable if r["declined"]), len(unanswerable))
+    # Near misses made from answerable questions (`removal`): of those the extractive answer answers, the share
+    # it still answers once every unit stating the asked facts is taken out of its passages. Lower is better.
+    probed = [r for r in answerable if (r.get("answer_removed") or {}).get("answered_with")]
+    metrics["answer_removed_questions"] = len(probed)
+    metrics["answered_without_answer"] = _rate(
+        sum(1 for r in probed if r["answer_removed"]["answered_without"]), len(probed)
+    )
     metrics["false_refusal_rate"] = _rate(sum(1 for r in answerable if r["declined"]), len(answerable))
     metrics["injection_block_rate"] = (
         _rate(sum(1 for r in injections if r["outcome"] == "blocked"), len(injections)) if guard_available else None
@@ -202,12 +209,19 @@ SET_ROWS = (
     "answer_f1",
     "injection_block_rate",
     "ordinary_blocked_rate",
+    "answered_without_answer",
     "hit_at_k",
     "latency_ms_p50",
 )
 
 # Rates where lower is better.
-COST_RATES = ("false_refusal_rate", "ordinary_blocked_rate", "injection_leak_rate", "fallback_rate")
+COST_RATES = (
+    "false_refusal_rate",
+    "ordinary_blocked_rate",
+    "injection_leak_rate",
+    "fallback_rate",
+    "answered_without_answer",
+)
 
 
 def threshold_failures(

@@ -12,6 +12,7 @@ pipeline: guards, retrieval settings, evidence gate, timeouts, retries, fallback
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,19 +27,19 @@ from django.db import DatabaseError
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from ingest.models import Chunk, Document
+from ingest.models import Chunk, Document, heading_label, page_label
 from kb.answers import services
 from kb.answers.followup import search_queries
 from kb.answers.models import Conversation, Exchange, Outcome
 from kb.answers.pipeline.retrieve import leg_passages
 from kb.evaluation import beir
 from kb.evaluation.answers import corpus as corpus_module
-from kb.evaluation.answers import metrics
+from kb.evaluation.answers import metrics, removal
 from kb.evaluation.answers.golden import USER, GoldenItem, golden_load, golden_sha256
 from kb.evaluation.answers.report import html_report
 from kb.evaluation.answers.sets import EvaluationSet
-from kb.llm import prompts, resilience
-from kb.llm.providers import EXTRACTIVE, provider_for
+from kb.llm import extractive, prompts, resilience
+from kb.llm.providers import EXTRACTIVE, Passage, provider_for
 from kb.search import embeddings
 
 ANSWER_EXCERPT_CHARS = 4000  # of each answer kept in the report
@@ -206,7 +207,7 @@ async def _ask(
 def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: dict[int, str], wall_ms: float) -> dict:
     """The record of an answered question, with what its exchange says was retrieved."""
     exchange_id = result.get("exchange_id")
-    fields = ("passages", "evidence_score", "search_query")
+    fields = ("passages", "evidence_score", "search_query", "conversation_id", "created_at")
     exchange = Exchange.objects.filter(pk=exchange_id).only(*fields).first() if exchange_id else None
     passages = exchange.passages if exchange else []
     chunks = {
@@ -222,7 +223,7 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
         }
         for p in passages
     ]
-    return _record(
+    record = _record(
         item,
         result,
         retrieved=retrieved,
@@ -233,6 +234,43 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
         system_prompt=system_prompt,
         wall_ms=wall_ms,
     )
+    if item.answerable and not item.injection and item.must_include and exchange is not None:
+        found = removal.probe(
+            exchange.search_query if _followed(exchange) else item.question,
+            answer_passages([p["chunk_id"] for p in passages[: extractive.PASSAGES]]),
+            item.must_include,
+        )
+        record["answer_removed"] = dataclasses.asdict(found) if found else None
+    return record
+
+
+def _followed(exchange: Exchange) -> bool:
+    """The exchange had history (`pipeline.record._history`: an earlier answered turn of its conversation), so
+    the extractive answer read the query it was searched with, not the question as asked (`pipeline.evidence`)."""
+    conversation_id = exchange.conversation_id
+    if not settings.KB_CONVERSATION_TURNS or conversation_id is None:
+        return False
+    return Exchange.objects.filter(
+        conversation_id=conversation_id,
+        created_at__lt=exchange.created_at,
+        outcome__in=[Outcome.ANSWERED, Outcome.CACHED],
+    ).exists()
+
+
+def answer_passages(chunk_ids: Sequence[int]) -> list[Passage]:
+    """The passages the answerer was given, in order, as the ask path makes them (`pipeline.evidence`)."""
+    chunks = Chunk.objects.filter(pk__in=chunk_ids).select_related("document").in_bulk()
+    return [
+        Passage(
+            n=n,
+            title=chunk.document.title,
+            heading=heading_label(chunk.heading_path or []),
+            page=page_label(chunk.page_start, chunk.page_end),
+            text=chunk.text,
+            untrusted=chunk.untrusted,
+        )
+        for n, chunk in enumerate((chunks[pk] for pk in chunk_ids if pk in chunks), 1)
+    ]
 
 
 def _record(
@@ -314,6 +352,7 @@ def _record(
         "search_query": search_query,  # what was searched for: a follow-up's, rewritten from its history
         "follows": item.follows,
         "context_turns": len(item.context),
+        "answer_removed": None,  # the extractive answer's decision with the asked facts taken out (`removal`)
     }
 
 
