@@ -32,6 +32,12 @@ def test_the_row_that_states_the_fact_goes_and_the_table_stays():
     assert "ask the Finance travel desk" in per_diem.text and leave == LEAVE
 
 
+def test_a_row_with_uneven_spacing_goes_too():
+    spaced = Passage(1, "Travel", "Mileage", "", "Vehicle | Rate\nCar  |  45p a mile\nBicycle | 20p a mile")
+    (copy,) = removal.without_facts([spaced], ["45p a mile"])
+    assert copy.text == "Vehicle | Rate\nBicycle | 20p a mile"
+
+
 def test_a_sentence_goes_even_when_the_document_broke_its_line():
     (_, leave) = removal.without_facts([PER_DIEM, LEAVE], ["within eight weeks"])
     assert "eight weeks" not in leave.text and "two blocks" not in leave.text

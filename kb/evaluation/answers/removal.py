@@ -45,8 +45,10 @@ def _without_units(passage: Passage, units: Sequence[extractive.Unit]) -> Passag
         if unit.kind == extractive.SENTENCE:  # a sentence's whitespace was folded when it was split
             pattern = r"\s+".join(re.escape(word) for word in unit.text.split())
             text = re.sub(pattern, " ", text, count=1)
-        else:  # a row or a step is one line
-            text = "\n".join(line for line in text.split("\n") if " ".join(line.split()) != unit.text)
+        else:  # a row (kept as stripped) or a step (its whitespace folded) is one line
+            text = "\n".join(
+                line for line in text.split("\n") if unit.text not in (line.strip(), " ".join(line.split()))
+            )
     return dataclasses.replace(passage, text=text)
 
 
