@@ -50,7 +50,7 @@ def test_no_copy_when_nothing_states_the_fact_or_it_is_still_stated():
     # The heading says it too: taking out the sentence would not make a near miss.
     assert removal.without_facts([PER_DIEM, LEAVE], ["parental leave"]) is None
     # Only whole words in order count as stating it.
-    assert not removal.states("55", "£550 a night") and removal.states("£55", "London | £55 | £210")
+    assert not metrics.fact_in_order("55", "£550 a night") and metrics.fact_in_order("£55", "London | £55 | £210")
 
 
 def test_the_probe_reads_the_extractive_decision_with_and_without_the_answer():
@@ -74,7 +74,7 @@ def test_the_rate_counts_only_questions_answered_with_their_answer():
         record({"answered_with": True, "answered_without": True}),  # a near miss answered anyway
         record({"answered_with": True, "answered_without": False}),
         record({"answered_with": True, "answered_without": False}),
-        record({"answered_with": False, "answered_without": False}),  # refused either way: not counted
+        record({"answered_with": False, "answered_without": None}),  # refused as given: not counted
         record(None),  # not probed
         record(None, kind="near_miss", answerable=False),
     ]

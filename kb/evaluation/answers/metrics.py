@@ -35,12 +35,15 @@ def fact_found(fact: str, answer: str) -> bool:
     """The fact's normalised words appear in the answer in order (a substring on word boundaries), or, when
     the answer words it differently, every one of them appears somewhere in the answer."""
     wanted = normalise(fact)
-    said = normalise(answer)
     if not wanted:
         return True
-    if f" {wanted} " in f" {said} ":
-        return True
-    return set(wanted.split()) <= set(said.split())
+    return fact_in_order(fact, answer) or set(wanted.split()) <= set(normalise(answer).split())
+
+
+def fact_in_order(fact: str, text: str) -> bool:
+    """The fact's normalised words appear in the text in order, on word boundaries (an empty fact does not)."""
+    wanted = normalise(fact)
+    return bool(wanted) and f" {wanted} " in f" {normalise(text)} "
 
 
 def fact_in_passages(fact: str, passages: Sequence[str]) -> bool:

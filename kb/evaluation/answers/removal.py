@@ -11,7 +11,7 @@ phrasing, and each copy is paired with its original.
 
 Only the extractive answerer's decision is probed (its passages are the first `extractive.PASSAGES`, as the
 ask path gives them): retrieval is not run again, so the pre-model gate and the search are not part of it.
-A fact is "stated" when its normalised words appear in order (`metrics.normalise`); a copy in which a fact is
+A fact is "stated" when its normalised words appear in order (`metrics.fact_in_order`); a copy in which a fact is
 still stated after the removal (in a heading, or split across units) is not probed.
 """
 
@@ -22,7 +22,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kb.evaluation.answers.metrics import normalise
+from kb.answers.pipeline.evidence import says_not_covered
+from kb.evaluation.answers.metrics import fact_in_order
 from kb.llm import extractive
 from kb.llm.providers import Passage
 
@@ -30,13 +31,8 @@ from kb.llm.providers import Passage
 @dataclass(frozen=True)
 class Probe:
     answered_with: bool  # the extractive answer quotes something with the passages as given
-    answered_without: bool  # ... and once the units stating the facts are taken out
-
-
-def states(fact: str, text: str) -> bool:
-    """The fact's normalised words appear in the text in order, on word boundaries."""
-    wanted = normalise(fact)
-    return bool(wanted) and f" {wanted} " in f" {normalise(text)} "
+    answered_without: bool | None  # ... and once the units stating the facts are taken out (None: not asked,
+    # the original being refused)
 
 
 def _without_units(passage: Passage, units: Sequence[extractive.Unit]) -> Passage:
@@ -60,27 +56,29 @@ def without_facts(passages: Sequence[Passage], facts: Sequence[str]) -> tuple[Pa
     changed = False
     out = []
     for rank, passage in enumerate(passages):
-        units = [u for u in extractive.units_of(passage, rank) if any(states(f, u.text) for f in facts)]
+        units = [u for u in extractive.units_of(passage, rank) if any(fact_in_order(f, u.text) for f in facts)]
         if units:
             passage = _without_units(passage, units)
             changed = True
         out.append(passage)
-    if not changed or any(states(f, f"{p.title} {p.heading} {p.text}") for f in facts for p in out):
+    if not changed or any(fact_in_order(f, f"{p.title} {p.heading} {p.text}") for f in facts for p in out):
         return None
     return tuple(out)
 
 
 def probe(question: str, passages: Sequence[Passage], facts: Sequence[str]) -> Probe | None:
-    """The extractive answerer's decision on the passages as given and with the facts taken out; None when the
-    copy cannot be made (`without_facts`)."""
+    """The extractive answerer's decision on the passages as given and, when it answers, with the facts taken
+    out; None when the copy cannot be made (`without_facts`)."""
     passages = tuple(passages[: extractive.PASSAGES])
     removed = without_facts(passages, facts)
     if removed is None:
         return None
-    return Probe(answered(question, passages), answered(question, removed))
+    if not answered(question, passages):
+        return Probe(answered_with=False, answered_without=None)
+    return Probe(answered_with=True, answered_without=answered(question, removed))
 
 
 def answered(question: str, passages: Sequence[Passage]) -> bool:
     """The extractive answer quotes something (it neither refuses nor lacks passages)."""
     answer = extractive.extractive_answer(question, passages)
-    return bool(answer) and not answer.startswith(extractive.NOT_COVERED)
+    return bool(answer) and not says_not_covered(answer)

@@ -210,16 +210,11 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
     fields = ("passages", "evidence_score", "search_query", "conversation_id", "created_at")
     exchange = Exchange.objects.filter(pk=exchange_id).only(*fields).first() if exchange_id else None
     passages = exchange.passages if exchange else []
-    chunks = {
-        pk: (heading_path, text)
-        for pk, heading_path, text in Chunk.objects.filter(pk__in=[p["chunk_id"] for p in passages]).values_list(
-            "id", "heading_path", "text"
-        )
-    }
+    chunks = Chunk.objects.filter(pk__in=[p["chunk_id"] for p in passages]).select_related("document").in_bulk()
     retrieved = [
         {
             "document": filenames.get(p["document_id"], str(p["document_id"])),
-            "section": (chunks.get(p["chunk_id"], ([], ""))[0] or [""])[-1],
+            "section": (chunks[p["chunk_id"]].heading_path or [""])[-1] if p["chunk_id"] in chunks else "",
         }
         for p in passages
     ]
@@ -228,7 +223,7 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
         result,
         retrieved=retrieved,
         search_query=exchange.search_query if exchange else "",
-        passage_texts=[chunks[p["chunk_id"]][1] for p in passages if p["chunk_id"] in chunks],
+        passage_texts=[chunks[p["chunk_id"]].text for p in passages if p["chunk_id"] in chunks],
         evidence=exchange.evidence_score if exchange else None,
         filenames=filenames,
         system_prompt=system_prompt,
@@ -237,7 +232,9 @@ def _scored(item: GoldenItem, result: dict, *, system_prompt: str, filenames: di
     if item.answerable and not item.injection and item.must_include and exchange is not None:
         found = removal.probe(
             exchange.search_query if _followed(exchange) else item.question,
-            answer_passages([p["chunk_id"] for p in passages[: extractive.PASSAGES]]),
+            answer_passages(
+                [chunks[p["chunk_id"]] for p in passages[: extractive.PASSAGES] if p["chunk_id"] in chunks]
+            ),
             item.must_include,
         )
         record["answer_removed"] = dataclasses.asdict(found) if found else None
@@ -257,9 +254,8 @@ def _followed(exchange: Exchange) -> bool:
     ).exists()
 
 
-def answer_passages(chunk_ids: Sequence[int]) -> list[Passage]:
+def answer_passages(chunks: Sequence[Chunk]) -> list[Passage]:
     """The passages the answerer was given, in order, as the ask path makes them (`pipeline.evidence`)."""
-    chunks = Chunk.objects.filter(pk__in=chunk_ids).select_related("document").in_bulk()
     return [
         Passage(
             n=n,
@@ -269,7 +265,7 @@ def answer_passages(chunk_ids: Sequence[int]) -> list[Passage]:
             text=chunk.text,
             untrusted=chunk.untrusted,
         )
-        for n, chunk in enumerate((chunks[pk] for pk in chunk_ids if pk in chunks), 1)
+        for n, chunk in enumerate(chunks, 1)
     ]
 
 
